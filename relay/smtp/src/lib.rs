@@ -1,0 +1,16 @@
+//! Sans-IO ESMTP for Postern.
+//!
+//! Nothing in this crate reads a socket or the clock: parsers take bytes, the server
+//! [`Session`](server::Session) takes bytes and outcomes and returns replies and events.
+
+pub mod address;
+pub mod body;
+pub mod command;
+pub mod reply;
+pub mod server;
+
+pub use address::{Address, AddressError, ReversePath};
+pub use body::BareLineEndings;
+pub use command::{Command, CommandError};
+pub use reply::{Reject, Reply, ReplyError, ReplyParser, Status};
+pub use server::{Event, Message, Peer, QueueUnavailable, Session, SessionConfig};

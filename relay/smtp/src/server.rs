@@ -1,0 +1,826 @@
+//! The server side of an ESMTP session as a state machine without I/O.
+//!
+//! The I/O layer feeds received bytes with [`Session::receive`], asks [`Session::next_event`]
+//! what to do, writes the replies from [`Session::take_replies`], and reports the outcome of
+//! the slow work an event asks for (TLS handshake, password check, queueing).
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+
+use crate::address::{Address, ReversePath};
+use crate::body::{self, BareLineEndings, BodyDecoder, BodyFault};
+use crate::command::{BodyType, Command, CommandError, MailParams, Mechanism};
+use crate::reply::{Reject, Reply, Status};
+
+/// The longest command line accepted, without its CRLF.
+pub const MAX_COMMAND_LINE: usize = 2048;
+
+/// Policy and limits of a session, fixed for its lifetime.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Name in the greeting and EHLO reply.
+    pub hostname: String,
+    pub max_message_size: usize,
+    pub max_recipients: usize,
+    /// Errors (4xx/5xx replies to commands) before the session is closed with 421.
+    pub max_errors: u32,
+    pub max_auth_failures: u32,
+    /// More `Received:` fields than this is taken as a mail loop.
+    pub max_received: usize,
+    pub bare_line_endings: BareLineEndings,
+    /// The listener offers STARTTLS (it has a certificate and is a STARTTLS listener).
+    pub starttls: bool,
+    /// Users are configured, so AUTH can succeed.
+    pub auth: bool,
+    /// AUTH is offered outside TLS too.
+    pub plaintext_auth: bool,
+    /// Sender domains allowed in MAIL FROM; empty allows any.
+    pub sender_domains: Vec<String>,
+}
+
+/// Facts about the client known when the connection opens.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    /// The client address is in an allowed network.
+    pub relay_allowed: bool,
+    /// The connection is TLS from the start (implicit TLS).
+    pub tls: bool,
+}
+
+/// A message whose DATA or last BDAT chunk was received and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub from: ReversePath,
+    pub recipients: Vec<Address>,
+    /// CRLF-only body, dot-unstuffed, with no bare CR, LF or NUL.
+    pub body: Vec<u8>,
+    pub smtputf8: bool,
+    pub eight_bit_mime: bool,
+    pub helo: String,
+    pub esmtp: bool,
+    pub auth_user: Option<String>,
+}
+
+/// What the I/O layer must do next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Write the pending replies, then read more bytes.
+    NeedInput,
+    /// Write the pending replies (the 220), drop buffered input, run the TLS handshake,
+    /// then call [`Session::tls_started`].
+    StartTls,
+    /// Check the credentials, then call [`Session::auth_result`].
+    Authenticate { user: String, password: String },
+    /// Queue the message, then call [`Session::message_result`].
+    Message(Box<Message>),
+    /// Write the pending replies and close the connection.
+    Close,
+}
+
+/// Why a message could not be queued; the client gets a 451 and keeps the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueUnavailable;
+
+#[derive(Debug)]
+enum Mode {
+    Command,
+    Data(Box<BodyDecoder>),
+    Bdat {
+        remaining: u64,
+        last: bool,
+        refusal: Option<Reply>,
+    },
+    AuthPlain,
+    AuthLoginUser,
+    AuthLoginPassword(String),
+    /// Waiting for the result of an event.
+    Waiting,
+    Closed,
+}
+
+#[derive(Debug)]
+struct Transaction {
+    from: ReversePath,
+    params: MailParams,
+    recipients: Vec<Address>,
+    chunks: Option<BodyDecoder>,
+}
+
+/// One ESMTP server session.
+#[derive(Debug)]
+pub struct Session {
+    config: Arc<SessionConfig>,
+    peer: Peer,
+    tls: bool,
+    helo: Option<(String, bool)>,
+    auth_user: Option<String>,
+    transaction: Option<Transaction>,
+    mode: Mode,
+    input: Vec<u8>,
+    discarding_line: bool,
+    replies: Vec<Reply>,
+    errors: u32,
+    auth_failures: u32,
+    draining: bool,
+}
+
+impl Session {
+    /// A new session; its first reply is the greeting.
+    pub fn new(config: Arc<SessionConfig>, peer: Peer) -> Self {
+        let greeting = Reply::plain(220, vec![format!("{} ESMTP Postern", config.hostname)]);
+        Session {
+            tls: peer.tls,
+            config,
+            peer,
+            helo: None,
+            auth_user: None,
+            transaction: None,
+            mode: Mode::Command,
+            input: Vec::new(),
+            discarding_line: false,
+            replies: vec![greeting],
+            errors: 0,
+            auth_failures: 0,
+            draining: false,
+        }
+    }
+
+    /// Adds bytes read from the client.
+    pub fn receive(&mut self, bytes: &[u8]) {
+        if !matches!(self.mode, Mode::Closed) {
+            self.input.extend_from_slice(bytes);
+        }
+    }
+
+    /// Replies to write, in order.
+    pub fn take_replies(&mut self) -> Vec<Reply> {
+        std::mem::take(&mut self.replies)
+    }
+
+    /// True while message content (DATA or a BDAT chunk) is being read.
+    pub fn reading_message(&self) -> bool {
+        matches!(self.mode, Mode::Data(_) | Mode::Bdat { .. })
+    }
+
+    /// True between MAIL and the end of the transaction.
+    pub fn in_transaction(&self) -> bool {
+        self.transaction.is_some() || self.reading_message()
+    }
+
+    /// The client has been idle or slow past its timeout.
+    pub fn timed_out(&mut self) -> Event {
+        self.close(Reply::new(
+            421,
+            Status(4, 4, 2),
+            format!("{} Timeout, closing connection", self.config.hostname),
+        ))
+    }
+
+    /// The server is shutting down: idle sessions are closed now, others after their transaction.
+    pub fn shutdown(&mut self) {
+        self.draining = true;
+    }
+
+    /// Drops input the client sent before the TLS handshake, returning how many bytes that was.
+    pub fn discard_input(&mut self) -> usize {
+        std::mem::take(&mut self.input).len()
+    }
+
+    /// The TLS handshake after STARTTLS succeeded: everything learned before is forgotten.
+    pub fn tls_started(&mut self) {
+        self.tls = true;
+        self.helo = None;
+        self.auth_user = None;
+        self.transaction = None;
+        self.input.clear();
+        self.discarding_line = false;
+        self.mode = Mode::Command;
+    }
+
+    /// The outcome of an [`Event::Authenticate`].
+    pub fn auth_result(&mut self, user: Option<String>) {
+        self.mode = Mode::Command;
+        match user {
+            Some(user) => {
+                self.auth_user = Some(user);
+                self.reply(Reply::new(
+                    235,
+                    Status(2, 7, 0),
+                    "Authentication successful",
+                ));
+            }
+            None => self.auth_failed(Reply::new(
+                535,
+                Status(5, 7, 8),
+                "Authentication credentials invalid",
+            )),
+        }
+    }
+
+    /// The outcome of an [`Event::Message`]: the queue id, or why it could not be queued.
+    pub fn message_result(&mut self, result: Result<String, QueueUnavailable>) {
+        self.mode = Mode::Command;
+        self.transaction = None;
+        match result {
+            Ok(id) => self.reply(Reply::new(
+                250,
+                Status(2, 0, 0),
+                format!("Ok: queued as {id}"),
+            )),
+            Err(QueueUnavailable) => self.reply(
+                Reply::new(451, Status(4, 3, 0), "Queue unavailable, try again later")
+                    .rejecting(Reject::Unavailable),
+            ),
+        }
+    }
+
+    /// Processes buffered input until something needs the I/O layer.
+    pub fn next_event(&mut self) -> Event {
+        loop {
+            match &mut self.mode {
+                Mode::Closed => return Event::Close,
+                Mode::Waiting => return Event::NeedInput,
+                Mode::Data(decoder) => {
+                    let Some(used) = decoder.feed(&self.input) else {
+                        self.input.clear();
+                        return Event::NeedInput;
+                    };
+                    self.input.drain(..used);
+                    let Mode::Data(decoder) = std::mem::replace(&mut self.mode, Mode::Command)
+                    else {
+                        unreachable!("mode checked above")
+                    };
+                    let body = decoder.into_body();
+                    if let Some(event) = self.end_of_message(body) {
+                        return event;
+                    }
+                }
+                Mode::Bdat { remaining, .. } => {
+                    let take = usize::try_from(*remaining)
+                        .unwrap_or(usize::MAX)
+                        .min(self.input.len());
+                    *remaining -= take as u64;
+                    let chunk: Vec<u8> = self.input.drain(..take).collect();
+                    let done = *remaining == 0;
+                    if let Some(decoder) = self.transaction.as_mut().and_then(|t| t.chunks.as_mut())
+                    {
+                        decoder.feed(&chunk);
+                    }
+                    if !done {
+                        return Event::NeedInput;
+                    }
+                    if let Some(event) = self.end_of_chunk() {
+                        return event;
+                    }
+                }
+                Mode::Command
+                | Mode::AuthPlain
+                | Mode::AuthLoginUser
+                | Mode::AuthLoginPassword(_) => {
+                    if self.draining && !self.in_transaction() && matches!(self.mode, Mode::Command)
+                    {
+                        return self.close(Reply::new(
+                            421,
+                            Status(4, 3, 2),
+                            "Service shutting down, try again later",
+                        ));
+                    }
+                    let line = match self.next_line() {
+                        None => return Event::NeedInput,
+                        Some(Ok(line)) => line,
+                        Some(Err(reply)) => {
+                            self.mode = Mode::Command;
+                            self.error(reply);
+                            continue;
+                        }
+                    };
+                    let event = if matches!(self.mode, Mode::Command) {
+                        self.command(&line)
+                    } else {
+                        self.auth_line(&line)
+                    };
+                    if let Some(event) = event {
+                        return event;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next CRLF-terminated line, or the reply refusing it.
+    fn next_line(&mut self) -> Option<Result<Vec<u8>, Reply>> {
+        loop {
+            let Some(lf) = self.input.iter().position(|&b| b == b'\n') else {
+                if self.discarding_line {
+                    self.input.clear();
+                } else if self.input.len() > MAX_COMMAND_LINE + 1 {
+                    self.input.clear();
+                    self.discarding_line = true;
+                    return Some(Err(line_too_long()));
+                }
+                return None;
+            };
+            let mut line: Vec<u8> = self.input.drain(..=lf).collect();
+            line.pop();
+            if std::mem::take(&mut self.discarding_line) {
+                continue;
+            }
+            if line.pop_if(|b| *b == b'\r').is_none() {
+                return Some(Err(Reply::new(
+                    501,
+                    Status(5, 5, 2),
+                    "Bare LF in command line",
+                )
+                .rejecting(Reject::Syntax)));
+            }
+            if line.len() > MAX_COMMAND_LINE {
+                return Some(Err(line_too_long()));
+            }
+            return Some(Ok(line));
+        }
+    }
+
+    fn command(&mut self, line: &[u8]) -> Option<Event> {
+        match Command::parse(line) {
+            Ok(command) => self.dispatch(command),
+            Err(err) => {
+                self.error(command_error(&err));
+                None
+            }
+        }
+    }
+
+    fn dispatch(&mut self, command: Command) -> Option<Event> {
+        match command {
+            Command::Ehlo(name) => self.ehlo(name, true),
+            Command::Helo(name) => self.ehlo(name, false),
+            Command::Mail { from, params } => self.mail(from, params),
+            Command::Rcpt { to } => self.rcpt(to),
+            Command::Data => return self.data(),
+            Command::Bdat { size, last } => self.bdat(size, last),
+            Command::Rset => {
+                self.transaction = None;
+                self.ok("Ok");
+            }
+            Command::Noop => self.ok("Ok"),
+            Command::Quit => {
+                return Some(self.close(Reply::new(
+                    221,
+                    Status(2, 0, 0),
+                    format!("{} closing connection", self.config.hostname),
+                )));
+            }
+            Command::Vrfy => self.reply(Reply::new(
+                252,
+                Status(2, 5, 0),
+                "Cannot VRFY user, but will accept message and attempt delivery",
+            )),
+            Command::Expn => self.error(
+                Reply::new(502, Status(5, 5, 1), "EXPN not available").rejecting(Reject::Sequence),
+            ),
+            Command::Help => self.reply(Reply::new(
+                214,
+                Status(2, 0, 0),
+                "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH",
+            )),
+            Command::StartTls => return self.starttls(),
+            Command::Auth { mechanism, initial } => return self.auth(mechanism, initial),
+        }
+        None
+    }
+
+    fn ehlo(&mut self, name: String, esmtp: bool) {
+        self.transaction = None;
+        let hostname = self.config.hostname.clone();
+        if !esmtp {
+            self.helo = Some((name, false));
+            self.reply(Reply::plain(250, vec![hostname]));
+            return;
+        }
+        let mut lines = vec![
+            hostname,
+            "PIPELINING".to_string(),
+            format!("SIZE {}", self.config.max_message_size),
+            "8BITMIME".to_string(),
+            "SMTPUTF8".to_string(),
+            "ENHANCEDSTATUSCODES".to_string(),
+            "CHUNKING".to_string(),
+        ];
+        if self.config.starttls && !self.tls {
+            lines.push("STARTTLS".to_string());
+        }
+        if self.auth_offered() {
+            lines.push("AUTH PLAIN LOGIN".to_string());
+        }
+        self.helo = Some((name, true));
+        self.reply(Reply::plain(250, lines));
+    }
+
+    fn auth_offered(&self) -> bool {
+        self.config.auth && (self.tls || self.config.plaintext_auth)
+    }
+
+    fn mail(&mut self, from: ReversePath, params: MailParams) {
+        let refusal = if self.helo.is_none() {
+            Some(sequence("Send EHLO or HELO first"))
+        } else if self.transaction.is_some() {
+            Some(sequence("Nested MAIL command"))
+        } else if from.is_utf8() && !params.smtputf8 {
+            Some(needs_smtputf8())
+        } else if params
+            .size
+            .is_some_and(|size| size > self.config.max_message_size as u64)
+        {
+            Some(too_big())
+        } else if !self.sender_domain_allowed(&from) {
+            Some(
+                Reply::new(553, Status(5, 7, 1), "Sender domain not allowed here")
+                    .rejecting(Reject::SenderDomain),
+            )
+        } else {
+            None
+        };
+        match refusal {
+            Some(reply) => self.error(reply),
+            None => {
+                self.transaction = Some(Transaction {
+                    from,
+                    params,
+                    recipients: Vec::new(),
+                    chunks: None,
+                });
+                self.reply(Reply::new(250, Status(2, 1, 0), "Sender OK"));
+            }
+        }
+    }
+
+    fn sender_domain_allowed(&self, from: &ReversePath) -> bool {
+        let allowed = &self.config.sender_domains;
+        match from.mailbox() {
+            None => true,
+            Some(address) => {
+                allowed.is_empty()
+                    || allowed
+                        .iter()
+                        .any(|d| d.eq_ignore_ascii_case(address.domain()))
+            }
+        }
+    }
+
+    fn rcpt(&mut self, to: Address) {
+        let relay_allowed = self.peer.relay_allowed || self.auth_user.is_some();
+        let auth_would_help =
+            self.config.auth && (self.tls || self.config.plaintext_auth || self.config.starttls);
+        let max = self.config.max_recipients;
+        let refusal = match &self.transaction {
+            None => Some(sequence("Need MAIL before RCPT")),
+            Some(t) if t.chunks.is_some() => Some(sequence("RCPT after BDAT")),
+            Some(_) if !relay_allowed && auth_would_help => Some(
+                Reply::new(530, Status(5, 7, 0), "Authentication required")
+                    .rejecting(Reject::AuthRequired),
+            ),
+            Some(_) if !relay_allowed => Some(
+                Reply::new(554, Status(5, 7, 1), "Relay access denied")
+                    .rejecting(Reject::RelayDenied),
+            ),
+            Some(t) if to.is_utf8() && !t.params.smtputf8 => Some(needs_smtputf8()),
+            Some(t) if t.recipients.len() >= max => Some(
+                Reply::new(452, Status(4, 5, 3), "Too many recipients")
+                    .rejecting(Reject::TooManyRecipients),
+            ),
+            Some(_) => None,
+        };
+        match (refusal, self.transaction.as_mut()) {
+            (Some(reply), _) => self.error(reply),
+            (None, Some(t)) => {
+                t.recipients.push(to);
+                self.reply(Reply::new(250, Status(2, 1, 5), "Recipient OK"));
+            }
+            (None, None) => unreachable!("refusal covers the missing transaction"),
+        }
+    }
+
+    fn data(&mut self) -> Option<Event> {
+        let refusal = match &self.transaction {
+            None => Some(sequence("Need MAIL before DATA")),
+            Some(t) if t.chunks.is_some() => Some(sequence("DATA after BDAT")),
+            Some(t) if t.recipients.is_empty() => Some(no_recipients()),
+            Some(_) => None,
+        };
+        match refusal {
+            Some(reply) => self.error(reply),
+            None => {
+                let decoder =
+                    BodyDecoder::data(self.config.bare_line_endings, self.config.max_message_size);
+                self.mode = Mode::Data(Box::new(decoder));
+                self.reply(Reply::plain(
+                    354,
+                    vec!["End data with <CR><LF>.<CR><LF>".to_string()],
+                ));
+            }
+        }
+        None
+    }
+
+    fn bdat(&mut self, size: u64, last: bool) {
+        let (policy, max) = (self.config.bare_line_endings, self.config.max_message_size);
+        let refusal = match self.transaction.as_mut() {
+            None => Some(sequence("Need MAIL before BDAT")),
+            Some(t) if t.recipients.is_empty() => Some(no_recipients()),
+            Some(t) => {
+                let decoder = t
+                    .chunks
+                    .get_or_insert_with(|| BodyDecoder::bdat(policy, max));
+                (decoder.size() as u64)
+                    .saturating_add(size)
+                    .gt(&(max as u64))
+                    .then(too_big)
+            }
+        };
+        if refusal.is_some() {
+            self.transaction = None;
+        }
+        self.mode = Mode::Bdat {
+            remaining: size,
+            last,
+            refusal,
+        };
+    }
+
+    fn end_of_chunk(&mut self) -> Option<Event> {
+        let Mode::Bdat { last, refusal, .. } = std::mem::replace(&mut self.mode, Mode::Command)
+        else {
+            unreachable!("called at the end of a BDAT chunk")
+        };
+        if let Some(reply) = refusal {
+            self.error(reply);
+            return None;
+        }
+        let Some(decoder) = self.transaction.as_mut().and_then(|t| t.chunks.take()) else {
+            self.error(sequence("Need MAIL before BDAT"));
+            return None;
+        };
+        if !last {
+            if decoder.fault() == Some(BodyFault::TooBig) {
+                self.transaction = None;
+                self.error(too_big());
+            } else {
+                let size = decoder.size();
+                if let Some(t) = self.transaction.as_mut() {
+                    t.chunks = Some(decoder);
+                }
+                self.ok(&format!("{size} octets received"));
+            }
+            return None;
+        }
+        self.end_of_message(decoder.finish())
+    }
+
+    /// Checks a complete body and hands it over for queueing.
+    fn end_of_message(&mut self, body: Result<Vec<u8>, BodyFault>) -> Option<Event> {
+        let transaction = self.transaction.take()?;
+        let refusal = match &body {
+            Err(BodyFault::TooBig) => Some(too_big()),
+            Err(BodyFault::BareLineEnding) => Some(
+                Reply::new(
+                    550,
+                    Status(5, 6, 0),
+                    "Message contains bare CR, bare LF or NUL",
+                )
+                .rejecting(Reject::BareLineEnding),
+            ),
+            Err(BodyFault::LineTooLong) => Some(
+                Reply::new(
+                    550,
+                    Status(5, 6, 0),
+                    "Message has a line longer than 998 octets",
+                )
+                .rejecting(Reject::TextLineTooLong),
+            ),
+            Ok(body) if body::count_received(body) > self.config.max_received => Some(
+                Reply::new(554, Status(5, 4, 6), "Too many Received headers: mail loop")
+                    .rejecting(Reject::MailLoop),
+            ),
+            Ok(_) => None,
+        };
+        if let Some(reply) = refusal {
+            self.error(reply);
+            return None;
+        }
+        let (helo, esmtp) = self.helo.clone().unwrap_or_default();
+        let message = Message {
+            from: transaction.from,
+            recipients: transaction.recipients,
+            body: body.unwrap_or_default(),
+            smtputf8: transaction.params.smtputf8,
+            eight_bit_mime: transaction.params.body == Some(BodyType::EightBitMime),
+            helo,
+            esmtp,
+            auth_user: self.auth_user.clone(),
+        };
+        self.mode = Mode::Waiting;
+        Some(Event::Message(Box::new(message)))
+    }
+
+    fn starttls(&mut self) -> Option<Event> {
+        if self.tls {
+            self.error(sequence("Already using TLS"));
+            return None;
+        }
+        if !self.config.starttls {
+            self.error(
+                Reply::new(502, Status(5, 5, 1), "STARTTLS not available")
+                    .rejecting(Reject::Sequence),
+            );
+            return None;
+        }
+        self.reply(Reply::new(220, Status(2, 0, 0), "Ready to start TLS"));
+        self.mode = Mode::Waiting;
+        Some(Event::StartTls)
+    }
+
+    fn auth(&mut self, mechanism: Mechanism, initial: Option<String>) -> Option<Event> {
+        let refusal = if !self.config.auth {
+            Some(Reply::new(502, Status(5, 5, 1), "AUTH not available").rejecting(Reject::Sequence))
+        } else if !self.auth_offered() {
+            Some(
+                Reply::new(
+                    538,
+                    Status(5, 7, 11),
+                    "Encryption required for requested authentication mechanism",
+                )
+                .rejecting(Reject::Sequence),
+            )
+        } else if self.helo.is_none() {
+            Some(sequence("Send EHLO first"))
+        } else if self.auth_user.is_some() {
+            Some(sequence("Already authenticated"))
+        } else if self.transaction.is_some() {
+            Some(sequence("AUTH not allowed during a mail transaction"))
+        } else {
+            None
+        };
+        if let Some(reply) = refusal {
+            self.error(reply);
+            return None;
+        }
+        match (mechanism, initial) {
+            (Mechanism::Plain, None) => {
+                self.mode = Mode::AuthPlain;
+                self.reply(Reply::plain(334, vec![String::new()]));
+                None
+            }
+            (Mechanism::Plain, Some(response)) => self.auth_plain(response.as_bytes()),
+            (Mechanism::Login, None) => {
+                self.mode = Mode::AuthLoginUser;
+                self.reply(Reply::plain(334, vec![BASE64.encode("Username:")]));
+                None
+            }
+            (Mechanism::Login, Some(user)) => self.auth_login_user(user.as_bytes()),
+        }
+    }
+
+    fn auth_line(&mut self, line: &[u8]) -> Option<Event> {
+        if line == b"*" {
+            self.mode = Mode::Command;
+            self.auth_failed(Reply::new(501, Status(5, 0, 0), "Authentication cancelled"));
+            return None;
+        }
+        match std::mem::replace(&mut self.mode, Mode::Command) {
+            Mode::AuthPlain => self.auth_plain(line),
+            Mode::AuthLoginUser => self.auth_login_user(line),
+            Mode::AuthLoginPassword(user) => match decode_base64(line) {
+                Some(password) => self.authenticate(user, password),
+                None => self.bad_base64(),
+            },
+            _ => unreachable!("auth_line runs only in an AUTH mode"),
+        }
+    }
+
+    fn auth_plain(&mut self, response: &[u8]) -> Option<Event> {
+        let Some(decoded) = decode_base64(response) else {
+            return self.bad_base64();
+        };
+        let mut parts = decoded.split('\0');
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(authzid), Some(user), Some(password), None)
+                if authzid.is_empty() || authzid == user =>
+            {
+                self.authenticate(user.to_string(), password.to_string())
+            }
+            _ => {
+                self.auth_failed(Reply::new(501, Status(5, 5, 2), "Malformed PLAIN response"));
+                None
+            }
+        }
+    }
+
+    fn auth_login_user(&mut self, response: &[u8]) -> Option<Event> {
+        let Some(user) = decode_base64(response) else {
+            return self.bad_base64();
+        };
+        self.mode = Mode::AuthLoginPassword(user);
+        self.reply(Reply::plain(334, vec![BASE64.encode("Password:")]));
+        None
+    }
+
+    fn authenticate(&mut self, user: String, password: String) -> Option<Event> {
+        self.mode = Mode::Waiting;
+        Some(Event::Authenticate { user, password })
+    }
+
+    fn bad_base64(&mut self) -> Option<Event> {
+        self.auth_failed(Reply::new(501, Status(5, 5, 2), "Invalid base64 data"));
+        None
+    }
+
+    fn auth_failed(&mut self, reply: Reply) {
+        self.auth_failures += 1;
+        self.reply(reply.rejecting(Reject::AuthFailed));
+        if self.auth_failures >= self.config.max_auth_failures {
+            self.close(
+                Reply::new(421, Status(4, 7, 0), "Too many authentication failures")
+                    .rejecting(Reject::TooManyErrors),
+            );
+        }
+    }
+
+    fn ok(&mut self, text: &str) {
+        self.reply(Reply::new(250, Status(2, 0, 0), text));
+    }
+
+    fn reply(&mut self, reply: Reply) {
+        self.replies.push(reply);
+    }
+
+    /// A refusal that counts towards the error limit.
+    fn error(&mut self, reply: Reply) {
+        self.reply(reply);
+        self.errors += 1;
+        if self.errors >= self.config.max_errors {
+            self.close(
+                Reply::new(421, Status(4, 7, 0), "Too many errors, closing connection")
+                    .rejecting(Reject::TooManyErrors),
+            );
+        }
+    }
+
+    fn close(&mut self, reply: Reply) -> Event {
+        self.reply(reply);
+        self.mode = Mode::Closed;
+        self.input.clear();
+        Event::Close
+    }
+}
+
+fn decode_base64(data: &[u8]) -> Option<String> {
+    if data == b"=" {
+        return Some(String::new());
+    }
+    String::from_utf8(BASE64.decode(data).ok()?).ok()
+}
+
+fn line_too_long() -> Reply {
+    Reply::new(500, Status(5, 5, 2), "Line too long").rejecting(Reject::LineTooLong)
+}
+
+fn sequence(text: &str) -> Reply {
+    Reply::new(503, Status(5, 5, 1), text).rejecting(Reject::Sequence)
+}
+
+fn needs_smtputf8() -> Reply {
+    Reply::new(553, Status(5, 6, 7), "Address needs SMTPUTF8")
+        .rejecting(Reject::Utf8WithoutSmtputf8)
+}
+
+fn too_big() -> Reply {
+    Reply::new(
+        552,
+        Status(5, 3, 4),
+        "Message size exceeds fixed maximum message size",
+    )
+    .rejecting(Reject::MessageTooBig)
+}
+
+fn no_recipients() -> Reply {
+    Reply::new(554, Status(5, 5, 1), "No valid recipients").rejecting(Reject::Sequence)
+}
+
+fn command_error(err: &CommandError) -> Reply {
+    let reply = match err {
+        CommandError::Unrecognized => Reply::new(500, Status(5, 5, 1), "Command unrecognized"),
+        CommandError::ForbiddenByte => Reply::new(501, Status(5, 5, 2), "CR, LF or NUL in command"),
+        CommandError::Syntax(_) => Reply::new(501, Status(5, 5, 4), format!("Syntax error: {err}")),
+        CommandError::Sender(_) => Reply::new(501, Status(5, 1, 7), err.to_string()),
+        CommandError::Recipient(_) => Reply::new(501, Status(5, 1, 3), err.to_string()),
+        CommandError::UnsupportedParam(_) => Reply::new(555, Status(5, 5, 4), err.to_string()),
+        CommandError::UnsupportedMechanism => Reply::new(
+            504,
+            Status(5, 5, 4),
+            "Unrecognized authentication mechanism",
+        ),
+    };
+    reply.rejecting(Reject::Syntax)
+}
