@@ -1,1 +1,383 @@
+//! The Postern configuration file: its types, defaults and validation.
+//!
+//! The relay reads it and the operator writes it, so this crate is the contract between them.
+//! Keys are camelCase; unknown keys are refused. Every field is documented, with its default,
+//! in `docs/configuration.md`.
 
+mod duration;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+pub use duration::{Duration, DurationError};
+pub use validate::{ConfigError, FieldError};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Config {
+    /// Name used in the greeting, the EHLO reply and Received headers.
+    #[serde(default = "default_hostname")]
+    pub hostname: String,
+    #[serde(default)]
+    pub nats: NatsConfig,
+    #[serde(default)]
+    pub ingress: IngressConfig,
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub standalone: StandaloneConfig,
+    /// How long transactions in progress may run after SIGTERM.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: Duration,
+}
+
+/// Connection to NATS JetStream and the queue's layout there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NatsConfig {
+    /// `nats://host:port`; absent in standalone mode, which starts its own server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// A NATS `.creds` file (JWT and NKey seed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<PathBuf>,
+    /// Name of the JetStream stream holding the queue.
+    #[serde(default = "default_stream")]
+    pub stream: String,
+    /// Subject prefix of queue entries; the destination domain follows it.
+    #[serde(default = "default_subject_prefix")]
+    pub subject_prefix: String,
+    /// Object store bucket for bodies larger than `inlineBodyLimit`.
+    #[serde(default = "default_body_bucket")]
+    pub body_bucket: String,
+    /// Stream replicas: 1 for one server, 3 in a cluster.
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+    /// How long to wait for JetStream to acknowledge a message before answering 451.
+    #[serde(default = "default_ack_timeout")]
+    pub ack_timeout: Duration,
+    /// Bodies up to this many bytes travel inside the queue entry.
+    #[serde(default = "default_inline_body_limit")]
+    pub inline_body_limit: usize,
+    /// Window in which JetStream drops an entry published twice with the same id.
+    #[serde(default = "default_duplicate_window")]
+    pub duplicate_window: Duration,
+}
+
+/// The SMTP side that applications and users connect to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IngressConfig {
+    #[serde(default = "default_listeners")]
+    pub listeners: Vec<Listener>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    /// Clients in these networks may relay without AUTH.
+    #[serde(default = "default_allowed_networks")]
+    pub allowed_networks: Vec<IpNet>,
+    /// `name:<argon2 PHC hash>` lines; enables AUTH.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users_file: Option<PathBuf>,
+    /// Sender domains allowed in MAIL FROM; empty allows any.
+    #[serde(default)]
+    pub sender_domains: Vec<String>,
+    #[serde(default)]
+    pub bare_line_endings: BareLineEndings,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// One SMTP listening socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Listener {
+    pub address: SocketAddr,
+    #[serde(default)]
+    pub tls: ListenerTls,
+    /// Offer AUTH before TLS on this listener (for trusted networks only).
+    #[serde(default)]
+    pub allow_plaintext_auth: bool,
+}
+
+/// How a listener uses TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ListenerTls {
+    /// Plaintext only.
+    #[default]
+    None,
+    /// Plaintext, upgraded by STARTTLS.
+    Starttls,
+    /// TLS from the first byte (port 465 style).
+    Implicit,
+}
+
+/// The certificate served by TLS listeners.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// How often the files are checked for changes and reloaded.
+    #[serde(default = "default_tls_reload")]
+    pub reload_interval: Duration,
+}
+
+/// What to do with bare CR, bare LF and NUL in message content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum BareLineEndings {
+    /// Bare LF becomes CRLF, bare CR a space, NUL is dropped.
+    #[default]
+    Normalize,
+    /// The message is refused with 550 5.6.0.
+    Reject,
+}
+
+/// Limits on what a client controls.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_message_size: usize,
+    pub max_recipients: usize,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub max_errors: u32,
+    pub max_auth_failures: u32,
+    pub max_received_headers: usize,
+    /// Idle time allowed while waiting for a command.
+    pub command_timeout: Duration,
+    /// Idle time allowed while reading message content.
+    pub data_timeout: Duration,
+    /// Slowest average transfer rate of message content, in bytes per second, once
+    /// `dataTimeout` has passed since the transfer began.
+    pub min_data_rate: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_size: 50 * 1024 * 1024,
+            max_recipients: 1000,
+            max_connections: 10_000,
+            max_connections_per_ip: 100,
+            max_errors: 20,
+            max_auth_failures: 3,
+            max_received_headers: 50,
+            command_timeout: Duration::secs(300),
+            data_timeout: Duration::secs(180),
+            min_data_rate: 1024,
+        }
+    }
+}
+
+/// Where and how queued mail is delivered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Fixed next hops per recipient domain, tried before MX lookup.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    #[serde(default)]
+    pub retry: RetryConfig,
+}
+
+/// A fixed next hop for a recipient domain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Route {
+    /// `example.com` (exact), `*.example.com` (subdomains) or `*` (everything).
+    pub domain: String,
+    /// `host:port` of the next hop.
+    pub host: String,
+}
+
+/// When temporary failures are retried.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Delays between attempts; the last one repeats.
+    pub schedule: Vec<Duration>,
+    /// Age after which a message still not delivered is bounced.
+    pub max_age: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            schedule: [60, 300, 900, 3600, 14_400].into_iter().map(Duration::secs).collect(),
+            max_age: Duration::secs(5 * 86_400),
+        }
+    }
+}
+
+/// The HTTP endpoint for probes and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AdminConfig {
+    pub address: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { address: SocketAddr::from(([127, 0, 0, 1], 9090)) }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `postern_relay=debug,info`; `RUST_LOG` overrides it.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::default(), level: default_log_level() }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The local nats-server that `postern standalone` runs when `nats.url` is absent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StandaloneConfig {
+    /// Path of the nats-server binary, or a name looked up in PATH.
+    pub nats_server: PathBuf,
+    /// JetStream storage directory.
+    pub data_dir: PathBuf,
+    /// Client port on 127.0.0.1.
+    pub nats_port: u16,
+}
+
+impl Default for StandaloneConfig {
+    fn default() -> Self {
+        StandaloneConfig { nats_server: "nats-server".into(), data_dir: "data".into(), nats_port: 4222 }
+    }
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: None,
+            credentials_file: None,
+            stream: default_stream(),
+            subject_prefix: default_subject_prefix(),
+            body_bucket: default_body_bucket(),
+            replicas: default_replicas(),
+            ack_timeout: default_ack_timeout(),
+            inline_body_limit: default_inline_body_limit(),
+            duplicate_window: default_duplicate_window(),
+        }
+    }
+}
+
+impl Default for IngressConfig {
+    fn default() -> Self {
+        IngressConfig {
+            listeners: default_listeners(),
+            tls: None,
+            allowed_networks: default_allowed_networks(),
+            users_file: None,
+            sender_domains: Vec::new(),
+            bare_line_endings: BareLineEndings::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            hostname: default_hostname(),
+            nats: NatsConfig::default(),
+            ingress: IngressConfig::default(),
+            delivery: DeliveryConfig::default(),
+            admin: AdminConfig::default(),
+            log: LogConfig::default(),
+            standalone: StandaloneConfig::default(),
+            shutdown_grace: default_shutdown_grace(),
+        }
+    }
+}
+
+impl Config {
+    /// Parses and validates a YAML document.
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The YAML form, as the operator writes it into a ConfigMap.
+    pub fn to_yaml(&self) -> Result<String, ConfigError> {
+        serde_saphyr::to_string(self).map_err(|e| ConfigError::Parse(e.to_string()))
+    }
+}
+
+fn default_hostname() -> String {
+    "localhost".to_string()
+}
+fn default_stream() -> String {
+    "POSTERN_QUEUE".to_string()
+}
+fn default_subject_prefix() -> String {
+    "postern.queue".to_string()
+}
+fn default_body_bucket() -> String {
+    "POSTERN_BODIES".to_string()
+}
+fn default_replicas() -> usize {
+    1
+}
+fn default_ack_timeout() -> Duration {
+    Duration::secs(5)
+}
+fn default_inline_body_limit() -> usize {
+    256 * 1024
+}
+fn default_duplicate_window() -> Duration {
+    Duration::secs(120)
+}
+fn default_listeners() -> Vec<Listener> {
+    vec![Listener {
+        address: SocketAddr::from(([127, 0, 0, 1], 2525)),
+        tls: ListenerTls::None,
+        allow_plaintext_auth: false,
+    }]
+}
+fn default_allowed_networks() -> Vec<IpNet> {
+    ["127.0.0.0/8", "::1/128"].iter().filter_map(|n| n.parse().ok()).collect()
+}
+fn default_tls_reload() -> Duration {
+    Duration::secs(10)
+}
+fn default_log_level() -> String {
+    "info".to_string()
+}
+fn default_shutdown_grace() -> Duration {
+    Duration::secs(25)
+}

@@ -1,0 +1,201 @@
+//! Checks that serde cannot express, each naming the field at fault.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use crate::{Config, ListenerTls};
+
+/// One invalid field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Path of the field, such as `ingress.listeners[0].tls`.
+    pub field: String,
+    pub message: String,
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// Not valid YAML, an unknown key or a value of the wrong type.
+    #[error("{0}")]
+    Parse(String),
+    /// Well-formed but invalid values.
+    #[error("{}", Invalid(.0))]
+    Invalid(Vec<FieldError>),
+}
+
+struct Invalid<'a>(&'a [FieldError]);
+
+impl fmt::Display for Invalid<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}: {}", e.field, e.message)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn check(&mut self, ok: bool, field: impl Into<String>, message: impl Into<String>) {
+        if !ok {
+            self.0.push(FieldError { field: field.into(), message: message.into() });
+        }
+    }
+}
+
+/// True for an LDH host name such as `relay.example.com`.
+pub(crate) fn is_hostname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// True for a NATS subject token or name: no spaces, dots or wildcards.
+fn is_nats_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+impl Config {
+    /// Checks values that are well-formed but wrong, naming each field at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut e = Errors::default();
+        e.check(is_hostname(&self.hostname), "hostname", "must be a host name such as relay.example.com");
+
+        let nats = &self.nats;
+        if let Some(url) = &nats.url {
+            let scheme_ok = ["nats://", "tls://", "ws://", "wss://"].iter().any(|s| url.starts_with(s));
+            e.check(scheme_ok, "nats.url", "must start with nats://, tls://, ws:// or wss://");
+        }
+        e.check(is_nats_name(&nats.stream), "nats.stream", "must be letters, digits, '-' or '_'");
+        e.check(is_nats_name(&nats.body_bucket), "nats.bodyBucket", "must be letters, digits, '-' or '_'");
+        let prefix_ok = nats.subject_prefix.split('.').all(is_nats_name);
+        e.check(prefix_ok, "nats.subjectPrefix", "must be dot-separated tokens without wildcards");
+        e.check((1..=5).contains(&nats.replicas), "nats.replicas", "must be between 1 and 5");
+        e.check(!nats.ack_timeout.get().is_zero(), "nats.ackTimeout", "must be greater than zero");
+        let inline_ok = (1024..=512 * 1024).contains(&nats.inline_body_limit);
+        e.check(inline_ok, "nats.inlineBodyLimit", "must be between 1024 and 524288 bytes");
+        e.check(!nats.duplicate_window.get().is_zero(), "nats.duplicateWindow", "must be greater than zero");
+
+        let ingress = &self.ingress;
+        e.check(!ingress.listeners.is_empty(), "ingress.listeners", "needs at least one listener");
+        let mut seen = HashSet::new();
+        for (i, listener) in ingress.listeners.iter().enumerate() {
+            let field = format!("ingress.listeners[{i}]");
+            e.check(seen.insert(listener.address), format!("{field}.address"), "is listed twice");
+            let needs_cert = listener.tls != ListenerTls::None;
+            e.check(!needs_cert || ingress.tls.is_some(), format!("{field}.tls"), "needs ingress.tls (certFile and keyFile)");
+        }
+        if let Some(tls) = &ingress.tls {
+            e.check(!tls.reload_interval.get().is_zero(), "ingress.tls.reloadInterval", "must be greater than zero");
+        }
+        for (i, domain) in ingress.sender_domains.iter().enumerate() {
+            e.check(is_hostname(domain), format!("ingress.senderDomains[{i}]"), "must be a domain name");
+        }
+        let limits = &ingress.limits;
+        let positive = [
+            ("maxMessageSize", limits.max_message_size as u64),
+            ("maxRecipients", limits.max_recipients as u64),
+            ("maxConnections", limits.max_connections as u64),
+            ("maxConnectionsPerIp", limits.max_connections_per_ip as u64),
+            ("maxErrors", u64::from(limits.max_errors)),
+            ("maxAuthFailures", u64::from(limits.max_auth_failures)),
+            ("minDataRate", limits.min_data_rate),
+        ];
+        for (name, value) in positive {
+            e.check(value > 0, format!("ingress.limits.{name}"), "must be greater than zero");
+        }
+        e.check(!limits.command_timeout.get().is_zero(), "ingress.limits.commandTimeout", "must be greater than zero");
+        e.check(!limits.data_timeout.get().is_zero(), "ingress.limits.dataTimeout", "must be greater than zero");
+
+        for (i, route) in self.delivery.routes.iter().enumerate() {
+            let field = format!("delivery.routes[{i}]");
+            let domain = route.domain.strip_prefix("*.").unwrap_or(&route.domain);
+            e.check(route.domain == "*" || is_hostname(domain), format!("{field}.domain"), "must be a domain, *.domain or *");
+            let host_ok = route
+                .host
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+            e.check(host_ok, format!("{field}.host"), "must be host:port");
+        }
+        let retry = &self.delivery.retry;
+        e.check(!retry.schedule.is_empty(), "delivery.retry.schedule", "needs at least one interval");
+        e.check(!retry.max_age.get().is_zero(), "delivery.retry.maxAge", "must be greater than zero");
+
+        e.check(self.standalone.nats_port > 0, "standalone.natsPort", "must be a port number");
+        e.check(!self.shutdown_grace.get().is_zero(), "shutdownGrace", "must be greater than zero");
+
+        if e.0.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(e.0)) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Config, ConfigError};
+
+    fn errors(yaml: &str) -> String {
+        Config::from_yaml(yaml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn empty_document_is_the_default() {
+        assert_eq!(Config::from_yaml("{}").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn full_example_parses_and_round_trips() {
+        let yaml = r#"
+hostname: relay.example.com
+nats: { url: "nats://127.0.0.1:4222", replicas: 3, ackTimeout: 5s }
+ingress:
+  listeners:
+    - { address: "0.0.0.0:2525", tls: starttls }
+    - { address: "0.0.0.0:465", tls: implicit }
+  tls: { certFile: /tls/tls.crt, keyFile: /tls/tls.key }
+  allowedNetworks: ["10.0.0.0/8"]
+  usersFile: /etc/postern/users
+  senderDomains: [example.com]
+  bareLineEndings: reject
+  limits: { maxMessageSize: 1000000, maxRecipients: 10, maxConnections: 5, maxConnectionsPerIp: 1, maxErrors: 3, maxAuthFailures: 3, maxReceivedHeaders: 50, commandTimeout: 1m, dataTimeout: 1m, minDataRate: 10 }
+delivery:
+  routes: [ { domain: "*", host: "127.0.0.1:2526" } ]
+  retry: { schedule: ["1m", "5m"], maxAge: 5d }
+admin: { address: "0.0.0.0:9090" }
+"#;
+        let config = Config::from_yaml(yaml).unwrap();
+        assert_eq!(config.nats.replicas, 3);
+        assert_eq!(config.ingress.limits.max_connections_per_ip, 1);
+        let again = Config::from_yaml(&config.to_yaml().unwrap()).unwrap();
+        assert_eq!(again, config);
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let msg = errors("ingress:\n  limits:\n    maxMesageSize: 10\n");
+        assert!(msg.contains("maxMesageSize"), "{msg}");
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let msg = errors("ingress:\n  listeners: [ { address: \"127.0.0.1:25\", tls: starttls } ]\n  limits: { maxRecipients: 0 }\n");
+        assert!(msg.contains("ingress.listeners[0].tls: needs ingress.tls"), "{msg}");
+        let msg = errors("nats: { replicas: 7 }\ndelivery: { routes: [ { domain: \"a..b\", host: \"x\" } ] }\n");
+        assert!(msg.contains("nats.replicas"), "{msg}");
+        assert!(msg.contains("delivery.routes[0].domain"), "{msg}");
+        assert!(msg.contains("delivery.routes[0].host"), "{msg}");
+        let msg = errors("shutdownGrace: soon\n");
+        assert!(msg.contains("invalid duration \"soon\""), "{msg}");
+        assert!(matches!(Config::from_yaml("admin: { address: nowhere }"), Err(ConfigError::Parse(_))));
+    }
+}
