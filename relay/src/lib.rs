@@ -1,1 +1,14 @@
+//! Postern's relay: SMTP ingress, the JetStream queue hand-off and the admin endpoint.
+//!
+//! The binary `postern` only parses arguments and calls [`app::run`]; everything else lives
+//! here, where tests reach it.
 
+pub mod admin;
+pub mod app;
+pub mod ingress;
+pub mod metrics;
+pub mod queue;
+pub mod standalone;
+pub mod telemetry;
+pub mod tls;
+pub mod users;

@@ -22,7 +22,9 @@ impl Duration {
 
 /// A duration that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid duration {0:?}: expected a whole number followed by ms, s, m, h or d, like \"30s\"")]
+#[error(
+    "invalid duration {0:?}: expected a whole number followed by ms, s, m, h or d, like \"30s\""
+)]
 pub struct DurationError(String);
 
 impl FromStr for Duration {
@@ -49,8 +51,13 @@ impl FromStr for Duration {
 impl fmt::Display for Duration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let millis = self.0.as_millis();
-        for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
-            if millis > 0 && millis % size == 0 {
+        for (unit, size) in [
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1_000),
+        ] {
+            if millis > 0 && millis.is_multiple_of(size) {
                 return write!(f, "{}{unit}", millis / size);
             }
         }

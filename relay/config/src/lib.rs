@@ -216,7 +216,10 @@ pub struct RetryConfig {
 impl Default for RetryConfig {
     fn default() -> Self {
         RetryConfig {
-            schedule: [60, 300, 900, 3600, 14_400].into_iter().map(Duration::secs).collect(),
+            schedule: [60, 300, 900, 3600, 14_400]
+                .into_iter()
+                .map(Duration::secs)
+                .collect(),
             max_age: Duration::secs(5 * 86_400),
         }
     }
@@ -231,7 +234,9 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { address: SocketAddr::from(([127, 0, 0, 1], 9090)) }
+        AdminConfig {
+            address: SocketAddr::from(([127, 0, 0, 1], 9090)),
+        }
     }
 }
 
@@ -248,7 +253,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { format: LogFormat::default(), level: default_log_level() }
+        LogConfig {
+            format: LogFormat::default(),
+            level: default_log_level(),
+        }
     }
 }
 
@@ -275,7 +283,11 @@ pub struct StandaloneConfig {
 
 impl Default for StandaloneConfig {
     fn default() -> Self {
-        StandaloneConfig { nats_server: "nats-server".into(), data_dir: "data".into(), nats_port: 4222 }
+        StandaloneConfig {
+            nats_server: "nats-server".into(),
+            data_dir: "data".into(),
+            nats_port: 4222,
+        }
     }
 }
 
@@ -327,7 +339,8 @@ impl Default for Config {
 impl Config {
     /// Parses and validates a YAML document.
     pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let config: Config =
+            serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         config.validate()?;
         Ok(config)
     }
@@ -370,7 +383,10 @@ fn default_listeners() -> Vec<Listener> {
     }]
 }
 fn default_allowed_networks() -> Vec<IpNet> {
-    ["127.0.0.0/8", "::1/128"].iter().filter_map(|n| n.parse().ok()).collect()
+    ["127.0.0.0/8", "::1/128"]
+        .iter()
+        .filter_map(|n| n.parse().ok())
+        .collect()
 }
 fn default_tls_reload() -> Duration {
     Duration::secs(10)

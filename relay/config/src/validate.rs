@@ -44,7 +44,10 @@ struct Errors(Vec<FieldError>);
 impl Errors {
     fn check(&mut self, ok: bool, field: impl Into<String>, message: impl Into<String>) {
         if !ok {
-            self.0.push(FieldError { field: field.into(), message: message.into() });
+            self.0.push(FieldError {
+                field: field.into(),
+                message: message.into(),
+            });
         }
     }
 }
@@ -56,7 +59,9 @@ pub(crate) fn is_hostname(name: &str) -> bool {
         && name.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
@@ -64,44 +69,105 @@ pub(crate) fn is_hostname(name: &str) -> bool {
 
 /// True for a NATS subject token or name: no spaces, dots or wildcards.
 fn is_nats_name(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 impl Config {
     /// Checks values that are well-formed but wrong, naming each field at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut e = Errors::default();
-        e.check(is_hostname(&self.hostname), "hostname", "must be a host name such as relay.example.com");
+        e.check(
+            is_hostname(&self.hostname),
+            "hostname",
+            "must be a host name such as relay.example.com",
+        );
 
         let nats = &self.nats;
         if let Some(url) = &nats.url {
-            let scheme_ok = ["nats://", "tls://", "ws://", "wss://"].iter().any(|s| url.starts_with(s));
-            e.check(scheme_ok, "nats.url", "must start with nats://, tls://, ws:// or wss://");
+            let scheme_ok = ["nats://", "tls://", "ws://", "wss://"]
+                .iter()
+                .any(|s| url.starts_with(s));
+            e.check(
+                scheme_ok,
+                "nats.url",
+                "must start with nats://, tls://, ws:// or wss://",
+            );
         }
-        e.check(is_nats_name(&nats.stream), "nats.stream", "must be letters, digits, '-' or '_'");
-        e.check(is_nats_name(&nats.body_bucket), "nats.bodyBucket", "must be letters, digits, '-' or '_'");
+        e.check(
+            is_nats_name(&nats.stream),
+            "nats.stream",
+            "must be letters, digits, '-' or '_'",
+        );
+        e.check(
+            is_nats_name(&nats.body_bucket),
+            "nats.bodyBucket",
+            "must be letters, digits, '-' or '_'",
+        );
         let prefix_ok = nats.subject_prefix.split('.').all(is_nats_name);
-        e.check(prefix_ok, "nats.subjectPrefix", "must be dot-separated tokens without wildcards");
-        e.check((1..=5).contains(&nats.replicas), "nats.replicas", "must be between 1 and 5");
-        e.check(!nats.ack_timeout.get().is_zero(), "nats.ackTimeout", "must be greater than zero");
+        e.check(
+            prefix_ok,
+            "nats.subjectPrefix",
+            "must be dot-separated tokens without wildcards",
+        );
+        e.check(
+            (1..=5).contains(&nats.replicas),
+            "nats.replicas",
+            "must be between 1 and 5",
+        );
+        e.check(
+            !nats.ack_timeout.get().is_zero(),
+            "nats.ackTimeout",
+            "must be greater than zero",
+        );
         let inline_ok = (1024..=512 * 1024).contains(&nats.inline_body_limit);
-        e.check(inline_ok, "nats.inlineBodyLimit", "must be between 1024 and 524288 bytes");
-        e.check(!nats.duplicate_window.get().is_zero(), "nats.duplicateWindow", "must be greater than zero");
+        e.check(
+            inline_ok,
+            "nats.inlineBodyLimit",
+            "must be between 1024 and 524288 bytes",
+        );
+        e.check(
+            !nats.duplicate_window.get().is_zero(),
+            "nats.duplicateWindow",
+            "must be greater than zero",
+        );
 
         let ingress = &self.ingress;
-        e.check(!ingress.listeners.is_empty(), "ingress.listeners", "needs at least one listener");
+        e.check(
+            !ingress.listeners.is_empty(),
+            "ingress.listeners",
+            "needs at least one listener",
+        );
         let mut seen = HashSet::new();
         for (i, listener) in ingress.listeners.iter().enumerate() {
             let field = format!("ingress.listeners[{i}]");
-            e.check(seen.insert(listener.address), format!("{field}.address"), "is listed twice");
+            e.check(
+                seen.insert(listener.address),
+                format!("{field}.address"),
+                "is listed twice",
+            );
             let needs_cert = listener.tls != ListenerTls::None;
-            e.check(!needs_cert || ingress.tls.is_some(), format!("{field}.tls"), "needs ingress.tls (certFile and keyFile)");
+            e.check(
+                !needs_cert || ingress.tls.is_some(),
+                format!("{field}.tls"),
+                "needs ingress.tls (certFile and keyFile)",
+            );
         }
         if let Some(tls) = &ingress.tls {
-            e.check(!tls.reload_interval.get().is_zero(), "ingress.tls.reloadInterval", "must be greater than zero");
+            e.check(
+                !tls.reload_interval.get().is_zero(),
+                "ingress.tls.reloadInterval",
+                "must be greater than zero",
+            );
         }
         for (i, domain) in ingress.sender_domains.iter().enumerate() {
-            e.check(is_hostname(domain), format!("ingress.senderDomains[{i}]"), "must be a domain name");
+            e.check(
+                is_hostname(domain),
+                format!("ingress.senderDomains[{i}]"),
+                "must be a domain name",
+            );
         }
         let limits = &ingress.limits;
         let positive = [
@@ -114,29 +180,64 @@ impl Config {
             ("minDataRate", limits.min_data_rate),
         ];
         for (name, value) in positive {
-            e.check(value > 0, format!("ingress.limits.{name}"), "must be greater than zero");
+            e.check(
+                value > 0,
+                format!("ingress.limits.{name}"),
+                "must be greater than zero",
+            );
         }
-        e.check(!limits.command_timeout.get().is_zero(), "ingress.limits.commandTimeout", "must be greater than zero");
-        e.check(!limits.data_timeout.get().is_zero(), "ingress.limits.dataTimeout", "must be greater than zero");
+        e.check(
+            !limits.command_timeout.get().is_zero(),
+            "ingress.limits.commandTimeout",
+            "must be greater than zero",
+        );
+        e.check(
+            !limits.data_timeout.get().is_zero(),
+            "ingress.limits.dataTimeout",
+            "must be greater than zero",
+        );
 
         for (i, route) in self.delivery.routes.iter().enumerate() {
             let field = format!("delivery.routes[{i}]");
             let domain = route.domain.strip_prefix("*.").unwrap_or(&route.domain);
-            e.check(route.domain == "*" || is_hostname(domain), format!("{field}.domain"), "must be a domain, *.domain or *");
-            let host_ok = route
-                .host
-                .rsplit_once(':')
-                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+            e.check(
+                route.domain == "*" || is_hostname(domain),
+                format!("{field}.domain"),
+                "must be a domain, *.domain or *",
+            );
+            let host_ok = route.host.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
             e.check(host_ok, format!("{field}.host"), "must be host:port");
         }
         let retry = &self.delivery.retry;
-        e.check(!retry.schedule.is_empty(), "delivery.retry.schedule", "needs at least one interval");
-        e.check(!retry.max_age.get().is_zero(), "delivery.retry.maxAge", "must be greater than zero");
+        e.check(
+            !retry.schedule.is_empty(),
+            "delivery.retry.schedule",
+            "needs at least one interval",
+        );
+        e.check(
+            !retry.max_age.get().is_zero(),
+            "delivery.retry.maxAge",
+            "must be greater than zero",
+        );
 
-        e.check(self.standalone.nats_port > 0, "standalone.natsPort", "must be a port number");
-        e.check(!self.shutdown_grace.get().is_zero(), "shutdownGrace", "must be greater than zero");
+        e.check(
+            self.standalone.nats_port > 0,
+            "standalone.natsPort",
+            "must be a port number",
+        );
+        e.check(
+            !self.shutdown_grace.get().is_zero(),
+            "shutdownGrace",
+            "must be greater than zero",
+        );
 
-        if e.0.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(e.0)) }
+        if e.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(e.0))
+        }
     }
 }
 
@@ -188,14 +289,24 @@ admin: { address: "0.0.0.0:9090" }
 
     #[test]
     fn bad_values_name_their_field() {
-        let msg = errors("ingress:\n  listeners: [ { address: \"127.0.0.1:25\", tls: starttls } ]\n  limits: { maxRecipients: 0 }\n");
-        assert!(msg.contains("ingress.listeners[0].tls: needs ingress.tls"), "{msg}");
-        let msg = errors("nats: { replicas: 7 }\ndelivery: { routes: [ { domain: \"a..b\", host: \"x\" } ] }\n");
+        let msg = errors(
+            "ingress:\n  listeners: [ { address: \"127.0.0.1:25\", tls: starttls } ]\n  limits: { maxRecipients: 0 }\n",
+        );
+        assert!(
+            msg.contains("ingress.listeners[0].tls: needs ingress.tls"),
+            "{msg}"
+        );
+        let msg = errors(
+            "nats: { replicas: 7 }\ndelivery: { routes: [ { domain: \"a..b\", host: \"x\" } ] }\n",
+        );
         assert!(msg.contains("nats.replicas"), "{msg}");
         assert!(msg.contains("delivery.routes[0].domain"), "{msg}");
         assert!(msg.contains("delivery.routes[0].host"), "{msg}");
         let msg = errors("shutdownGrace: soon\n");
         assert!(msg.contains("invalid duration \"soon\""), "{msg}");
-        assert!(matches!(Config::from_yaml("admin: { address: nowhere }"), Err(ConfigError::Parse(_))));
+        assert!(matches!(
+            Config::from_yaml("admin: { address: nowhere }"),
+            Err(ConfigError::Parse(_))
+        ));
     }
 }

@@ -1,0 +1,184 @@
+//! Wiring: everything `postern ingress` and `postern standalone` start, and the shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use postern_config::Config;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::admin::{self, Health};
+use crate::ingress::{self, ListenerContext, Shared};
+use crate::metrics::Metrics;
+use crate::queue::{Queue, QueueError};
+use crate::standalone::{NatsServer, StandaloneError};
+use crate::tls::{ReloadingCert, TlsError};
+use crate::users::{Users, UsersError};
+
+/// Why the relay could not start. Each message names the config field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "nats.url: required for `postern ingress` (only `postern standalone` runs its own NATS)"
+    )]
+    MissingNatsUrl,
+    #[error(transparent)]
+    Users(#[from] UsersError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Bind(#[from] ingress::BindError),
+    #[error("admin.address {address}: {source}")]
+    Admin {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Standalone(#[from] StandaloneError),
+}
+
+/// Which processes run in this one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// SMTP ingress against an existing NATS.
+    Ingress,
+    /// Everything on one machine, with a supervised local nats-server when `nats.url` is absent.
+    Standalone,
+}
+
+/// Files the config points at, loaded before anything binds.
+#[derive(Debug)]
+pub struct Loaded {
+    users: Option<Users>,
+    cert: Option<Arc<ReloadingCert>>,
+}
+
+/// Loads the users file and the TLS certificate; `postern check-config --files` uses this too.
+pub fn load_files(config: &Config) -> Result<Loaded, StartError> {
+    let users = config
+        .ingress
+        .users_file
+        .as_deref()
+        .map(Users::load)
+        .transpose()?;
+    let cert = config
+        .ingress
+        .tls
+        .as_ref()
+        .map(ReloadingCert::load)
+        .transpose()?;
+    Ok(Loaded { users, cert })
+}
+
+/// Runs until `shutdown` fires, then drains sessions within `shutdownGrace`.
+pub async fn run(
+    config: Config,
+    role: Role,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    if role == Role::Ingress && config.nats.url.is_none() {
+        return Err(StartError::MissingNatsUrl);
+    }
+    let Loaded { users, cert } = load_files(&config)?;
+    let listeners = ingress::bind(&config).await?;
+    let admin_listener = tokio::net::TcpListener::bind(config.admin.address)
+        .await
+        .map_err(|source| StartError::Admin {
+            address: config.admin.address,
+            source,
+        })?;
+
+    let background = CancellationToken::new();
+    let mut nats_task = None;
+    let url = match &config.nats.url {
+        Some(url) => url.clone(),
+        None => {
+            let server = NatsServer::start(&config.standalone).await?;
+            let url = server.url();
+            nats_task = Some(tokio::spawn(server.supervise(background.clone())));
+            url
+        }
+    };
+    let queue = Queue::connect(&url, &config.nats).await?;
+    tokio::spawn({
+        let (queue, cancel) = (queue.clone(), background.clone());
+        async move { queue.provision_until_ready(cancel).await }
+    });
+
+    let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health {
+        queue: queue.clone(),
+        draining: Default::default(),
+        metrics: metrics.clone(),
+    });
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        health.clone(),
+        background.clone(),
+    ));
+    info!(address = %config.admin.address, "admin endpoint bound");
+
+    let acceptor = cert.as_ref().map(ReloadingCert::server_config);
+    if let (Some(cert), Some(tls)) = (cert, &config.ingress.tls) {
+        tokio::spawn(cert.watch(tls.reload_interval.get(), background.clone()));
+    }
+    let has_users = users.is_some();
+    let shared = Arc::new(Shared::new(&config, queue, users, acceptor, metrics));
+    let sessions = TaskTracker::new();
+    let mut accept_loops = Vec::new();
+    for (socket, listener) in listeners {
+        let context = Arc::new(ListenerContext::new(&config, &listener, has_users));
+        accept_loops.push(tokio::spawn(ingress::serve(
+            socket,
+            context,
+            shared.clone(),
+            shutdown.clone(),
+            sessions.clone(),
+        )));
+    }
+    info!(hostname = %config.hostname, ?role, "postern ready to accept mail");
+
+    shutdown.cancelled().await;
+    health.draining.store(true, Ordering::Release);
+    info!(grace = %config.shutdown_grace, "shutting down: no new connections, draining sessions");
+    for accept_loop in accept_loops {
+        let _ = accept_loop.await;
+    }
+    sessions.close();
+    if tokio::time::timeout(config.shutdown_grace.get(), sessions.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            remaining = sessions.len(),
+            "shutdown grace elapsed; closing the remaining sessions"
+        );
+    }
+    background.cancel();
+    let _ = admin_task.await;
+    if let Some(task) = nats_task {
+        let _ = task.await;
+    }
+    info!("shutdown complete");
+    Ok(())
+}
+
+/// Cancels the returned token on SIGTERM or SIGINT.
+pub fn shutdown_on_signals() -> std::io::Result<CancellationToken> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let token = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received"),
+            _ = int.recv() => info!("SIGINT received"),
+        }
+        cancel.cancel();
+    });
+    Ok(token)
+}

@@ -1,0 +1,259 @@
+//! The SMTP ingress: listeners, connection caps and per-connection sessions.
+
+mod connection;
+pub mod received;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use ipnet::IpNet;
+use postern_config::{Config, Limits, ListenerTls};
+use postern_smtp::{BareLineEndings, SessionConfig};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::metrics::Metrics;
+use crate::queue::Queue;
+use crate::users::Users;
+
+/// State shared by every connection of the ingress.
+#[derive(Debug)]
+pub struct Shared {
+    pub hostname: String,
+    pub limits: Limits,
+    pub allowed_networks: Vec<IpNet>,
+    pub queue: Queue,
+    pub users: Option<Users>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub metrics: Arc<Metrics>,
+    caps: ConnectionCaps,
+}
+
+impl Shared {
+    pub fn new(
+        config: &Config,
+        queue: Queue,
+        users: Option<Users>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let limits = config.ingress.limits.clone();
+        Shared {
+            hostname: config.hostname.clone(),
+            caps: ConnectionCaps::new(limits.max_connections, limits.max_connections_per_ip),
+            limits,
+            allowed_networks: config.ingress.allowed_networks.clone(),
+            queue,
+            users,
+            tls,
+            metrics,
+        }
+    }
+
+    fn relay_allowed(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.allowed_networks.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// What differs between listeners.
+#[derive(Debug)]
+pub struct ListenerContext {
+    session: Arc<SessionConfig>,
+    implicit_tls: bool,
+}
+
+impl ListenerContext {
+    /// The session policy of one configured listener.
+    pub fn new(config: &Config, listener: &postern_config::Listener, has_users: bool) -> Self {
+        let ingress = &config.ingress;
+        let limits = &ingress.limits;
+        let session = SessionConfig {
+            hostname: config.hostname.clone(),
+            max_message_size: limits.max_message_size,
+            max_recipients: limits.max_recipients,
+            max_errors: limits.max_errors,
+            max_auth_failures: limits.max_auth_failures,
+            max_received: limits.max_received_headers,
+            bare_line_endings: match ingress.bare_line_endings {
+                postern_config::BareLineEndings::Normalize => BareLineEndings::Normalize,
+                postern_config::BareLineEndings::Reject => BareLineEndings::Reject,
+            },
+            starttls: listener.tls == ListenerTls::Starttls && ingress.tls.is_some(),
+            auth: has_users,
+            plaintext_auth: listener.allow_plaintext_auth,
+            sender_domains: ingress.sender_domains.clone(),
+        };
+        ListenerContext {
+            session: Arc::new(session),
+            implicit_tls: listener.tls == ListenerTls::Implicit,
+        }
+    }
+}
+
+/// Accepts connections until `shutdown` fires; connections run on `tracker`.
+pub async fn serve(
+    listener: TcpListener,
+    context: Arc<ListenerContext>,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    warn!(%err, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let guard = match shared.caps.acquire(peer.ip()) {
+            Ok(guard) => guard,
+            Err(cap) => {
+                shared
+                    .metrics
+                    .connections_refused
+                    .get_or_create(&vec![("cap", cap)])
+                    .inc();
+                debug!(%peer, cap, "connection refused by cap");
+                if !context.implicit_tls {
+                    tracker.spawn(refuse(stream));
+                }
+                continue;
+            }
+        };
+        shared.metrics.connections.inc();
+        let (shared, context, shutdown) = (shared.clone(), context.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            shared.metrics.sessions.inc();
+            let connection = connection::Connection::new(shared.clone(), context, peer, shutdown);
+            if let Err(err) = connection.run(stream).await {
+                debug!(%peer, %err, "connection ended with an error");
+            }
+            shared.metrics.sessions.dec();
+            drop(guard);
+        });
+    }
+}
+
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    let _ = stream
+        .write_all(b"421 4.7.0 Too many connections, try again later\r\n")
+        .await;
+    let _ = stream.shutdown().await;
+}
+
+/// Binds every configured listener, naming the field of one that fails.
+pub async fn bind(
+    config: &Config,
+) -> Result<Vec<(TcpListener, postern_config::Listener)>, BindError> {
+    let mut bound = Vec::new();
+    for (i, listener) in config.ingress.listeners.iter().enumerate() {
+        let socket = TcpListener::bind(listener.address)
+            .await
+            .map_err(|source| BindError {
+                field: format!("ingress.listeners[{i}].address"),
+                address: listener.address,
+                source,
+            })?;
+        info!(address = %listener.address, tls = ?listener.tls, "SMTP listener bound");
+        bound.push((socket, listener.clone()));
+    }
+    Ok(bound)
+}
+
+/// A listening socket that could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("{field} {address}: {source}")]
+pub struct BindError {
+    pub field: String,
+    pub address: SocketAddr,
+    pub source: std::io::Error,
+}
+
+/// Caps on open connections, in total and per client address.
+#[derive(Debug)]
+struct ConnectionCaps {
+    max_total: usize,
+    max_per_ip: usize,
+    open: Arc<Mutex<(usize, HashMap<IpAddr, usize>)>>,
+}
+
+/// Releases a connection's place when dropped.
+struct CapGuard {
+    ip: IpAddr,
+    open: Arc<Mutex<(usize, HashMap<IpAddr, usize>)>>,
+}
+
+impl ConnectionCaps {
+    fn new(max_total: usize, max_per_ip: usize) -> Self {
+        ConnectionCaps {
+            max_total,
+            max_per_ip,
+            open: Arc::default(),
+        }
+    }
+
+    fn acquire(&self, ip: IpAddr) -> Result<CapGuard, &'static str> {
+        let ip = ip.to_canonical();
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if open.0 >= self.max_total {
+            return Err("total");
+        }
+        let per_ip = open.1.entry(ip).or_default();
+        if *per_ip >= self.max_per_ip {
+            return Err("per_ip");
+        }
+        *per_ip += 1;
+        open.0 += 1;
+        Ok(CapGuard {
+            ip,
+            open: self.open.clone(),
+        })
+    }
+}
+
+impl Drop for CapGuard {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.0 -= 1;
+        if let Some(count) = open.1.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.1.remove(&self.ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConnectionCaps;
+
+    #[test]
+    fn caps_count_and_release() {
+        let caps = ConnectionCaps::new(3, 2);
+        let a: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+        let b: std::net::IpAddr = "::ffff:192.0.2.2".parse().unwrap();
+        let g1 = caps.acquire(a).unwrap();
+        let _g2 = caps.acquire(a).unwrap();
+        assert_eq!(caps.acquire(a).err(), Some("per_ip"));
+        let _g3 = caps.acquire(b).unwrap();
+        assert_eq!(
+            caps.acquire("192.0.2.2".parse().unwrap()).err(),
+            Some("total")
+        );
+        drop(g1);
+        assert!(caps.acquire(a).is_ok());
+        assert!(caps.open.lock().unwrap().1.len() <= 2);
+    }
+}

@@ -1,0 +1,128 @@
+//! Prometheus metrics of the ingress.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, &'static str)>;
+
+/// Every metric the relay exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub connections: Counter,
+    pub connections_refused: Family<Labels, Counter>,
+    pub sessions: Gauge,
+    pub transactions: Counter,
+    pub replies: Family<Labels, Counter>,
+    pub messages_accepted: Counter,
+    pub bytes_accepted: Counter,
+    pub rejections: Family<Labels, Counter>,
+    pub enqueue_failures: Family<Labels, Counter>,
+    pub enqueue_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("postern");
+        let metrics = Metrics {
+            connections: Counter::default(),
+            connections_refused: Family::default(),
+            sessions: Gauge::default(),
+            transactions: Counter::default(),
+            replies: Family::default(),
+            messages_accepted: Counter::default(),
+            bytes_accepted: Counter::default(),
+            rejections: Family::default(),
+            enqueue_failures: Family::default(),
+            enqueue_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "ingress_connections",
+            "SMTP connections accepted",
+            metrics.connections.clone(),
+        );
+        r.register(
+            "ingress_connections_refused",
+            "SMTP connections refused by a cap",
+            metrics.connections_refused.clone(),
+        );
+        r.register(
+            "ingress_sessions",
+            "SMTP sessions open now",
+            metrics.sessions.clone(),
+        );
+        r.register(
+            "ingress_transactions",
+            "Mail transactions started (MAIL accepted)",
+            metrics.transactions.clone(),
+        );
+        r.register(
+            "ingress_replies",
+            "SMTP replies sent, by class",
+            metrics.replies.clone(),
+        );
+        r.register(
+            "ingress_messages_accepted",
+            "Messages queued and answered 250",
+            metrics.messages_accepted.clone(),
+        );
+        r.register(
+            "ingress_bytes_accepted",
+            "Bytes of message bodies queued",
+            metrics.bytes_accepted.clone(),
+        );
+        r.register(
+            "ingress_rejections",
+            "Refused commands and messages, by reason",
+            metrics.rejections.clone(),
+        );
+        r.register(
+            "ingress_enqueue_failures",
+            "Messages answered 451 because the queue failed, by cause",
+            metrics.enqueue_failures.clone(),
+        );
+        r.register(
+            "ingress_enqueue_seconds",
+            "Time from end of data to JetStream acknowledgement",
+            metrics.enqueue_seconds.clone(),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+}
+
+impl Metrics {
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// Counts one reply and, for refusals, its reason.
+    pub fn reply(&self, reply: &postern_smtp::Reply) {
+        let class = match reply.class() {
+            2 => "2xx",
+            3 => "3xx",
+            4 => "4xx",
+            5 => "5xx",
+            _ => "other",
+        };
+        self.replies.get_or_create(&vec![("class", class)]).inc();
+        if let Some(reason) = reply.reject {
+            self.rejections
+                .get_or_create(&vec![("reason", reason.as_label())])
+                .inc();
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! The queue entry: a versioned envelope for one destination domain, plus the body or a
+//! reference to it. Ingress writes entries; delivery reads them.
+
+use serde::{Deserialize, Serialize};
+
+/// Envelope format version written by this build.
+pub const ENVELOPE_VERSION: u32 = 1;
+
+/// Everything delivery needs to know about one entry, besides the body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Envelope {
+    pub version: u32,
+    /// Sortable id shared by all entries of one accepted message.
+    pub queue_id: String,
+    /// Reverse path; empty for the null sender `<>`.
+    pub sender: String,
+    /// The destination domain of every recipient in this entry.
+    pub domain: String,
+    pub recipients: Vec<String>,
+    /// When ingress accepted the message, in milliseconds since the Unix epoch.
+    pub received_at_ms: u64,
+    /// Delivery attempts made so far.
+    pub attempts: u32,
+    pub client: ClientFacts,
+    pub smtputf8: bool,
+    pub eight_bit_mime: bool,
+    pub body: BodyRef,
+    /// W3C trace context of the ingress transaction.
+    pub traceparent: String,
+}
+
+/// Who handed the message to Postern.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientFacts {
+    pub address: String,
+    pub helo: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_user: Option<String>,
+}
+
+/// Where the body is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum BodyRef {
+    /// After the envelope line in the same entry.
+    Inline { size: u64 },
+    /// In the object store; `entries` entries share it and the last one finished removes it.
+    Object {
+        bucket: String,
+        key: String,
+        size: u64,
+        entries: u32,
+    },
+}
+
+/// Why an entry could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum EntryError {
+    #[error("entry has no envelope line")]
+    MissingEnvelope,
+    #[error("envelope is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("envelope version {0} is newer than this build understands")]
+    Version(u32),
+    #[error("inline body is {actual} bytes, envelope says {expected}")]
+    BodySize { expected: u64, actual: u64 },
+}
+
+/// Entry payload: the envelope as one JSON line, then the inline body if any.
+pub fn encode(envelope: &Envelope, inline_body: Option<&[u8]>) -> Vec<u8> {
+    let mut out = serde_json::to_vec(envelope).unwrap_or_default();
+    out.push(b'\n');
+    if let Some(body) = inline_body {
+        out.extend_from_slice(body);
+    }
+    out
+}
+
+/// Splits a payload into its envelope and inline body (empty for object bodies).
+pub fn decode(payload: &[u8]) -> Result<(Envelope, &[u8]), EntryError> {
+    let newline = payload
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or(EntryError::MissingEnvelope)?;
+    let envelope: Envelope = serde_json::from_slice(&payload[..newline])?;
+    if envelope.version > ENVELOPE_VERSION {
+        return Err(EntryError::Version(envelope.version));
+    }
+    let body = &payload[newline + 1..];
+    if let BodyRef::Inline { size } = envelope.body
+        && size != body.len() as u64
+    {
+        return Err(EntryError::BodySize {
+            expected: size,
+            actual: body.len() as u64,
+        });
+    }
+    Ok((envelope, body))
+}
+
+/// The subject token for a destination domain.
+///
+/// Dots become `_` so one domain is one token; any byte other than a lower-case letter,
+/// a digit or `-` is written `=XX`, which keeps the mapping reversible.
+pub fn domain_token(domain: &str) -> String {
+    let mut token = String::with_capacity(domain.len());
+    for b in domain.to_lowercase().bytes() {
+        match b {
+            b'a'..=b'z' | b'0'..=b'9' | b'-' => token.push(char::from(b)),
+            b'.' => token.push('_'),
+            _ => token.push_str(&format!("={b:02x}")),
+        }
+    }
+    token
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(body: BodyRef) -> Envelope {
+        Envelope {
+            version: ENVELOPE_VERSION,
+            queue_id: "01J0000000000000000000000".into(),
+            sender: "a@example.com".into(),
+            domain: "example.org".into(),
+            recipients: vec!["b@example.org".into()],
+            received_at_ms: 1,
+            attempts: 0,
+            client: ClientFacts {
+                address: "127.0.0.1".into(),
+                helo: "x".into(),
+                tls: None,
+                auth_user: None,
+            },
+            smtputf8: false,
+            eight_bit_mime: false,
+            body,
+            traceparent: "00-0-0-01".into(),
+        }
+    }
+
+    #[test]
+    fn round_trips_with_inline_body() {
+        let env = envelope(BodyRef::Inline { size: 5 });
+        let payload = encode(&env, Some(b"a\r\nb\n"));
+        let (decoded, body) = decode(&payload).unwrap();
+        assert_eq!(decoded, env);
+        assert_eq!(body, b"a\r\nb\n");
+    }
+
+    #[test]
+    fn refuses_truncated_and_future_entries() {
+        let payload = encode(&envelope(BodyRef::Inline { size: 9 }), Some(b"short"));
+        assert!(matches!(decode(&payload), Err(EntryError::BodySize { .. })));
+        let mut env = envelope(BodyRef::Inline { size: 0 });
+        env.version = 99;
+        assert!(matches!(
+            decode(&encode(&env, None)),
+            Err(EntryError::Version(99))
+        ));
+        assert!(matches!(decode(b"{}"), Err(EntryError::MissingEnvelope)));
+    }
+
+    #[test]
+    fn domain_tokens_are_single_and_distinct() {
+        assert_eq!(domain_token("Mail.Example.COM"), "mail_example_com");
+        assert_eq!(domain_token("[192.0.2.1]"), "=5b192_0_2_1=5d");
+        assert_eq!(domain_token("bücher.de"), "b=c3=bccher_de");
+        assert_ne!(domain_token("a_b.c"), domain_token("a.b_c"));
+        assert!(!domain_token("a.b*>c").contains(['.', '*', '>']));
+    }
+}

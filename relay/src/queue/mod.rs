@@ -1,0 +1,353 @@
+//! The durable hand-off: JetStream stream provisioning and publishing accepted messages.
+
+pub mod entry;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, message::PublishMessage, object_store, stream};
+use bytes::Bytes;
+use postern_config::NatsConfig;
+
+pub use entry::{BodyRef, ClientFacts, Envelope};
+
+/// A message accepted by ingress, ready to be split into entries.
+#[derive(Debug)]
+pub struct Submission {
+    pub queue_id: String,
+    pub sender: String,
+    /// Recipients as `local@domain`.
+    pub recipients: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub received_at_ms: u64,
+    pub client: ClientFacts,
+    pub smtputf8: bool,
+    pub eight_bit_mime: bool,
+    pub traceparent: String,
+}
+
+/// Why the queue could not be reached or set up.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("nats.credentialsFile: {0}")]
+    Credentials(std::io::Error),
+    #[error("connecting to NATS: {0}")]
+    Connect(#[from] async_nats::ConnectError),
+    #[error("creating or updating stream {stream}: {source}")]
+    Stream {
+        stream: String,
+        source: async_nats::Error,
+    },
+    #[error("creating object store bucket {bucket}: {source}")]
+    Bucket {
+        bucket: String,
+        source: async_nats::Error,
+    },
+}
+
+/// Why a message was not queued. The client gets 451 4.3.0 and keeps it.
+#[derive(Debug, thiserror::Error)]
+pub enum EnqueueError {
+    #[error("queue not ready (NATS disconnected or stream not provisioned)")]
+    NotReady,
+    #[error("storing body: {0}")]
+    Body(async_nats::Error),
+    #[error("publishing entry: {0}")]
+    Publish(async_nats::Error),
+    #[error("no acknowledgement within {0:?}")]
+    AckTimeout(Duration),
+}
+
+impl EnqueueError {
+    /// A short label for metrics.
+    pub fn as_label(&self) -> &'static str {
+        match self {
+            EnqueueError::NotReady => "not_ready",
+            EnqueueError::Body(_) => "body",
+            EnqueueError::Publish(_) => "publish",
+            EnqueueError::AckTimeout(_) => "ack_timeout",
+        }
+    }
+}
+
+/// The queue as ingress sees it.
+#[derive(Debug, Clone)]
+pub struct Queue {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    client: async_nats::Client,
+    jetstream: jetstream::Context,
+    config: NatsConfig,
+    provisioned: AtomicBool,
+}
+
+impl Queue {
+    /// Connects to NATS. The connection is made in the background and retried forever, so this
+    /// returns at once; [`Queue::is_ready`] tells when the queue can take messages.
+    pub async fn connect(url: &str, config: &NatsConfig) -> Result<Queue, QueueError> {
+        let mut options = async_nats::ConnectOptions::new()
+            .name("postern")
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(2))
+            .reconnect_delay_callback(|attempt| {
+                Duration::from_millis((100 * attempt as u64).min(2_000))
+            })
+            .event_callback(|event| async move { tracing::info!(%event, "nats connection event") });
+        if let Some(path) = &config.credentials_file {
+            options = options
+                .credentials_file(path)
+                .await
+                .map_err(QueueError::Credentials)?;
+        }
+        let client = options.connect(url).await?;
+        let jetstream = jetstream::new(client.clone());
+        Ok(Queue {
+            inner: Arc::new(Inner {
+                client,
+                jetstream,
+                config: config.clone(),
+                provisioned: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// True when NATS is connected and the stream exists.
+    pub fn is_ready(&self) -> bool {
+        self.inner.provisioned.load(Ordering::Acquire)
+            && self.inner.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Creates or updates the stream and the body bucket to match the configuration.
+    pub async fn provision(&self) -> Result<(), QueueError> {
+        let config = &self.inner.config;
+        let wanted = stream::Config {
+            name: config.stream.clone(),
+            subjects: vec![format!("{}.>", config.subject_prefix)],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            num_replicas: config.replicas,
+            duplicate_window: config.duplicate_window.get(),
+            description: Some(
+                "Postern mail queue: one entry per message and destination domain".into(),
+            ),
+            ..Default::default()
+        };
+        let stream_error = |source: async_nats::Error| QueueError::Stream {
+            stream: config.stream.clone(),
+            source,
+        };
+        self.inner
+            .jetstream
+            .create_or_update_stream(wanted)
+            .await
+            .map_err(|e| stream_error(e.into()))?;
+        let bucket_error = |source: async_nats::Error| QueueError::Bucket {
+            bucket: config.body_bucket.clone(),
+            source,
+        };
+        if self
+            .inner
+            .jetstream
+            .get_object_store(&config.body_bucket)
+            .await
+            .is_err()
+        {
+            let bucket = object_store::Config {
+                bucket: config.body_bucket.clone(),
+                description: Some("Postern bodies too large to travel inside a queue entry".into()),
+                storage: stream::StorageType::File,
+                num_replicas: config.replicas,
+                ..Default::default()
+            };
+            self.inner
+                .jetstream
+                .create_object_store(bucket)
+                .await
+                .map_err(|e| bucket_error(e.into()))?;
+        }
+        self.inner.provisioned.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Provisions the queue, retrying until it succeeds or `cancel` fires.
+    pub async fn provision_until_ready(&self, cancel: tokio_util::sync::CancellationToken) {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self.provision().await {
+                Ok(()) => {
+                    tracing::info!(stream = %self.inner.config.stream, "queue stream ready");
+                    return;
+                }
+                Err(err) => tracing::warn!(%err, retry_in = ?delay, "queue not ready"),
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Publishes one entry per recipient domain and waits for JetStream to acknowledge all of
+    /// them. On any failure the entries already stored are removed (best effort).
+    pub async fn enqueue(&self, submission: Submission) -> Result<(), EnqueueError> {
+        if !self.is_ready() {
+            return Err(EnqueueError::NotReady);
+        }
+        let timeout = self.inner.config.ack_timeout.get();
+        let mut stored = Stored::default();
+        let result =
+            tokio::time::timeout(timeout, self.publish_all(&submission, &mut stored)).await;
+        let error = match result {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(err)) => err,
+            Err(_) => EnqueueError::AckTimeout(timeout),
+        };
+        self.remove(stored).await;
+        Err(error)
+    }
+
+    async fn publish_all(
+        &self,
+        submission: &Submission,
+        stored: &mut Stored,
+    ) -> Result<(), EnqueueError> {
+        let config = &self.inner.config;
+        let groups = group_by_domain(&submission.recipients);
+        let size = submission.body.len() as u64;
+        let body = if submission.body.len() > config.inline_body_limit {
+            let store = self
+                .inner
+                .jetstream
+                .get_object_store(&config.body_bucket)
+                .await
+                .map_err(|e| EnqueueError::Body(e.into()))?;
+            let key = submission.queue_id.clone();
+            stored.object = Some((store.clone(), key.clone()));
+            store
+                .put(key.as_str(), &mut submission.body.as_slice())
+                .await
+                .map_err(|e| EnqueueError::Body(e.into()))?;
+            let entries = u32::try_from(groups.len()).unwrap_or(u32::MAX);
+            BodyRef::Object {
+                bucket: config.body_bucket.clone(),
+                key,
+                size,
+                entries,
+            }
+        } else {
+            BodyRef::Inline { size }
+        };
+        let inline = matches!(body, BodyRef::Inline { .. }).then_some(submission.body.as_slice());
+        let mut acks = Vec::with_capacity(groups.len());
+        for (index, (domain, recipients)) in groups.into_iter().enumerate() {
+            let envelope = Envelope {
+                version: entry::ENVELOPE_VERSION,
+                queue_id: submission.queue_id.clone(),
+                sender: submission.sender.clone(),
+                domain: domain.clone(),
+                recipients,
+                received_at_ms: submission.received_at_ms,
+                attempts: 0,
+                client: submission.client.clone(),
+                smtputf8: submission.smtputf8,
+                eight_bit_mime: submission.eight_bit_mime,
+                body: body.clone(),
+                traceparent: submission.traceparent.clone(),
+            };
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("traceparent", submission.traceparent.as_str());
+            headers.insert("Postern-Queue-Id", submission.queue_id.as_str());
+            let publish = PublishMessage::build()
+                .payload(Bytes::from(entry::encode(&envelope, inline)))
+                .headers(headers)
+                .message_id(format!("{}.{index}", submission.queue_id));
+            let subject = format!("{}.{}", config.subject_prefix, entry::domain_token(&domain));
+            let ack = self
+                .inner
+                .jetstream
+                .send_publish(subject, publish)
+                .await
+                .map_err(|e| EnqueueError::Publish(e.into()))?;
+            acks.push(ack);
+        }
+        for ack in acks {
+            let ack = ack.await.map_err(|e| EnqueueError::Publish(e.into()))?;
+            stored.sequences.push(ack.sequence);
+        }
+        Ok(())
+    }
+
+    /// Best-effort removal of what a failed enqueue left behind.
+    async fn remove(&self, stored: Stored) {
+        if !stored.sequences.is_empty() {
+            match self
+                .inner
+                .jetstream
+                .get_stream_no_info(&self.inner.config.stream)
+                .await
+            {
+                Ok(stream) => {
+                    for sequence in stored.sequences {
+                        if let Err(err) = stream.delete_message(sequence).await {
+                            tracing::warn!(sequence, %err, "could not remove entry of a refused message");
+                        }
+                    }
+                }
+                Err(err) => tracing::warn!(%err, "could not remove entries of a refused message"),
+            }
+        }
+        if let Some((store, key)) = stored.object
+            && let Err(err) = store.delete(&key).await
+        {
+            tracing::debug!(%key, %err, "could not remove body of a refused message");
+        }
+    }
+
+    /// The NATS client, for health reporting.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.inner.client
+    }
+}
+
+/// What an enqueue attempt has stored so far.
+#[derive(Default)]
+struct Stored {
+    sequences: Vec<u64>,
+    object: Option<(object_store::ObjectStore, String)>,
+}
+
+/// Recipients grouped by domain, in order of first appearance.
+fn group_by_domain(recipients: &[(String, String)]) -> Vec<(String, Vec<String>)> {
+    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+    for (address, domain) in recipients {
+        match groups.iter_mut().find(|(d, _)| d == domain) {
+            Some((_, list)) => list.push(address.clone()),
+            None => groups.push((domain.clone(), vec![address.clone()])),
+        }
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::group_by_domain;
+
+    #[test]
+    fn groups_recipients_by_domain_in_order() {
+        let r = |a: &str, d: &str| (a.to_string(), d.to_string());
+        let groups = group_by_domain(&[r("a@x", "x"), r("b@y", "y"), r("c@x", "x")]);
+        assert_eq!(
+            groups,
+            [
+                ("x".into(), vec!["a@x".to_string(), "c@x".into()]),
+                ("y".into(), vec!["b@y".into()])
+            ]
+        );
+    }
+}
