@@ -1,1 +1,40 @@
+//! Process-level test harness for Postern.
+//!
+//! Tests start a real `nats-server` and a real `postern` process on free loopback ports and
+//! talk SMTP to it over real TCP and TLS. Build the binary first (`cargo build --bin postern`)
+//! and install nats-server with `scripts/tools`; the README's test command does both.
 
+pub mod nats;
+pub mod pki;
+pub mod relay;
+pub mod smtp;
+
+pub use nats::{NatsServer, QueueEntry};
+pub use pki::TestPki;
+pub use relay::Relay;
+pub use smtp::{ReplyExt, Smtp};
+
+use std::path::PathBuf;
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a free port");
+    listener.local_addr().expect("local address").port()
+}
+
+/// A fresh nats-server and a `postern ingress` on it, with `tweak` applied to the config.
+pub fn start_relay(tweak: impl FnOnce(&mut postern_config::Config)) -> (NatsServer, Relay) {
+    let nats = NatsServer::start();
+    let mut config = Relay::config(&nats);
+    tweak(&mut config);
+    let relay = Relay::start(config);
+    (nats, relay)
+}
+
+/// The stream name of the default config.
+pub const STREAM: &str = "POSTERN_QUEUE";

@@ -1,0 +1,137 @@
+//! A real nats-server per test, and a reader of what the queue holds.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use postern_relay::queue::entry::{self, BodyRef, Envelope};
+use tokio::io::AsyncReadExt;
+
+/// A nats-server child with JetStream, killed on drop.
+#[derive(Debug)]
+pub struct NatsServer {
+    child: Option<Child>,
+    pub port: u16,
+    store: tempfile::TempDir,
+}
+
+/// The nats-server binary: `$POSTERN_NATS_SERVER`, else the one `scripts/tools` installs.
+pub fn nats_server_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("POSTERN_NATS_SERVER") {
+        return PathBuf::from(path);
+    }
+    let path = crate::workspace_root().join(".tools/venv/bin/nats-server");
+    assert!(path.exists(), "{} is missing: run scripts/tools (the README's test command does)", path.display());
+    path
+}
+
+impl NatsServer {
+    /// Starts a server on a free port with its own storage directory.
+    pub fn start() -> NatsServer {
+        let store = tempfile::tempdir().expect("temp dir");
+        let mut server = NatsServer { child: None, port: crate::free_port(), store };
+        server.restart();
+        server
+    }
+
+    /// The client URL.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL), keeping its storage.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and storage, and waits until it listens.
+    pub fn restart(&mut self) {
+        self.kill();
+        let child = Command::new(nats_server_binary())
+            .args(["--jetstream", "--addr", "127.0.0.1", "--port", &self.port.to_string(), "--store_dir"])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting nats-server");
+        self.child = Some(child);
+        wait_for_port(self.port, Duration::from_secs(15));
+    }
+
+    /// Every entry in the queue stream, in order.
+    pub async fn entries(&self, stream: &str) -> Vec<QueueEntry> {
+        let client = async_nats::connect(self.url()).await.expect("connecting to nats");
+        let js = jetstream::new(client);
+        let mut stream = js.get_stream(stream).await.expect("queue stream exists");
+        let state = stream.info().await.expect("stream info").state.clone();
+        let mut entries = Vec::new();
+        if state.messages == 0 {
+            return entries;
+        }
+        for seq in state.first_sequence..=state.last_sequence {
+            let Ok(raw) = stream.get_raw_message(seq).await else { continue };
+            let (envelope, inline) = entry::decode(&raw.payload).expect("entry decodes");
+            let body = match &envelope.body {
+                BodyRef::Inline { .. } => inline.to_vec(),
+                BodyRef::Object { bucket, key, .. } => {
+                    let store = js.get_object_store(bucket).await.expect("body bucket");
+                    let mut object = store.get(key).await.expect("body object");
+                    let mut body = Vec::new();
+                    object.read_to_end(&mut body).await.expect("reading body object");
+                    body
+                }
+            };
+            let headers = raw
+                .headers
+                .iter()
+                .map(|(name, values)| {
+                    let values: Vec<String> = values.iter().map(ToString::to_string).collect();
+                    (name.to_string(), values.join(","))
+                })
+                .collect();
+            entries.push(QueueEntry { subject: raw.subject.to_string(), headers, envelope, body });
+        }
+        entries
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One queue entry as stored in JetStream.
+#[derive(Debug, Clone)]
+pub struct QueueEntry {
+    pub subject: String,
+    /// NATS headers such as `traceparent` and `Nats-Msg-Id`.
+    pub headers: Vec<(String, String)>,
+    pub envelope: Envelope,
+    pub body: Vec<u8>,
+}
+
+impl QueueEntry {
+    /// The value of a NATS header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The body as text, for assertions.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Waits until something accepts connections on the loopback port.
+pub fn wait_for_port(port: u16, limit: Duration) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < limit, "nothing listening on port {port} after {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,169 @@
+//! A `postern` process under test.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use postern_config::{Config, Listener, ListenerTls};
+
+use crate::nats::{NatsServer, wait_for_port};
+
+/// A running `postern` process, killed on drop. Its log is printed when a test fails.
+#[derive(Debug)]
+pub struct Relay {
+    child: Option<Child>,
+    pub config: Config,
+    dir: tempfile::TempDir,
+}
+
+/// The `postern` binary: `$POSTERN_BIN`, else `target/debug/postern` next to the test binary.
+pub fn postern_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("POSTERN_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target directory");
+    let path = dir.join("postern");
+    assert!(path.exists(), "{} is missing: run `cargo build --bin postern` first", path.display());
+    path
+}
+
+impl Relay {
+    /// A config for `nats` with one plaintext listener and the admin endpoint on free ports,
+    /// relaying for 127.0.0.0/8.
+    pub fn config(nats: &NatsServer) -> Config {
+        let mut config = Config::default();
+        config.hostname = "relay.test".into();
+        config.nats.url = Some(nats.url());
+        config.ingress.listeners = vec![listener(ListenerTls::None)];
+        config.admin.address = SocketAddr::from(([127, 0, 0, 1], crate::free_port()));
+        config.shutdown_grace = postern_config::Duration::secs(10);
+        config
+    }
+
+    /// Starts `postern ingress` and waits until `/readyz` answers 200.
+    pub fn start(config: Config) -> Relay {
+        let relay = Relay::spawn(&["ingress"], config);
+        relay.wait_ready(Duration::from_secs(20));
+        relay
+    }
+
+    /// Starts `postern <args> --config FILE` and waits until every listener accepts connections.
+    pub fn spawn(args: &[&str], config: Config) -> Relay {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config_file = dir.path().join("postern.yaml");
+        std::fs::write(&config_file, config.to_yaml().expect("config serializes")).expect("writing config");
+        let log = std::fs::File::create(dir.path().join("postern.log")).expect("log file");
+        let child = Command::new(postern_binary())
+            .args(args)
+            .arg("--config")
+            .arg(&config_file)
+            .env("RUST_LOG", "info,postern_relay=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("starting postern");
+        let relay = Relay { child: Some(child), config, dir };
+        for listener in &relay.config.ingress.listeners {
+            wait_for_port(listener.address.port(), Duration::from_secs(20));
+        }
+        relay
+    }
+
+    /// The first SMTP listener.
+    pub fn smtp(&self) -> SocketAddr {
+        self.config.ingress.listeners[0].address
+    }
+
+    /// The SMTP listener at `index`.
+    pub fn listener(&self, index: usize) -> SocketAddr {
+        self.config.ingress.listeners[index].address
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub fn wait_ready(&self, limit: Duration) {
+        self.wait_readyz(200, limit);
+    }
+
+    /// Waits until `/readyz` answers `status`.
+    pub fn wait_readyz(&self, status: u16, limit: Duration) {
+        let start = Instant::now();
+        while self.http_status("/readyz") != Some(status) {
+            assert!(start.elapsed() < limit, "/readyz did not answer {status} within {limit:?}\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The HTTP status of a GET on the admin endpoint, `None` when it does not answer.
+    pub fn http_status(&self, path: &str) -> Option<u16> {
+        let response = self.http_get(path)?;
+        response.split(' ').nth(1)?.parse().ok()
+    }
+
+    /// The whole HTTP response of a GET on the admin endpoint.
+    pub fn http_get(&self, path: &str) -> Option<String> {
+        let mut stream = std::net::TcpStream::connect(self.config.admin.address).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        Some(response)
+    }
+
+    /// The value of a metric line such as `postern_ingress_messages_accepted_total`.
+    pub fn metric(&self, name: &str) -> f64 {
+        let body = self.http_get("/metrics").unwrap_or_default();
+        body.lines()
+            .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Sends SIGTERM.
+    pub fn sigterm(&self) {
+        if let Some(child) = &self.child {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid fits"));
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("sending SIGTERM");
+        }
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        let child = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if start.elapsed() > limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything the process logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("postern.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("----- postern log -----\n{}", self.log());
+        }
+    }
+}
+
+/// A listener on a free loopback port.
+pub fn listener(tls: ListenerTls) -> Listener {
+    Listener { address: SocketAddr::from(([127, 0, 0, 1], crate::free_port())), tls, allow_plaintext_auth: false }
+}
