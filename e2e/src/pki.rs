@@ -61,11 +61,13 @@ impl TestPki {
             roots.add(cert.expect("CA PEM")).expect("adding CA");
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(versions)
             .expect("protocol versions")
             .with_root_certificates(roots)
             .with_no_client_auth();
+        // Every handshake verifies the certificate; resumption would skip that.
+        config.resumption = rustls::client::Resumption::disabled();
         Arc::new(config)
     }
 
