@@ -22,7 +22,11 @@ pub fn nats_server_binary() -> PathBuf {
         return PathBuf::from(path);
     }
     let path = crate::workspace_root().join(".tools/venv/bin/nats-server");
-    assert!(path.exists(), "{} is missing: run scripts/tools (the README's test command does)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/tools (the README's test command does)",
+        path.display()
+    );
     path
 }
 
@@ -30,7 +34,11 @@ impl NatsServer {
     /// Starts a server on a free port with its own storage directory.
     pub fn start() -> NatsServer {
         let store = tempfile::tempdir().expect("temp dir");
-        let mut server = NatsServer { child: None, port: crate::free_port(), store };
+        let mut server = NatsServer {
+            child: None,
+            port: crate::free_port(),
+            store,
+        };
         server.restart();
         server
     }
@@ -52,7 +60,14 @@ impl NatsServer {
     pub fn restart(&mut self) {
         self.kill();
         let child = Command::new(nats_server_binary())
-            .args(["--jetstream", "--addr", "127.0.0.1", "--port", &self.port.to_string(), "--store_dir"])
+            .args([
+                "--jetstream",
+                "--addr",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--store_dir",
+            ])
             .arg(self.store.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -64,39 +79,67 @@ impl NatsServer {
 
     /// Every entry in the queue stream, in order.
     pub async fn entries(&self, stream: &str) -> Vec<QueueEntry> {
-        let client = async_nats::connect(self.url()).await.expect("connecting to nats");
-        let js = jetstream::new(client);
-        let mut stream = js.get_stream(stream).await.expect("queue stream exists");
-        let state = stream.info().await.expect("stream info").state.clone();
-        let mut entries = Vec::new();
-        if state.messages == 0 {
-            return entries;
-        }
-        for seq in state.first_sequence..=state.last_sequence {
-            let Ok(raw) = stream.get_raw_message(seq).await else { continue };
-            let (envelope, inline) = entry::decode(&raw.payload).expect("entry decodes");
-            let body = match &envelope.body {
-                BodyRef::Inline { .. } => inline.to_vec(),
-                BodyRef::Object { bucket, key, .. } => {
-                    let store = js.get_object_store(bucket).await.expect("body bucket");
-                    let mut object = store.get(key).await.expect("body object");
-                    let mut body = Vec::new();
-                    object.read_to_end(&mut body).await.expect("reading body object");
-                    body
-                }
-            };
-            let headers = raw
-                .headers
-                .iter()
-                .map(|(name, values)| {
-                    let values: Vec<String> = values.iter().map(ToString::to_string).collect();
-                    (name.to_string(), values.join(","))
-                })
-                .collect();
-            entries.push(QueueEntry { subject: raw.subject.to_string(), headers, envelope, body });
-        }
-        entries
+        queue_entries(&self.url(), stream).await
     }
+
+    /// Stops (SIGSTOP) or resumes (SIGCONT) the server without closing its sockets.
+    pub fn pause(&self, paused: bool) {
+        let signal = if paused {
+            nix::sys::signal::Signal::SIGSTOP
+        } else {
+            nix::sys::signal::Signal::SIGCONT
+        };
+        if let Some(child) = &self.child {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid fits"));
+            nix::sys::signal::kill(pid, signal).expect("signalling nats-server");
+        }
+    }
+}
+
+/// Every entry in the queue stream at `url`, in order, without consuming them.
+pub async fn queue_entries(url: &str, stream: &str) -> Vec<QueueEntry> {
+    let client = async_nats::connect(url).await.expect("connecting to nats");
+    let js = jetstream::new(client);
+    let mut stream = js.get_stream(stream).await.expect("queue stream exists");
+    let state = stream.info().await.expect("stream info").state.clone();
+    let mut entries = Vec::new();
+    if state.messages == 0 {
+        return entries;
+    }
+    for seq in state.first_sequence..=state.last_sequence {
+        let Ok(raw) = stream.get_raw_message(seq).await else {
+            continue;
+        };
+        let (envelope, inline) = entry::decode(&raw.payload).expect("entry decodes");
+        let body = match &envelope.body {
+            BodyRef::Inline { .. } => inline.to_vec(),
+            BodyRef::Object { bucket, key, .. } => {
+                let store = js.get_object_store(bucket).await.expect("body bucket");
+                let mut object = store.get(key).await.expect("body object");
+                let mut body = Vec::new();
+                object
+                    .read_to_end(&mut body)
+                    .await
+                    .expect("reading body object");
+                body
+            }
+        };
+        let headers = raw
+            .headers
+            .iter()
+            .map(|(name, values)| {
+                let values: Vec<String> = values.iter().map(ToString::to_string).collect();
+                (name.to_string(), values.join(","))
+            })
+            .collect();
+        entries.push(QueueEntry {
+            subject: raw.subject.to_string(),
+            headers,
+            envelope,
+            body,
+        });
+    }
+    entries
 }
 
 impl Drop for NatsServer {
@@ -118,7 +161,10 @@ pub struct QueueEntry {
 impl QueueEntry {
     /// The value of a NATS header.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// The body as text, for assertions.
@@ -131,7 +177,10 @@ impl QueueEntry {
 pub fn wait_for_port(port: u16, limit: Duration) {
     let start = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(start.elapsed() < limit, "nothing listening on port {port} after {limit:?}");
+        assert!(
+            start.elapsed() < limit,
+            "nothing listening on port {port} after {limit:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -22,13 +22,20 @@ impl TestPki {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Postern test CA");
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Postern test CA");
         let ca_key = KeyPair::generate().expect("CA key");
         let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
         let issuer = Issuer::new(ca_params, ca_key);
         let cert_file = dir.path().join("tls.crt");
         let key_file = dir.path().join("tls.key");
-        let pki = TestPki { ca_pem: ca_cert.pem(), cert_file, key_file, _dir: dir };
+        let pki = TestPki {
+            ca_pem: ca_cert.pem(),
+            cert_file,
+            key_file,
+            _dir: dir,
+        };
         pki.issue("localhost", &issuer);
         pki
     }
@@ -46,8 +53,11 @@ impl TestPki {
 
     fn issue(&self, common_name: &str, issuer: &Issuer<'_, KeyPair>) {
         let mut params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).expect("server params");
-        params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .expect("server params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
         let key = KeyPair::generate().expect("server key");
         let cert = params.signed_by(&key, issuer).expect("server certificate");
         std::fs::write(&self.cert_file, cert.pem()).expect("writing certificate");
@@ -55,7 +65,10 @@ impl TestPki {
     }
 
     /// A TLS client config trusting only this CA, limited to the given protocol versions.
-    pub fn client_config(&self, versions: &[&'static rustls::SupportedProtocolVersion]) -> Arc<rustls::ClientConfig> {
+    pub fn client_config(
+        &self,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
             roots.add(cert.expect("CA PEM")).expect("adding CA");

@@ -24,9 +24,16 @@ pub fn postern_binary() -> PathBuf {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target directory");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target directory");
     let path = dir.join("postern");
-    assert!(path.exists(), "{} is missing: run `cargo build --bin postern` first", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --bin postern` first",
+        path.display()
+    );
     path
 }
 
@@ -54,7 +61,8 @@ impl Relay {
     pub fn spawn(args: &[&str], config: Config) -> Relay {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_file = dir.path().join("postern.yaml");
-        std::fs::write(&config_file, config.to_yaml().expect("config serializes")).expect("writing config");
+        std::fs::write(&config_file, config.to_yaml().expect("config serializes"))
+            .expect("writing config");
         let log = std::fs::File::create(dir.path().join("postern.log")).expect("log file");
         let child = Command::new(postern_binary())
             .args(args)
@@ -66,7 +74,11 @@ impl Relay {
             .stderr(log)
             .spawn()
             .expect("starting postern");
-        let relay = Relay { child: Some(child), config, dir };
+        let relay = Relay {
+            child: Some(child),
+            config,
+            dir,
+        };
         for listener in &relay.config.ingress.listeners {
             wait_for_port(listener.address.port(), Duration::from_secs(20));
         }
@@ -92,7 +104,11 @@ impl Relay {
     pub fn wait_readyz(&self, status: u16, limit: Duration) {
         let start = Instant::now();
         while self.http_status("/readyz") != Some(status) {
-            assert!(start.elapsed() < limit, "/readyz did not answer {status} within {limit:?}\n{}", self.log());
+            assert!(
+                start.elapsed() < limit,
+                "/readyz did not answer {status} within {limit:?}\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -117,7 +133,10 @@ impl Relay {
     pub fn metric(&self, name: &str) -> f64 {
         let body = self.http_get("/metrics").unwrap_or_default();
         body.lines()
-            .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .find_map(|line| {
+                line.strip_prefix(name)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
             .and_then(|value| value.trim().parse().ok())
             .unwrap_or(0.0)
     }
@@ -126,7 +145,8 @@ impl Relay {
     pub fn sigterm(&self) {
         if let Some(child) = &self.child {
             let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid fits"));
-            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("sending SIGTERM");
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
+                .expect("sending SIGTERM");
         }
     }
 
@@ -165,5 +185,9 @@ impl Drop for Relay {
 
 /// A listener on a free loopback port.
 pub fn listener(tls: ListenerTls) -> Listener {
-    Listener { address: SocketAddr::from(([127, 0, 0, 1], crate::free_port())), tls, allow_plaintext_auth: false }
+    Listener {
+        address: SocketAddr::from(([127, 0, 0, 1], crate::free_port())),
+        tls,
+        allow_plaintext_auth: false,
+    }
 }

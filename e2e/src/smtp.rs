@@ -40,8 +40,13 @@ impl std::fmt::Debug for Smtp {
 impl Smtp {
     /// Connects over plain TCP.
     pub async fn connect(addr: SocketAddr) -> Smtp {
-        let stream = TcpStream::connect(addr).await.expect("connecting to the relay");
-        Smtp { stream: Stream::Plain(stream), parser: ReplyParser::default() }
+        let stream = TcpStream::connect(addr)
+            .await
+            .expect("connecting to the relay");
+        Smtp {
+            stream: Stream::Plain(stream),
+            parser: ReplyParser::default(),
+        }
     }
 
     /// Connects and reads the greeting, which must be 220.
@@ -53,12 +58,17 @@ impl Smtp {
 
     /// Connects with TLS from the first byte (implicit TLS).
     pub async fn connect_tls(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> Smtp {
-        let tcp = TcpStream::connect(addr).await.expect("connecting to the relay");
+        let tcp = TcpStream::connect(addr)
+            .await
+            .expect("connecting to the relay");
         let tls = TlsConnector::from(config)
             .connect(crate::TestPki::server_name(), tcp)
             .await
             .expect("TLS handshake");
-        Smtp { stream: Stream::Tls(Box::new(tls)), parser: ReplyParser::default() }
+        Smtp {
+            stream: Stream::Tls(Box::new(tls)),
+            parser: ReplyParser::default(),
+        }
     }
 
     /// Upgrades the connection after the server's 220 to STARTTLS.
@@ -86,7 +96,13 @@ impl Smtp {
     pub async fn send(&mut self, bytes: &[u8]) {
         let result = match &mut self.stream {
             Stream::Plain(s) => s.write_all(bytes).await,
-            Stream::Tls(s) => async { s.write_all(bytes).await?; s.flush().await }.await,
+            Stream::Tls(s) => {
+                async {
+                    s.write_all(bytes).await?;
+                    s.flush().await
+                }
+                .await
+            }
             Stream::Gone => panic!("connection gone"),
         };
         result.expect("writing to the relay");
@@ -140,9 +156,13 @@ impl Smtp {
     /// A whole transaction with DATA; returns the reply to the end of data.
     /// `body` is sent as is, followed by `.<CRLF>`; it must end with CRLF.
     pub async fn send_mail(&mut self, from: &str, to: &[&str], body: &[u8]) -> Reply {
-        self.cmd(&format!("MAIL FROM:<{from}>")).await.is(250, "2.1.0");
+        self.cmd(&format!("MAIL FROM:<{from}>"))
+            .await
+            .is(250, "2.1.0");
         for rcpt in to {
-            self.cmd(&format!("RCPT TO:<{rcpt}>")).await.is(250, "2.1.5");
+            self.cmd(&format!("RCPT TO:<{rcpt}>"))
+                .await
+                .is(250, "2.1.5");
         }
         self.cmd("DATA").await.is(354, "");
         self.send(body).await;
@@ -172,6 +192,10 @@ impl ReplyExt for Reply {
     }
 
     fn queue_id(&self) -> String {
-        self.text().rsplit(' ').next().unwrap_or_default().to_string()
+        self.text()
+            .rsplit(' ')
+            .next()
+            .unwrap_or_default()
+            .to_string()
     }
 }

@@ -14,7 +14,15 @@ async fn ehlo_advertises_the_extensions() {
     let reply = s.cmd("EHLO client.test").await.is(250, "");
     assert_eq!(
         reply.lines,
-        ["relay.test", "PIPELINING", "SIZE 52428800", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING"]
+        [
+            "relay.test",
+            "PIPELINING",
+            "SIZE 52428800",
+            "8BITMIME",
+            "SMTPUTF8",
+            "ENHANCEDSTATUSCODES",
+            "CHUNKING"
+        ]
     );
     s.cmd("HELO client.test").await.is(250, "");
     s.cmd("EHLO").await.is(501, "5.5.4");
@@ -43,11 +51,17 @@ async fn simple_commands() {
     s.cmd("DATA").await.is(554, "5.5.1");
     s.cmd("RSET").await.is(250, "2.0.0");
     s.cmd("RCPT TO:<b@example.org>").await.is(503, "5.5.1");
-    s.cmd("MAIL FROM:<a@example.com> RET=HDRS").await.is(555, "5.5.4");
-    s.cmd("MAIL FROM:<a@example.com> BODY=BINARYMIME").await.is(555, "5.5.4");
+    s.cmd("MAIL FROM:<a@example.com> RET=HDRS")
+        .await
+        .is(555, "5.5.4");
+    s.cmd("MAIL FROM:<a@example.com> BODY=BINARYMIME")
+        .await
+        .is(555, "5.5.4");
     s.cmd("MAIL FROM:a@example.com").await.is(501, "5.1.7");
     s.cmd("MAIL FROM:<> BODY=8BITMIME").await.is(250, "2.1.0");
-    s.cmd("RCPT TO:<b@example.org> NOTIFY=NEVER").await.is(555, "5.5.4");
+    s.cmd("RCPT TO:<b@example.org> NOTIFY=NEVER")
+        .await
+        .is(555, "5.5.4");
     s.cmd("RCPT TO:<not an address>").await.is(501, "5.1.3");
     s.cmd("QUIT").await.is(221, "2.0.0");
 }
@@ -57,23 +71,39 @@ async fn data_transaction_is_queued_with_received_header() {
     let (nats, relay) = start_relay(|_| {});
     let mut s = Smtp::greeted(relay.smtp()).await;
     s.ehlo("client.test").await;
-    let reply = s.send_mail("a@example.com", &["b@example.org", "c@example.org", "d@other.example"], MESSAGE).await.is(250, "2.0.0");
+    let reply = s
+        .send_mail(
+            "a@example.com",
+            &["b@example.org", "c@example.org", "d@other.example"],
+            MESSAGE,
+        )
+        .await
+        .is(250, "2.0.0");
     let id = reply.queue_id();
     assert_eq!(id.len(), 26, "ULID queue id in {:?}", reply.lines);
 
     let entries = nats.entries(STREAM).await;
     assert_eq!(entries.len(), 2, "one entry per destination domain");
     assert_eq!(entries[0].subject, "postern.queue.example_org");
-    assert_eq!(entries[0].envelope.recipients, ["b@example.org", "c@example.org"]);
+    assert_eq!(
+        entries[0].envelope.recipients,
+        ["b@example.org", "c@example.org"]
+    );
     assert_eq!(entries[1].subject, "postern.queue.other_example");
     assert_eq!(entries[1].envelope.recipients, ["d@other.example"]);
     for entry in &entries {
         assert_eq!(entry.envelope.queue_id, id);
         assert_eq!(entry.envelope.sender, "a@example.com");
         assert_eq!(entry.envelope.client.helo, "client.test");
-        assert!(entry.header("traceparent").is_some_and(|t| t.starts_with("00-")));
+        assert!(
+            entry
+                .header("traceparent")
+                .is_some_and(|t| t.starts_with("00-"))
+        );
         let text = entry.text();
-        let expected_start = format!("Received: from client.test ([127.0.0.1])\r\n\tby relay.test (Postern) with ESMTP id {id};\r\n\t");
+        let expected_start = format!(
+            "Received: from client.test ([127.0.0.1])\r\n\tby relay.test (Postern) with ESMTP id {id};\r\n\t"
+        );
         assert!(text.starts_with(&expected_start), "{text}");
         assert!(text.ends_with("\r\n\r\nHello.\r\n"), "{text}");
     }
@@ -85,7 +115,13 @@ async fn dot_stuffing_is_undone() {
     let (nats, relay) = start_relay(|_| {});
     let mut s = Smtp::greeted(relay.smtp()).await;
     s.ehlo("client.test").await;
-    s.send_mail("a@example.com", &["b@example.org"], b"Subject: dots\r\n\r\n..leading dot\r\n...\r\n").await.is(250, "2.0.0");
+    s.send_mail(
+        "a@example.com",
+        &["b@example.org"],
+        b"Subject: dots\r\n\r\n..leading dot\r\n...\r\n",
+    )
+    .await
+    .is(250, "2.0.0");
     let body = nats.entries(STREAM).await[0].text();
     assert!(body.ends_with("\r\n\r\n.leading dot\r\n..\r\n"), "{body}");
 }
@@ -109,9 +145,20 @@ async fn pipelined_transaction_gets_every_reply_in_order() {
     s.reply().await.is(221, "2.0.0");
     let entries = nats.entries(STREAM).await;
     assert_eq!(entries.len(), 2);
-    assert_eq!(entries[0].envelope.recipients, ["b@example.org", "c@example.org"]);
-    assert!(entries[1].text().contains("\r\n\tfor <d@example.org>;\r\n"), "{}", entries[1].text());
-    assert!(entries[1].text().ends_with("\r\nabc\r\n"), "{}", entries[1].text());
+    assert_eq!(
+        entries[0].envelope.recipients,
+        ["b@example.org", "c@example.org"]
+    );
+    assert!(
+        entries[1].text().contains("\r\n\tfor <d@example.org>;\r\n"),
+        "{}",
+        entries[1].text()
+    );
+    assert!(
+        entries[1].text().ends_with("\r\nabc\r\n"),
+        "{}",
+        entries[1].text()
+    );
 }
 
 #[tokio::test]
@@ -137,7 +184,13 @@ async fn chunking_assembles_bdat_chunks() {
     let entries = nats.entries(STREAM).await;
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].envelope.queue_id, id);
-    assert!(entries[0].text().ends_with("\r\nSubject: chunk\r\n\r\n.\r\nline\r\n"), "{}", entries[0].text());
+    assert!(
+        entries[0]
+            .text()
+            .ends_with("\r\nSubject: chunk\r\n\r\n.\r\nline\r\n"),
+        "{}",
+        entries[0].text()
+    );
 }
 
 #[tokio::test]
@@ -146,8 +199,12 @@ async fn declared_and_actual_size_limits() {
     let mut s = Smtp::greeted(relay.smtp()).await;
     let ext = s.ehlo("client.test").await;
     assert!(ext.contains(&"SIZE 1000".to_string()));
-    s.cmd("MAIL FROM:<a@example.com> SIZE=1001").await.is(552, "5.3.4");
-    s.cmd("MAIL FROM:<a@example.com> SIZE=900").await.is(250, "2.1.0");
+    s.cmd("MAIL FROM:<a@example.com> SIZE=1001")
+        .await
+        .is(552, "5.3.4");
+    s.cmd("MAIL FROM:<a@example.com> SIZE=900")
+        .await
+        .is(250, "2.1.0");
     s.cmd("RCPT TO:<b@example.org>").await.is(250, "2.1.5");
     s.cmd("DATA").await.is(354, "");
     let big = format!("Subject: big\r\n\r\n{}\r\n", "x".repeat(900)).repeat(2);
@@ -155,11 +212,14 @@ async fn declared_and_actual_size_limits() {
     s.send(b".\r\n").await;
     s.reply().await.is(552, "5.3.4");
     // The session stays in sync: the next transaction works.
-    s.send_mail("a@example.com", &["b@example.org"], MESSAGE).await.is(250, "2.0.0");
+    s.send_mail("a@example.com", &["b@example.org"], MESSAGE)
+        .await
+        .is(250, "2.0.0");
     // BDAT: refused when the chunk would pass the limit, after reading its bytes.
     s.cmd("MAIL FROM:<a@example.com>").await.is(250, "2.1.0");
     s.cmd("RCPT TO:<b@example.org>").await.is(250, "2.1.5");
-    s.send(format!("BDAT 1200 LAST\r\n{}", "y".repeat(1200)).as_bytes()).await;
+    s.send(format!("BDAT 1200 LAST\r\n{}", "y".repeat(1200)).as_bytes())
+        .await;
     s.reply().await.is(552, "5.3.4");
     s.cmd("NOOP").await.is(250, "2.0.0");
     assert_eq!(nats.entries(STREAM).await.len(), 1);
@@ -172,7 +232,9 @@ async fn recipients_beyond_the_limit_get_452_only_for_the_excess() {
     s.ehlo("client.test").await;
     s.cmd("MAIL FROM:<a@example.com>").await.is(250, "2.1.0");
     for i in 0..3 {
-        s.cmd(&format!("RCPT TO:<r{i}@example.org>")).await.is(250, "2.1.5");
+        s.cmd(&format!("RCPT TO:<r{i}@example.org>"))
+            .await
+            .is(250, "2.1.5");
     }
     s.cmd("RCPT TO:<r3@example.org>").await.is(452, "4.5.3");
     s.cmd("RCPT TO:<r4@example.org>").await.is(452, "4.5.3");
@@ -181,7 +243,10 @@ async fn recipients_beyond_the_limit_get_452_only_for_the_excess() {
     s.send(b".\r\n").await;
     s.reply().await.is(250, "2.0.0");
     let entries = nats.entries(STREAM).await;
-    assert_eq!(entries[0].envelope.recipients, ["r0@example.org", "r1@example.org", "r2@example.org"]);
+    assert_eq!(
+        entries[0].envelope.recipients,
+        ["r0@example.org", "r1@example.org", "r2@example.org"]
+    );
 }
 
 #[tokio::test]
@@ -205,9 +270,13 @@ async fn text_line_over_998_octets_is_refused() {
     let mut s = Smtp::greeted(relay.smtp()).await;
     s.ehlo("client.test").await;
     let body = format!("Subject: long\r\n\r\n{}\r\n", "z".repeat(999));
-    s.send_mail("a@example.com", &["b@example.org"], body.as_bytes()).await.is(550, "5.6.0");
+    s.send_mail("a@example.com", &["b@example.org"], body.as_bytes())
+        .await
+        .is(550, "5.6.0");
     let body = format!("Subject: long\r\n\r\n{}\r\n", "z".repeat(998));
-    s.send_mail("a@example.com", &["b@example.org"], body.as_bytes()).await.is(250, "2.0.0");
+    s.send_mail("a@example.com", &["b@example.org"], body.as_bytes())
+        .await
+        .is(250, "2.0.0");
     assert_eq!(nats.entries(STREAM).await.len(), 1);
 }
 
@@ -220,7 +289,8 @@ async fn forbidden_bytes_in_commands_get_501() {
     s.reply().await.is(501, "5.5.2");
     s.send(b"MAIL FROM:<a@exa\rmple.com>\r\n").await;
     s.reply().await.is(501, "5.5.2");
-    s.send(b"MAIL FROM:<a@example.com>\nRCPT TO:<b@example.org>\r\n").await;
+    s.send(b"MAIL FROM:<a@example.com>\nRCPT TO:<b@example.org>\r\n")
+        .await;
     s.reply().await.is(501, "5.5.2");
     s.reply().await.is(503, "5.5.1");
     s.cmd("MAIL FROM:<a@example.com>").await.is(250, "2.1.0");
@@ -235,10 +305,13 @@ async fn utf8_addresses_need_smtputf8() {
     s.cmd("MAIL FROM:<a@example.com>").await.is(250, "2.1.0");
     s.cmd("RCPT TO:<用户@例子.广告>").await.is(553, "5.6.7");
     s.cmd("RSET").await.is(250, "2.0.0");
-    s.cmd("MAIL FROM:<jösé@example.com> SMTPUTF8").await.is(250, "2.1.0");
+    s.cmd("MAIL FROM:<jösé@example.com> SMTPUTF8")
+        .await
+        .is(250, "2.1.0");
     s.cmd("RCPT TO:<用户@例子.广告>").await.is(250, "2.1.5");
     s.cmd("DATA").await.is(354, "");
-    s.send("Subject: ünïcödé\r\n\r\nx\r\n.\r\n".as_bytes()).await;
+    s.send("Subject: ünïcödé\r\n\r\nx\r\n.\r\n".as_bytes())
+        .await;
     s.reply().await.is(250, "2.0.0");
     let entries = nats.entries(STREAM).await;
     assert!(entries[0].envelope.smtputf8);
@@ -282,7 +355,9 @@ async fn slow_data_below_the_rate_floor_times_out() {
     let reply = loop {
         s.send(b"slow line\r\n").await;
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        if let Ok(reply) = tokio::time::timeout(std::time::Duration::from_millis(10), s.reply()).await {
+        if let Ok(reply) =
+            tokio::time::timeout(std::time::Duration::from_millis(10), s.reply()).await
+        {
             break reply;
         }
     };
@@ -308,7 +383,10 @@ async fn connection_caps_answer_421() {
     let _a = Smtp::greeted(relay.smtp()).await;
     let mut b = Smtp::connect(relay.smtp()).await;
     b.reply().await.is(421, "4.7.0");
-    assert_eq!(relay.metric("postern_ingress_connections_refused_total{cap=\"total\"}"), 1.0);
+    assert_eq!(
+        relay.metric("postern_ingress_connections_refused_total{cap=\"total\"}"),
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -318,9 +396,13 @@ async fn mail_loop_is_refused_after_50_received_headers() {
     s.ehlo("client.test").await;
     let headers = |n: usize| "Received: from a by b; Thu, 1 Jan 1970 00:00:00 +0000\r\n".repeat(n);
     let looping = format!("{}Subject: loop\r\n\r\nx\r\n", headers(51));
-    s.send_mail("a@example.com", &["b@example.org"], looping.as_bytes()).await.is(554, "5.4.6");
+    s.send_mail("a@example.com", &["b@example.org"], looping.as_bytes())
+        .await
+        .is(554, "5.4.6");
     let fine = format!("{}Subject: ok\r\n\r\nx\r\n", headers(50));
-    s.send_mail("a@example.com", &["b@example.org"], fine.as_bytes()).await.is(250, "2.0.0");
+    s.send_mail("a@example.com", &["b@example.org"], fine.as_bytes())
+        .await
+        .is(250, "2.0.0");
     assert_eq!(nats.entries(STREAM).await.len(), 1);
 }
 
@@ -330,7 +412,9 @@ async fn sender_domains_restrict_mail_from() {
     let mut s = Smtp::greeted(relay.smtp()).await;
     s.ehlo("client.test").await;
     s.cmd("MAIL FROM:<a@evil.example>").await.is(553, "5.7.1");
-    s.cmd("MAIL FROM:<a@sub.example.com>").await.is(553, "5.7.1");
+    s.cmd("MAIL FROM:<a@sub.example.com>")
+        .await
+        .is(553, "5.7.1");
     s.cmd("MAIL FROM:<a@EXAMPLE.com>").await.is(250, "2.1.0");
     s.cmd("RSET").await.is(250, "2.0.0");
     s.cmd("MAIL FROM:<>").await.is(250, "2.1.0");
@@ -338,7 +422,8 @@ async fn sender_domains_restrict_mail_from() {
 
 #[tokio::test]
 async fn outsiders_cannot_relay_in_any_address_form() {
-    let (nats, relay) = start_relay(|c| c.ingress.allowed_networks = vec!["10.0.0.0/8".parse().unwrap()]);
+    let (nats, relay) =
+        start_relay(|c| c.ingress.allowed_networks = vec!["10.0.0.0/8".parse().unwrap()]);
     let mut s = Smtp::greeted(relay.smtp()).await;
     s.ehlo("client.test").await;
     s.cmd("MAIL FROM:<a@example.com>").await.is(250, "2.1.0");
@@ -355,7 +440,12 @@ async fn outsiders_cannot_relay_in_any_address_form() {
         "<postmaster@relay.test>",
     ] {
         let reply = s.cmd(&format!("RCPT TO:{rcpt}")).await;
-        assert!(reply.class() == 5, "{rcpt} got {} {:?}", reply.code, reply.lines);
+        assert!(
+            reply.class() == 5,
+            "{rcpt} got {} {:?}",
+            reply.code,
+            reply.lines
+        );
         if reply.code == 554 {
             reply.is(554, "5.7.1");
         }

@@ -21,7 +21,9 @@ const FAKE_TERMINATORS: [&[u8]; 10] = [
 /// Sends one message whose body holds `fake` followed by a smuggled transaction, then the real
 /// terminator, and returns the reply to the real end of data.
 async fn smuggle(s: &mut Smtp, fake: &[u8]) -> postern_smtp::Reply {
-    s.cmd("MAIL FROM:<sender@example.com>").await.is(250, "2.1.0");
+    s.cmd("MAIL FROM:<sender@example.com>")
+        .await
+        .is(250, "2.1.0");
     s.cmd("RCPT TO:<rcpt@example.org>").await.is(250, "2.1.5");
     s.cmd("DATA").await.is(354, "");
     let mut body = b"From: sender@example.com\r\nSubject: smuggle\r\n\r\nfirst".to_vec();
@@ -43,13 +45,28 @@ async fn matrix(mode: BareLineEndings, expected: (u16, &str)) {
         s.cmd("QUIT").await.is(221, "2.0.0");
     }
     let entries = nats.entries(STREAM).await;
-    let accepted = if expected.0 == 250 { FAKE_TERMINATORS.len() } else { 0 };
-    assert_eq!(entries.len(), accepted, "one entry per message, none smuggled");
+    let accepted = if expected.0 == 250 {
+        FAKE_TERMINATORS.len()
+    } else {
+        0
+    };
+    assert_eq!(
+        entries.len(),
+        accepted,
+        "one entry per message, none smuggled"
+    );
     for entry in &entries {
         assert_eq!(entry.envelope.sender, "sender@example.com");
         assert_eq!(entry.envelope.recipients, ["rcpt@example.org"]);
-        assert!(is_clean(&entry.body), "bare CR/LF or NUL queued: {:?}", entry.text());
-        assert!(entry.text().contains("smuggled\r\n"), "the smuggled text stays in the body");
+        assert!(
+            is_clean(&entry.body),
+            "bare CR/LF or NUL queued: {:?}",
+            entry.text()
+        );
+        assert!(
+            entry.text().contains("smuggled\r\n"),
+            "the smuggled text stays in the body"
+        );
     }
 }
 
@@ -68,23 +85,35 @@ async fn bdat_bare_line_endings_follow_the_mode() {
     let (nats, relay) = start_relay(|_| {});
     let mut s = Smtp::greeted(relay.smtp()).await;
     s.ehlo("client.test").await;
-    s.cmd("MAIL FROM:<sender@example.com>").await.is(250, "2.1.0");
+    s.cmd("MAIL FROM:<sender@example.com>")
+        .await
+        .is(250, "2.1.0");
     s.cmd("RCPT TO:<rcpt@example.org>").await.is(250, "2.1.5");
     let chunk = b"Subject: b\n\nline\rmore\n.\nMAIL FROM:<x@y>\r\n";
-    s.send(format!("BDAT {} LAST\r\n", chunk.len()).as_bytes()).await;
+    s.send(format!("BDAT {} LAST\r\n", chunk.len()).as_bytes())
+        .await;
     s.send(chunk).await;
     s.reply().await.is(250, "2.0.0");
     s.cmd("NOOP").await.is(250, "2.0.0");
     let entries = nats.entries(STREAM).await;
     assert!(is_clean(&entries[0].body));
-    assert!(entries[0].text().ends_with("Subject: b\r\n\r\nline more\r\n.\r\nMAIL FROM:<x@y>\r\n"), "{}", entries[0].text());
+    assert!(
+        entries[0]
+            .text()
+            .ends_with("Subject: b\r\n\r\nline more\r\n.\r\nMAIL FROM:<x@y>\r\n"),
+        "{}",
+        entries[0].text()
+    );
 
     let (nats, relay) = start_relay(|c| c.ingress.bare_line_endings = BareLineEndings::Reject);
     let mut s = Smtp::greeted(relay.smtp()).await;
     s.ehlo("client.test").await;
-    s.cmd("MAIL FROM:<sender@example.com>").await.is(250, "2.1.0");
+    s.cmd("MAIL FROM:<sender@example.com>")
+        .await
+        .is(250, "2.1.0");
     s.cmd("RCPT TO:<rcpt@example.org>").await.is(250, "2.1.5");
-    s.send(format!("BDAT {} LAST\r\n", chunk.len()).as_bytes()).await;
+    s.send(format!("BDAT {} LAST\r\n", chunk.len()).as_bytes())
+        .await;
     s.send(chunk).await;
     s.reply().await.is(550, "5.6.0");
     s.cmd("NOOP").await.is(250, "2.0.0");

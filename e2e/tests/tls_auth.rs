@@ -23,7 +23,10 @@ fn setup(tweak: impl FnOnce(&mut Config)) -> Setup {
     std::fs::write(users.path(), format!("alice:{hash}\n")).unwrap();
     let nats = NatsServer::start();
     let mut config = Relay::config(&nats);
-    config.ingress.listeners = vec![listener(ListenerTls::Starttls), listener(ListenerTls::Implicit)];
+    config.ingress.listeners = vec![
+        listener(ListenerTls::Starttls),
+        listener(ListenerTls::Implicit),
+    ];
     config.ingress.tls = Some(TlsConfig {
         cert_file: pki.cert_file.clone(),
         key_file: pki.key_file.clone(),
@@ -33,7 +36,12 @@ fn setup(tweak: impl FnOnce(&mut Config)) -> Setup {
     config.ingress.allowed_networks = vec![];
     tweak(&mut config);
     let relay = Relay::start(config);
-    Setup { nats, relay, pki, _users: users }
+    Setup {
+        nats,
+        relay,
+        pki,
+        _users: users,
+    }
 }
 
 fn plain(user: &str, password: &str) -> String {
@@ -46,7 +54,10 @@ async fn starttls_upgrades_and_forgets_the_plaintext_session() {
     let mut s = Smtp::greeted(t.relay.smtp()).await;
     let ext = s.ehlo("client.test").await;
     assert!(ext.contains(&"STARTTLS".to_string()), "{ext:?}");
-    assert!(!ext.iter().any(|e| e.starts_with("AUTH")), "no AUTH before TLS: {ext:?}");
+    assert!(
+        !ext.iter().any(|e| e.starts_with("AUTH")),
+        "no AUTH before TLS: {ext:?}"
+    );
     s.cmd("AUTH PLAIN").await.is(538, "5.7.11");
     s.cmd("RCPT TO:<x@example.org>").await.is(503, "5.5.1");
     s.cmd("MAIL FROM:<a@example.com>").await.is(250, "2.1.0");
@@ -92,25 +103,53 @@ async fn tls12_and_tls13_are_recorded_in_received() {
         s.cmd("STARTTLS").await.is(220, "2.0.0");
         s.upgrade(t.pki.client_config(&[version])).await;
         s.ehlo("client.test").await;
-        s.send_mail("a@example.com", &["b@example.org"], b"Subject: tls\r\n\r\nx\r\n").await.is(250, "2.0.0");
+        s.send_mail(
+            "a@example.com",
+            &["b@example.org"],
+            b"Subject: tls\r\n\r\nx\r\n",
+        )
+        .await
+        .is(250, "2.0.0");
         let entries = t.nats.entries(STREAM).await;
         let text = entries.last().unwrap().text();
         assert!(text.contains(&format!("with ESMTPS id")), "{text}");
-        assert!(text.contains(&format!("(using {name} with cipher ")), "{text}");
-        assert!(entries.last().unwrap().envelope.client.tls.as_deref().unwrap().starts_with(name));
+        assert!(
+            text.contains(&format!("(using {name} with cipher ")),
+            "{text}"
+        );
+        assert!(
+            entries
+                .last()
+                .unwrap()
+                .envelope
+                .client
+                .tls
+                .as_deref()
+                .unwrap()
+                .starts_with(name)
+        );
     }
 }
 
 #[tokio::test]
 async fn implicit_tls_listener() {
     let t = setup(|_| {});
-    let mut s = Smtp::connect_tls(t.relay.listener(1), t.pki.client_config(&[&TLS13, &TLS12])).await;
+    let mut s =
+        Smtp::connect_tls(t.relay.listener(1), t.pki.client_config(&[&TLS13, &TLS12])).await;
     s.reply().await.is(220, "");
     let ext = s.ehlo("client.test").await;
     assert!(!ext.contains(&"STARTTLS".to_string()));
     assert!(ext.contains(&"AUTH PLAIN LOGIN".to_string()));
-    s.cmd(&format!("AUTH PLAIN {}", plain("alice", "wonderland"))).await.is(235, "2.7.0");
-    s.send_mail("a@example.com", &["b@example.org"], b"Subject: 465\r\n\r\nx\r\n").await.is(250, "2.0.0");
+    s.cmd(&format!("AUTH PLAIN {}", plain("alice", "wonderland")))
+        .await
+        .is(235, "2.7.0");
+    s.send_mail(
+        "a@example.com",
+        &["b@example.org"],
+        b"Subject: 465\r\n\r\nx\r\n",
+    )
+    .await
+    .is(250, "2.0.0");
     let entry = &t.nats.entries(STREAM).await[0];
     assert_eq!(entry.envelope.client.auth_user.as_deref(), Some("alice"));
     assert!(entry.text().contains("with ESMTPSA id"), "{}", entry.text());
@@ -132,7 +171,13 @@ async fn auth_plain_and_login_allow_relaying() {
     s.cmd("AUTH PLAIN").await.is(334, "");
     s.cmd(&plain("alice", "wonderland")).await.is(235, "2.7.0");
     s.cmd("AUTH PLAIN").await.is(503, "5.5.1");
-    s.send_mail("a@example.com", &["b@example.org"], b"Subject: auth\r\n\r\nx\r\n").await.is(250, "2.0.0");
+    s.send_mail(
+        "a@example.com",
+        &["b@example.org"],
+        b"Subject: auth\r\n\r\nx\r\n",
+    )
+    .await
+    .is(250, "2.0.0");
 
     let mut s = Smtp::greeted(t.relay.smtp()).await;
     s.ehlo("client.test").await;
@@ -154,13 +199,21 @@ async fn three_failed_auth_attempts_close_the_session() {
     let mut s = Smtp::connect_tls(t.relay.listener(1), t.pki.client_config(&[&TLS13])).await;
     s.reply().await.is(220, "");
     s.ehlo("client.test").await;
-    s.cmd(&format!("AUTH PLAIN {}", plain("alice", "wrong"))).await.is(535, "5.7.8");
+    s.cmd(&format!("AUTH PLAIN {}", plain("alice", "wrong")))
+        .await
+        .is(535, "5.7.8");
     s.cmd("AUTH LOGIN").await.is(334, "");
     s.cmd("*").await.is(501, "5.0.0");
-    s.cmd(&format!("AUTH PLAIN {}", plain("mallory", "wonderland"))).await.is(535, "5.7.8");
+    s.cmd(&format!("AUTH PLAIN {}", plain("mallory", "wonderland")))
+        .await
+        .is(535, "5.7.8");
     s.reply().await.is(421, "4.7.0");
     assert!(s.closed().await);
-    assert_eq!(t.relay.metric("postern_ingress_rejections_total{reason=\"auth_failed\"}"), 3.0);
+    assert_eq!(
+        t.relay
+            .metric("postern_ingress_rejections_total{reason=\"auth_failed\"}"),
+        3.0
+    );
 }
 
 #[tokio::test]
@@ -173,7 +226,9 @@ async fn plaintext_auth_only_where_the_listener_allows_it() {
     let ext = s.ehlo("client.test").await;
     assert!(ext.contains(&"AUTH PLAIN LOGIN".to_string()), "{ext:?}");
     assert!(!ext.contains(&"STARTTLS".to_string()), "{ext:?}");
-    s.cmd(&format!("AUTH PLAIN {}", plain("alice", "wonderland"))).await.is(235, "2.7.0");
+    s.cmd(&format!("AUTH PLAIN {}", plain("alice", "wonderland")))
+        .await
+        .is(235, "2.7.0");
 }
 
 #[tokio::test]
@@ -187,15 +242,29 @@ async fn certificate_files_are_reloaded_when_they_change() {
     let new = t.pki.client_config(&[&TLS13]);
     let start = std::time::Instant::now();
     loop {
-        let tcp = tokio::net::TcpStream::connect(t.relay.listener(1)).await.unwrap();
-        let handshake = tokio_rustls::TlsConnector::from(new.clone()).connect(TestPki::server_name(), tcp).await;
+        let tcp = tokio::net::TcpStream::connect(t.relay.listener(1))
+            .await
+            .unwrap();
+        let handshake = tokio_rustls::TlsConnector::from(new.clone())
+            .connect(TestPki::server_name(), tcp)
+            .await;
         if handshake.is_ok() {
             break;
         }
-        assert!(start.elapsed().as_secs() < 10, "new certificate not served within 10s");
+        assert!(
+            start.elapsed().as_secs() < 10,
+            "new certificate not served within 10s"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let tcp = tokio::net::TcpStream::connect(t.relay.listener(1)).await.unwrap();
-    let stale = tokio_rustls::TlsConnector::from(old).connect(TestPki::server_name(), tcp).await;
-    assert!(stale.is_err(), "the old CA no longer verifies the served certificate");
+    let tcp = tokio::net::TcpStream::connect(t.relay.listener(1))
+        .await
+        .unwrap();
+    let stale = tokio_rustls::TlsConnector::from(old)
+        .connect(TestPki::server_name(), tcp)
+        .await;
+    assert!(
+        stale.is_err(),
+        "the old CA no longer verifies the served certificate"
+    );
 }
