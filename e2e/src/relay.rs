@@ -41,8 +41,10 @@ impl Relay {
     /// A config for `nats` with one plaintext listener and the admin endpoint on free ports,
     /// relaying for 127.0.0.0/8.
     pub fn config(nats: &NatsServer) -> Config {
-        let mut config = Config::default();
-        config.hostname = "relay.test".into();
+        let mut config = Config {
+            hostname: "relay.test".into(),
+            ..Config::default()
+        };
         config.nats.url = Some(nats.url());
         config.ingress.listeners = vec![listener(ListenerTls::None)];
         config.admin.address = SocketAddr::from(([127, 0, 0, 1], crate::free_port()));

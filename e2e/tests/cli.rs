@@ -1,6 +1,8 @@
 //! The `postern` command line: config checking, start-up failures that name the field and
 //! happen before any port is bound, standalone mode with its supervised nats-server.
 
+#![allow(clippy::unwrap_used)] // a test that cannot set up may panic
+
 use std::io::Write;
 use std::net::TcpListener;
 use std::process::{Command, Output, Stdio};
@@ -28,21 +30,42 @@ fn stderr(output: &Output) -> String {
 
 #[test]
 fn check_config_accepts_a_valid_file_and_names_bad_fields() {
-    let ok = postern(&["check-config"], Some("hostname: relay.example.com\nnats: { url: \"nats://127.0.0.1:4222\" }\n"));
+    let ok = postern(
+        &["check-config"],
+        Some("hostname: relay.example.com\nnats: { url: \"nats://127.0.0.1:4222\" }\n"),
+    );
     assert!(ok.status.success(), "{}", stderr(&ok));
     assert!(String::from_utf8_lossy(&ok.stdout).ends_with(": ok\n"));
 
-    let bad = postern(&["check-config"], Some("ingress:\n  limits: { maxRecipients: 0 }\n"));
+    let bad = postern(
+        &["check-config"],
+        Some("ingress:\n  limits: { maxRecipients: 0 }\n"),
+    );
     assert_eq!(bad.status.code(), Some(1));
-    assert!(stderr(&bad).contains("ingress.limits.maxRecipients: must be greater than zero"), "{}", stderr(&bad));
+    assert!(
+        stderr(&bad).contains("ingress.limits.maxRecipients: must be greater than zero"),
+        "{}",
+        stderr(&bad)
+    );
 
     let unknown = postern(&["check-config"], Some("ingress:\n  listners: []\n"));
     assert_eq!(unknown.status.code(), Some(1));
-    assert!(stderr(&unknown).contains("listners"), "{}", stderr(&unknown));
+    assert!(
+        stderr(&unknown).contains("listners"),
+        "{}",
+        stderr(&unknown)
+    );
 
-    let files = postern(&["check-config", "--files"], Some("ingress: { usersFile: /nonexistent/users }\n"));
+    let files = postern(
+        &["check-config", "--files"],
+        Some("ingress: { usersFile: /nonexistent/users }\n"),
+    );
     assert_eq!(files.status.code(), Some(1));
-    assert!(stderr(&files).contains("ingress.usersFile /nonexistent/users"), "{}", stderr(&files));
+    assert!(
+        stderr(&files).contains("ingress.usersFile /nonexistent/users"),
+        "{}",
+        stderr(&files)
+    );
 }
 
 #[test]
@@ -53,25 +76,48 @@ fn ingress_refuses_to_start_before_binding_anything() {
         "nats: {{ url: \"nats://127.0.0.1:1\" }}\ningress: {{ listeners: [ {{ address: \"127.0.0.1:{smtp}\" }} ] }}\nadmin: {{ address: \"127.0.0.1:{admin}\" }}\n"
     );
     let cases = [
-        (format!("{base}shutdownGrace: 0s\n"), "shutdownGrace: must be greater than zero"),
-        (base.replace("ingress: {", "ingress: { usersFile: /nonexistent/users,"), "ingress.usersFile /nonexistent/users"),
         (
-            base.replace("ingress: {", "ingress: { tls: { certFile: /nonexistent/crt, keyFile: /nonexistent/key },"),
+            format!("{base}shutdownGrace: 0s\n"),
+            "shutdownGrace: must be greater than zero",
+        ),
+        (
+            base.replace("ingress: {", "ingress: { usersFile: /nonexistent/users,"),
+            "ingress.usersFile /nonexistent/users",
+        ),
+        (
+            base.replace(
+                "ingress: {",
+                "ingress: { tls: { certFile: /nonexistent/crt, keyFile: /nonexistent/key },",
+            ),
             "ingress.tls.certFile /nonexistent/crt",
         ),
-        (base.replace("nats: { url: \"nats://127.0.0.1:1\" }", "nats: {}"), "nats.url: required"),
+        (
+            base.replace("nats: { url: \"nats://127.0.0.1:1\" }", "nats: {}"),
+            "nats.url: required",
+        ),
     ];
     for (yaml, message) in cases {
         // Holding the SMTP port would turn a late bind into a different error.
         let _held = TcpListener::bind(("127.0.0.1", smtp)).unwrap();
         let out = postern(&["ingress"], Some(&yaml));
         assert_eq!(out.status.code(), Some(1), "{yaml}");
-        assert!(stderr(&out).contains(message), "expected {message:?} in {}", stderr(&out));
-        assert!(TcpListener::bind(("127.0.0.1", admin)).is_ok(), "admin port left bound");
+        assert!(
+            stderr(&out).contains(message),
+            "expected {message:?} in {}",
+            stderr(&out)
+        );
+        assert!(
+            TcpListener::bind(("127.0.0.1", admin)).is_ok(),
+            "admin port left bound"
+        );
     }
     let _held = TcpListener::bind(("127.0.0.1", smtp)).unwrap();
     let out = postern(&["ingress"], Some(&base));
-    assert!(stderr(&out).contains(&format!("ingress.listeners[0].address 127.0.0.1:{smtp}")), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("ingress.listeners[0].address 127.0.0.1:{smtp}")),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -87,19 +133,27 @@ fn hash_password_prints_an_argon2id_hash() {
     assert!(out.status.success());
     let hash = String::from_utf8(out.stdout).unwrap();
     let users = postern_relay::users::Users::parse(&format!("alice:{}", hash.trim())).unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     assert!(runtime.block_on(users.verify("alice".into(), "s3cret".into())));
 }
 
 /// Finds the pid of the nats-server child listening on `port`.
 fn nats_pid(port: u16) -> Option<i32> {
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
-        let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
-        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        let is_ours = args.first()?.ends_with(b"nats-server") && args.windows(2).any(|w| w[0] == b"--port" && w[1] == port.to_string().as_bytes());
-        is_ours.then_some(pid)
-    })
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            let is_ours = args.first()?.ends_with(b"nats-server")
+                && args
+                    .windows(2)
+                    .any(|w| w[0] == b"--port" && w[1] == port.to_string().as_bytes());
+            is_ours.then_some(pid)
+        })
 }
 
 #[tokio::test]
@@ -118,19 +172,47 @@ async fn standalone_runs_and_restarts_its_own_nats_server() {
 
     let mut s = Smtp::greeted(relay.smtp()).await;
     s.ehlo("client.test").await;
-    s.send_mail("a@example.com", &["b@example.org"], b"Subject: one\r\n\r\nx\r\n").await.is(250, "2.0.0");
+    s.send_mail(
+        "a@example.com",
+        &["b@example.org"],
+        b"Subject: one\r\n\r\nx\r\n",
+    )
+    .await
+    .is(250, "2.0.0");
     let url = format!("nats://127.0.0.1:{nats_port}");
     assert_eq!(queue_entries(&url, STREAM).await.len(), 1);
 
     let pid = nats_pid(nats_port).expect("standalone started nats-server");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     relay.wait_readyz(503, Duration::from_secs(10));
     relay.wait_ready(Duration::from_secs(30));
     assert_ne!(nats_pid(nats_port), Some(pid), "a new nats-server runs");
-    s.send_mail("a@example.com", &["c@example.org"], b"Subject: two\r\n\r\nx\r\n").await.is(250, "2.0.0");
-    assert_eq!(queue_entries(&url, STREAM).await.len(), 2, "the queue survived the restart");
+    s.send_mail(
+        "a@example.com",
+        &["c@example.org"],
+        b"Subject: two\r\n\r\nx\r\n",
+    )
+    .await
+    .is(250, "2.0.0");
+    assert_eq!(
+        queue_entries(&url, STREAM).await.len(),
+        2,
+        "the queue survived the restart"
+    );
 
     relay.sigterm();
-    assert!(relay.wait_exit(Duration::from_secs(20)).expect("exits").success());
-    assert!(nats_pid(nats_port).is_none(), "nats-server stopped with postern");
+    assert!(
+        relay
+            .wait_exit(Duration::from_secs(20))
+            .expect("exits")
+            .success()
+    );
+    assert!(
+        nats_pid(nats_port).is_none(),
+        "nats-server stopped with postern"
+    );
 }

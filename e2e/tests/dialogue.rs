@@ -1,6 +1,8 @@
 //! ESMTP dialogue: every command, extension and reply of the ingress, over real TCP with a
 //! real nats-server behind it.
 
+#![allow(clippy::unwrap_used)] // a test that cannot set up may panic
+
 use postern_e2e::{ReplyExt, STREAM, Smtp, start_relay};
 
 const MESSAGE: &[u8] = b"From: a@example.com\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nHello.\r\n";

@@ -1,6 +1,8 @@
 //! The hand-off to JetStream: never a 250 without an acknowledgement, recovery after NATS
 //! outages, large bodies through the object store, and a graceful drain on SIGTERM.
 
+#![allow(clippy::unwrap_used)] // a test that cannot set up may panic
+
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -13,18 +15,30 @@ async fn nats_outage_gives_451_and_unready_then_recovers_without_restart() {
     let (mut nats, relay) = start_relay(|_| {});
     let mut s = Smtp::greeted(relay.smtp()).await;
     s.ehlo("client.test").await;
-    s.send_mail("a@example.com", &["b@example.org"], MESSAGE).await.is(250, "2.0.0");
+    s.send_mail("a@example.com", &["b@example.org"], MESSAGE)
+        .await
+        .is(250, "2.0.0");
 
     nats.kill();
     relay.wait_readyz(503, Duration::from_secs(10));
-    s.send_mail("a@example.com", &["b@example.org"], MESSAGE).await.is(451, "4.3.0");
-    assert_eq!(relay.metric("postern_ingress_enqueue_failures_total{cause=\"not_ready\"}"), 1.0);
+    s.send_mail("a@example.com", &["b@example.org"], MESSAGE)
+        .await
+        .is(451, "4.3.0");
+    assert_eq!(
+        relay.metric("postern_ingress_enqueue_failures_total{cause=\"not_ready\"}"),
+        1.0
+    );
 
     nats.restart();
     relay.wait_ready(Duration::from_secs(20));
-    s.send_mail("a@example.com", &["c@example.org"], MESSAGE).await.is(250, "2.0.0");
+    s.send_mail("a@example.com", &["c@example.org"], MESSAGE)
+        .await
+        .is(250, "2.0.0");
     let entries = nats.entries(STREAM).await;
-    let recipients: Vec<_> = entries.iter().map(|e| e.envelope.recipients[0].as_str()).collect();
+    let recipients: Vec<_> = entries
+        .iter()
+        .map(|e| e.envelope.recipients[0].as_str())
+        .collect();
     assert_eq!(recipients, ["b@example.org", "c@example.org"]);
 }
 
@@ -43,8 +57,15 @@ async fn no_ack_within_the_timeout_gives_451() {
     let reply = s.reply().await;
     nats.pause(false);
     reply.is(451, "4.3.0");
-    assert!(started.elapsed() < Duration::from_secs(5), "answered after {:?}", started.elapsed());
-    assert_eq!(relay.metric("postern_ingress_enqueue_failures_total{cause=\"ack_timeout\"}"), 1.0);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        relay.metric("postern_ingress_enqueue_failures_total{cause=\"ack_timeout\"}"),
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -52,16 +73,35 @@ async fn a_partly_stored_message_is_refused_and_its_entries_removed() {
     let (nats, relay) = start_relay(|_| {});
     // Narrow the stream behind the relay's back so only example.org entries are accepted.
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-    let mut config = js.get_stream(STREAM).await.unwrap().info().await.unwrap().config.clone();
+    let mut config = js
+        .get_stream(STREAM)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
     config.subjects = vec!["postern.queue.example_org".into()];
     js.update_stream(config).await.unwrap();
 
     let mut s = Smtp::greeted(relay.smtp()).await;
     s.ehlo("client.test").await;
-    let reply = s.send_mail("a@example.com", &["b@example.org", "c@other.example"], MESSAGE).await;
+    let reply = s
+        .send_mail(
+            "a@example.com",
+            &["b@example.org", "c@other.example"],
+            MESSAGE,
+        )
+        .await;
     reply.is(451, "4.3.0");
-    assert!(nats.entries(STREAM).await.is_empty(), "the acknowledged example.org entry was removed");
-    s.send_mail("a@example.com", &["b@example.org"], MESSAGE).await.is(250, "2.0.0");
+    assert!(
+        nats.entries(STREAM).await.is_empty(),
+        "the acknowledged example.org entry was removed"
+    );
+    s.send_mail("a@example.com", &["b@example.org"], MESSAGE)
+        .await
+        .is(250, "2.0.0");
     assert_eq!(nats.entries(STREAM).await.len(), 1);
 }
 
@@ -71,23 +111,46 @@ async fn fifty_megabyte_message_round_trips_byte_exact() {
     let mut body = b"From: a@example.com\r\nSubject: large\r\n\r\n".to_vec();
     let mut n: u64 = 0;
     while body.len() < 50_000_000 {
-        n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        n = n
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         body.extend_from_slice(format!("{n:064x}{:012}\r\n", body.len()).as_bytes());
     }
     let mut s = Smtp::greeted(relay.smtp()).await;
     s.ehlo("client.test").await;
-    let id = s.send_mail("a@example.com", &["b@example.org", "c@other.example"], &body).await.is(250, "2.0.0").queue_id();
+    let id = s
+        .send_mail(
+            "a@example.com",
+            &["b@example.org", "c@other.example"],
+            &body,
+        )
+        .await
+        .is(250, "2.0.0")
+        .queue_id();
     let entries = nats.entries(STREAM).await;
     assert_eq!(entries.len(), 2);
     for entry in &entries {
-        let postern_relay::queue::BodyRef::Object { key, size, entries: shared, .. } = &entry.envelope.body else {
+        let postern_relay::queue::BodyRef::Object {
+            key,
+            size,
+            entries: shared,
+            ..
+        } = &entry.envelope.body
+        else {
             panic!("a 50 MB body goes to the object store");
         };
         assert_eq!((key.as_str(), *shared), (id.as_str(), 2));
         assert_eq!(*size, entry.body.len() as u64);
-        assert!(entry.body.ends_with(&body), "body differs after the Received header");
-        let received = String::from_utf8(entry.body[..entry.body.len() - body.len()].to_vec()).unwrap();
-        assert!(received.starts_with("Received: from client.test") && received.ends_with(" +0000\r\n"), "{received}");
+        assert!(
+            entry.body.ends_with(&body),
+            "body differs after the Received header"
+        );
+        let received =
+            String::from_utf8(entry.body[..entry.body.len() - body.len()].to_vec()).unwrap();
+        assert!(
+            received.starts_with("Received: from client.test") && received.ends_with(" +0000\r\n"),
+            "{received}"
+        );
         assert!(received.contains(&format!(" id {id}")), "{received}");
     }
 }
@@ -108,12 +171,17 @@ async fn sigterm_closes_idle_sessions_and_lets_transactions_finish() {
     idle.reply().await.is(421, "4.3.2");
     assert!(idle.closed().await);
     relay.wait_readyz(503, Duration::from_secs(5));
-    assert!(tokio::net::TcpStream::connect(relay.smtp()).await.is_err(), "no new connections while draining");
+    assert!(
+        tokio::net::TcpStream::connect(relay.smtp()).await.is_err(),
+        "no new connections while draining"
+    );
 
     busy.send(b"second half\r\n.\r\n").await;
     busy.reply().await.is(250, "2.0.0");
     busy.reply().await.is(421, "4.3.2");
-    let status = relay.wait_exit(Duration::from_secs(15)).expect("postern exits after the drain");
+    let status = relay
+        .wait_exit(Duration::from_secs(15))
+        .expect("postern exits after the drain");
     assert!(status.success(), "exit status {status:?}");
     let entries = nats.entries(STREAM).await;
     assert_eq!(entries.len(), 1);

@@ -8,7 +8,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(name = "postern-operator", version, about = "Kubernetes operator for Postern (not yet implemented)")]
+#[command(
+    name = "postern-operator",
+    version,
+    about = "Kubernetes operator for Postern (not yet implemented)"
+)]
 struct Cli {}
 
 fn main() -> ExitCode {
