@@ -88,17 +88,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if role == Role::Ingress && config.nats.url.is_none() {
         return Err(app::StartError::MissingNatsUrl.into());
     }
-    postern_relay::telemetry::init(&config.log);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(async {
+    let telemetry = {
+        let _entered = runtime.enter();
+        postern_relay::telemetry::init(&config.log, &config.telemetry)?
+    };
+    let result = runtime.block_on(async {
         let shutdown = app::shutdown_on_signals().context("installing signal handlers")?;
         app::run(config, role, shutdown)
             .await
             .map_err(anyhow::Error::from)
-    })
+    });
+    drop(runtime);
+    // After the runtime: the exporter flushes with a blocking HTTP client.
+    telemetry.shutdown();
+    result
 }
 
 fn load(path: &Path) -> anyhow::Result<Config> {

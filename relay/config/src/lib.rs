@@ -34,6 +34,8 @@ pub struct Config {
     #[serde(default)]
     pub log: LogConfig,
     #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    #[serde(default)]
     pub standalone: StandaloneConfig,
     /// How long transactions in progress may run after SIGTERM.
     #[serde(default = "default_shutdown_grace")]
@@ -260,6 +262,28 @@ impl Default for LogConfig {
     }
 }
 
+/// Trace export.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP collector base URL such as `http://otel-collector:4318`; spans go to
+    /// `<otlpEndpoint>/v1/traces`. Absent: no export.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp_endpoint: None,
+            service_name: default_service_name(),
+        }
+    }
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -330,6 +354,7 @@ impl Default for Config {
             delivery: DeliveryConfig::default(),
             admin: AdminConfig::default(),
             log: LogConfig::default(),
+            telemetry: TelemetryConfig::default(),
             standalone: StandaloneConfig::default(),
             shutdown_grace: default_shutdown_grace(),
         }
@@ -393,6 +418,9 @@ fn default_tls_reload() -> Duration {
 }
 fn default_log_level() -> String {
     "info".to_string()
+}
+fn default_service_name() -> String {
+    "postern".to_string()
 }
 fn default_shutdown_grace() -> Duration {
     Duration::secs(25)

@@ -9,7 +9,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{Instrument, info, info_span, warn};
 
 use super::received::Trace;
 use super::{ListenerContext, Shared};
@@ -226,6 +226,8 @@ impl Connection {
         shared.metrics.transactions.inc();
         let id = ulid::Ulid::new();
         let queue_id = id.to_string();
+        let span = info_span!("smtp.message", %queue_id, peer = %self.peer);
+        let traceparent = crate::telemetry::join_trace(&span, id.0);
         let now = SystemTime::now();
         let recipients: Vec<(String, String)> = message
             .recipients
@@ -266,11 +268,11 @@ impl Connection {
             },
             smtputf8: message.smtputf8,
             eight_bit_mime: message.eight_bit_mime,
-            traceparent: traceparent(id),
+            traceparent,
         };
         let rcpts = message.recipients.len();
         let started = Instant::now();
-        match shared.queue.enqueue(submission).await {
+        match shared.queue.enqueue(submission).instrument(span).await {
             Ok(()) => {
                 shared
                     .metrics
@@ -292,10 +294,4 @@ impl Connection {
             }
         }
     }
-}
-
-/// A W3C traceparent whose trace id is the queue id, so logs and traces line up.
-fn traceparent(id: ulid::Ulid) -> String {
-    let span = (id.0 as u64) | 1;
-    format!("00-{:032x}-{span:016x}-01", id.0)
 }

@@ -14,7 +14,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::metrics::Metrics;
 use crate::queue::Queue;
@@ -133,15 +133,19 @@ pub async fn serve(
         };
         shared.metrics.connections.inc();
         let (shared, context, shutdown) = (shared.clone(), context.clone(), shutdown.clone());
-        tracker.spawn(async move {
-            shared.metrics.sessions.inc();
-            let connection = connection::Connection::new(shared.clone(), context, peer, shutdown);
-            if let Err(err) = connection.run(stream).await {
-                debug!(%peer, %err, "connection ended with an error");
+        tracker.spawn(
+            async move {
+                shared.metrics.sessions.inc();
+                let connection =
+                    connection::Connection::new(shared.clone(), context, peer, shutdown);
+                if let Err(err) = connection.run(stream).await {
+                    debug!(%peer, %err, "connection ended with an error");
+                }
+                shared.metrics.sessions.dec();
+                drop(guard);
             }
-            shared.metrics.sessions.dec();
-            drop(guard);
-        });
+            .instrument(info_span!("smtp.session", %peer)),
+        );
     }
 }
 
