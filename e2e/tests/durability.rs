@@ -187,3 +187,31 @@ async fn sigterm_closes_idle_sessions_and_lets_transactions_finish() {
     assert_eq!(entries.len(), 1);
     assert!(entries[0].text().ends_with("first half\r\nsecond half\r\n"));
 }
+
+#[tokio::test]
+async fn a_transaction_that_outlives_the_grace_period_does_not_hold_the_exit() {
+    let (nats, mut relay) = start_relay(|c| c.shutdown_grace = "1s".parse().unwrap());
+    let mut stuck = Smtp::greeted(relay.smtp()).await;
+    stuck.ehlo("stuck.test").await;
+    stuck
+        .cmd("MAIL FROM:<a@example.com>")
+        .await
+        .is(250, "2.1.0");
+    stuck.cmd("RCPT TO:<b@example.org>").await.is(250, "2.1.5");
+    stuck.cmd("DATA").await.is(354, "");
+    stuck.send(b"Subject: never finished\r\n").await;
+    let started = Instant::now();
+    relay.sigterm();
+    let status = relay
+        .wait_exit(Duration::from_secs(10))
+        .expect("postern exits after the grace period");
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "waited for the grace period"
+    );
+    assert!(
+        nats.entries(STREAM).await.is_empty(),
+        "an unfinished message is never queued"
+    );
+}

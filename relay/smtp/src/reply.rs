@@ -302,6 +302,25 @@ mod tests {
         assert_eq!(p.next_reply(), Err(ReplyError::TooLong(100)));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn never_panics_and_reads_what_it_writes(
+            input in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            code in 200u16..600,
+            lines in proptest::collection::vec("[ -~]{0,40}", 1..5),
+        ) {
+            let mut p = ReplyParser::new(1024);
+            p.feed(&input);
+            while let Ok(Some(_)) = p.next_reply() {}
+            let reply = Reply { code, status: None, lines: lines.clone(), reject: None };
+            let mut p = ReplyParser::default();
+            p.feed(&reply.to_bytes());
+            let parsed = p.next_reply().unwrap().unwrap();
+            proptest::prop_assert_eq!(parsed.code, code);
+            proptest::prop_assert_eq!(parsed.lines.len(), lines.len());
+        }
+    }
+
     #[test]
     fn refuses_garbage_and_mixed_codes() {
         let mut p = ReplyParser::default();

@@ -320,6 +320,10 @@ impl Session {
                     self.discarding_line = true;
                     return Some(Err(line_too_long()));
                 }
+                if self.input.is_empty() && self.input.capacity() > 2 * MAX_COMMAND_LINE {
+                    // Idle sessions give back what a pipelined burst or a message needed.
+                    self.input = Vec::new();
+                }
                 return None;
             };
             let mut line: Vec<u8> = self.input.drain(..=lf).collect();

@@ -15,7 +15,10 @@ use super::received::Trace;
 use super::{ListenerContext, Shared};
 use crate::queue::{ClientFacts, Submission};
 
-const READ_BUFFER: usize = 64 * 1024;
+/// Read size while waiting for commands: small, so idle sessions stay cheap.
+const COMMAND_BUFFER: usize = 4 * 1024;
+/// Read size while message content streams in.
+const DATA_BUFFER: usize = 64 * 1024;
 
 /// How a drive over one stream ended.
 enum Outcome<S> {
@@ -115,16 +118,21 @@ impl Connection {
         session: &mut Session,
         mut stream: S,
     ) -> std::io::Result<Outcome<S>> {
-        let mut buf = vec![0u8; READ_BUFFER];
+        let mut buf = Vec::new();
         let mut data_started: Option<(Instant, u64)> = None;
         loop {
             match session.next_event() {
                 Event::NeedInput => {
                     self.flush(session, &mut stream).await?;
-                    if session.reading_message() {
+                    let size = if session.reading_message() {
                         data_started.get_or_insert((Instant::now(), 0));
+                        DATA_BUFFER
                     } else {
                         data_started = None;
+                        COMMAND_BUFFER
+                    };
+                    if buf.len() != size {
+                        buf = vec![0u8; size];
                     }
                     match self
                         .read(session, &mut stream, &mut buf, &mut data_started)
