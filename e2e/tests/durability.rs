@@ -21,6 +21,11 @@ async fn nats_outage_gives_451_and_unready_then_recovers_without_restart() {
 
     nats.kill();
     relay.wait_readyz(503, Duration::from_secs(10));
+    assert_eq!(
+        relay.http_status("/healthz"),
+        Some(200),
+        "alive while NATS is away"
+    );
     s.send_mail("a@example.com", &["b@example.org"], MESSAGE)
         .await
         .is(451, "4.3.0");

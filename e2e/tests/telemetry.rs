@@ -126,6 +126,35 @@ async fn message_spans_are_exported_in_the_queue_id_trace() {
     );
 }
 
+#[tokio::test]
+async fn json_logs_carry_the_queue_id() {
+    let (_nats, mut relay) = start_relay(|c| c.log.format = postern_config::LogFormat::Json);
+    let mut s = Smtp::greeted(relay.smtp()).await;
+    s.ehlo("client.test").await;
+    let id = s
+        .send_mail(
+            "a@example.com",
+            &["b@example.org"],
+            b"Subject: json\r\n\r\nx\r\n",
+        )
+        .await
+        .is(250, "2.0.0")
+        .queue_id();
+    relay.sigterm();
+    relay.wait_exit(Duration::from_secs(20)).unwrap();
+    let log = relay.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let queued = lines
+        .iter()
+        .find(|l| l["message"] == "message queued")
+        .unwrap();
+    assert_eq!(queued["queue_id"], id.as_str());
+    assert_eq!(queued["level"], "INFO");
+}
+
 /// Decodes a Crockford base32 ULID.
 fn ulid_to_u128(id: &str) -> u128 {
     const ALPHABET: &[u8] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";

@@ -262,12 +262,12 @@ impl Session {
                         .unwrap_or(usize::MAX)
                         .min(self.input.len());
                     *remaining -= take as u64;
-                    let chunk: Vec<u8> = self.input.drain(..take).collect();
                     let done = *remaining == 0;
                     if let Some(decoder) = self.transaction.as_mut().and_then(|t| t.chunks.as_mut())
                     {
-                        decoder.feed(&chunk);
+                        decoder.feed(&self.input[..take]);
                     }
+                    self.input.drain(..take);
                     if !done {
                         return Event::NeedInput;
                     }

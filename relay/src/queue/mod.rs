@@ -2,8 +2,7 @@
 
 pub mod entry;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage, object_store, stream};
@@ -77,12 +76,21 @@ pub struct Queue {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
     client: async_nats::Client,
     jetstream: jetstream::Context,
     config: NatsConfig,
-    provisioned: AtomicBool,
+    /// The body bucket; set once the stream and bucket are provisioned.
+    bodies: OnceLock<object_store::ObjectStore>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("stream", &self.config.stream)
+            .field("provisioned", &self.bodies.get().is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Queue {
@@ -111,14 +119,14 @@ impl Queue {
                 client,
                 jetstream,
                 config: config.clone(),
-                provisioned: AtomicBool::new(false),
+                bodies: OnceLock::new(),
             }),
         })
     }
 
     /// True when NATS is connected and the stream exists.
     pub fn is_ready(&self) -> bool {
-        self.inner.provisioned.load(Ordering::Acquire)
+        self.inner.bodies.get().is_some()
             && self.inner.client.connection_state() == async_nats::connection::State::Connected
     }
 
@@ -150,27 +158,31 @@ impl Queue {
             bucket: config.body_bucket.clone(),
             source,
         };
-        if self
+        let bodies = match self
             .inner
             .jetstream
             .get_object_store(&config.body_bucket)
             .await
-            .is_err()
         {
-            let bucket = object_store::Config {
-                bucket: config.body_bucket.clone(),
-                description: Some("Postern bodies too large to travel inside a queue entry".into()),
-                storage: stream::StorageType::File,
-                num_replicas: config.replicas,
-                ..Default::default()
-            };
-            self.inner
-                .jetstream
-                .create_object_store(bucket)
-                .await
-                .map_err(|e| bucket_error(e.into()))?;
-        }
-        self.inner.provisioned.store(true, Ordering::Release);
+            Ok(bodies) => bodies,
+            Err(_) => {
+                let bucket = object_store::Config {
+                    bucket: config.body_bucket.clone(),
+                    description: Some(
+                        "Postern bodies too large to travel inside a queue entry".into(),
+                    ),
+                    storage: stream::StorageType::File,
+                    num_replicas: config.replicas,
+                    ..Default::default()
+                };
+                self.inner
+                    .jetstream
+                    .create_object_store(bucket)
+                    .await
+                    .map_err(|e| bucket_error(e.into()))?
+            }
+        };
+        let _ = self.inner.bodies.set(bodies);
         Ok(())
     }
 
@@ -223,10 +235,10 @@ impl Queue {
         let body = if submission.body.len() > config.inline_body_limit {
             let store = self
                 .inner
-                .jetstream
-                .get_object_store(&config.body_bucket)
-                .await
-                .map_err(|e| EnqueueError::Body(e.into()))?;
+                .bodies
+                .get()
+                .ok_or(EnqueueError::NotReady)?
+                .clone();
             let key = submission.queue_id.clone();
             stored.object = Some((store.clone(), key.clone()));
             store
