@@ -112,6 +112,17 @@ fn ingress_refuses_to_start_before_binding_anything() {
         );
     }
     let _held = TcpListener::bind(("127.0.0.1", smtp)).unwrap();
+    let standalone = base.replace(
+        "nats: { url: \"nats://127.0.0.1:1\" }",
+        "standalone: { natsServer: /nonexistent/nats-server }",
+    );
+    let out = postern(&["standalone"], Some(&standalone));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("standalone.natsServer /nonexistent/nats-server"),
+        "{}",
+        stderr(&out)
+    );
     let out = postern(&["ingress"], Some(&base));
     assert!(
         stderr(&out).contains(&format!("ingress.listeners[0].address 127.0.0.1:{smtp}")),

@@ -83,14 +83,8 @@ pub async fn run(
         return Err(StartError::MissingNatsUrl);
     }
     let Loaded { users, cert } = load_files(&config)?;
-    let listeners = ingress::bind(&config).await?;
-    let admin_listener = tokio::net::TcpListener::bind(config.admin.address)
-        .await
-        .map_err(|source| StartError::Admin {
-            address: config.admin.address,
-            source,
-        })?;
 
+    // NATS first: a missing credentials file or nats-server binary fails before any port is bound.
     let background = CancellationToken::new();
     let mut nats_task = None;
     let url = match &config.nats.url {
@@ -103,6 +97,14 @@ pub async fn run(
         }
     };
     let queue = Queue::connect(&url, &config.nats).await?;
+
+    let listeners = ingress::bind(&config).await?;
+    let admin_listener = tokio::net::TcpListener::bind(config.admin.address)
+        .await
+        .map_err(|source| StartError::Admin {
+            address: config.admin.address,
+            source,
+        })?;
     tokio::spawn({
         let (queue, cancel) = (queue.clone(), background.clone());
         async move { queue.provision_until_ready(cancel).await }
