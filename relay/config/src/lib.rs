@@ -229,7 +229,7 @@ impl Default for RetryConfig {
 
 /// The HTTP endpoint for probes and metrics.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct AdminConfig {
     pub address: SocketAddr,
 }
@@ -295,7 +295,7 @@ pub enum LogFormat {
 
 /// The local nats-server that `postern standalone` runs when `nats.url` is absent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct StandaloneConfig {
     /// Path of the nats-server binary, or a name looked up in PATH.
     pub nats_server: PathBuf,

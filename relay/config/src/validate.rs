@@ -282,6 +282,18 @@ admin: { address: "0.0.0.0:9090" }
     }
 
     #[test]
+    fn partial_sections_keep_the_other_defaults() {
+        let config = Config::from_yaml(
+            "admin: {}\nstandalone: { natsPort: 4333 }\nlog: { format: json }\ntelemetry: {}\n",
+        )
+        .unwrap();
+        assert_eq!(config.admin, crate::AdminConfig::default());
+        assert_eq!(config.standalone.nats_port, 4333);
+        assert_eq!(config.standalone.data_dir, std::path::PathBuf::from("data"));
+        assert_eq!(config.log.level, "info");
+    }
+
+    #[test]
     fn unknown_field_is_named() {
         let msg = errors("ingress:\n  limits:\n    maxMesageSize: 10\n");
         assert!(msg.contains("maxMesageSize"), "{msg}");
