@@ -71,6 +71,8 @@ async fn simple_commands() {
 #[tokio::test]
 async fn data_transaction_is_queued_with_received_header() {
     let (nats, relay) = start_relay(|_| {});
+    // The harness's port probe was a connection too.
+    let connections = relay.metric("postern_ingress_connections_total");
     let mut s = Smtp::greeted(relay.smtp()).await;
     s.ehlo("client.test").await;
     let reply = s
@@ -110,6 +112,28 @@ async fn data_transaction_is_queued_with_received_header() {
         assert!(text.ends_with("\r\n\r\nHello.\r\n"), "{text}");
     }
     assert_eq!(relay.metric("postern_ingress_messages_accepted_total"), 1.0);
+    assert_eq!(
+        relay.metric("postern_ingress_connections_total"),
+        connections + 1.0
+    );
+    assert_eq!(relay.metric("postern_ingress_sessions"), 1.0);
+    assert_eq!(relay.metric("postern_ingress_transactions_total"), 1.0);
+    assert_eq!(
+        relay.metric("postern_ingress_replies_total{class=\"3xx\"}"),
+        1.0
+    );
+    assert_eq!(relay.metric("postern_ingress_enqueue_seconds_count"), 1.0);
+    let bytes = relay.metric("postern_ingress_bytes_accepted_total");
+    assert_eq!(bytes, entries[0].body.len() as f64);
+    s.cmd("XYZZY").await.is(500, "5.5.1");
+    assert_eq!(
+        relay.metric("postern_ingress_rejections_total{reason=\"syntax\"}"),
+        1.0
+    );
+    assert_eq!(
+        relay.metric("postern_ingress_replies_total{class=\"5xx\"}"),
+        1.0
+    );
 }
 
 #[tokio::test]

@@ -220,3 +220,47 @@ async fn a_transaction_that_outlives_the_grace_period_does_not_hold_the_exit() {
         "an unfinished message is never queued"
     );
 }
+
+#[tokio::test]
+async fn the_stream_is_created_or_brought_back_to_the_configured_settings() {
+    let nats = postern_e2e::NatsServer::start();
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    // A stream left behind with other settings (an older config, a hand edit).
+    js.create_stream(jetstream::stream::Config {
+        name: STREAM.into(),
+        subjects: vec!["postern.queue.>".into()],
+        retention: jetstream::stream::RetentionPolicy::WorkQueue,
+        duplicate_window: Duration::from_secs(10),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut config = postern_e2e::Relay::config(&nats);
+    config.nats.duplicate_window = "3m".parse().unwrap();
+    let relay = postern_e2e::Relay::start(config.clone());
+    let info = js
+        .get_stream(STREAM)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    assert_eq!(info.duplicate_window, Duration::from_secs(180));
+    assert_eq!(info.storage, jetstream::stream::StorageType::File);
+    assert_eq!(
+        info.retention,
+        jetstream::stream::RetentionPolicy::WorkQueue
+    );
+    assert_eq!(info.num_replicas, 1);
+    drop(relay);
+    // Starting again on the provisioned stream is a no-op that still becomes ready.
+    let relay = postern_e2e::Relay::start(config);
+    let mut s = Smtp::greeted(relay.smtp()).await;
+    s.ehlo("client.test").await;
+    s.send_mail("a@example.com", &["b@example.org"], MESSAGE)
+        .await
+        .is(250, "2.0.0");
+    assert_eq!(nats.entries(STREAM).await.len(), 1);
+}

@@ -59,7 +59,7 @@ impl Default for Metrics {
         );
         r.register(
             "ingress_transactions",
-            "Mail transactions started (MAIL accepted)",
+            "Messages received to their end of data and handed to the queue",
             metrics.transactions.clone(),
         );
         r.register(
