@@ -5,6 +5,7 @@
 
 pub mod address;
 pub mod body;
+pub mod client;
 pub mod command;
 pub mod reply;
 pub mod server;
