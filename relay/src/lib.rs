@@ -5,7 +5,9 @@
 
 pub mod admin;
 pub mod app;
+pub mod delivery;
 pub mod ingress;
+pub mod mail_date;
 pub mod metrics;
 pub mod queue;
 pub mod standalone;

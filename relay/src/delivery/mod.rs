@@ -1,0 +1,2 @@
+pub mod dsn;
+pub mod retry;
