@@ -4,11 +4,13 @@
 //! talk SMTP to it over real TCP and TLS. Build the binary first (`cargo build --bin postern`)
 //! and install nats-server with `scripts/tools`; the README's test command does both.
 
+pub mod mx;
 pub mod nats;
 pub mod pki;
 pub mod relay;
 pub mod smtp;
 
+pub use mx::MockMx;
 pub use nats::{NatsServer, QueueEntry};
 pub use pki::TestPki;
 pub use relay::Relay;
@@ -38,3 +40,22 @@ pub fn start_relay(tweak: impl FnOnce(&mut postern_config::Config)) -> (NatsServ
 
 /// The stream name of the default config.
 pub const STREAM: &str = "POSTERN_QUEUE";
+
+/// A fresh nats-server and a `postern standalone` (ingress and delivery) on it.
+pub fn start_standalone(tweak: impl FnOnce(&mut postern_config::Config)) -> (NatsServer, Relay) {
+    let nats = NatsServer::start();
+    let mut config = Relay::config(&nats);
+    tweak(&mut config);
+    let relay = Relay::spawn(&["standalone"], config);
+    relay.wait_ready(std::time::Duration::from_secs(20));
+    (nats, relay)
+}
+
+/// A route sending every domain to `host`.
+pub fn route_all(host: &str) -> postern_config::Route {
+    postern_config::Route {
+        domain: "*".into(),
+        host: host.into(),
+        tls: postern_config::OutboundTls::Opportunistic,
+    }
+}

@@ -8,10 +8,10 @@ use std::net::TcpListener;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use postern_config::Config;
+use postern_config::{Config, Route};
 use postern_e2e::nats::{nats_server_binary, queue_entries};
 use postern_e2e::relay::postern_binary;
-use postern_e2e::{NatsServer, Relay, ReplyExt, STREAM, Smtp, free_port};
+use postern_e2e::{MockMx, NatsServer, Relay, ReplyExt, STREAM, Smtp, free_port};
 
 fn postern(args: &[&str], config: Option<&str>) -> Output {
     let file = tempfile::NamedTempFile::new().unwrap();
@@ -169,6 +169,8 @@ fn nats_pid(port: u16) -> Option<i32> {
 
 #[tokio::test]
 async fn standalone_runs_and_restarts_its_own_nats_server() {
+    let mx = MockMx::accepting().await;
+    let closed = free_port();
     let data = tempfile::tempdir().unwrap();
     let nats_port = free_port();
     let placeholder = NatsServer::start();
@@ -178,6 +180,14 @@ async fn standalone_runs_and_restarts_its_own_nats_server() {
     config.standalone.nats_server = nats_server_binary();
     config.standalone.data_dir = data.path().join("jetstream");
     config.standalone.nats_port = nats_port;
+    config.delivery.routes = vec![
+        Route {
+            domain: "held.example".into(),
+            host: format!("127.0.0.1:{closed}"),
+            tls: Default::default(),
+        },
+        postern_e2e::route_all(&mx.host()),
+    ];
     let mut relay = Relay::spawn(&["standalone"], config);
     relay.wait_ready(Duration::from_secs(20));
 
@@ -190,8 +200,34 @@ async fn standalone_runs_and_restarts_its_own_nats_server() {
     )
     .await
     .is(250, "2.0.0");
+    mx.wait_for(1, Duration::from_secs(20)).await;
+    // A message for an unreachable host waits in the queue for its retry.
+    s.send_mail(
+        "a@example.com",
+        &["c@held.example"],
+        b"Subject: held\r\n\r\nx\r\n",
+    )
+    .await
+    .is(250, "2.0.0");
     let url = format!("nats://127.0.0.1:{nats_port}");
-    assert_eq!(queue_entries(&url, STREAM).await.len(), 1);
+    let held = || async {
+        queue_entries(&url, STREAM)
+            .await
+            .iter()
+            .filter(|e| e.envelope.domain == "held.example")
+            .count()
+    };
+    let start = std::time::Instant::now();
+    while relay.metric("postern_delivery_outcomes_total{result=\"deferred\"}") < 1.0
+        || held().await != 1
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the held message was not deferred\n{}",
+            relay.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let pid = nats_pid(nats_port).expect("standalone started nats-server");
     nix::sys::signal::kill(
@@ -202,18 +238,16 @@ async fn standalone_runs_and_restarts_its_own_nats_server() {
     relay.wait_readyz(503, Duration::from_secs(10));
     relay.wait_ready(Duration::from_secs(30));
     assert_ne!(nats_pid(nats_port), Some(pid), "a new nats-server runs");
+    assert_eq!(held().await, 1, "the queued entry survived the restart");
     s.send_mail(
         "a@example.com",
-        &["c@example.org"],
+        &["d@example.org"],
         b"Subject: two\r\n\r\nx\r\n",
     )
     .await
     .is(250, "2.0.0");
-    assert_eq!(
-        queue_entries(&url, STREAM).await.len(),
-        2,
-        "the queue survived the restart"
-    );
+    let delivered = mx.wait_for(2, Duration::from_secs(20)).await;
+    assert_eq!(delivered[1].recipients, ["d@example.org"]);
 
     relay.sigterm();
     assert!(

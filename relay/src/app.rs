@@ -9,6 +9,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::admin::{self, Health};
+use crate::delivery::Worker;
 use crate::ingress::{self, ListenerContext, Shared};
 use crate::metrics::Metrics;
 use crate::queue::{Queue, QueueError};
@@ -45,8 +46,21 @@ pub enum StartError {
 pub enum Role {
     /// SMTP ingress against an existing NATS.
     Ingress,
-    /// Everything on one machine, with a supervised local nats-server when `nats.url` is absent.
+    /// Delivery workers against an existing NATS.
+    Delivery,
+    /// Ingress and delivery in one process, with a supervised local nats-server when
+    /// `nats.url` is absent.
     Standalone,
+}
+
+impl Role {
+    fn ingress(self) -> bool {
+        self != Role::Delivery
+    }
+
+    fn delivery(self) -> bool {
+        self != Role::Ingress
+    }
 }
 
 /// Files the config points at, loaded before anything binds.
@@ -79,10 +93,17 @@ pub async fn run(
     role: Role,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
-    if role == Role::Ingress && config.nats.url.is_none() {
+    if role != Role::Standalone && config.nats.url.is_none() {
         return Err(StartError::MissingNatsUrl);
     }
-    let Loaded { users, cert } = load_files(&config)?;
+    let Loaded { users, cert } = if role.ingress() {
+        load_files(&config)?
+    } else {
+        Loaded {
+            users: None,
+            cert: None,
+        }
+    };
 
     // NATS first: a missing credentials file or nats-server binary fails before any port is bound.
     let background = CancellationToken::new();
@@ -98,7 +119,11 @@ pub async fn run(
     };
     let queue = Queue::connect(&url, &config.nats).await?;
 
-    let listeners = ingress::bind(&config).await?;
+    let listeners = if role.ingress() {
+        ingress::bind(&config).await?
+    } else {
+        Vec::new()
+    };
     let admin_listener = tokio::net::TcpListener::bind(config.admin.address)
         .await
         .map_err(|source| StartError::Admin {
@@ -127,6 +152,10 @@ pub async fn run(
     if let (Some(cert), Some(tls)) = (cert, &config.ingress.tls) {
         tokio::spawn(cert.watch(tls.reload_interval.get(), background.clone()));
     }
+    let delivery = role.delivery().then(|| {
+        let worker = Worker::new(&config, queue.clone(), metrics.clone());
+        tokio::spawn(worker.run(shutdown.clone(), config.shutdown_grace.get()))
+    });
     let has_users = users.is_some();
     let shared = Arc::new(Shared::new(&config, queue, users, acceptor, metrics));
     let sessions = TaskTracker::new();
@@ -141,7 +170,7 @@ pub async fn run(
             sessions.clone(),
         )));
     }
-    info!(hostname = %config.hostname, ?role, "postern ready to accept mail");
+    info!(hostname = %config.hostname, ?role, "postern started");
 
     shutdown.cancelled().await;
     health.draining.store(true, Ordering::Release);
@@ -158,6 +187,9 @@ pub async fn run(
             remaining = sessions.len(),
             "shutdown grace elapsed; closing the remaining sessions"
         );
+    }
+    if let Some(delivery) = delivery {
+        let _ = delivery.await;
     }
     background.cancel();
     let _ = admin_task.await;

@@ -28,7 +28,12 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Run everything on one machine, with a local nats-server when `nats.url` is absent.
+    /// Run delivery workers against the NATS server in `nats.url`.
+    Delivery {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run ingress and delivery on one machine, with a local nats-server when `nats.url` is absent.
     Standalone {
         /// Without it, the built-in defaults (SMTP on 127.0.0.1:2525).
         #[arg(long)]
@@ -59,6 +64,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let (config, role) = match cli.command {
         Cmd::Ingress { config } => (load(&config)?, Role::Ingress),
+        Cmd::Delivery { config } => (load(&config)?, Role::Delivery),
         Cmd::Standalone {
             config: Some(config),
         } => (load(&config)?, Role::Standalone),
@@ -85,7 +91,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             return Ok(());
         }
     };
-    if role == Role::Ingress && config.nats.url.is_none() {
+    if role != Role::Standalone && config.nats.url.is_none() {
         return Err(app::StartError::MissingNatsUrl.into());
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub rejections: Family<Labels, Counter>,
     pub enqueue_failures: Family<Labels, Counter>,
     pub enqueue_seconds: Histogram,
+    pub delivery_outcomes: Family<Labels, Counter>,
+    pub delivery_attempt_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -39,6 +41,8 @@ impl Default for Metrics {
             rejections: Family::default(),
             enqueue_failures: Family::default(),
             enqueue_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            delivery_outcomes: Family::default(),
+            delivery_attempt_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -92,6 +96,16 @@ impl Default for Metrics {
             "Time from end of data to JetStream acknowledgement",
             metrics.enqueue_seconds.clone(),
         );
+        r.register(
+            "delivery_outcomes",
+            "Recipient outcomes of delivery attempts: delivered, bounced, deferred, expired",
+            metrics.delivery_outcomes.clone(),
+        );
+        r.register(
+            "delivery_attempt_seconds",
+            "Time of one delivery attempt, connection to last reply",
+            metrics.delivery_attempt_seconds.clone(),
+        );
         Metrics {
             registry,
             ..metrics
@@ -107,6 +121,13 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+
+    /// Counts one recipient outcome of delivery.
+    pub fn outcome(&self, result: &'static str) {
+        self.delivery_outcomes
+            .get_or_create(&vec![("result", result)])
+            .inc();
     }
 
     /// Counts one reply and, for refusals, its reason.

@@ -185,14 +185,33 @@ impl Default for Limits {
 }
 
 /// Where and how queued mail is delivered.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct DeliveryConfig {
+    /// Queue entries delivered at the same time by one process.
+    pub concurrency: usize,
+    /// Durable JetStream consumer shared by all delivery processes.
+    pub consumer: String,
+    /// Name sent with EHLO; `hostname` when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub helo_name: Option<String>,
     /// Fixed next hops per recipient domain, tried before MX lookup.
-    #[serde(default)]
     pub routes: Vec<Route>,
-    #[serde(default)]
     pub retry: RetryConfig,
+    pub timeouts: DeliveryTimeouts,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            concurrency: 100,
+            consumer: "postern-delivery".to_string(),
+            helo_name: None,
+            routes: Vec::new(),
+            retry: RetryConfig::default(),
+            timeouts: DeliveryTimeouts::default(),
+        }
+    }
 }
 
 /// A fixed next hop for a recipient domain.
@@ -203,6 +222,51 @@ pub struct Route {
     pub domain: String,
     /// `host:port` of the next hop.
     pub host: String,
+    #[serde(default)]
+    pub tls: OutboundTls,
+}
+
+/// How delivery uses STARTTLS towards a next hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum OutboundTls {
+    /// STARTTLS when offered, any certificate accepted; plaintext when the handshake fails.
+    #[default]
+    Opportunistic,
+    /// STARTTLS must succeed (any certificate accepted), else the attempt is deferred.
+    Required,
+    /// Plaintext only.
+    None,
+}
+
+/// RFC 5321 §4.5.3.2 client timeouts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct DeliveryTimeouts {
+    pub connect: Duration,
+    /// Waiting for the 220 greeting.
+    pub greeting: Duration,
+    /// Waiting for the reply to EHLO, STARTTLS, MAIL, RCPT, RSET or QUIT.
+    pub command: Duration,
+    /// Waiting for the 354 after DATA.
+    pub data_init: Duration,
+    /// Writing one block of the body.
+    pub data_block: Duration,
+    /// Waiting for the reply after the final dot.
+    pub data_end: Duration,
+}
+
+impl Default for DeliveryTimeouts {
+    fn default() -> Self {
+        DeliveryTimeouts {
+            connect: Duration::secs(30),
+            greeting: Duration::secs(300),
+            command: Duration::secs(300),
+            data_init: Duration::secs(120),
+            data_block: Duration::secs(180),
+            data_end: Duration::secs(600),
+        }
+    }
 }
 
 /// When temporary failures are retried.

@@ -197,6 +197,39 @@ impl Config {
             "must be greater than zero",
         );
 
+        let delivery = &self.delivery;
+        e.check(
+            delivery.concurrency > 0,
+            "delivery.concurrency",
+            "must be greater than zero",
+        );
+        e.check(
+            is_nats_name(&delivery.consumer),
+            "delivery.consumer",
+            "must be letters, digits, '-' or '_'",
+        );
+        if let Some(name) = &delivery.helo_name {
+            e.check(
+                is_hostname(name),
+                "delivery.heloName",
+                "must be a host name",
+            );
+        }
+        let timeouts = &delivery.timeouts;
+        for (name, value) in [
+            ("connect", timeouts.connect),
+            ("greeting", timeouts.greeting),
+            ("command", timeouts.command),
+            ("dataInit", timeouts.data_init),
+            ("dataBlock", timeouts.data_block),
+            ("dataEnd", timeouts.data_end),
+        ] {
+            e.check(
+                !value.get().is_zero(),
+                format!("delivery.timeouts.{name}"),
+                "must be greater than zero",
+            );
+        }
         for (i, route) in self.delivery.routes.iter().enumerate() {
             let field = format!("delivery.routes[{i}]");
             let domain = route.domain.strip_prefix("*.").unwrap_or(&route.domain);

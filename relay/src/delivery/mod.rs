@@ -1,2 +1,10 @@
+//! Delivery: taking entries from the queue and handing them to the next hop.
+
+pub mod attempt;
 pub mod dsn;
 pub mod retry;
+pub mod route;
+pub mod tls;
+mod worker;
+
+pub use worker::Worker;

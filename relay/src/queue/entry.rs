@@ -26,6 +26,9 @@ pub struct Envelope {
     pub smtputf8: bool,
     pub eight_bit_mime: bool,
     pub body: BodyRef,
+    /// A retry entry is not attempted before this time (milliseconds since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before_ms: Option<u64>,
     /// W3C trace context of the ingress transaction.
     pub traceparent: String,
 }
@@ -140,6 +143,7 @@ mod tests {
             smtputf8: false,
             eight_bit_mime: false,
             body,
+            not_before_ms: None,
             traceparent: "00-0-0-01".into(),
         }
     }

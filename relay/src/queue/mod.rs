@@ -270,29 +270,113 @@ impl Queue {
                 smtputf8: submission.smtputf8,
                 eight_bit_mime: submission.eight_bit_mime,
                 body: body.clone(),
+                not_before_ms: None,
                 traceparent: submission.traceparent.clone(),
             };
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("traceparent", submission.traceparent.as_str());
-            headers.insert("Postern-Queue-Id", submission.queue_id.as_str());
-            let publish = PublishMessage::build()
-                .payload(Bytes::from(entry::encode(&envelope, inline)))
-                .headers(headers)
-                .message_id(format!("{}.{index}", submission.queue_id));
-            let subject = format!("{}.{}", config.subject_prefix, entry::domain_token(&domain));
-            let ack = self
-                .inner
-                .jetstream
-                .send_publish(subject, publish)
-                .await
-                .map_err(|e| EnqueueError::Publish(e.into()))?;
-            acks.push(ack);
+            let id = format!("{}.{index}", submission.queue_id);
+            acks.push(self.publish(&envelope, inline, id).await?);
         }
         for ack in acks {
             let ack = ack.await.map_err(|e| EnqueueError::Publish(e.into()))?;
             stored.sequences.push(ack.sequence);
         }
         Ok(())
+    }
+
+    /// Sends one entry; the returned future resolves to JetStream's acknowledgement.
+    async fn publish(
+        &self,
+        envelope: &Envelope,
+        inline: Option<&[u8]>,
+        message_id: String,
+    ) -> Result<jetstream::context::PublishAckFuture, EnqueueError> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("traceparent", envelope.traceparent.as_str());
+        headers.insert("Postern-Queue-Id", envelope.queue_id.as_str());
+        let publish = PublishMessage::build()
+            .payload(Bytes::from(entry::encode(envelope, inline)))
+            .headers(headers)
+            .message_id(message_id);
+        let subject = format!(
+            "{}.{}",
+            self.inner.config.subject_prefix,
+            entry::domain_token(&envelope.domain)
+        );
+        self.inner
+            .jetstream
+            .send_publish(subject, publish)
+            .await
+            .map_err(|e| EnqueueError::Publish(e.into()))
+    }
+
+    /// Publishes one entry (a retry holding the remaining recipients) and waits for its
+    /// acknowledgement. `message_id` makes a repeated publish of the same retry a no-op.
+    pub async fn requeue(
+        &self,
+        envelope: &Envelope,
+        inline: Option<&[u8]>,
+        message_id: String,
+    ) -> Result<(), EnqueueError> {
+        let timeout = self.inner.config.ack_timeout.get();
+        let publish = async {
+            self.publish(envelope, inline, message_id)
+                .await?
+                .await
+                .map_err(|e| EnqueueError::Publish(e.into()))
+        };
+        match tokio::time::timeout(timeout, publish).await {
+            Ok(result) => result.map(drop),
+            Err(_) => Err(EnqueueError::AckTimeout(timeout)),
+        }
+    }
+
+    /// The body of an entry: the inline part, or the object it references.
+    pub async fn body(&self, envelope: &Envelope, inline: &[u8]) -> Result<Vec<u8>, EnqueueError> {
+        let BodyRef::Object { key, .. } = &envelope.body else {
+            return Ok(inline.to_vec());
+        };
+        let store = self.inner.bodies.get().ok_or(EnqueueError::NotReady)?;
+        let mut object = store
+            .get(key)
+            .await
+            .map_err(|e| EnqueueError::Body(e.into()))?;
+        let mut body = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut object, &mut body)
+            .await
+            .map_err(|e| EnqueueError::Body(e.into()))?;
+        Ok(body)
+    }
+
+    /// The durable pull consumer delivery processes share, created or updated.
+    pub async fn consumer(
+        &self,
+        name: &str,
+        ack_wait: Duration,
+    ) -> Result<jetstream::consumer::PullConsumer, QueueError> {
+        let config = &self.inner.config;
+        let error = |source: async_nats::Error| QueueError::Stream {
+            stream: config.stream.clone(),
+            source,
+        };
+        let stream = self
+            .inner
+            .jetstream
+            .get_stream(&config.stream)
+            .await
+            .map_err(|e| error(e.into()))?;
+        let consumer = jetstream::consumer::pull::Config {
+            durable_name: Some(name.to_string()),
+            description: Some("Postern delivery workers".into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait,
+            max_deliver: -1,
+            max_ack_pending: 100_000,
+            ..Default::default()
+        };
+        stream
+            .create_consumer(consumer)
+            .await
+            .map_err(|e| error(e.into()))
     }
 
     /// Best-effort removal of what a failed enqueue left behind.

@@ -1,0 +1,192 @@
+//! A scripted SMTP server standing in for a recipient's MX.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The reply to a RCPT, chosen per recipient address.
+pub type RcptScript = Arc<dyn Fn(&str) -> String + Send + Sync>;
+
+/// One message as the MX received it.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    pub from: String,
+    pub recipients: Vec<String>,
+    /// The DATA bytes exactly as they came over the wire, up to and including `<CRLF>.<CRLF>`.
+    pub wire: Vec<u8>,
+}
+
+impl Delivered {
+    /// The message with dot-stuffing undone and the terminator removed.
+    pub fn text(&self) -> String {
+        let body = self.wire.strip_suffix(b".\r\n").unwrap_or(&self.wire);
+        let text = String::from_utf8_lossy(body).replace("\r\n..", "\r\n.");
+        text.strip_prefix("..")
+            .map(|t| format!(".{t}"))
+            .unwrap_or(text)
+    }
+}
+
+/// A running scripted MX.
+#[derive(Clone)]
+pub struct MockMx {
+    pub addr: SocketAddr,
+    delivered: Arc<Mutex<Vec<Delivered>>>,
+    transactions: Arc<Mutex<usize>>,
+}
+
+impl std::fmt::Debug for MockMx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MockMx")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MockMx {
+    /// An MX that accepts every recipient.
+    pub async fn accepting() -> MockMx {
+        MockMx::start(Arc::new(|_| "250 2.1.5 ok".to_string())).await
+    }
+
+    /// An MX on a free port whose RCPT replies come from `script`.
+    pub async fn start(script: RcptScript) -> MockMx {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding the MX");
+        MockMx::serve(listener, script)
+    }
+
+    /// An MX on a given port (to come up after a delivery attempt found it closed).
+    pub async fn start_on(port: u16, script: RcptScript) -> MockMx {
+        let listener = TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("binding the MX");
+        MockMx::serve(listener, script)
+    }
+
+    fn serve(listener: TcpListener, script: RcptScript) -> MockMx {
+        let mx = MockMx {
+            addr: listener.local_addr().expect("MX address"),
+            delivered: Arc::default(),
+            transactions: Arc::default(),
+        };
+        let server = mx.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (server, script) = (server.clone(), script.clone());
+                tokio::spawn(async move {
+                    let _ = server.session(stream, script).await;
+                });
+            }
+        });
+        mx
+    }
+
+    /// `host:port` for a route.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Messages received so far.
+    pub fn delivered(&self) -> Vec<Delivered> {
+        self.delivered.lock().expect("lock").clone()
+    }
+
+    /// MAIL commands received so far, accepted or not.
+    pub fn transactions(&self) -> usize {
+        *self.transactions.lock().expect("lock")
+    }
+
+    /// Waits until at least `count` messages arrived.
+    pub async fn wait_for(&self, count: usize, limit: Duration) -> Vec<Delivered> {
+        let start = Instant::now();
+        loop {
+            let delivered = self.delivered();
+            if delivered.len() >= count {
+                return delivered;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "{} of {count} messages reached the MX within {limit:?}",
+                delivered.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn session(&self, stream: TcpStream, script: RcptScript) -> std::io::Result<()> {
+        let (read, mut write) = stream.into_split();
+        let mut reader = BufReader::new(read);
+        write.write_all(b"220 mx.test ESMTP mock\r\n").await?;
+        let (mut from, mut recipients) = (String::new(), Vec::new());
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).await? == 0 {
+                return Ok(());
+            }
+            let upper = line.to_ascii_uppercase();
+            let reply = if upper.starts_with("EHLO") {
+                "250-mx.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SMTPUTF8".to_string()
+            } else if upper.starts_with("HELO") || upper.starts_with("NOOP") {
+                "250 ok".to_string()
+            } else if upper.starts_with("MAIL FROM:") {
+                *self.transactions.lock().expect("lock") += 1;
+                from = path(&line);
+                recipients.clear();
+                "250 2.1.0 ok".to_string()
+            } else if upper.starts_with("RCPT TO:") {
+                let rcpt = path(&line);
+                let reply = script(&rcpt);
+                if reply.starts_with('2') {
+                    recipients.push(rcpt);
+                }
+                reply
+            } else if upper.starts_with("DATA") {
+                if recipients.is_empty() {
+                    "554 5.5.1 no valid recipients".to_string()
+                } else {
+                    write.write_all(b"354 go ahead\r\n").await?;
+                    let wire = read_data(&mut reader).await?;
+                    let delivered = Delivered {
+                        from: from.clone(),
+                        recipients: std::mem::take(&mut recipients),
+                        wire,
+                    };
+                    self.delivered.lock().expect("lock").push(delivered);
+                    "250 2.0.0 accepted".to_string()
+                }
+            } else if upper.starts_with("RSET") {
+                recipients.clear();
+                "250 ok".to_string()
+            } else if upper.starts_with("QUIT") {
+                write.write_all(b"221 bye\r\n").await?;
+                return Ok(());
+            } else {
+                "500 5.5.1 unrecognized".to_string()
+            };
+            write.write_all(format!("{reply}\r\n").as_bytes()).await?;
+        }
+    }
+}
+
+fn path(line: &str) -> String {
+    let start = line.find('<').map_or(0, |i| i + 1);
+    let end = line[start..].find('>').map_or(line.len(), |i| start + i);
+    line[start..end].to_string()
+}
+
+async fn read_data<R: AsyncReadExt + Unpin>(reader: &mut R) -> std::io::Result<Vec<u8>> {
+    let mut wire = Vec::new();
+    let mut byte = [0u8; 1];
+    while !(wire == b".\r\n" || wire.ends_with(b"\r\n.\r\n")) {
+        if reader.read(&mut byte).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        wire.push(byte[0]);
+    }
+    Ok(wire)
+}

@@ -1,0 +1,305 @@
+//! Delivery end to end: ingress → JetStream → delivery → a scripted MX, with per-recipient
+//! outcomes, retries and RFC 3464 bounces.
+
+#![allow(clippy::unwrap_used)] // a test that cannot set up may panic
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use postern_e2e::mx::RcptScript;
+use postern_e2e::{MockMx, ReplyExt, STREAM, Smtp, free_port, route_all, start_standalone};
+use postern_smtp::body::is_clean;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn send(relay: &postern_e2e::Relay, from: &str, to: &[&str], body: &[u8]) -> String {
+    let mut s = Smtp::greeted(relay.smtp()).await;
+    s.ehlo("client.test").await;
+    let id = s
+        .send_mail(from, to, body)
+        .await
+        .is(250, "2.0.0")
+        .queue_id();
+    s.cmd("QUIT").await.is(221, "2.0.0");
+    id
+}
+
+/// Waits until the queue stream holds no entries.
+async fn wait_empty(nats: &postern_e2e::NatsServer) {
+    let start = std::time::Instant::now();
+    while !nats.entries(STREAM).await.is_empty() {
+        assert!(
+            start.elapsed() < WAIT,
+            "queue not empty: {:?}",
+            nats.entries(STREAM).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn fast_retries(c: &mut postern_config::Config) {
+    c.delivery.retry.schedule = vec!["1s".parse().unwrap()];
+}
+
+#[tokio::test]
+async fn delivers_each_message_once_to_the_route_host() {
+    let mx = MockMx::accepting().await;
+    let (nats, relay) = start_standalone(|c| c.delivery.routes = vec![route_all(&mx.host())]);
+    let id = send(
+        &relay,
+        "a@example.com",
+        &["b@example.org", "c@example.org"],
+        b"Subject: hi\r\n\r\nHello.\r\n",
+    )
+    .await;
+    let delivered = mx.wait_for(1, WAIT).await;
+    assert_eq!(delivered[0].from, "a@example.com");
+    assert_eq!(delivered[0].recipients, ["b@example.org", "c@example.org"]);
+    let text = delivered[0].text();
+    assert!(text.starts_with("Received: from client.test"), "{text}");
+    assert!(text.contains(&format!(" id {id}")), "{text}");
+    assert!(text.ends_with("\r\n\r\nHello.\r\n"), "{text}");
+    wait_empty(&nats).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(mx.delivered().len(), 1, "delivered once");
+    assert_eq!(
+        relay.metric("postern_delivery_outcomes_total{result=\"delivered\"}"),
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn temporary_failure_is_retried_then_delivered() {
+    let tries = Arc::new(AtomicUsize::new(0));
+    let counter = tries.clone();
+    let script: RcptScript = Arc::new(move |_| {
+        if counter.fetch_add(1, Ordering::SeqCst) == 0 {
+            "451 4.2.0 try later".into()
+        } else {
+            "250 2.1.5 ok".into()
+        }
+    });
+    let mx = MockMx::start(script).await;
+    let (nats, relay) = start_standalone(|c| {
+        c.delivery.routes = vec![route_all(&mx.host())];
+        fast_retries(c);
+    });
+    send(
+        &relay,
+        "a@example.com",
+        &["b@example.org"],
+        b"Subject: retry\r\n\r\nx\r\n",
+    )
+    .await;
+    let delivered = mx.wait_for(1, WAIT).await;
+    assert_eq!(delivered[0].recipients, ["b@example.org"]);
+    assert_eq!(tries.load(Ordering::SeqCst), 2);
+    wait_empty(&nats).await;
+    assert_eq!(
+        relay.metric("postern_delivery_outcomes_total{result=\"deferred\"}"),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn mixed_outcomes_deliver_retry_and_bounce_per_recipient() {
+    let later = Arc::new(AtomicUsize::new(0));
+    let counter = later.clone();
+    let script: RcptScript = Arc::new(move |rcpt| match rcpt {
+        r if r.starts_with("bad@") => "550 5.1.1 no such user".into(),
+        r if r.starts_with("later@") && counter.fetch_add(1, Ordering::SeqCst) == 0 => {
+            "452 4.2.2 mailbox full".into()
+        }
+        _ => "250 2.1.5 ok".into(),
+    });
+    let mx = MockMx::start(script).await;
+    let (nats, relay) = start_standalone(|c| {
+        c.delivery.routes = vec![route_all(&mx.host())];
+        fast_retries(c);
+    });
+    let id = send(
+        &relay,
+        "sender@example.com",
+        &["ok@example.org", "bad@example.org", "later@example.org"],
+        b"Subject: mixed\r\nX-Tag: original\r\n\r\nsecret body\r\n",
+    )
+    .await;
+    // First attempt delivers ok@, a bounce goes to the sender, later@ arrives on the retry.
+    let delivered = mx.wait_for(3, WAIT).await;
+    let to_ok = delivered
+        .iter()
+        .find(|d| d.recipients == ["ok@example.org"])
+        .expect("ok@ delivered");
+    assert_eq!(to_ok.from, "sender@example.com");
+    assert!(
+        delivered
+            .iter()
+            .any(|d| d.recipients == ["later@example.org"]),
+        "later@ delivered on retry"
+    );
+    let bounce = delivered
+        .iter()
+        .find(|d| d.from.is_empty())
+        .expect("a bounce from <>");
+    assert_eq!(bounce.recipients, ["sender@example.com"]);
+    let report = bounce.text();
+    assert!(
+        report.contains("Content-Type: multipart/report; report-type=delivery-status;"),
+        "{report}"
+    );
+    assert!(
+        report.contains(
+            "Final-Recipient: rfc822; bad@example.org\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        ),
+        "{report}"
+    );
+    assert!(
+        report.contains("Diagnostic-Code: smtp; 550 5.1.1 no such user"),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!("X-Postern-Queue-ID: {id}")),
+        "{report}"
+    );
+    assert!(
+        report.contains("X-Tag: original"),
+        "original headers attached"
+    );
+    assert!(!report.contains("secret body"), "but not the body");
+    assert!(
+        !report.contains("later@example.org"),
+        "a retried recipient is not reported"
+    );
+    wait_empty(&nats).await;
+}
+
+#[tokio::test]
+async fn no_bounce_for_the_null_sender() {
+    let mx = MockMx::start(Arc::new(|_| "550 5.1.1 no such user".into())).await;
+    let (nats, relay) = start_standalone(|c| c.delivery.routes = vec![route_all(&mx.host())]);
+    send(
+        &relay,
+        "",
+        &["bad@example.org"],
+        b"Subject: bounce of a bounce\r\n\r\nx\r\n",
+    )
+    .await;
+    wait_empty(&nats).await;
+    assert!(
+        relay
+            .log()
+            .contains("no bounce for a message from the null sender"),
+        "{}",
+        relay.log()
+    );
+    assert_eq!(mx.transactions(), 1, "nothing else was sent");
+}
+
+#[tokio::test]
+async fn expiry_bounces_with_4_4_7() {
+    let mx = MockMx::start(Arc::new(|rcpt| {
+        if rcpt.starts_with("slow@") {
+            "451 4.3.0 not today".into()
+        } else {
+            "250 2.1.5 ok".into()
+        }
+    }))
+    .await;
+    let (nats, relay) = start_standalone(|c| {
+        c.delivery.routes = vec![route_all(&mx.host())];
+        fast_retries(c);
+        c.delivery.retry.max_age = "2s".parse().unwrap();
+    });
+    send(
+        &relay,
+        "sender@example.com",
+        &["slow@example.org"],
+        b"Subject: old\r\n\r\nx\r\n",
+    )
+    .await;
+    let delivered = mx.wait_for(1, WAIT).await;
+    let report = delivered[0].text();
+    assert_eq!(delivered[0].from, "");
+    assert!(
+        report.contains(
+            "Final-Recipient: rfc822; slow@example.org\r\nAction: failed\r\nStatus: 4.4.7\r\n"
+        ),
+        "{report}"
+    );
+    assert!(
+        report.contains("Diagnostic-Code: smtp; 451 4.3.0 not today"),
+        "{report}"
+    );
+    wait_empty(&nats).await;
+    assert!(relay.metric("postern_delivery_outcomes_total{result=\"expired\"}") >= 1.0);
+}
+
+#[tokio::test]
+async fn unreachable_host_is_retried_until_it_answers() {
+    let port = free_port();
+    let (nats, relay) = start_standalone(|c| {
+        c.delivery.routes = vec![route_all(&format!("127.0.0.1:{port}"))];
+        fast_retries(c);
+    });
+    send(
+        &relay,
+        "a@example.com",
+        &["b@example.org"],
+        b"Subject: later\r\n\r\nx\r\n",
+    )
+    .await;
+    let start = std::time::Instant::now();
+    while relay.metric("postern_delivery_outcomes_total{result=\"deferred\"}") < 1.0 {
+        assert!(
+            start.elapsed() < WAIT,
+            "no deferral recorded\n{}",
+            relay.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mx = MockMx::start_on(port, Arc::new(|_| "250 2.1.5 ok".into())).await;
+    let delivered = mx.wait_for(1, WAIT).await;
+    assert_eq!(delivered[0].recipients, ["b@example.org"]);
+    wait_empty(&nats).await;
+}
+
+#[tokio::test]
+async fn smuggling_attempts_reach_the_mx_as_one_clean_message() {
+    let mx = MockMx::accepting().await;
+    let (nats, relay) = start_standalone(|c| c.delivery.routes = vec![route_all(&mx.host())]);
+    let fakes: [&[u8]; 10] = [
+        b"\n.\n",
+        b"\n.\r\n",
+        b"\r.\r\n",
+        b"\r\n.\r",
+        b"\r.\r",
+        b"\r.\n",
+        b"\n.\r",
+        b"\r\n\x00.\r\n",
+        b"\r\n.\r\r\n",
+        b"\r\r\n.\r\r\n",
+    ];
+    for fake in fakes {
+        let mut body = b"Subject: smuggle\r\n\r\nfirst".to_vec();
+        body.extend_from_slice(fake);
+        body.extend_from_slice(b"MAIL FROM:<admin@example.com>\r\nRCPT TO:<smuggled@evil.example>\r\nDATA\r\nsmuggled\r\n");
+        send(&relay, "sender@example.com", &["rcpt@example.org"], &body).await;
+    }
+    let delivered = mx.wait_for(fakes.len(), WAIT).await;
+    wait_empty(&nats).await;
+    assert_eq!(
+        mx.transactions(),
+        fakes.len(),
+        "one transaction per message, none smuggled"
+    );
+    for message in &delivered {
+        assert_eq!(message.from, "sender@example.com");
+        assert_eq!(message.recipients, ["rcpt@example.org"]);
+        assert!(
+            is_clean(&message.wire),
+            "bare CR/LF on the wire: {:?}",
+            message.text()
+        );
+    }
+}

@@ -1,0 +1,406 @@
+//! The delivery worker: pulls entries, attempts them, and settles each recipient's outcome
+//! (delivered, bounced, or requeued for a retry) before acknowledging the entry.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::{self, AckKind};
+use futures::StreamExt;
+use postern_config::{Config, DeliveryConfig};
+use postern_smtp::client::Outgoing;
+use postern_smtp::{Reply, Status};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use super::attempt::{self, Settings, Target};
+use super::dsn::{FailedRecipient, Report};
+use super::retry::{self, Retry};
+use super::route;
+use crate::metrics::Metrics;
+use crate::queue::entry::{self, Envelope};
+use crate::queue::{ClientFacts, EnqueueError, Queue, Submission};
+
+/// How long JetStream waits for an acknowledgement before handing an entry to another worker.
+/// Long attempts keep their entry with in-progress acknowledgements every third of it.
+const ACK_WAIT: Duration = Duration::from_secs(60);
+/// Entries fetched in one pull request, at most.
+const MAX_BATCH: usize = 64;
+
+/// A delivery process's worker.
+#[derive(Debug, Clone)]
+pub struct Worker {
+    queue: Queue,
+    config: Arc<DeliveryConfig>,
+    hostname: String,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+}
+
+/// What happened to one recipient in one attempt.
+#[derive(Debug, Clone)]
+struct RecipientResult {
+    recipient: String,
+    reply: Reply,
+    remote: Option<String>,
+}
+
+impl Worker {
+    pub fn new(config: &Config, queue: Queue, metrics: Arc<Metrics>) -> Worker {
+        let delivery = &config.delivery;
+        let settings = Settings {
+            helo_name: delivery
+                .helo_name
+                .clone()
+                .unwrap_or_else(|| config.hostname.clone()),
+            tls: Default::default(),
+            timeouts: delivery.timeouts.clone(),
+        };
+        Worker {
+            queue,
+            config: Arc::new(delivery.clone()),
+            hostname: config.hostname.clone(),
+            settings,
+            metrics,
+        }
+    }
+
+    /// Delivers until `shutdown` fires, then lets attempts in flight finish within `grace`.
+    pub async fn run(self, shutdown: CancellationToken, grace: Duration) {
+        let Some(consumer) = self.wait_for_consumer(&shutdown).await else {
+            return;
+        };
+        let permits = Arc::new(Semaphore::new(self.config.concurrency));
+        let tracker = TaskTracker::new();
+        info!(consumer = %self.config.consumer, concurrency = self.config.concurrency, "delivery started");
+        loop {
+            let first = tokio::select! {
+                () = shutdown.cancelled() => break,
+                permit = permits.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
+            };
+            let mut batch_permits = vec![first];
+            while batch_permits.len() < MAX_BATCH {
+                match permits.clone().try_acquire_owned() {
+                    Ok(permit) => batch_permits.push(permit),
+                    Err(_) => break,
+                }
+            }
+            let batch = consumer
+                .batch()
+                .max_messages(batch_permits.len())
+                .expires(Duration::from_secs(1))
+                .messages()
+                .await;
+            let mut messages = match batch {
+                Ok(messages) => messages,
+                Err(err) => {
+                    warn!(%err, "fetching from the queue failed");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            // Everything fetched is started at once, so nothing waits unstarted at shutdown.
+            while let Some(message) = messages.next().await {
+                let Ok(message) = message else { break };
+                let Some(permit) = batch_permits.pop() else {
+                    break;
+                };
+                let worker = self.clone();
+                tracker.spawn(async move {
+                    worker.handle(message).await;
+                    drop(permit);
+                });
+            }
+        }
+        tracker.close();
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            warn!(
+                remaining = tracker.len(),
+                "shutdown grace elapsed; their entries return to the queue"
+            );
+        }
+        info!("delivery stopped");
+    }
+
+    async fn wait_for_consumer(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> Option<jetstream::consumer::PullConsumer> {
+        loop {
+            if self.queue.is_ready() {
+                match self.queue.consumer(&self.config.consumer, ACK_WAIT).await {
+                    Ok(consumer) => return Some(consumer),
+                    Err(err) => warn!(%err, "delivery consumer not ready"),
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return None,
+                () = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+        }
+    }
+
+    async fn handle(&self, message: jetstream::Message) {
+        let message = Arc::new(message);
+        let (envelope, inline) = match entry::decode(&message.payload) {
+            Ok(decoded) => decoded,
+            Err(err) => {
+                error!(%err, subject = %message.subject, "undecodable queue entry removed");
+                let _ = message.ack_with(AckKind::Term).await;
+                return;
+            }
+        };
+        let now = now_ms();
+        if let Some(not_before) = envelope.not_before_ms.filter(|t| *t > now) {
+            let _ = message
+                .ack_with(AckKind::Nak(Some(Duration::from_millis(not_before - now))))
+                .await;
+            return;
+        }
+        let span = info_span!("delivery.attempt", queue_id = %envelope.queue_id, domain = %envelope.domain, attempt = envelope.attempts + 1);
+        let keepalive = tokio::spawn({
+            let message = message.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(ACK_WAIT / 3).await;
+                    let _ = message.ack_with(AckKind::Progress).await;
+                }
+            }
+        });
+        let settled = async {
+            let body = self.queue.body(&envelope, inline).await?;
+            let started = Instant::now();
+            let results = self.attempt(&envelope, &body).await;
+            self.metrics
+                .delivery_attempt_seconds
+                .observe(started.elapsed().as_secs_f64());
+            self.settle(&envelope, inline, &body, results).await
+        }
+        .instrument(span)
+        .await;
+        keepalive.abort();
+        match settled {
+            Ok(()) => {
+                if let Err(err) = message.double_ack().await {
+                    warn!(queue_id = %envelope.queue_id, %err, "acknowledgement failed; the entry may be delivered again");
+                }
+            }
+            Err(err) => {
+                warn!(queue_id = %envelope.queue_id, %err, "outcome not recorded; the entry will be attempted again");
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(30))))
+                    .await;
+            }
+        }
+    }
+
+    /// One attempt at the entry's next hop: a reply for every recipient.
+    async fn attempt(&self, envelope: &Envelope, body: &[u8]) -> Vec<RecipientResult> {
+        let Some(route) = route::find(&self.config.routes, &envelope.domain) else {
+            let reply = Reply::new(
+                451,
+                Status(4, 4, 4),
+                "No route for this domain in delivery.routes",
+            );
+            return envelope
+                .recipients
+                .iter()
+                .map(|r| RecipientResult {
+                    recipient: r.clone(),
+                    reply: reply.clone(),
+                    remote: None,
+                })
+                .collect();
+        };
+        let host = route
+            .host
+            .rsplit_once(':')
+            .map_or(route.host.as_str(), |(h, _)| h)
+            .to_string();
+        let target = Target {
+            host: host.clone(),
+            address: route.host.clone(),
+        };
+        let settings = Settings {
+            tls: route.tls,
+            ..self.settings.clone()
+        };
+        let outgoing = Outgoing {
+            from: envelope.sender.clone(),
+            recipients: envelope.recipients.clone(),
+            size: body.len() as u64,
+            smtputf8: envelope.smtputf8,
+            eight_bit: envelope.eight_bit_mime || !body.is_ascii(),
+        };
+        match attempt::deliver(&target, &settings, &outgoing, body).await {
+            Ok(outcome) => envelope
+                .recipients
+                .iter()
+                .map(|recipient| {
+                    let reply = outcome
+                        .recipients
+                        .iter()
+                        .find(|(r, _)| r == recipient)
+                        .map(|(_, reply)| reply.clone())
+                        .unwrap_or_else(|| {
+                            Reply::new(451, Status(4, 3, 0), "No reply for this recipient")
+                        });
+                    RecipientResult {
+                        recipient: recipient.clone(),
+                        reply,
+                        remote: Some(host.clone()),
+                    }
+                })
+                .collect(),
+            Err(failure) => envelope
+                .recipients
+                .iter()
+                .map(|r| RecipientResult {
+                    recipient: r.clone(),
+                    reply: failure.reply.clone(),
+                    remote: Some(host.clone()),
+                })
+                .collect(),
+        }
+    }
+
+    /// Records every recipient's outcome durably: a retry entry for temporary failures, a
+    /// bounce for permanent ones. Only then may the entry be acknowledged.
+    async fn settle(
+        &self,
+        envelope: &Envelope,
+        inline: &[u8],
+        body: &[u8],
+        results: Vec<RecipientResult>,
+    ) -> Result<(), EnqueueError> {
+        let attempt = envelope.attempts + 1;
+        let mut deferred = Vec::new();
+        let mut failed = Vec::new();
+        for result in results {
+            let remote = result.remote.as_deref().unwrap_or("-");
+            let reply = result.reply.to_bytes();
+            let reply = String::from_utf8_lossy(&reply);
+            let reply = reply.trim_end();
+            match result.reply.class() {
+                2 => {
+                    info!(queue_id = %envelope.queue_id, rcpt = %result.recipient, remote, reply, attempt, "delivered");
+                    self.metrics.outcome("delivered");
+                }
+                5 => {
+                    info!(queue_id = %envelope.queue_id, rcpt = %result.recipient, remote, reply, attempt, "bounced");
+                    self.metrics.outcome("bounced");
+                    failed.push(FailedRecipient {
+                        recipient: result.recipient,
+                        reply: result.reply,
+                        remote_host: result.remote,
+                        expired: false,
+                    });
+                }
+                _ => {
+                    info!(queue_id = %envelope.queue_id, rcpt = %result.recipient, remote, reply, attempt, "deferred");
+                    deferred.push(result);
+                }
+            }
+        }
+        if !deferred.is_empty() {
+            let retry = &self.config.retry;
+            let schedule: Vec<Duration> = retry.schedule.iter().map(|d| d.get()).collect();
+            let jitter = f64::from(ulid::Ulid::new().random() as u32) / f64::from(u32::MAX);
+            match retry::next_attempt(
+                &schedule,
+                retry.max_age.get(),
+                attempt,
+                envelope.received_at_ms,
+                now_ms(),
+                jitter,
+            ) {
+                Retry::At(when) => {
+                    let next = Envelope {
+                        recipients: deferred.iter().map(|r| r.recipient.clone()).collect(),
+                        attempts: attempt,
+                        not_before_ms: Some(when),
+                        ..envelope.clone()
+                    };
+                    let inline =
+                        matches!(envelope.body, entry::BodyRef::Inline { .. }).then_some(inline);
+                    let id = format!(
+                        "{}.{}.retry{attempt}",
+                        envelope.queue_id,
+                        entry::domain_token(&envelope.domain)
+                    );
+                    self.queue.requeue(&next, inline, id).await?;
+                    for _ in &deferred {
+                        self.metrics.outcome("deferred");
+                    }
+                }
+                Retry::Expired => {
+                    for result in deferred {
+                        info!(queue_id = %envelope.queue_id, rcpt = %result.recipient, "expired; bouncing");
+                        self.metrics.outcome("expired");
+                        failed.push(FailedRecipient {
+                            recipient: result.recipient,
+                            reply: result.reply,
+                            remote_host: result.remote,
+                            expired: true,
+                        });
+                    }
+                }
+            }
+        }
+        if !failed.is_empty() {
+            self.bounce(envelope, body, &failed).await?;
+        }
+        Ok(())
+    }
+
+    /// Queues an RFC 3464 report to the sender; never for the null sender.
+    async fn bounce(
+        &self,
+        envelope: &Envelope,
+        body: &[u8],
+        failed: &[FailedRecipient],
+    ) -> Result<(), EnqueueError> {
+        let Some((_, domain)) = envelope.sender.rsplit_once('@') else {
+            info!(queue_id = %envelope.queue_id, "no bounce for a message from the null sender");
+            return Ok(());
+        };
+        let now = SystemTime::now();
+        let report = Report {
+            hostname: &self.hostname,
+            queue_id: &envelope.queue_id,
+            sender: &envelope.sender,
+            arrival: UNIX_EPOCH + Duration::from_millis(envelope.received_at_ms),
+            now,
+            recipients: failed,
+            original: body,
+        };
+        let id = ulid::Ulid::new();
+        let submission = Submission {
+            queue_id: id.to_string(),
+            sender: String::new(),
+            recipients: vec![(envelope.sender.clone(), domain.to_ascii_lowercase())],
+            body: report.to_message(),
+            received_at_ms: now_ms(),
+            client: ClientFacts {
+                address: "127.0.0.1".into(),
+                helo: self.hostname.clone(),
+                tls: None,
+                auth_user: None,
+            },
+            smtputf8: envelope.smtputf8,
+            eight_bit_mime: false,
+            traceparent: envelope.traceparent.clone(),
+        };
+        self.queue.enqueue(submission).await?;
+        info!(queue_id = %envelope.queue_id, bounce_id = %id, to = %envelope.sender, "bounce queued");
+        Ok(())
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
