@@ -4,12 +4,14 @@
 //! talk SMTP to it over real TCP and TLS. Build the binary first (`cargo build --bin postern`)
 //! and install nats-server with `scripts/tools`; the README's test command does both.
 
+pub mod dns;
 pub mod mx;
 pub mod nats;
 pub mod pki;
 pub mod relay;
 pub mod smtp;
 
+pub use dns::DnsServer;
 pub use mx::MockMx;
 pub use nats::{NatsServer, QueueEntry};
 pub use pki::TestPki;

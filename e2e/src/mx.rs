@@ -62,9 +62,12 @@ impl MockMx {
 
     /// An MX on a given port (to come up after a delivery attempt found it closed).
     pub async fn start_on(port: u16, script: RcptScript) -> MockMx {
-        let listener = TcpListener::bind(("127.0.0.1", port))
-            .await
-            .expect("binding the MX");
+        MockMx::start_at(SocketAddr::from(([127, 0, 0, 1], port)), script).await
+    }
+
+    /// An MX on a given loopback address, such as 127.0.0.2:2525 for a second MX host.
+    pub async fn start_at(addr: SocketAddr, script: RcptScript) -> MockMx {
+        let listener = TcpListener::bind(addr).await.expect("binding the MX");
         MockMx::serve(listener, script)
     }
 

@@ -39,6 +39,8 @@ pub enum StartError {
     Queue(#[from] QueueError),
     #[error(transparent)]
     Standalone(#[from] StandaloneError),
+    #[error(transparent)]
+    Dns(#[from] crate::delivery::dns::DnsSetupError),
 }
 
 /// Which processes run in this one.
@@ -152,10 +154,15 @@ pub async fn run(
     if let (Some(cert), Some(tls)) = (cert, &config.ingress.tls) {
         tokio::spawn(cert.watch(tls.reload_interval.get(), background.clone()));
     }
-    let delivery = role.delivery().then(|| {
-        let worker = Worker::new(&config, queue.clone(), metrics.clone());
-        tokio::spawn(worker.run(shutdown.clone(), config.shutdown_grace.get()))
-    });
+    let delivery = match role.delivery() {
+        true => {
+            let worker = Worker::new(&config, queue.clone(), metrics.clone())?;
+            Some(tokio::spawn(
+                worker.run(shutdown.clone(), config.shutdown_grace.get()),
+            ))
+        }
+        false => None,
+    };
     let has_users = users.is_some();
     let shared = Arc::new(Shared::new(&config, queue, users, acceptor, metrics));
     let sessions = TaskTracker::new();

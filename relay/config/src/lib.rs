@@ -199,6 +199,18 @@ pub struct DeliveryConfig {
     pub routes: Vec<Route>,
     pub retry: RetryConfig,
     pub timeouts: DeliveryTimeouts,
+    /// Name servers for MX and address lookups; empty uses the system's (`/etc/resolv.conf`).
+    pub dns: DnsConfig,
+    /// Port of MX hosts.
+    pub mx_port: u16,
+}
+
+/// Name servers for delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// `ip:port` of each name server.
+    pub nameservers: Vec<SocketAddr>,
 }
 
 impl Default for DeliveryConfig {
@@ -210,6 +222,8 @@ impl Default for DeliveryConfig {
             routes: Vec::new(),
             retry: RetryConfig::default(),
             timeouts: DeliveryTimeouts::default(),
+            dns: DnsConfig::default(),
+            mx_port: 25,
         }
     }
 }

@@ -215,6 +215,11 @@ impl Config {
                 "must be a host name",
             );
         }
+        e.check(
+            delivery.mx_port > 0,
+            "delivery.mxPort",
+            "must be a port number",
+        );
         let timeouts = &delivery.timeouts;
         for (name, value) in [
             ("connect", timeouts.connect),

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use postern_config::{DeliveryTimeouts, OutboundTls};
 use postern_smtp::client::{
-    Client, ClientConfig, ClientEvent, Outcome, Outgoing, StartTls, Wait, dot_stuff,
+    Client, ClientConfig, ClientEvent, Outcome, Outgoing, Stage, StartTls, Wait, dot_stuff,
 };
 use postern_smtp::{Reply, Status};
 use rustls_pki_types::ServerName;
@@ -34,6 +34,9 @@ pub struct Settings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttemptFailure {
     pub reply: Reply,
+    /// The failure came before the server accepted the session (connection, greeting, EHLO,
+    /// STARTTLS): the next MX host may do better.
+    pub next_host: bool,
 }
 
 enum End<S> {
@@ -74,7 +77,10 @@ use AttemptError::{Handshake, Other};
 impl AttemptError {
     fn into_failure(self) -> AttemptFailure {
         match self {
-            Handshake(err) => temporary(4, 7, 5, format!("TLS handshake failed: {err}")),
+            Handshake(err) => AttemptFailure {
+                next_host: true,
+                ..temporary(4, 7, 5, format!("TLS handshake failed: {err}"))
+            },
             Other(failure) => failure,
         }
     }
@@ -91,20 +97,16 @@ async fn attempt(
     let tcp = match timeout(t.connect.get(), TcpStream::connect(&target.address)).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(err)) => {
-            return Err(Other(temporary(
-                4,
-                4,
-                1,
-                format!("connection to {} failed: {err}", target.address),
-            )));
+            return Err(Other(unreachable(format!(
+                "connection to {} failed: {err}",
+                target.address
+            ))));
         }
         Err(_) => {
-            return Err(Other(temporary(
-                4,
-                4,
-                1,
-                format!("connection to {} timed out", target.address),
-            )));
+            return Err(Other(unreachable(format!(
+                "connection to {} timed out",
+                target.address
+            ))));
         }
     };
     let _ = tcp.set_nodelay(true);
@@ -158,8 +160,12 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     let mut buf = vec![0u8; 8 * 1024];
     let mut sent = false;
     let mut outcome = None;
-    let lost = |client: &mut Client| AttemptFailure {
-        reply: client.connection_lost().reply,
+    let lost = |client: &mut Client| {
+        let failure = client.connection_lost();
+        AttemptFailure {
+            next_host: before_session(failure.stage),
+            reply: failure.reply,
+        }
     };
     loop {
         match client.next_event() {
@@ -180,12 +186,10 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                         return Ok(End::Finished(outcome.unwrap_or_else(empty)));
                     }
                     Err(_) => {
-                        return Err(temporary(
-                            4,
-                            4,
-                            2,
-                            "timed out waiting for the server".into(),
-                        ));
+                        let mut failure =
+                            temporary(4, 4, 2, "timed out waiting for the server".into());
+                        failure.next_host = client.waiting_for() == Wait::Greeting;
+                        return Err(failure);
                     }
                 };
                 if n == 0 {
@@ -223,6 +227,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 return match outcome {
                     Some(outcome) => Ok(End::Finished(outcome)),
                     None => Err(AttemptFailure {
+                        next_host: before_session(failure.stage),
                         reply: failure.reply,
                     }),
                 };
@@ -266,5 +271,18 @@ async fn write<S: AsyncWrite + Unpin>(
 fn temporary(class: u8, subject: u16, detail: u16, text: String) -> AttemptFailure {
     AttemptFailure {
         reply: Reply::new(451, Status(class, subject, detail), text),
+        next_host: false,
     }
+}
+
+fn unreachable(text: String) -> AttemptFailure {
+    AttemptFailure {
+        next_host: true,
+        ..temporary(4, 4, 1, text)
+    }
+}
+
+/// Failures before MAIL: the host did not take the session, so another MX may.
+fn before_session(stage: Stage) -> bool {
+    matches!(stage, Stage::Greeting | Stage::Ehlo | Stage::StartTls)
 }

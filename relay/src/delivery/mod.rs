@@ -1,6 +1,7 @@
 //! Delivery: taking entries from the queue and handing them to the next hop.
 
 pub mod attempt;
+pub mod dns;
 pub mod dsn;
 pub mod retry;
 pub mod route;

@@ -1,13 +1,14 @@
 //! The delivery worker: pulls entries, attempts them, and settles each recipient's outcome
 //! (delivered, bounced, or requeued for a retry) before acknowledging the entry.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
 use postern_config::{Config, DeliveryConfig};
-use postern_smtp::client::Outgoing;
+use postern_smtp::client::{Outcome, Outgoing};
 use postern_smtp::{Reply, Status};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -15,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use super::attempt::{self, Settings, Target};
+use super::dns::{Dns, DnsSetupError, Exchangers, LookupFailure};
 use super::dsn::{FailedRecipient, Report};
 use super::retry::{self, Retry};
 use super::route;
@@ -35,6 +37,7 @@ pub struct Worker {
     config: Arc<DeliveryConfig>,
     hostname: String,
     settings: Settings,
+    dns: Dns,
     metrics: Arc<Metrics>,
 }
 
@@ -47,7 +50,11 @@ struct RecipientResult {
 }
 
 impl Worker {
-    pub fn new(config: &Config, queue: Queue, metrics: Arc<Metrics>) -> Worker {
+    pub fn new(
+        config: &Config,
+        queue: Queue,
+        metrics: Arc<Metrics>,
+    ) -> Result<Worker, DnsSetupError> {
         let delivery = &config.delivery;
         let settings = Settings {
             helo_name: delivery
@@ -57,13 +64,15 @@ impl Worker {
             tls: Default::default(),
             timeouts: delivery.timeouts.clone(),
         };
-        Worker {
+        let dns = Dns::new(&delivery.dns.nameservers)?;
+        Ok(Worker {
             queue,
             config: Arc::new(delivery.clone()),
             hostname: config.hostname.clone(),
             settings,
+            dns,
             metrics,
-        }
+        })
     }
 
     /// Delivers until `shutdown` fires, then lets attempts in flight finish within `grace`.
@@ -197,35 +206,6 @@ impl Worker {
 
     /// One attempt at the entry's next hop: a reply for every recipient.
     async fn attempt(&self, envelope: &Envelope, body: &[u8]) -> Vec<RecipientResult> {
-        let Some(route) = route::find(&self.config.routes, &envelope.domain) else {
-            let reply = Reply::new(
-                451,
-                Status(4, 4, 4),
-                "No route for this domain in delivery.routes",
-            );
-            return envelope
-                .recipients
-                .iter()
-                .map(|r| RecipientResult {
-                    recipient: r.clone(),
-                    reply: reply.clone(),
-                    remote: None,
-                })
-                .collect();
-        };
-        let host = route
-            .host
-            .rsplit_once(':')
-            .map_or(route.host.as_str(), |(h, _)| h)
-            .to_string();
-        let target = Target {
-            host: host.clone(),
-            address: route.host.clone(),
-        };
-        let settings = Settings {
-            tls: route.tls,
-            ..self.settings.clone()
-        };
         let outgoing = Outgoing {
             from: envelope.sender.clone(),
             recipients: envelope.recipients.clone(),
@@ -233,8 +213,19 @@ impl Worker {
             smtputf8: envelope.smtputf8,
             eight_bit: envelope.eight_bit_mime || !body.is_ascii(),
         };
-        match attempt::deliver(&target, &settings, &outgoing, body).await {
-            Ok(outcome) => envelope
+        let everyone = |reply: Reply, remote: Option<String>| -> Vec<RecipientResult> {
+            envelope
+                .recipients
+                .iter()
+                .map(|r| RecipientResult {
+                    recipient: r.clone(),
+                    reply: reply.clone(),
+                    remote: remote.clone(),
+                })
+                .collect()
+        };
+        let each = |outcome: Outcome, host: String| -> Vec<RecipientResult> {
+            envelope
                 .recipients
                 .iter()
                 .map(|recipient| {
@@ -252,17 +243,93 @@ impl Worker {
                         remote: Some(host.clone()),
                     }
                 })
-                .collect(),
-            Err(failure) => envelope
-                .recipients
-                .iter()
-                .map(|r| RecipientResult {
-                    recipient: r.clone(),
-                    reply: failure.reply.clone(),
-                    remote: Some(host.clone()),
-                })
-                .collect(),
+                .collect()
+        };
+        if let Some(route) = route::find(&self.config.routes, &envelope.domain) {
+            let host = route
+                .host
+                .rsplit_once(':')
+                .map_or(route.host.as_str(), |(h, _)| h)
+                .to_string();
+            let target = Target {
+                host: host.clone(),
+                address: route.host.clone(),
+            };
+            let settings = Settings {
+                tls: route.tls,
+                ..self.settings.clone()
+            };
+            return match attempt::deliver(&target, &settings, &outgoing, body).await {
+                Ok(outcome) => each(outcome, host),
+                Err(failure) => everyone(failure.reply, Some(host)),
+            };
         }
+        let seed = ulid::Ulid::new().random() as u64;
+        let hosts = match self.dns.exchangers(&envelope.domain, seed).await {
+            Ok(Exchangers::Hosts(hosts)) => hosts,
+            Ok(Exchangers::Implicit) => vec![envelope.domain.clone()],
+            Ok(Exchangers::Null) => {
+                return everyone(
+                    Reply::new(
+                        556,
+                        Status(5, 1, 10),
+                        "Recipient domain has a null MX and accepts no mail",
+                    ),
+                    None,
+                );
+            }
+            Err(LookupFailure::NxDomain) => {
+                return everyone(
+                    Reply::new(550, Status(5, 1, 2), "Recipient domain does not exist"),
+                    None,
+                );
+            }
+            Err(LookupFailure::Temporary(err)) => {
+                return everyone(
+                    Reply::new(451, Status(4, 4, 3), format!("MX lookup failed: {err}")),
+                    None,
+                );
+            }
+        };
+        let mut last = (
+            Reply::new(451, Status(4, 4, 4), "No MX host has an address"),
+            None,
+        );
+        for host in hosts {
+            let addresses = match self.dns.addresses(&host).await {
+                Ok(addresses) => addresses,
+                Err(failure) => {
+                    let reason = match failure {
+                        LookupFailure::NxDomain => "does not exist".to_string(),
+                        LookupFailure::Temporary(err) => err,
+                    };
+                    last = (
+                        Reply::new(
+                            451,
+                            Status(4, 4, 3),
+                            format!("Address lookup of {host} failed: {reason}"),
+                        ),
+                        Some(host),
+                    );
+                    continue;
+                }
+            };
+            for ip in addresses {
+                let target = Target {
+                    host: host.clone(),
+                    address: SocketAddr::new(ip, self.config.mx_port).to_string(),
+                };
+                match attempt::deliver(&target, &self.settings, &outgoing, body).await {
+                    Ok(outcome) => return each(outcome, host),
+                    Err(failure) if failure.next_host => {
+                        info!(queue_id = %envelope.queue_id, %host, %ip, reply = %failure.reply.text(), "trying the next MX host");
+                        last = (failure.reply, Some(host.clone()));
+                    }
+                    Err(failure) => return everyone(failure.reply, Some(host)),
+                }
+            }
+        }
+        everyone(last.0, last.1)
     }
 
     /// Records every recipient's outcome durably: a retry entry for temporary failures, a
