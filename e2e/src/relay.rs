@@ -81,8 +81,12 @@ impl Relay {
             config,
             dir,
         };
-        for listener in &relay.config.ingress.listeners {
-            wait_for_port(listener.address.port(), Duration::from_secs(20));
+        if args.first() == Some(&"delivery") {
+            wait_for_port(relay.config.admin.address.port(), Duration::from_secs(20));
+        } else {
+            for listener in &relay.config.ingress.listeners {
+                wait_for_port(listener.address.port(), Duration::from_secs(20));
+            }
         }
         relay
     }
@@ -145,10 +149,19 @@ impl Relay {
 
     /// Sends SIGTERM.
     pub fn sigterm(&self) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+    }
+
+    /// Kills the process at once (SIGKILL), as a crashed pod.
+    pub fn kill(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        let _ = self.wait_exit(Duration::from_secs(10));
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
         if let Some(child) = &self.child {
             let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid fits"));
-            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
-                .expect("sending SIGTERM");
+            nix::sys::signal::kill(pid, signal).expect("signalling postern");
         }
     }
 

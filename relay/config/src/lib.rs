@@ -203,6 +203,9 @@ pub struct DeliveryConfig {
     pub dns: DnsConfig,
     /// Port of MX hosts.
     pub mx_port: u16,
+    /// How long an entry stays with a worker without an acknowledgement before JetStream hands
+    /// it to another; attempts in progress renew it every third of this.
+    pub ack_wait: Duration,
 }
 
 /// Name servers for delivery.
@@ -224,6 +227,7 @@ impl Default for DeliveryConfig {
             timeouts: DeliveryTimeouts::default(),
             dns: DnsConfig::default(),
             mx_port: 25,
+            ack_wait: Duration::secs(60),
         }
     }
 }

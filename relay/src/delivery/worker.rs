@@ -24,9 +24,6 @@ use crate::metrics::Metrics;
 use crate::queue::entry::{self, Envelope};
 use crate::queue::{ClientFacts, EnqueueError, Queue, Submission};
 
-/// How long JetStream waits for an acknowledgement before handing an entry to another worker.
-/// Long attempts keep their entry with in-progress acknowledgements every third of it.
-const ACK_WAIT: Duration = Duration::from_secs(60);
 /// Entries fetched in one pull request, at most.
 const MAX_BATCH: usize = 64;
 
@@ -138,7 +135,11 @@ impl Worker {
     ) -> Option<jetstream::consumer::PullConsumer> {
         loop {
             if self.queue.is_ready() {
-                match self.queue.consumer(&self.config.consumer, ACK_WAIT).await {
+                match self
+                    .queue
+                    .consumer(&self.config.consumer, self.config.ack_wait.get())
+                    .await
+                {
                     Ok(consumer) => return Some(consumer),
                     Err(err) => warn!(%err, "delivery consumer not ready"),
                 }
@@ -170,9 +171,10 @@ impl Worker {
         let span = info_span!("delivery.attempt", queue_id = %envelope.queue_id, domain = %envelope.domain, attempt = envelope.attempts + 1);
         let keepalive = tokio::spawn({
             let message = message.clone();
+            let every = self.config.ack_wait.get() / 3;
             async move {
                 loop {
-                    tokio::time::sleep(ACK_WAIT / 3).await;
+                    tokio::time::sleep(every).await;
                     let _ = message.ack_with(AckKind::Progress).await;
                 }
             }
