@@ -36,6 +36,8 @@ pub struct MockMx {
     pub addr: SocketAddr,
     delivered: Arc<Mutex<Vec<Delivered>>>,
     transactions: Arc<Mutex<usize>>,
+    data_delay: Arc<Mutex<Duration>>,
+    smtputf8: Arc<Mutex<bool>>,
 }
 
 impl std::fmt::Debug for MockMx {
@@ -76,6 +78,8 @@ impl MockMx {
             addr: listener.local_addr().expect("MX address"),
             delivered: Arc::default(),
             transactions: Arc::default(),
+            data_delay: Arc::default(),
+            smtputf8: Arc::new(Mutex::new(true)),
         };
         let server = mx.clone();
         tokio::spawn(async move {
@@ -92,6 +96,16 @@ impl MockMx {
     /// `host:port` for a route.
     pub fn host(&self) -> String {
         self.addr.to_string()
+    }
+
+    /// Waits this long before answering the end of data, like a slow server.
+    pub fn set_data_delay(&self, delay: Duration) {
+        *self.data_delay.lock().expect("lock") = delay;
+    }
+
+    /// Whether EHLO offers SMTPUTF8 (it does unless told otherwise).
+    pub fn set_smtputf8(&self, offered: bool) {
+        *self.smtputf8.lock().expect("lock") = offered;
     }
 
     /// Messages received so far.
@@ -133,7 +147,12 @@ impl MockMx {
             }
             let upper = line.to_ascii_uppercase();
             let reply = if upper.starts_with("EHLO") {
-                "250-mx.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SMTPUTF8".to_string()
+                let utf8 = if *self.smtputf8.lock().expect("lock") {
+                    "\r\n250-SMTPUTF8"
+                } else {
+                    ""
+                };
+                format!("250-mx.test\r\n250-PIPELINING{utf8}\r\n250 8BITMIME")
             } else if upper.starts_with("HELO") || upper.starts_with("NOOP") {
                 "250 ok".to_string()
             } else if upper.starts_with("MAIL FROM:") {
@@ -160,6 +179,8 @@ impl MockMx {
                         wire,
                     };
                     self.delivered.lock().expect("lock").push(delivered);
+                    let delay = *self.data_delay.lock().expect("lock");
+                    tokio::time::sleep(delay).await;
                     "250 2.0.0 accepted".to_string()
                 }
             } else if upper.starts_with("RSET") {

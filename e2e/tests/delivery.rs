@@ -303,3 +303,26 @@ async fn smuggling_attempts_reach_the_mx_as_one_clean_message() {
         );
     }
 }
+
+#[tokio::test]
+async fn smtputf8_message_to_a_server_without_it_bounces_5_6_7() {
+    let mx = MockMx::accepting().await;
+    mx.set_smtputf8(false);
+    let (nats, relay) = start_standalone(|c| c.delivery.routes = vec![route_all(&mx.host())]);
+    let mut s = Smtp::greeted(relay.smtp()).await;
+    s.ehlo("client.test").await;
+    s.cmd("MAIL FROM:<sender@example.com> SMTPUTF8")
+        .await
+        .is(250, "2.1.0");
+    s.cmd("RCPT TO:<用户@example.org>").await.is(250, "2.1.5");
+    s.cmd("DATA").await.is(354, "");
+    s.send("Subject: ünïcödé\r\n\r\nx\r\n.\r\n".as_bytes())
+        .await;
+    s.reply().await.is(250, "2.0.0");
+    let delivered = mx.wait_for(1, WAIT).await;
+    assert_eq!(delivered.len(), 1, "only the bounce reaches the server");
+    assert_eq!(delivered[0].from, "");
+    let report = delivered[0].text();
+    assert!(report.contains("Status: 5.6.7"), "{report}");
+    wait_empty(&nats).await;
+}

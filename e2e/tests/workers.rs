@@ -136,3 +136,27 @@ async fn two_processes_deliver_each_message_once_and_survive_a_kill() {
     }
     drop(a);
 }
+
+// Multi-threaded: the blocking wait for the exit must not stall the scripted MX.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_attempts_in_flight_finish_and_exits_0() {
+    let nats = NatsServer::start();
+    let mx = MockMx::accepting().await;
+    mx.set_data_delay(Duration::from_secs(2));
+    let ingress = Relay::start(Relay::config(&nats));
+    let mut worker = delivery(&nats, &mx);
+    load(&ingress, 0, 1).await;
+    mx.wait_for(1, Duration::from_secs(20)).await;
+    // The MX holds its reply to the end of data while the worker is asked to stop.
+    worker.sigterm();
+    let status = worker
+        .wait_exit(Duration::from_secs(20))
+        .expect("delivery exits");
+    assert!(status.success(), "{status:?}");
+    assert!(worker.log().contains("delivered"), "{}", worker.log());
+    assert!(
+        nats.entries(STREAM).await.is_empty(),
+        "the finished entry was acknowledged before exit"
+    );
+    assert_eq!(mx.delivered().len(), 1);
+}

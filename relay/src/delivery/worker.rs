@@ -457,7 +457,8 @@ impl Worker {
                 tls: None,
                 auth_user: None,
             },
-            smtputf8: envelope.smtputf8,
+            // The report needs SMTPUTF8 only to reach a non-ASCII sender address.
+            smtputf8: !envelope.sender.is_ascii(),
             eight_bit_mime: false,
             traceparent: envelope.traceparent.clone(),
         };
