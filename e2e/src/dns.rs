@@ -76,9 +76,21 @@ impl DnsServer {
         }
     }
 
-    /// Adds a TXT record.
+    /// Sets the TXT record of `owner`, replacing any it had. Strings longer than 255 bytes are
+    /// split as DNS requires.
     pub fn txt(&self, owner: &str, text: &str) {
-        self.add(owner, RData::TXT(TXT::new(vec![text.to_string()])));
+        let owner_key = key(&name(owner));
+        self.zone
+            .lock()
+            .expect("lock")
+            .records
+            .retain(|r| !(key(&r.name) == owner_key && r.record_type() == RecordType::TXT));
+        let parts = text
+            .as_bytes()
+            .chunks(255)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect();
+        self.add(owner, RData::TXT(TXT::new(parts)));
     }
 
     /// Answers normally again for `domain`.

@@ -32,8 +32,8 @@ fn setup(tweak: impl FnOnce(&mut Config)) -> Setup {
     config.ingress.tls = Some(TlsConfig {
         cert_file: pki.cert_file.clone(),
         key_file: pki.key_file.clone(),
-        reload_interval: "100ms".parse().unwrap(),
     });
+    config.reload_interval = "100ms".parse().unwrap();
     config.ingress.users_file = Some(users.path().to_path_buf());
     config.ingress.allowed_networks = vec![];
     tweak(&mut config);

@@ -10,6 +10,7 @@ use tracing::{info, warn};
 
 use crate::admin::{self, Health};
 use crate::delivery::Worker;
+use crate::dkim::Signers;
 use crate::ingress::{self, ListenerContext, Shared};
 use crate::metrics::Metrics;
 use crate::queue::{Queue, QueueError};
@@ -26,6 +27,8 @@ pub enum StartError {
     MissingNatsUrl,
     #[error(transparent)]
     Users(#[from] UsersError),
+    #[error(transparent)]
+    Dkim(#[from] crate::dkim::DkimError),
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error(transparent)]
@@ -70,6 +73,7 @@ impl Role {
 pub struct Loaded {
     users: Option<Users>,
     cert: Option<Arc<ReloadingCert>>,
+    signers: Arc<Signers>,
 }
 
 /// Loads the users file and the TLS certificate; `postern check-config --files` uses this too.
@@ -86,7 +90,12 @@ pub fn load_files(config: &Config) -> Result<Loaded, StartError> {
         .as_ref()
         .map(ReloadingCert::load)
         .transpose()?;
-    Ok(Loaded { users, cert })
+    let signers = Signers::load(&config.domains)?;
+    Ok(Loaded {
+        users,
+        cert,
+        signers,
+    })
 }
 
 /// Runs until `shutdown` fires, then drains sessions within `shutdownGrace`.
@@ -98,13 +107,18 @@ pub async fn run(
     if role != Role::Standalone && config.nats.url.is_none() {
         return Err(StartError::MissingNatsUrl);
     }
-    let Loaded { users, cert } = if role.ingress() {
-        load_files(&config)?
-    } else {
-        Loaded {
+    // Delivery processes neither accept SMTP nor sign, so they need none of these files.
+    let Loaded {
+        users,
+        cert,
+        signers,
+    } = match role.ingress() {
+        true => load_files(&config)?,
+        false => Loaded {
             users: None,
             cert: None,
-        }
+            signers: Signers::load(&[])?,
+        },
     };
 
     // NATS first: a missing credentials file or nats-server binary fails before any port is bound.
@@ -151,8 +165,12 @@ pub async fn run(
     info!(address = %config.admin.address, "admin endpoint bound");
 
     let acceptor = cert.as_ref().map(ReloadingCert::server_config);
-    if let (Some(cert), Some(tls)) = (cert, &config.ingress.tls) {
-        tokio::spawn(cert.watch(tls.reload_interval.get(), background.clone()));
+    let reload = config.reload_interval.get();
+    if let Some(cert) = cert {
+        tokio::spawn(cert.watch(reload, background.clone()));
+    }
+    if !signers.is_empty() {
+        tokio::spawn(signers.clone().watch(reload, background.clone()));
     }
     let delivery = match role.delivery() {
         true => {
@@ -164,7 +182,9 @@ pub async fn run(
         false => None,
     };
     let has_users = users.is_some();
-    let shared = Arc::new(Shared::new(&config, queue, users, acceptor, metrics));
+    let shared = Arc::new(Shared::new(
+        &config, queue, users, acceptor, signers, metrics,
+    ));
     let sessions = TaskTracker::new();
     let mut accept_loops = Vec::new();
     for (socket, listener) in listeners {

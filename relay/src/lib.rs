@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod app;
 pub mod delivery;
+pub mod dkim;
 pub mod ingress;
 pub mod mail_date;
 pub mod metrics;

@@ -29,6 +29,9 @@ pub struct Config {
     pub ingress: IngressConfig,
     #[serde(default)]
     pub delivery: DeliveryConfig,
+    /// Sending domains and their DKIM keys.
+    #[serde(default)]
+    pub domains: Vec<DomainConfig>,
     #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]
@@ -37,6 +40,9 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     #[serde(default)]
     pub standalone: StandaloneConfig,
+    /// How often the TLS certificate and DKIM key files are checked and reloaded when changed.
+    #[serde(default = "default_reload_interval")]
+    pub reload_interval: Duration,
     /// How long transactions in progress may run after SIGTERM.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: Duration,
@@ -131,9 +137,6 @@ pub struct TlsConfig {
     pub cert_file: PathBuf,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key_file: PathBuf,
-    /// How often the files are checked for changes and reloaded.
-    #[serde(default = "default_tls_reload")]
-    pub reload_interval: Duration,
 }
 
 /// What to do with bare CR, bare LF and NUL in message content.
@@ -309,6 +312,37 @@ impl Default for RetryConfig {
     }
 }
 
+/// A sending domain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DomainConfig {
+    pub name: String,
+    /// Keys that sign messages whose From address is in this domain; each adds a signature.
+    #[serde(default)]
+    pub dkim: Vec<DkimKeyConfig>,
+}
+
+/// One DKIM key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DkimKeyConfig {
+    /// Published at `<selector>._domainkey.<domain>`.
+    pub selector: String,
+    pub algorithm: DkimAlgorithm,
+    /// PEM private key (PKCS#8, or PKCS#1 for RSA); reloaded when the file changes.
+    pub key_file: PathBuf,
+}
+
+/// DKIM signing algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum DkimAlgorithm {
+    /// ed25519-sha256 (RFC 8463).
+    Ed25519,
+    /// rsa-sha256.
+    Rsa,
+}
+
 /// The HTTP endpoint for probes and metrics.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -434,6 +468,8 @@ impl Default for Config {
             nats: NatsConfig::default(),
             ingress: IngressConfig::default(),
             delivery: DeliveryConfig::default(),
+            domains: Vec::new(),
+            reload_interval: default_reload_interval(),
             admin: AdminConfig::default(),
             log: LogConfig::default(),
             telemetry: TelemetryConfig::default(),
@@ -495,7 +531,7 @@ fn default_allowed_networks() -> Vec<IpNet> {
         .filter_map(|n| n.parse().ok())
         .collect()
 }
-fn default_tls_reload() -> Duration {
+fn default_reload_interval() -> Duration {
     Duration::secs(10)
 }
 fn default_log_level() -> String {

@@ -155,13 +155,11 @@ impl Config {
                 "needs ingress.tls (certFile and keyFile)",
             );
         }
-        if let Some(tls) = &ingress.tls {
-            e.check(
-                !tls.reload_interval.get().is_zero(),
-                "ingress.tls.reloadInterval",
-                "must be greater than zero",
-            );
-        }
+        e.check(
+            !self.reload_interval.get().is_zero(),
+            "reloadInterval",
+            "must be greater than zero",
+        );
         for (i, domain) in ingress.sender_domains.iter().enumerate() {
             e.check(
                 is_hostname(domain),

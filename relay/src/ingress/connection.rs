@@ -255,7 +255,9 @@ impl Connection {
             recipient: single,
             time: now,
         };
-        let mut body = trace.header().into_bytes();
+        // DKIM-Signature fields first, then the Received field, then the message.
+        let mut body = shared.signers.sign(&message.body);
+        body.extend_from_slice(trace.header().as_bytes());
         body.extend_from_slice(&message.body);
         let size = body.len();
         let sender = message.from.to_string();

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::dkim::Signers;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
 use crate::users::Users;
@@ -29,6 +30,7 @@ pub struct Shared {
     pub queue: Queue,
     pub users: Option<Users>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub signers: Arc<Signers>,
     pub metrics: Arc<Metrics>,
     caps: ConnectionCaps,
 }
@@ -39,6 +41,7 @@ impl Shared {
         queue: Queue,
         users: Option<Users>,
         tls: Option<Arc<rustls::ServerConfig>>,
+        signers: Arc<Signers>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let limits = config.ingress.limits.clone();
@@ -50,6 +53,7 @@ impl Shared {
             queue,
             users,
             tls,
+            signers,
             metrics,
         }
     }

@@ -1,0 +1,163 @@
+//! DKIM signing at ingress, verified with mail-auth against keys published in a DNS server on
+//! loopback, on the bytes the remote MX received.
+
+#![allow(clippy::unwrap_used)] // a test that cannot set up may panic
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use mail_auth::hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator};
+use postern_config::{DkimAlgorithm, DkimKeyConfig, DomainConfig};
+use postern_e2e::{DnsServer, MockMx, ReplyExt, Smtp, route_all, start_standalone, workspace_root};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A new ed25519 key: its PKCS#8 PEM and its DKIM TXT record.
+fn ed25519_key() -> (String, String) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    (
+        key.serialize_pem(),
+        format!("v=DKIM1; k=ed25519; p={}", B64.encode(key.public_key_raw())),
+    )
+}
+
+fn authenticator(dns: &DnsServer) -> MessageAuthenticator {
+    let mut server = NameServerConfig::udp(dns.addr.ip());
+    for connection in &mut server.connections {
+        connection.port = dns.addr.port();
+    }
+    MessageAuthenticator::new(
+        ResolverConfig::from_name_servers(vec![server]),
+        ResolverOpts::default(),
+    )
+    .unwrap()
+}
+
+async fn results(auth: &MessageAuthenticator, message: &[u8]) -> Vec<String> {
+    let parsed = AuthenticatedMessage::parse(message).unwrap();
+    auth.verify_dkim(&parsed)
+        .await
+        .iter()
+        .map(|output| match output.result() {
+            DkimResult::Pass => format!(
+                "pass {}",
+                output.signature().map(|s| s.s.clone()).unwrap_or_default()
+            ),
+            other => format!("{other:?}"),
+        })
+        .collect()
+}
+
+async fn send(relay: &postern_e2e::Relay, from: &str, body: &str) {
+    let mut s = Smtp::greeted(relay.smtp()).await;
+    s.ehlo("client.test").await;
+    s.send_mail(from, &["rcpt@example.org"], body.as_bytes())
+        .await
+        .is(250, "2.0.0");
+}
+
+#[tokio::test]
+async fn signatures_verify_against_published_keys_and_follow_key_files() {
+    let dns = DnsServer::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let (ed_pem, ed_txt) = ed25519_key();
+    let ed_file = keys.path().join("ed25519.pem");
+    std::fs::write(&ed_file, ed_pem).unwrap();
+    dns.txt("ed._domainkey.example.com", &ed_txt);
+    let rsa_public =
+        std::fs::read_to_string(workspace_root().join("e2e/fixtures/dkim-rsa.pub.b64")).unwrap();
+    dns.txt(
+        "rsa._domainkey.example.com",
+        &format!("v=DKIM1; k=rsa; p={}", rsa_public.trim()),
+    );
+
+    let mx = MockMx::accepting().await;
+    let domains = vec![DomainConfig {
+        name: "example.com".into(),
+        dkim: vec![
+            DkimKeyConfig {
+                selector: "ed".into(),
+                algorithm: DkimAlgorithm::Ed25519,
+                key_file: ed_file.clone(),
+            },
+            DkimKeyConfig {
+                selector: "rsa".into(),
+                algorithm: DkimAlgorithm::Rsa,
+                key_file: workspace_root().join("e2e/fixtures/dkim-rsa.pem"),
+            },
+        ],
+    }];
+    let (_nats, relay) = start_standalone(|c| {
+        c.delivery.routes = vec![route_all(&mx.host())];
+        c.domains = domains;
+        c.reload_interval = "100ms".parse().unwrap();
+    });
+    let auth = authenticator(&dns);
+
+    let message = "From: Alice <alice@example.com>\r\nTo: rcpt@example.org\r\nSubject: signed\r\nDate: Sat, 28 Nov 2026 10:00:00 +0000\r\nMessage-ID: <1@example.com>\r\n\r\nHello,\r\n  with  spaces \r\n";
+    send(&relay, "alice@example.com", message).await;
+    let received = mx.wait_for(1, WAIT).await[0].text();
+    assert!(received.starts_with("DKIM-Signature: "), "{received}");
+    let mut verdicts = results(&auth, received.as_bytes()).await;
+    verdicts.sort();
+    assert_eq!(verdicts, ["pass ed", "pass rsa"], "{received}");
+    let header = received.split("\r\n\r\n").next().unwrap();
+    assert!(header.contains("c=relaxed/relaxed"), "{header}");
+    let signed: String = header
+        .split("h=")
+        .nth(1)
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let froms = signed
+        .split(':')
+        .filter(|h| h.eq_ignore_ascii_case("From"))
+        .count();
+    assert_eq!(froms, 2, "From is oversigned: {signed}");
+
+    // A changed body no longer verifies.
+    let tampered = received.replace("Hello,", "Hullo,");
+    assert!(
+        results(&auth, tampered.as_bytes())
+            .await
+            .iter()
+            .all(|r| !r.starts_with("pass"))
+    );
+
+    // Other domains are not signed.
+    send(
+        &relay,
+        "bob@other.example",
+        "From: bob@other.example\r\nSubject: plain\r\n\r\nx\r\n",
+    )
+    .await;
+    let unsigned = mx.wait_for(2, WAIT).await[1].text();
+    assert!(!unsigned.contains("DKIM-Signature"), "{unsigned}");
+
+    // A new key file is picked up without a restart.
+    let (new_pem, new_txt) = ed25519_key();
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&ed_file, new_pem).unwrap();
+    dns.txt("ed._domainkey.example.com", &new_txt);
+    let start = std::time::Instant::now();
+    let mut count = 2;
+    loop {
+        send(&relay, "alice@example.com", message).await;
+        count += 1;
+        let latest = mx.wait_for(count, WAIT).await[count - 1].text();
+        let verdicts = results(&auth, latest.as_bytes()).await;
+        if verdicts.contains(&"pass ed".to_string()) {
+            break;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "the new key was not used: {verdicts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
