@@ -82,6 +82,33 @@ impl NatsServer {
         queue_entries(&self.url(), stream).await
     }
 
+    /// How many objects the body bucket holds, and how many reference counts.
+    pub async fn stored_bodies(&self, bucket: &str) -> (usize, usize) {
+        use futures::StreamExt;
+        let js = jetstream::new(
+            async_nats::connect(self.url())
+                .await
+                .expect("connecting to nats"),
+        );
+        let store = js.get_object_store(bucket).await.expect("body bucket");
+        let objects = store
+            .list()
+            .await
+            .expect("listing bodies")
+            .filter(|o| std::future::ready(o.as_ref().is_ok_and(|o| !o.deleted)))
+            .count()
+            .await;
+        let refs = js
+            .get_key_value(format!("{bucket}_REFS"))
+            .await
+            .expect("refs bucket");
+        let keys = match refs.keys().await {
+            Ok(keys) => keys.count().await,
+            Err(_) => 0,
+        };
+        (objects, keys)
+    }
+
     /// Stops (SIGSTOP) or resumes (SIGCONT) the server without closing its sockets.
     pub fn pause(&self, paused: bool) {
         let signal = if paused {

@@ -326,3 +326,58 @@ async fn smtputf8_message_to_a_server_without_it_bounces_5_6_7() {
     assert!(report.contains("Status: 5.6.7"), "{report}");
     wait_empty(&nats).await;
 }
+
+#[tokio::test]
+async fn a_stored_body_is_removed_when_its_last_entry_is_done() {
+    let later = Arc::new(AtomicUsize::new(0));
+    let counter = later.clone();
+    let script: RcptScript = Arc::new(move |rcpt| {
+        if rcpt.ends_with("@other.example") && counter.fetch_add(1, Ordering::SeqCst) == 0 {
+            "451 4.2.0 later".into()
+        } else {
+            "250 2.1.5 ok".into()
+        }
+    });
+    let mx = MockMx::start(script).await;
+    let (nats, relay) = start_standalone(|c| {
+        c.delivery.routes = vec![route_all(&mx.host())];
+        fast_retries(c);
+    });
+    let body = format!(
+        "Subject: large\r\n\r\n{}",
+        "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\r\n".repeat(6000)
+    );
+    send(
+        &relay,
+        "a@example.com",
+        &["b@example.org", "c@other.example"],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        nats.stored_bodies("POSTERN_BODIES").await,
+        (1, 1),
+        "a 400 KB body is stored once"
+    );
+    let delivered = mx.wait_for(2, WAIT).await;
+    assert!(
+        delivered
+            .iter()
+            .all(|d| d.text().ends_with(&body[body.len() - 200..]))
+    );
+    wait_empty(&nats).await;
+    let start = std::time::Instant::now();
+    while nats.stored_bodies("POSTERN_BODIES").await != (0, 0) {
+        assert!(
+            start.elapsed() < WAIT,
+            "body not removed: {:?}",
+            nats.stored_bodies("POSTERN_BODIES").await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        later.load(Ordering::SeqCst),
+        2,
+        "other.example was retried once"
+    );
+}

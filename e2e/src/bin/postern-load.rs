@@ -42,6 +42,10 @@ struct Args {
     /// Open this many idle sessions instead of sending mail.
     #[arg(long)]
     idle: Option<usize>,
+    /// Run an SMTP sink here (the relay's next hop) and report the end-to-end rate: from the
+    /// first message sent to the last one received.
+    #[arg(long)]
+    sink: Option<SocketAddr>,
 }
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -134,6 +138,10 @@ fn message(size: usize) -> Vec<u8> {
 }
 
 async fn load(args: &Args) -> Result<(), Error> {
+    let received = match args.sink {
+        Some(addr) => Some(sink(addr).await?),
+        None => None,
+    };
     let body = Arc::new(message(args.size));
     let next = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
@@ -200,8 +208,102 @@ async fn load(args: &Args) -> Result<(), Error> {
         ms(percentile(0.50)),
         ms(percentile(0.99))
     );
+    if let Some(received) = received {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while received.load(Ordering::Relaxed) < latencies.len() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let end_to_end = started.elapsed();
+        let count = received.load(Ordering::Relaxed);
+        println!(
+            "received at sink {count} in {:.2} s",
+            end_to_end.as_secs_f64()
+        );
+        println!(
+            "end-to-end rate  {:.0} msg/s",
+            count as f64 / end_to_end.as_secs_f64()
+        );
+    }
     report_rss(&args.pid, "VmHWM", "peak RSS");
     Ok(())
+}
+
+/// An SMTP server that accepts everything and counts complete messages.
+async fn sink(addr: SocketAddr) -> Result<Arc<AtomicUsize>, Error> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let received = Arc::new(AtomicUsize::new(0));
+    let counter = received.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let _ = sink_session(stream, counter).await;
+            });
+        }
+    });
+    Ok(received)
+}
+
+async fn sink_session(mut stream: TcpStream, received: Arc<AtomicUsize>) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    stream.write_all(b"220 sink ESMTP\r\n").await?;
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut in_data = false;
+    loop {
+        let mut out = Vec::new();
+        loop {
+            if in_data {
+                match find(&buf, b"\r\n.\r\n") {
+                    Some(end) => {
+                        buf.drain(..end + 5);
+                        in_data = false;
+                        received.fetch_add(1, Ordering::Relaxed);
+                        out.extend_from_slice(b"250 2.0.0 ok\r\n");
+                    }
+                    None => break,
+                }
+            } else {
+                let Some(end) = find(&buf, b"\r\n") else {
+                    break;
+                };
+                let line: Vec<u8> = buf.drain(..end + 2).collect();
+                let verb = line
+                    .get(..4)
+                    .map(|v| v.to_ascii_uppercase())
+                    .unwrap_or_default();
+                match verb.as_slice() {
+                    b"EHLO" => {
+                        out.extend_from_slice(b"250-sink\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+                    }
+                    b"DATA" => {
+                        in_data = true;
+                        // The terminator search starts at the CRLF ending the DATA line.
+                        buf.splice(0..0, b"\r\n".iter().copied());
+                        out.extend_from_slice(b"354 go\r\n");
+                    }
+                    b"QUIT" => {
+                        stream.write_all(&out).await?;
+                        stream.write_all(b"221 bye\r\n").await?;
+                        return Ok(());
+                    }
+                    _ => out.extend_from_slice(b"250 ok\r\n"),
+                }
+            }
+        }
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 async fn idle(args: &Args, count: usize) -> Result<(), Error> {

@@ -372,6 +372,7 @@ impl Worker {
                 }
             }
         }
+        let mut requeued = false;
         if !deferred.is_empty() {
             let retry = &self.config.retry;
             let schedule: Vec<Duration> = retry.schedule.iter().map(|d| d.get()).collect();
@@ -399,6 +400,7 @@ impl Worker {
                         entry::domain_token(&envelope.domain)
                     );
                     self.queue.requeue(&next, inline, id).await?;
+                    requeued = true;
                     for _ in &deferred {
                         self.metrics.outcome("deferred");
                     }
@@ -419,6 +421,10 @@ impl Worker {
         }
         if !failed.is_empty() {
             self.bounce(envelope, body, &failed).await?;
+        }
+        // A retry entry keeps using the body; otherwise this lineage is done with it.
+        if !requeued && let Err(err) = self.queue.release_body(envelope).await {
+            warn!(queue_id = %envelope.queue_id, %err, "stored body not released; it expires with its bucket's TTL");
         }
         Ok(())
     }

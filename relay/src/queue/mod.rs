@@ -1,11 +1,12 @@
 //! The durable hand-off: JetStream stream provisioning and publishing accepted messages.
 
+mod bodies;
 pub mod entry;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, message::PublishMessage, object_store, stream};
+use async_nats::jetstream::{self, message::PublishMessage, stream};
 use bytes::Bytes;
 use postern_config::NatsConfig;
 
@@ -81,7 +82,8 @@ struct Inner {
     jetstream: jetstream::Context,
     config: NatsConfig,
     /// The body bucket; set once the stream and bucket are provisioned.
-    bodies: OnceLock<object_store::ObjectStore>,
+    bodies: OnceLock<bodies::Bodies>,
+    body_ttl: Duration,
 }
 
 impl std::fmt::Debug for Inner {
@@ -96,7 +98,12 @@ impl std::fmt::Debug for Inner {
 impl Queue {
     /// Connects to NATS. The connection is made in the background and retried forever, so this
     /// returns at once; [`Queue::is_ready`] tells when the queue can take messages.
-    pub async fn connect(url: &str, config: &NatsConfig) -> Result<Queue, QueueError> {
+    /// Large bodies are kept at most `body_ttl`, which must be longer than any message lives.
+    pub async fn connect(
+        url: &str,
+        config: &NatsConfig,
+        body_ttl: Duration,
+    ) -> Result<Queue, QueueError> {
         let mut options = async_nats::ConnectOptions::new()
             .name("postern")
             .retry_on_initial_connect()
@@ -120,6 +127,7 @@ impl Queue {
                 jetstream,
                 config: config.clone(),
                 bodies: OnceLock::new(),
+                body_ttl,
             }),
         })
     }
@@ -158,30 +166,9 @@ impl Queue {
             bucket: config.body_bucket.clone(),
             source,
         };
-        let bodies = match self
-            .inner
-            .jetstream
-            .get_object_store(&config.body_bucket)
+        let bodies = bodies::Bodies::provision(&self.inner.jetstream, config, self.inner.body_ttl)
             .await
-        {
-            Ok(bodies) => bodies,
-            Err(_) => {
-                let bucket = object_store::Config {
-                    bucket: config.body_bucket.clone(),
-                    description: Some(
-                        "Postern bodies too large to travel inside a queue entry".into(),
-                    ),
-                    storage: stream::StorageType::File,
-                    num_replicas: config.replicas,
-                    ..Default::default()
-                };
-                self.inner
-                    .jetstream
-                    .create_object_store(bucket)
-                    .await
-                    .map_err(|e| bucket_error(e.into()))?
-            }
-        };
+            .map_err(bucket_error)?;
         let _ = self.inner.bodies.set(bodies);
         Ok(())
     }
@@ -233,19 +220,16 @@ impl Queue {
         let groups = group_by_domain(&submission.recipients);
         let size = submission.body.len() as u64;
         let body = if submission.body.len() > config.inline_body_limit {
-            let store = self
+            let bodies = self
                 .inner
                 .bodies
                 .get()
                 .ok_or(EnqueueError::NotReady)?
                 .clone();
             let key = submission.queue_id.clone();
-            stored.object = Some((store.clone(), key.clone()));
-            store
-                .put(key.as_str(), &mut submission.body.as_slice())
-                .await
-                .map_err(|e| EnqueueError::Body(e.into()))?;
             let entries = u32::try_from(groups.len()).unwrap_or(u32::MAX);
+            stored.object = Some((bodies.clone(), key.clone()));
+            bodies.put(&key, &submission.body, entries).await?;
             BodyRef::Object {
                 bucket: config.body_bucket.clone(),
                 key,
@@ -335,16 +319,18 @@ impl Queue {
         let BodyRef::Object { key, .. } = &envelope.body else {
             return Ok(inline.to_vec());
         };
-        let store = self.inner.bodies.get().ok_or(EnqueueError::NotReady)?;
-        let mut object = store
-            .get(key)
-            .await
-            .map_err(|e| EnqueueError::Body(e.into()))?;
-        let mut body = Vec::new();
-        tokio::io::AsyncReadExt::read_to_end(&mut object, &mut body)
-            .await
-            .map_err(|e| EnqueueError::Body(e.into()))?;
-        Ok(body)
+        let bodies = self.inner.bodies.get().ok_or(EnqueueError::NotReady)?;
+        bodies.get(key).await
+    }
+
+    /// An entry whose recipients all have final outcomes is done with its body; the last entry
+    /// of a message removes a stored body.
+    pub async fn release_body(&self, envelope: &Envelope) -> Result<(), EnqueueError> {
+        let BodyRef::Object { key, .. } = &envelope.body else {
+            return Ok(());
+        };
+        let bodies = self.inner.bodies.get().ok_or(EnqueueError::NotReady)?;
+        bodies.release(key).await
     }
 
     /// The durable pull consumer delivery processes share, created or updated.
@@ -398,10 +384,8 @@ impl Queue {
                 Err(err) => tracing::warn!(%err, "could not remove entries of a refused message"),
             }
         }
-        if let Some((store, key)) = stored.object
-            && let Err(err) = store.delete(&key).await
-        {
-            tracing::debug!(%key, %err, "could not remove body of a refused message");
+        if let Some((bodies, key)) = stored.object {
+            bodies.remove(&key).await;
         }
     }
 
@@ -415,7 +399,7 @@ impl Queue {
 #[derive(Default)]
 struct Stored {
     sequences: Vec<u64>,
-    object: Option<(object_store::ObjectStore, String)>,
+    object: Option<(bodies::Bodies, String)>,
 }
 
 /// Recipients grouped by domain, in order of first appearance.
