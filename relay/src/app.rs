@@ -43,7 +43,7 @@ pub enum StartError {
     #[error(transparent)]
     Standalone(#[from] StandaloneError),
     #[error(transparent)]
-    Dns(#[from] crate::delivery::dns::DnsSetupError),
+    Delivery(#[from] crate::delivery::SetupError),
 }
 
 /// Which processes run in this one.

@@ -198,8 +198,14 @@ pub struct DeliveryConfig {
     /// Name sent with EHLO; `hostname` when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub helo_name: Option<String>,
-    /// Fixed next hops per recipient domain, tried before MX lookup.
+    /// Fixed next hops per recipient domain, tried before the smarthost and MX lookup.
     pub routes: Vec<Route>,
+    /// One upstream for every domain without a route, instead of MX lookup.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub smarthost: Option<Smarthost>,
+    /// PEM certificates trusted for `tls: verify`, in addition to the system's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
     pub retry: RetryConfig,
     pub timeouts: DeliveryTimeouts,
     /// Name servers for MX and address lookups; empty uses the system's (`/etc/resolv.conf`).
@@ -226,6 +232,8 @@ impl Default for DeliveryConfig {
             consumer: "postern-delivery".to_string(),
             helo_name: None,
             routes: Vec::new(),
+            smarthost: None,
+            ca_file: None,
             retry: RetryConfig::default(),
             timeouts: DeliveryTimeouts::default(),
             dns: DnsConfig::default(),
@@ -247,6 +255,23 @@ pub struct Route {
     pub tls: OutboundTls,
 }
 
+/// An upstream relay (a cloud relay or a corporate gateway) that takes all mail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Smarthost {
+    /// `host:port`, such as `smtp.example.net:587`.
+    pub host: String,
+    /// A file whose first line is `username:password`, for AUTH PLAIN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<PathBuf>,
+    #[serde(default = "verify_tls")]
+    pub tls: OutboundTls,
+}
+
+fn verify_tls() -> OutboundTls {
+    OutboundTls::Verify
+}
+
 /// How delivery uses STARTTLS towards a next hop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -256,6 +281,9 @@ pub enum OutboundTls {
     Opportunistic,
     /// STARTTLS must succeed (any certificate accepted), else the attempt is deferred.
     Required,
+    /// STARTTLS must succeed with a certificate valid for the host name, issued by a CA the
+    /// system trusts or one in `delivery.caFile`.
+    Verify,
     /// Plaintext only.
     None,
 }

@@ -67,6 +67,12 @@ pub(crate) fn is_hostname(name: &str) -> bool {
         })
 }
 
+/// True for `host:port` with a non-zero port.
+fn is_host_port(text: &str) -> bool {
+    text.rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0))
+}
+
 /// True for a NATS subject token or name: no spaces, dots or wildcards.
 fn is_nats_name(name: &str) -> bool {
     !name.is_empty()
@@ -233,6 +239,20 @@ impl Config {
                 "must be greater than zero",
             );
         }
+        if let Some(smarthost) = &delivery.smarthost {
+            e.check(
+                is_host_port(&smarthost.host),
+                "delivery.smarthost.host",
+                "must be host:port",
+            );
+            let plaintext =
+                smarthost.tls == crate::OutboundTls::None && smarthost.credentials_file.is_some();
+            e.check(
+                !plaintext,
+                "delivery.smarthost.tls",
+                "must not be none when credentials are sent",
+            );
+        }
         for (i, route) in self.delivery.routes.iter().enumerate() {
             let field = format!("delivery.routes[{i}]");
             let domain = route.domain.strip_prefix("*.").unwrap_or(&route.domain);
@@ -241,10 +261,11 @@ impl Config {
                 format!("{field}.domain"),
                 "must be a domain, *.domain or *",
             );
-            let host_ok = route.host.rsplit_once(':').is_some_and(|(host, port)| {
-                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
-            });
-            e.check(host_ok, format!("{field}.host"), "must be host:port");
+            e.check(
+                is_host_port(&route.host),
+                format!("{field}.host"),
+                "must be host:port",
+            );
         }
         let retry = &self.delivery.retry;
         e.check(

@@ -1,5 +1,6 @@
 //! One delivery attempt: connect to a next hop and drive the sans-IO client over TCP, then TLS.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use postern_config::{DeliveryTimeouts, OutboundTls};
@@ -21,11 +22,26 @@ pub struct Target {
     pub address: String,
 }
 
+impl Target {
+    /// The target named by `host:port` (a route or a smarthost).
+    pub fn from_host_port(host_port: &str) -> Target {
+        let host = host_port.rsplit_once(':').map_or(host_port, |(h, _)| h);
+        Target {
+            host: host.trim_matches(['[', ']']).to_string(),
+            address: host_port.to_string(),
+        }
+    }
+}
+
 /// How an attempt talks.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub helo_name: String,
     pub tls: OutboundTls,
+    /// Client config for `tls: verify`: trusted roots, host name checked.
+    pub verified: Arc<rustls::ClientConfig>,
+    /// AUTH PLAIN credentials (smarthost).
+    pub auth: Option<(String, String)>,
     pub timeouts: DeliveryTimeouts,
 }
 
@@ -53,7 +69,7 @@ pub async fn deliver(
 ) -> Result<Outcome, AttemptFailure> {
     let starttls = match settings.tls {
         OutboundTls::Opportunistic => StartTls::Opportunistic,
-        OutboundTls::Required => StartTls::Required,
+        OutboundTls::Required | OutboundTls::Verify => StartTls::Required,
         OutboundTls::None => StartTls::Never,
     };
     match attempt(target, settings, starttls, outgoing, body).await {
@@ -113,7 +129,7 @@ async fn attempt(
     let mut client = Client::new(ClientConfig {
         helo_name: settings.helo_name.clone(),
         starttls,
-        auth: None,
+        auth: settings.auth.clone(),
     });
     let tcp = match drive(&mut client, tcp, t, outgoing, body)
         .await
@@ -124,7 +140,11 @@ async fn attempt(
     };
     let name = ServerName::try_from(target.host.clone())
         .unwrap_or(ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
-    let connector = tokio_rustls::TlsConnector::from(super::tls::any_certificate());
+    let config = match settings.tls {
+        OutboundTls::Verify => settings.verified.clone(),
+        _ => super::tls::any_certificate(),
+    };
+    let connector = tokio_rustls::TlsConnector::from(config);
     let tls = match timeout(t.command.get(), connector.connect(name, tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(err)) => return Err(Handshake(err)),
@@ -226,6 +246,17 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             ClientEvent::Failed(failure) => {
                 return match outcome {
                     Some(outcome) => Ok(End::Finished(outcome)),
+                    // A refused login is a configuration problem to fix, never a bounce.
+                    None if failure.stage == Stage::Auth => Err(temporary(
+                        4,
+                        7,
+                        0,
+                        format!(
+                            "authentication refused: {} {}",
+                            failure.reply.code,
+                            failure.reply.text()
+                        ),
+                    )),
                     None => Err(AttemptFailure {
                         next_host: before_session(failure.stage),
                         reply: failure.reply,

@@ -8,4 +8,4 @@ pub mod route;
 pub mod tls;
 mod worker;
 
-pub use worker::Worker;
+pub use worker::{SetupError, Worker};

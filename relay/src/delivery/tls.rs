@@ -57,6 +57,46 @@ impl ServerCertVerifier for AnyCertificate {
     }
 }
 
+/// Trust anchors for `tls: verify` could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("delivery.caFile {path}: {message}")]
+pub struct CaError {
+    pub path: String,
+    pub message: String,
+}
+
+/// A client config that verifies certificates against the system's roots and `ca_file`.
+pub fn verified(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, CaError> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    if let Some(path) = ca_file {
+        let error = |message: String| CaError {
+            path: path.display().to_string(),
+            message,
+        };
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .and_then(Iterator::collect)
+            .map_err(|e| error(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(error("no PEM certificate found".into()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| error(e.to_string()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12]);
+    match builder {
+        Ok(builder) => Ok(Arc::new(
+            builder.with_root_certificates(roots).with_no_client_auth(),
+        )),
+        Err(err) => unreachable!("ring supports TLS 1.2 and 1.3: {err}"),
+    }
+}
+
 /// A client config for STARTTLS that accepts any certificate (TLS 1.2 and 1.3).
 pub fn any_certificate() -> Arc<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());

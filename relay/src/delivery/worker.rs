@@ -20,6 +20,7 @@ use super::dns::{Dns, DnsSetupError, Exchangers, LookupFailure};
 use super::dsn::{FailedRecipient, Report};
 use super::retry::{self, Retry};
 use super::route;
+use super::tls::{self, CaError};
 use crate::metrics::Metrics;
 use crate::queue::entry::{self, Envelope};
 use crate::queue::{ClientFacts, EnqueueError, Queue, Submission};
@@ -34,8 +35,35 @@ pub struct Worker {
     config: Arc<DeliveryConfig>,
     hostname: String,
     settings: Settings,
+    /// Where mail without a route goes instead of its MX hosts, and how.
+    smarthost: Option<(Target, Settings)>,
     dns: Dns,
     metrics: Arc<Metrics>,
+}
+
+/// Why delivery could not start; each message names the config field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Dns(#[from] DnsSetupError),
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    #[error("delivery.smarthost.credentialsFile {path}: {message}")]
+    Credentials { path: String, message: String },
+}
+
+/// Reads `username:password` from the first line of a credentials file.
+fn read_credentials(path: &std::path::Path) -> Result<(String, String), SetupError> {
+    let error = |message: &str| SetupError::Credentials {
+        path: path.display().to_string(),
+        message: message.to_string(),
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| error(&e.to_string()))?;
+    let line = text.lines().next().unwrap_or_default();
+    match line.split_once(':') {
+        Some((user, password)) if !user.is_empty() => Ok((user.to_string(), password.to_string())),
+        _ => Err(error("the first line must be username:password")),
+    }
 }
 
 /// What happened to one recipient in one attempt.
@@ -47,11 +75,7 @@ struct RecipientResult {
 }
 
 impl Worker {
-    pub fn new(
-        config: &Config,
-        queue: Queue,
-        metrics: Arc<Metrics>,
-    ) -> Result<Worker, DnsSetupError> {
+    pub fn new(config: &Config, queue: Queue, metrics: Arc<Metrics>) -> Result<Worker, SetupError> {
         let delivery = &config.delivery;
         let settings = Settings {
             helo_name: delivery
@@ -59,7 +83,25 @@ impl Worker {
                 .clone()
                 .unwrap_or_else(|| config.hostname.clone()),
             tls: Default::default(),
+            verified: tls::verified(delivery.ca_file.as_deref())?,
+            auth: None,
             timeouts: delivery.timeouts.clone(),
+        };
+        let smarthost = match &delivery.smarthost {
+            Some(smarthost) => {
+                let auth = smarthost
+                    .credentials_file
+                    .as_deref()
+                    .map(read_credentials)
+                    .transpose()?;
+                let settings = Settings {
+                    tls: smarthost.tls,
+                    auth,
+                    ..settings.clone()
+                };
+                Some((Target::from_host_port(&smarthost.host), settings))
+            }
+            None => None,
         };
         let dns = Dns::new(&delivery.dns.nameservers)?;
         Ok(Worker {
@@ -67,6 +109,7 @@ impl Worker {
             config: Arc::new(delivery.clone()),
             hostname: config.hostname.clone(),
             settings,
+            smarthost,
             dns,
             metrics,
         })
@@ -247,23 +290,20 @@ impl Worker {
                 })
                 .collect()
         };
-        if let Some(route) = route::find(&self.config.routes, &envelope.domain) {
-            let host = route
-                .host
-                .rsplit_once(':')
-                .map_or(route.host.as_str(), |(h, _)| h)
-                .to_string();
-            let target = Target {
-                host: host.clone(),
-                address: route.host.clone(),
-            };
-            let settings = Settings {
-                tls: route.tls,
-                ..self.settings.clone()
-            };
+        let fixed = match route::find(&self.config.routes, &envelope.domain) {
+            Some(route) => {
+                let settings = Settings {
+                    tls: route.tls,
+                    ..self.settings.clone()
+                };
+                Some((Target::from_host_port(&route.host), settings))
+            }
+            None => self.smarthost.clone(),
+        };
+        if let Some((target, settings)) = fixed {
             return match attempt::deliver(&target, &settings, &outgoing, body).await {
-                Ok(outcome) => each(outcome, host),
-                Err(failure) => everyone(failure.reply, Some(host)),
+                Ok(outcome) => each(outcome, target.host),
+                Err(failure) => everyone(failure.reply, Some(target.host)),
             };
         }
         let seed = ulid::Ulid::new().random() as u64;
