@@ -38,6 +38,8 @@ pub struct MockMx {
     transactions: Arc<Mutex<usize>>,
     data_delay: Arc<Mutex<Duration>>,
     smtputf8: Arc<Mutex<bool>>,
+    /// Sessions open now, and the most ever open at once.
+    sessions: Arc<Mutex<(usize, usize)>>,
 }
 
 impl std::fmt::Debug for MockMx {
@@ -80,13 +82,16 @@ impl MockMx {
             transactions: Arc::default(),
             data_delay: Arc::default(),
             smtputf8: Arc::new(Mutex::new(true)),
+            sessions: Arc::default(),
         };
         let server = mx.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let (server, script) = (server.clone(), script.clone());
                 tokio::spawn(async move {
+                    server.count_session(1);
                     let _ = server.session(stream, script).await;
+                    server.count_session(-1);
                 });
             }
         });
@@ -106,6 +111,17 @@ impl MockMx {
     /// Whether EHLO offers SMTPUTF8 (it does unless told otherwise).
     pub fn set_smtputf8(&self, offered: bool) {
         *self.smtputf8.lock().expect("lock") = offered;
+    }
+
+    fn count_session(&self, change: isize) {
+        let mut sessions = self.sessions.lock().expect("lock");
+        sessions.0 = sessions.0.saturating_add_signed(change);
+        sessions.1 = sessions.1.max(sessions.0);
+    }
+
+    /// The most sessions that were ever open at the same time.
+    pub fn max_sessions(&self) -> usize {
+        self.sessions.lock().expect("lock").1
     }
 
     /// Messages received so far.

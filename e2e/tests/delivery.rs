@@ -381,3 +381,31 @@ async fn a_stored_body_is_removed_when_its_last_entry_is_done() {
         "other.example was retried once"
     );
 }
+
+#[tokio::test]
+async fn connections_per_destination_are_capped() {
+    let mx = MockMx::accepting().await;
+    mx.set_data_delay(Duration::from_millis(100));
+    let (nats, relay) = start_standalone(|c| {
+        c.delivery.routes = vec![route_all(&mx.host())];
+        c.delivery.connections_per_destination = 3;
+    });
+    let mut s = Smtp::greeted(relay.smtp()).await;
+    s.ehlo("client.test").await;
+    for i in 0..30 {
+        s.send_mail(
+            "a@example.com",
+            &[&format!("r{i}@example.org")],
+            b"Subject: cap\r\n\r\nx\r\n",
+        )
+        .await
+        .is(250, "2.0.0");
+    }
+    mx.wait_for(30, WAIT).await;
+    wait_empty(&nats).await;
+    assert_eq!(
+        mx.max_sessions(),
+        3,
+        "never more than the cap, and the cap was reached"
+    );
+}

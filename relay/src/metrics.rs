@@ -25,6 +25,7 @@ pub struct Metrics {
     pub enqueue_seconds: Histogram,
     pub delivery_outcomes: Family<Labels, Counter>,
     pub delivery_attempt_seconds: Histogram,
+    pub delivery_queue_lag_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -43,6 +44,7 @@ impl Default for Metrics {
             enqueue_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             delivery_outcomes: Family::default(),
             delivery_attempt_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
+            delivery_queue_lag_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 24)),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -105,6 +107,11 @@ impl Default for Metrics {
             "delivery_attempt_seconds",
             "Time of one delivery attempt, connection to last reply",
             metrics.delivery_attempt_seconds.clone(),
+        );
+        r.register(
+            "delivery_queue_lag_seconds",
+            "Time from when an entry became due (accepted, or its retry time) to its attempt",
+            metrics.delivery_queue_lag_seconds.clone(),
         );
         Metrics {
             registry,

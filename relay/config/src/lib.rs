@@ -193,6 +193,8 @@ impl Default for Limits {
 pub struct DeliveryConfig {
     /// Queue entries delivered at the same time by one process.
     pub concurrency: usize,
+    /// Connections one process opens to the same next-hop address at the same time.
+    pub connections_per_destination: usize,
     /// Durable JetStream consumer shared by all delivery processes.
     pub consumer: String,
     /// Name sent with EHLO; `hostname` when absent.
@@ -229,6 +231,7 @@ impl Default for DeliveryConfig {
     fn default() -> Self {
         DeliveryConfig {
             concurrency: 100,
+            connections_per_destination: 20,
             consumer: "postern-delivery".to_string(),
             helo_name: None,
             routes: Vec::new(),

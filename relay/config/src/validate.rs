@@ -224,6 +224,11 @@ impl Config {
             "delivery.mxPort",
             "must be a port number",
         );
+        e.check(
+            delivery.connections_per_destination > 0,
+            "delivery.connectionsPerDestination",
+            "must be greater than zero",
+        );
         let timeouts = &delivery.timeouts;
         for (name, value) in [
             ("connect", timeouts.connect),

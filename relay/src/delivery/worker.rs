@@ -1,6 +1,7 @@
 //! The delivery worker: pulls entries, attempts them, and settles each recipient's outcome
 //! (delivered, bounced, or requeued for a retry) before acknowledging the entry.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -37,6 +38,7 @@ pub struct Worker {
     settings: Settings,
     /// Where mail without a route goes instead of its MX hosts, and how.
     smarthost: Option<(Target, Settings)>,
+    slots: DestinationSlots,
     dns: Dns,
     metrics: Arc<Metrics>,
 }
@@ -63,6 +65,37 @@ fn read_credentials(path: &std::path::Path) -> Result<(String, String), SetupErr
     match line.split_once(':') {
         Some((user, password)) if !user.is_empty() => Ok((user.to_string(), password.to_string())),
         _ => Err(error("the first line must be username:password")),
+    }
+}
+
+/// Caps the connections one process has open to each next-hop address.
+#[derive(Debug, Clone)]
+struct DestinationSlots {
+    per_destination: usize,
+    open: Arc<std::sync::Mutex<HashMap<String, Arc<Semaphore>>>>,
+}
+
+impl DestinationSlots {
+    fn new(per_destination: usize) -> Self {
+        DestinationSlots {
+            per_destination,
+            open: Arc::default(),
+        }
+    }
+
+    /// Waits for a free connection slot to `address`.
+    async fn acquire(&self, address: &str) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let semaphore = {
+            let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+            // Forget destinations nobody is connected to, so the map stays small.
+            open.retain(|_, s| {
+                Arc::strong_count(s) > 1 || s.available_permits() < self.per_destination
+            });
+            open.entry(address.to_string())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.per_destination)))
+                .clone()
+        };
+        semaphore.acquire_owned().await.ok()
     }
 }
 
@@ -110,6 +143,7 @@ impl Worker {
             hostname: config.hostname.clone(),
             settings,
             smarthost,
+            slots: DestinationSlots::new(delivery.connections_per_destination),
             dns,
             metrics,
         })
@@ -224,6 +258,11 @@ impl Worker {
         });
         let settled = async {
             let body = self.queue.body(&envelope, inline).await?;
+            let due = envelope.not_before_ms.unwrap_or(envelope.received_at_ms);
+            let lag = Duration::from_millis(now_ms().saturating_sub(due));
+            self.metrics
+                .delivery_queue_lag_seconds
+                .observe(lag.as_secs_f64());
             let started = Instant::now();
             let results = self.attempt(&envelope, &body).await;
             self.metrics
@@ -301,6 +340,7 @@ impl Worker {
             None => self.smarthost.clone(),
         };
         if let Some((target, settings)) = fixed {
+            let _slot = self.slots.acquire(&target.address).await;
             return match attempt::deliver(&target, &settings, &outgoing, body).await {
                 Ok(outcome) => each(outcome, target.host),
                 Err(failure) => everyone(failure.reply, Some(target.host)),
@@ -361,7 +401,10 @@ impl Worker {
                     host: host.clone(),
                     address: SocketAddr::new(ip, self.config.mx_port).to_string(),
                 };
-                match attempt::deliver(&target, &self.settings, &outgoing, body).await {
+                let slot = self.slots.acquire(&target.address).await;
+                let result = attempt::deliver(&target, &self.settings, &outgoing, body).await;
+                drop(slot);
+                match result {
                     Ok(outcome) => return each(outcome, host),
                     Err(failure) if failure.next_host => {
                         info!(queue_id = %envelope.queue_id, %host, %ip, reply = %failure.reply.text(), "trying the next MX host");
