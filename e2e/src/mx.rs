@@ -38,8 +38,8 @@ pub struct MockMx {
     transactions: Arc<Mutex<usize>>,
     data_delay: Arc<Mutex<Duration>>,
     smtputf8: Arc<Mutex<bool>>,
-    /// Sessions open now, and the most ever open at once.
-    sessions: Arc<Mutex<(usize, usize)>>,
+    /// Sessions open now, the most ever open at once, and all sessions so far.
+    sessions: Arc<Mutex<(usize, usize, usize)>>,
 }
 
 impl std::fmt::Debug for MockMx {
@@ -117,11 +117,19 @@ impl MockMx {
         let mut sessions = self.sessions.lock().expect("lock");
         sessions.0 = sessions.0.saturating_add_signed(change);
         sessions.1 = sessions.1.max(sessions.0);
+        if change > 0 {
+            sessions.2 += 1;
+        }
     }
 
     /// The most sessions that were ever open at the same time.
     pub fn max_sessions(&self) -> usize {
         self.sessions.lock().expect("lock").1
+    }
+
+    /// Sessions opened so far.
+    pub fn total_sessions(&self) -> usize {
+        self.sessions.lock().expect("lock").2
     }
 
     /// Messages received so far.

@@ -409,3 +409,45 @@ async fn connections_per_destination_are_capped() {
         "never more than the cap, and the cap was reached"
     );
 }
+
+#[tokio::test]
+async fn sessions_are_reused_up_to_the_message_cap() {
+    let mx = MockMx::start(Arc::new(|rcpt| {
+        if rcpt.starts_with("nobody@") {
+            "550 5.1.1 no such user".into()
+        } else {
+            "250 2.1.5 ok".into()
+        }
+    }))
+    .await;
+    let (nats, relay) = start_standalone(|c| {
+        c.delivery.routes = vec![route_all(&mx.host())];
+        c.delivery.max_messages_per_connection = 4;
+    });
+    let mut s = Smtp::greeted(relay.smtp()).await;
+    s.ehlo("client.test").await;
+    // One message at a time, each delivered before the next is sent.
+    for i in 0..8 {
+        let rcpt = if i == 1 {
+            "nobody@example.org".to_string()
+        } else {
+            format!("r{i}@example.org")
+        };
+        s.send_mail("", &[&rcpt], b"Subject: reuse\r\n\r\nx\r\n")
+            .await
+            .is(250, "2.0.0");
+        let start = std::time::Instant::now();
+        while mx.transactions() < i + 1 {
+            assert!(start.elapsed() < WAIT, "message {i} not attempted");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    mx.wait_for(7, WAIT).await;
+    wait_empty(&nats).await;
+    assert_eq!(mx.transactions(), 8);
+    assert_eq!(
+        mx.total_sessions(),
+        2,
+        "8 messages on sessions of at most 4"
+    );
+}

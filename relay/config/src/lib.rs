@@ -195,6 +195,8 @@ pub struct DeliveryConfig {
     pub concurrency: usize,
     /// Connections one process opens to the same next-hop address at the same time.
     pub connections_per_destination: usize,
+    /// Messages sent on one connection before it is closed; it is reused until then.
+    pub max_messages_per_connection: usize,
     /// Durable JetStream consumer shared by all delivery processes.
     pub consumer: String,
     /// Name sent with EHLO; `hostname` when absent.
@@ -232,6 +234,7 @@ impl Default for DeliveryConfig {
         DeliveryConfig {
             concurrency: 100,
             connections_per_destination: 20,
+            max_messages_per_connection: 100,
             consumer: "postern-delivery".to_string(),
             helo_name: None,
             routes: Vec::new(),

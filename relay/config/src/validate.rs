@@ -229,6 +229,11 @@ impl Config {
             "delivery.connectionsPerDestination",
             "must be greater than zero",
         );
+        e.check(
+            delivery.max_messages_per_connection > 0,
+            "delivery.maxMessagesPerConnection",
+            "must be greater than zero",
+        );
         let timeouts = &delivery.timeouts;
         for (name, value) in [
             ("connect", timeouts.connect),

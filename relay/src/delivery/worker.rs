@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, info_span, warn};
 
-use super::attempt::{self, Settings, Target};
+use super::attempt::{self, Pool, Settings, Target};
 use super::dns::{Dns, DnsSetupError, Exchangers, LookupFailure};
 use super::dsn::{FailedRecipient, Report};
 use super::retry::{self, Retry};
@@ -26,6 +26,8 @@ use crate::metrics::Metrics;
 use crate::queue::entry::{self, Envelope};
 use crate::queue::{ClientFacts, EnqueueError, Queue, Submission};
 
+/// How long an open session waits for the next message to the same next hop.
+const IDLE_SESSION: Duration = Duration::from_secs(30);
 /// Entries fetched in one pull request, at most.
 const MAX_BATCH: usize = 64;
 
@@ -39,6 +41,7 @@ pub struct Worker {
     /// Where mail without a route goes instead of its MX hosts, and how.
     smarthost: Option<(Target, Settings)>,
     slots: DestinationSlots,
+    pool: Arc<Pool>,
     dns: Dns,
     metrics: Arc<Metrics>,
 }
@@ -144,6 +147,11 @@ impl Worker {
             settings,
             smarthost,
             slots: DestinationSlots::new(delivery.connections_per_destination),
+            pool: Arc::new(Pool::new(
+                delivery.max_messages_per_connection,
+                delivery.connections_per_destination,
+                IDLE_SESSION,
+            )),
             dns,
             metrics,
         })
@@ -341,7 +349,7 @@ impl Worker {
         };
         if let Some((target, settings)) = fixed {
             let _slot = self.slots.acquire(&target.address).await;
-            return match attempt::deliver(&target, &settings, &outgoing, body).await {
+            return match attempt::deliver(&self.pool, &target, &settings, &outgoing, body).await {
                 Ok(outcome) => each(outcome, target.host),
                 Err(failure) => everyone(failure.reply, Some(target.host)),
             };
@@ -402,7 +410,8 @@ impl Worker {
                     address: SocketAddr::new(ip, self.config.mx_port).to_string(),
                 };
                 let slot = self.slots.acquire(&target.address).await;
-                let result = attempt::deliver(&target, &self.settings, &outgoing, body).await;
+                let result =
+                    attempt::deliver(&self.pool, &target, &self.settings, &outgoing, body).await;
                 drop(slot);
                 match result {
                     Ok(outcome) => return each(outcome, host),
