@@ -3,9 +3,11 @@
 pub mod attempt;
 pub mod dns;
 pub mod dsn;
+pub mod next_hop;
 pub mod retry;
 pub mod route;
 pub mod tls;
 mod worker;
 
-pub use worker::{SetupError, Worker};
+pub use next_hop::SetupError;
+pub use worker::Worker;
