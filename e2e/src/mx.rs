@@ -40,6 +40,9 @@ pub struct MockMx {
     smtputf8: Arc<Mutex<bool>>,
     /// Sessions open now, the most ever open at once, and all sessions so far.
     sessions: Arc<Mutex<(usize, usize, usize)>>,
+    greeting: Arc<Mutex<String>>,
+    /// Offer STARTTLS, then answer the handshake with garbage.
+    broken_starttls: Arc<Mutex<bool>>,
 }
 
 impl std::fmt::Debug for MockMx {
@@ -83,6 +86,8 @@ impl MockMx {
             data_delay: Arc::default(),
             smtputf8: Arc::new(Mutex::new(true)),
             sessions: Arc::default(),
+            greeting: Arc::new(Mutex::new("220 mx.test ESMTP mock".into())),
+            broken_starttls: Arc::default(),
         };
         let server = mx.clone();
         tokio::spawn(async move {
@@ -127,6 +132,16 @@ impl MockMx {
         self.sessions.lock().expect("lock").1
     }
 
+    /// Greets with `line` (such as `421 4.3.2 busy`) instead of a 220.
+    pub fn set_greeting(&self, line: &str) {
+        *self.greeting.lock().expect("lock") = line.to_string();
+    }
+
+    /// Offers STARTTLS but breaks the handshake, like a server with a broken TLS set-up.
+    pub fn set_broken_starttls(&self, broken: bool) {
+        *self.broken_starttls.lock().expect("lock") = broken;
+    }
+
     /// Sessions opened so far.
     pub fn total_sessions(&self) -> usize {
         self.sessions.lock().expect("lock").2
@@ -162,7 +177,14 @@ impl MockMx {
     async fn session(&self, stream: TcpStream, script: RcptScript) -> std::io::Result<()> {
         let (read, mut write) = stream.into_split();
         let mut reader = BufReader::new(read);
-        write.write_all(b"220 mx.test ESMTP mock\r\n").await?;
+        let greeting = self.greeting.lock().expect("lock").clone();
+        write
+            .write_all(format!("{greeting}\r\n").as_bytes())
+            .await?;
+        if !greeting.starts_with("220") {
+            return Ok(());
+        }
+        let broken_starttls = *self.broken_starttls.lock().expect("lock");
         let (mut from, mut recipients) = (String::new(), Vec::new());
         loop {
             let mut line = String::new();
@@ -176,7 +198,12 @@ impl MockMx {
                 } else {
                     ""
                 };
-                format!("250-mx.test\r\n250-PIPELINING{utf8}\r\n250 8BITMIME")
+                let starttls = if broken_starttls {
+                    "\r\n250-STARTTLS"
+                } else {
+                    ""
+                };
+                format!("250-mx.test\r\n250-PIPELINING{utf8}{starttls}\r\n250 8BITMIME")
             } else if upper.starts_with("HELO") || upper.starts_with("NOOP") {
                 "250 ok".to_string()
             } else if upper.starts_with("MAIL FROM:") {
@@ -207,6 +234,11 @@ impl MockMx {
                     tokio::time::sleep(delay).await;
                     "250 2.0.0 accepted".to_string()
                 }
+            } else if upper.starts_with("STARTTLS") && broken_starttls {
+                write
+                    .write_all(b"220 go ahead\r\nthis is not a TLS record\r\n")
+                    .await?;
+                return Ok(());
             } else if upper.starts_with("RSET") {
                 recipients.clear();
                 "250 ok".to_string()

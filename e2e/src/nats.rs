@@ -142,7 +142,10 @@ pub async fn queue_entries(url: &str, stream: &str) -> Vec<QueueEntry> {
             BodyRef::Inline { .. } => inline.to_vec(),
             BodyRef::Object { bucket, key, .. } => {
                 let store = js.get_object_store(bucket).await.expect("body bucket");
-                let mut object = store.get(key).await.expect("body object");
+                // A worker may finish the entry, and remove its body, while we read.
+                let Ok(mut object) = store.get(key).await else {
+                    continue;
+                };
                 let mut body = Vec::new();
                 object
                     .read_to_end(&mut body)

@@ -451,3 +451,73 @@ async fn sessions_are_reused_up_to_the_message_cap() {
         "8 messages on sessions of at most 4"
     );
 }
+
+#[tokio::test]
+async fn opportunistic_tls_falls_back_to_plaintext_when_the_handshake_fails() {
+    let mx = MockMx::accepting().await;
+    mx.set_broken_starttls(true);
+    let (nats, relay) = start_standalone(|c| c.delivery.routes = vec![route_all(&mx.host())]);
+    send(
+        &relay,
+        "a@example.com",
+        &["b@example.org"],
+        b"Subject: fallback\r\n\r\nx\r\n",
+    )
+    .await;
+    assert_eq!(mx.wait_for(1, WAIT).await[0].recipients, ["b@example.org"]);
+    wait_empty(&nats).await;
+    assert!(
+        relay
+            .log()
+            .contains("TLS handshake failed; retrying in plaintext"),
+        "{}",
+        relay.log()
+    );
+    assert_eq!(
+        mx.total_sessions(),
+        2,
+        "the broken TLS session, then a plaintext one"
+    );
+}
+
+#[tokio::test]
+async fn opportunistic_tls_is_used_when_offered() {
+    // A Postern ingress with a STARTTLS listener is the MX.
+    let pki = postern_e2e::TestPki::new();
+    let mx_nats = postern_e2e::NatsServer::start();
+    let mut mx_config = postern_e2e::Relay::config(&mx_nats);
+    mx_config.ingress.listeners = vec![postern_e2e::relay::listener(
+        postern_config::ListenerTls::Starttls,
+    )];
+    mx_config.ingress.tls = Some(postern_config::TlsConfig {
+        cert_file: pki.cert_file.clone(),
+        key_file: pki.key_file.clone(),
+    });
+    let mx = postern_e2e::Relay::start(mx_config);
+    let (_nats, relay) =
+        start_standalone(|c| c.delivery.routes = vec![route_all(&mx.smtp().to_string())]);
+    send(
+        &relay,
+        "a@example.com",
+        &["b@example.org"],
+        b"Subject: tls\r\n\r\nx\r\n",
+    )
+    .await;
+    let start = std::time::Instant::now();
+    let entry = loop {
+        if let Some(entry) = mx_nats.entries(STREAM).await.pop() {
+            break entry;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "nothing reached the MX\n{}",
+            relay.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let tls = entry.envelope.client.tls.clone().unwrap_or_default();
+    assert!(
+        tls.starts_with("TLSv1.3"),
+        "delivered over TLS ({tls:?}) although the certificate is not trusted"
+    );
+}

@@ -178,3 +178,33 @@ async fn servfail_defers_until_dns_answers() {
     );
     wait_empty(&nats).await;
 }
+
+#[tokio::test]
+async fn a_4xx_greeting_passes_the_attempt_to_the_next_mx() {
+    let port = free_port();
+    let (dns, _bounces) = dns_with_sender_domain(port).await;
+    let busy = MockMx::start_at(
+        SocketAddr::from(([127, 0, 0, 6], port)),
+        Arc::new(|_| "250 ok".into()),
+    )
+    .await;
+    busy.set_greeting("421 4.3.2 too busy, try another");
+    let spare = MockMx::start_at(
+        SocketAddr::from(([127, 0, 0, 7], port)),
+        Arc::new(|_| "250 ok".into()),
+    )
+    .await;
+    dns.mx("busy.example", 10, "mx1.busy.example");
+    dns.mx("busy.example", 20, "mx2.busy.example");
+    dns.address("mx1.busy.example", ip("127.0.0.6"));
+    dns.address("mx2.busy.example", ip("127.0.0.7"));
+    let (nats, relay) = relay_using(&dns, port);
+    send(&relay, "g@busy.example").await;
+    assert_eq!(
+        spare.wait_for(1, WAIT).await[0].recipients,
+        ["g@busy.example"]
+    );
+    assert_eq!(busy.total_sessions(), 1, "the busy MX was tried first");
+    assert!(busy.delivered().is_empty());
+    wait_empty(&nats).await;
+}
