@@ -160,3 +160,33 @@ async fn sigterm_lets_attempts_in_flight_finish_and_exits_0() {
     );
     assert_eq!(mx.delivered().len(), 1);
 }
+
+#[tokio::test]
+async fn a_slow_attempt_keeps_its_entry_past_the_ack_deadline() {
+    let nats = NatsServer::start();
+    let mx = MockMx::accepting().await;
+    // The MX answers the end of data after 3 s; the acknowledgement deadline is 1 s.
+    mx.set_data_delay(Duration::from_secs(3));
+    let ingress = Relay::start(Relay::config(&nats));
+    let mut config = Relay::config(&nats);
+    config.delivery.routes = vec![route_all(&mx.host())];
+    config.delivery.ack_wait = "1s".parse().unwrap();
+    let worker = Relay::spawn(&["delivery"], config);
+    worker.wait_ready(Duration::from_secs(20));
+    load(&ingress, 0, 1).await;
+    mx.wait_for(1, Duration::from_secs(20)).await;
+    let start = Instant::now();
+    while !nats.entries(STREAM).await.is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "entry not acknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        mx.transactions(),
+        1,
+        "in-progress acknowledgements kept the entry from a second attempt"
+    );
+}
