@@ -57,7 +57,7 @@ impl Connection {
     pub(super) async fn run(mut self, stream: tokio::net::TcpStream) -> std::io::Result<()> {
         let relay_allowed = self.shared.relay_allowed(self.peer.ip());
         if self.listener.implicit_tls {
-            let tls = self.handshake(stream).await?;
+            let tls = Box::pin(self.handshake(stream)).await?;
             let mut session = Session::new(
                 self.listener.session.clone(),
                 Peer {
@@ -65,7 +65,7 @@ impl Connection {
                     tls: true,
                 },
             );
-            self.drive(&mut session, tls).await?;
+            Box::pin(self.drive(&mut session, tls)).await?;
             return Ok(());
         }
         let mut session = Session::new(
@@ -76,9 +76,9 @@ impl Connection {
             },
         );
         if let Outcome::StartTls(stream) = self.drive(&mut session, stream).await? {
-            let tls = self.handshake(stream).await?;
+            let tls = Box::pin(self.handshake(stream)).await?;
             session.tls_started();
-            self.drive(&mut session, tls).await?;
+            Box::pin(self.drive(&mut session, tls)).await?;
         }
         Ok(())
     }
@@ -150,14 +150,16 @@ impl Connection {
                 }
                 Event::Authenticate { user, password } => {
                     let verified = match &self.shared.users {
-                        Some(users) => users.verify(user.clone(), password).await,
+                        Some(users) => Box::pin(users.verify(user.clone(), password)).await,
                         None => false,
                     };
                     info!(peer = %self.peer, %user, verified, "authentication");
                     session.auth_result(verified.then_some(user));
                 }
                 Event::Message(message) => {
-                    let result = self.enqueue(*message).await;
+                    // Boxed: an idle session's task should not reserve room for the queueing
+                    // path's large future.
+                    let result = Box::pin(self.enqueue(*message)).await;
                     session.message_result(result);
                 }
                 Event::Close => {
