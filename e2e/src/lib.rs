@@ -40,6 +40,20 @@ pub fn start_relay(tweak: impl FnOnce(&mut postern_config::Config)) -> (NatsServ
     (nats, relay)
 }
 
+/// Line endings that only look like the end of DATA (SMTP smuggling, CVE-2023-51764 class).
+pub const FAKE_TERMINATORS: [&[u8]; 10] = [
+    b"\n.\n",
+    b"\n.\r\n",
+    b"\r.\r\n",
+    b"\r\n.\r",
+    b"\r.\r",
+    b"\r.\n",
+    b"\n.\r",
+    b"\r\n\x00.\r\n",
+    b"\r\n.\r\r\n",
+    b"\r\r\n.\r\r\n",
+];
+
 /// The stream name of the default config.
 pub const STREAM: &str = "POSTERN_QUEUE";
 

@@ -268,18 +268,7 @@ async fn unreachable_host_is_retried_until_it_answers() {
 async fn smuggling_attempts_reach_the_mx_as_one_clean_message() {
     let mx = MockMx::accepting().await;
     let (nats, relay) = start_standalone(|c| c.delivery.routes = vec![route_all(&mx.host())]);
-    let fakes: [&[u8]; 10] = [
-        b"\n.\n",
-        b"\n.\r\n",
-        b"\r.\r\n",
-        b"\r\n.\r",
-        b"\r.\r",
-        b"\r.\n",
-        b"\n.\r",
-        b"\r\n\x00.\r\n",
-        b"\r\n.\r\r\n",
-        b"\r\r\n.\r\r\n",
-    ];
+    let fakes = postern_e2e::FAKE_TERMINATORS;
     for fake in fakes {
         let mut body = b"Subject: smuggle\r\n\r\nfirst".to_vec();
         body.extend_from_slice(fake);

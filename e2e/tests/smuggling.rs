@@ -4,21 +4,8 @@
 #![allow(clippy::unwrap_used)] // a test that cannot set up may panic
 
 use postern_config::BareLineEndings;
-use postern_e2e::{ReplyExt, STREAM, Smtp, start_relay};
+use postern_e2e::{FAKE_TERMINATORS, ReplyExt, STREAM, Smtp, start_relay};
 use postern_smtp::body::is_clean;
-
-const FAKE_TERMINATORS: [&[u8]; 10] = [
-    b"\n.\n",
-    b"\n.\r\n",
-    b"\r.\r\n",
-    b"\r\n.\r",
-    b"\r.\r",
-    b"\r.\n",
-    b"\n.\r",
-    b"\r\n\x00.\r\n",
-    b"\r\n.\r\r\n",
-    b"\r\r\n.\r\r\n",
-];
 
 /// Sends one message whose body holds `fake` followed by a smuggled transaction, then the real
 /// terminator, and returns the reply to the real end of data.

@@ -3,7 +3,7 @@
 //! their files change.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -103,7 +103,7 @@ impl Signers {
 
     /// Reloads all keys when any file changed; keeps the current keys when one fails to load.
     fn reload(&self) -> Result<bool, DkimError> {
-        let now: Vec<Option<SystemTime>> = self.sources.iter().map(|s| modified(&s.path)).collect();
+        let now = crate::reload::stamp(self.sources.iter().map(|s| s.path.as_path()));
         if *self.stamps.read().unwrap_or_else(|e| e.into_inner()) == now && !now.is_empty() {
             return Ok(false);
         }
@@ -122,19 +122,7 @@ impl Signers {
 
     /// Checks the key files every `interval` until `cancel` fires.
     pub async fn watch(self: Arc<Self>, interval: Duration, cancel: CancellationToken) {
-        loop {
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = tokio::time::sleep(interval) => {}
-            }
-            match self.reload() {
-                Ok(true) => tracing::info!("DKIM keys reloaded"),
-                Ok(false) => {}
-                Err(err) => {
-                    tracing::warn!(%err, "DKIM keys not reloaded; still signing with the previous ones")
-                }
-            }
-        }
+        crate::reload::watch("DKIM keys", interval, cancel, || self.reload()).await;
     }
 
     /// `DKIM-Signature` header fields for `message`, one per key of its From domain; empty when
@@ -161,10 +149,6 @@ impl Signers {
         }
         headers
     }
-}
-
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 fn signer(source: &KeySource) -> Result<Signer, DkimError> {

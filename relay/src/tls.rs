@@ -11,6 +11,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_util::sync::CancellationToken;
 
+use crate::reload::stamp;
+
 /// A certificate or key that could not be loaded; the message names the config field.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -26,7 +28,7 @@ pub struct ReloadingCert {
     current: RwLock<Arc<CertifiedKey>>,
     cert_file: PathBuf,
     key_file: PathBuf,
-    stamp: RwLock<(Option<SystemTime>, Option<SystemTime>)>,
+    stamp: RwLock<Vec<Option<SystemTime>>>,
 }
 
 impl ReloadingCert {
@@ -37,13 +39,16 @@ impl ReloadingCert {
             current: RwLock::new(Arc::new(key)),
             cert_file: config.cert_file.clone(),
             key_file: config.key_file.clone(),
-            stamp: RwLock::new(stamps(&config.cert_file, &config.key_file)),
+            stamp: RwLock::new(stamp([
+                config.cert_file.as_path(),
+                config.key_file.as_path(),
+            ])),
         }))
     }
 
     /// Reloads when either file's modification time changed; keeps the old pair on failure.
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
-        let now = stamps(&self.cert_file, &self.key_file);
+        let now = stamp([self.cert_file.as_path(), self.key_file.as_path()]);
         if *self.stamp.read().unwrap_or_else(|e| e.into_inner()) == now {
             return Ok(false);
         }
@@ -55,21 +60,10 @@ impl ReloadingCert {
 
     /// Checks the files every `interval` until `cancel` fires.
     pub async fn watch(self: Arc<Self>, interval: Duration, cancel: CancellationToken) {
-        loop {
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = tokio::time::sleep(interval) => {}
-            }
-            match self.reload_if_changed() {
-                Ok(true) => {
-                    tracing::info!(cert = %self.cert_file.display(), "TLS certificate reloaded")
-                }
-                Ok(false) => {}
-                Err(err) => {
-                    tracing::warn!(%err, "TLS certificate not reloaded; still serving the previous one")
-                }
-            }
-        }
+        crate::reload::watch("TLS certificate", interval, cancel, || {
+            self.reload_if_changed()
+        })
+        .await;
     }
 
     /// A rustls server config (TLS 1.2 and 1.3) serving this certificate.
@@ -98,11 +92,6 @@ impl ResolvesServerCert for ReloadingCert {
                 .clone(),
         )
     }
-}
-
-fn stamps(cert: &Path, key: &Path) -> (Option<SystemTime>, Option<SystemTime>) {
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    (modified(cert), modified(key))
 }
 
 fn load_pair(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey, TlsError> {
