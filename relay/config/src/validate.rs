@@ -389,3 +389,72 @@ admin: { address: "0.0.0.0:9090" }
         ));
     }
 }
+
+#[cfg(test)]
+mod documentation {
+    use crate::{Config, DkimAlgorithm, DkimKeyConfig, DomainConfig, Route, Smarthost, TlsConfig};
+
+    /// Every key the config can hold, with all optional sections filled in.
+    fn full() -> Config {
+        let mut config = Config::default();
+        config.nats.url = Some("nats://127.0.0.1:4222".into());
+        config.nats.credentials_file = Some("/creds".into());
+        config.ingress.tls = Some(TlsConfig {
+            cert_file: "/c".into(),
+            key_file: "/k".into(),
+        });
+        config.ingress.users_file = Some("/users".into());
+        config.delivery.helo_name = Some("relay.example.com".into());
+        config.delivery.routes = vec![Route {
+            domain: "*".into(),
+            host: "h:25".into(),
+            tls: Default::default(),
+        }];
+        config.delivery.smarthost = Some(Smarthost {
+            host: "h:587".into(),
+            credentials_file: Some("/s".into()),
+            tls: Default::default(),
+        });
+        config.delivery.ca_file = Some("/ca".into());
+        config.delivery.dns.nameservers = vec!["127.0.0.1:53".parse().unwrap()];
+        config.domains = vec![DomainConfig {
+            name: "example.com".into(),
+            dkim: vec![DkimKeyConfig {
+                selector: "s".into(),
+                algorithm: DkimAlgorithm::Ed25519,
+                key_file: "/d".into(),
+            }],
+        }];
+        config.telemetry.otlp_endpoint = Some("http://collector:4318".into());
+        config
+    }
+
+    #[test]
+    fn every_key_is_documented() {
+        let yaml = full().to_yaml().unwrap();
+        let docs = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/configuration.md"
+        ))
+        .unwrap();
+        let mut missing = Vec::new();
+        for line in yaml.lines() {
+            let key = line.trim_start().trim_start_matches("- ");
+            let Some((key, _)) = key.split_once(':') else {
+                continue;
+            };
+            if key.chars().all(|c| c.is_ascii_alphanumeric())
+                && !docs.contains(&format!("`{key}"))
+                && !docs.contains(&format!(".{key}`"))
+                && !docs.contains(&format!(".{key}["))
+            {
+                missing.push(key.to_string());
+            }
+        }
+        missing.dedup();
+        assert!(
+            missing.is_empty(),
+            "keys missing from docs/configuration.md: {missing:?}"
+        );
+    }
+}
