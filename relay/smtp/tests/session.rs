@@ -145,3 +145,49 @@ fn errors_beyond_the_limit_close() {
         (Event::Close, vec![500, 500, 500, 500, 500, 421])
     );
 }
+
+proptest::proptest! {
+    /// Whatever a client sends, in whatever pieces, the session never panics and every reply
+    /// it writes is well formed.
+    #[test]
+    fn never_panics_on_client_bytes(
+        chunks in proptest::collection::vec(
+            proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::prelude::any::<u8>(),
+                    proptest::sample::select(b"\r\n.:<>@ EHLO MAIL FROM RCPT TO DATA BDAT 1 LAST AUTH PLAIN STARTTLS RSET".to_vec()),
+                ],
+                0..80,
+            ),
+            0..12,
+        ),
+        verdicts in proptest::collection::vec(proptest::prelude::any::<bool>(), 12),
+    ) {
+        let mut session = Session::new(Arc::new(config()), Peer { relay_allowed: true, tls: false });
+        let mut verdicts = verdicts.into_iter().cycle();
+        for chunk in &chunks {
+            session.receive(chunk);
+            for _ in 0..100 {
+                match session.next_event() {
+                    Event::NeedInput | Event::Close => break,
+                    Event::StartTls => {
+                        session.discard_input();
+                        session.tls_started();
+                    }
+                    Event::Authenticate { user, .. } => {
+                        session.auth_result(verdicts.next().unwrap_or(false).then_some(user));
+                    }
+                    Event::Message(_) => {
+                        let ok = verdicts.next().unwrap_or(true);
+                        session.message_result(if ok { Ok("ID".into()) } else { Err(QueueUnavailable) });
+                    }
+                }
+            }
+            for reply in session.take_replies() {
+                let mut parser = postern_smtp::ReplyParser::default();
+                parser.feed(&reply.to_bytes());
+                proptest::prop_assert!(parser.next_reply().is_ok_and(|r| r.is_some()));
+            }
+        }
+    }
+}
