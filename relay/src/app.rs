@@ -202,11 +202,12 @@ pub async fn run(
     info!(hostname = %config.hostname, ?role, "postern started");
 
     shutdown.cancelled().await;
-    health.draining.store(true, Ordering::Release);
     info!(grace = %config.shutdown_grace, "shutting down: no new connections, draining sessions");
+    // Listening sockets close first, so once /readyz says 503 no connection is accepted.
     for accept_loop in accept_loops {
         let _ = accept_loop.await;
     }
+    health.draining.store(true, Ordering::Release);
     sessions.close();
     if tokio::time::timeout(config.shutdown_grace.get(), sessions.wait())
         .await
