@@ -82,6 +82,22 @@ impl NatsServer {
         queue_entries(&self.url(), stream).await
     }
 
+    /// Waits until the queue stream holds no entries: every message was delivered or bounced.
+    pub async fn wait_empty(&self, stream: &str, limit: Duration) {
+        let start = Instant::now();
+        loop {
+            let entries = self.entries(stream).await;
+            if entries.is_empty() {
+                return;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "queue not empty after {limit:?}: {entries:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// How many objects the body bucket holds, and how many reference counts.
     pub async fn stored_bodies(&self, bucket: &str) -> (usize, usize) {
         use futures::StreamExt;

@@ -147,6 +147,20 @@ impl Smtp {
         true
     }
 
+    /// Submits one message on a fresh session (EHLO, the transaction, QUIT), expecting it to
+    /// be queued; returns its queue id.
+    pub async fn submit(addr: SocketAddr, from: &str, to: &[&str], body: &[u8]) -> String {
+        let mut s = Smtp::greeted(addr).await;
+        s.ehlo("client.test").await;
+        let id = s
+            .send_mail(from, to, body)
+            .await
+            .is(250, "2.0.0")
+            .queue_id();
+        s.cmd("QUIT").await.is(221, "2.0.0");
+        id
+    }
+
     /// EHLO, expecting 250; returns the extension lines.
     pub async fn ehlo(&mut self, name: &str) -> Vec<String> {
         let reply = self.cmd(&format!("EHLO {name}")).await.is(250, "");

@@ -13,31 +13,6 @@ use postern_smtp::body::is_clean;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-async fn send(relay: &postern_e2e::Relay, from: &str, to: &[&str], body: &[u8]) -> String {
-    let mut s = Smtp::greeted(relay.smtp()).await;
-    s.ehlo("client.test").await;
-    let id = s
-        .send_mail(from, to, body)
-        .await
-        .is(250, "2.0.0")
-        .queue_id();
-    s.cmd("QUIT").await.is(221, "2.0.0");
-    id
-}
-
-/// Waits until the queue stream holds no entries.
-async fn wait_empty(nats: &postern_e2e::NatsServer) {
-    let start = std::time::Instant::now();
-    while !nats.entries(STREAM).await.is_empty() {
-        assert!(
-            start.elapsed() < WAIT,
-            "queue not empty: {:?}",
-            nats.entries(STREAM).await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn fast_retries(c: &mut postern_config::Config) {
     c.delivery.retry.schedule = vec!["1s".parse().unwrap()];
 }
@@ -46,8 +21,8 @@ fn fast_retries(c: &mut postern_config::Config) {
 async fn delivers_each_message_once_to_the_route_host() {
     let mx = MockMx::accepting().await;
     let (nats, relay) = start_standalone(|c| c.delivery.routes = vec![route_all(&mx.host())]);
-    let id = send(
-        &relay,
+    let id = Smtp::submit(
+        relay.smtp(),
         "a@example.com",
         &["b@example.org", "c@example.org"],
         b"Subject: hi\r\n\r\nHello.\r\n",
@@ -60,7 +35,7 @@ async fn delivers_each_message_once_to_the_route_host() {
     assert!(text.starts_with("Received: from client.test"), "{text}");
     assert!(text.contains(&format!(" id {id}")), "{text}");
     assert!(text.ends_with("\r\n\r\nHello.\r\n"), "{text}");
-    wait_empty(&nats).await;
+    nats.wait_empty(STREAM, WAIT).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(mx.delivered().len(), 1, "delivered once");
     assert_eq!(
@@ -85,8 +60,8 @@ async fn temporary_failure_is_retried_then_delivered() {
         c.delivery.routes = vec![route_all(&mx.host())];
         fast_retries(c);
     });
-    send(
-        &relay,
+    Smtp::submit(
+        relay.smtp(),
         "a@example.com",
         &["b@example.org"],
         b"Subject: retry\r\n\r\nx\r\n",
@@ -95,7 +70,7 @@ async fn temporary_failure_is_retried_then_delivered() {
     let delivered = mx.wait_for(1, WAIT).await;
     assert_eq!(delivered[0].recipients, ["b@example.org"]);
     assert_eq!(tries.load(Ordering::SeqCst), 2);
-    wait_empty(&nats).await;
+    nats.wait_empty(STREAM, WAIT).await;
     assert_eq!(
         relay.metric("postern_delivery_outcomes_total{result=\"deferred\"}"),
         1.0
@@ -118,8 +93,8 @@ async fn mixed_outcomes_deliver_retry_and_bounce_per_recipient() {
         c.delivery.routes = vec![route_all(&mx.host())];
         fast_retries(c);
     });
-    let id = send(
-        &relay,
+    let id = Smtp::submit(
+        relay.smtp(),
         "sender@example.com",
         &["ok@example.org", "bad@example.org", "later@example.org"],
         b"Subject: mixed\r\nX-Tag: original\r\n\r\nsecret body\r\n",
@@ -171,21 +146,21 @@ async fn mixed_outcomes_deliver_retry_and_bounce_per_recipient() {
         !report.contains("later@example.org"),
         "a retried recipient is not reported"
     );
-    wait_empty(&nats).await;
+    nats.wait_empty(STREAM, WAIT).await;
 }
 
 #[tokio::test]
 async fn no_bounce_for_the_null_sender() {
     let mx = MockMx::start(Arc::new(|_| "550 5.1.1 no such user".into())).await;
     let (nats, relay) = start_standalone(|c| c.delivery.routes = vec![route_all(&mx.host())]);
-    send(
-        &relay,
+    Smtp::submit(
+        relay.smtp(),
         "",
         &["bad@example.org"],
         b"Subject: bounce of a bounce\r\n\r\nx\r\n",
     )
     .await;
-    wait_empty(&nats).await;
+    nats.wait_empty(STREAM, WAIT).await;
     assert!(
         relay
             .log()
@@ -211,8 +186,8 @@ async fn expiry_bounces_with_4_4_7() {
         fast_retries(c);
         c.delivery.retry.max_age = "2s".parse().unwrap();
     });
-    send(
-        &relay,
+    Smtp::submit(
+        relay.smtp(),
         "sender@example.com",
         &["slow@example.org"],
         b"Subject: old\r\n\r\nx\r\n",
@@ -231,7 +206,7 @@ async fn expiry_bounces_with_4_4_7() {
         report.contains("Diagnostic-Code: smtp; 451 4.3.0 not today"),
         "{report}"
     );
-    wait_empty(&nats).await;
+    nats.wait_empty(STREAM, WAIT).await;
     assert!(relay.metric("postern_delivery_outcomes_total{result=\"expired\"}") >= 1.0);
 }
 
@@ -242,8 +217,8 @@ async fn unreachable_host_is_retried_until_it_answers() {
         c.delivery.routes = vec![route_all(&format!("127.0.0.1:{port}"))];
         fast_retries(c);
     });
-    send(
-        &relay,
+    Smtp::submit(
+        relay.smtp(),
         "a@example.com",
         &["b@example.org"],
         b"Subject: later\r\n\r\nx\r\n",
@@ -261,7 +236,7 @@ async fn unreachable_host_is_retried_until_it_answers() {
     let mx = MockMx::start_on(port, Arc::new(|_| "250 2.1.5 ok".into())).await;
     let delivered = mx.wait_for(1, WAIT).await;
     assert_eq!(delivered[0].recipients, ["b@example.org"]);
-    wait_empty(&nats).await;
+    nats.wait_empty(STREAM, WAIT).await;
 }
 
 #[tokio::test]
@@ -273,10 +248,16 @@ async fn smuggling_attempts_reach_the_mx_as_one_clean_message() {
         let mut body = b"Subject: smuggle\r\n\r\nfirst".to_vec();
         body.extend_from_slice(fake);
         body.extend_from_slice(b"MAIL FROM:<admin@example.com>\r\nRCPT TO:<smuggled@evil.example>\r\nDATA\r\nsmuggled\r\n");
-        send(&relay, "sender@example.com", &["rcpt@example.org"], &body).await;
+        Smtp::submit(
+            relay.smtp(),
+            "sender@example.com",
+            &["rcpt@example.org"],
+            &body,
+        )
+        .await;
     }
     let delivered = mx.wait_for(fakes.len(), WAIT).await;
-    wait_empty(&nats).await;
+    nats.wait_empty(STREAM, WAIT).await;
     assert_eq!(
         mx.transactions(),
         fakes.len(),
@@ -313,7 +294,7 @@ async fn smtputf8_message_to_a_server_without_it_bounces_5_6_7() {
     assert_eq!(delivered[0].from, "");
     let report = delivered[0].text();
     assert!(report.contains("Status: 5.6.7"), "{report}");
-    wait_empty(&nats).await;
+    nats.wait_empty(STREAM, WAIT).await;
 }
 
 #[tokio::test]
@@ -336,8 +317,8 @@ async fn a_stored_body_is_removed_when_its_last_entry_is_done() {
         "Subject: large\r\n\r\n{}",
         "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\r\n".repeat(6000)
     );
-    send(
-        &relay,
+    Smtp::submit(
+        relay.smtp(),
         "a@example.com",
         &["b@example.org", "c@other.example"],
         body.as_bytes(),
@@ -354,7 +335,7 @@ async fn a_stored_body_is_removed_when_its_last_entry_is_done() {
             .iter()
             .all(|d| d.text().ends_with(&body[body.len() - 200..]))
     );
-    wait_empty(&nats).await;
+    nats.wait_empty(STREAM, WAIT).await;
     let start = std::time::Instant::now();
     while nats.stored_bodies("POSTERN_BODIES").await != (0, 0) {
         assert!(
@@ -391,7 +372,7 @@ async fn connections_per_destination_are_capped() {
         .is(250, "2.0.0");
     }
     mx.wait_for(30, WAIT).await;
-    wait_empty(&nats).await;
+    nats.wait_empty(STREAM, WAIT).await;
     assert_eq!(
         mx.max_sessions(),
         3,
@@ -426,11 +407,11 @@ async fn sessions_are_reused_up_to_the_message_cap() {
             .await
             .is(250, "2.0.0");
         // Acknowledged means done, and the session is back in the pool by then.
-        wait_empty(&nats).await;
+        nats.wait_empty(STREAM, WAIT).await;
         assert_eq!(mx.transactions(), i + 1);
     }
     mx.wait_for(7, WAIT).await;
-    wait_empty(&nats).await;
+    nats.wait_empty(STREAM, WAIT).await;
     assert_eq!(mx.transactions(), 8);
     assert_eq!(
         mx.total_sessions(),
@@ -444,15 +425,15 @@ async fn opportunistic_tls_falls_back_to_plaintext_when_the_handshake_fails() {
     let mx = MockMx::accepting().await;
     mx.set_broken_starttls(true);
     let (nats, relay) = start_standalone(|c| c.delivery.routes = vec![route_all(&mx.host())]);
-    send(
-        &relay,
+    Smtp::submit(
+        relay.smtp(),
         "a@example.com",
         &["b@example.org"],
         b"Subject: fallback\r\n\r\nx\r\n",
     )
     .await;
     assert_eq!(mx.wait_for(1, WAIT).await[0].recipients, ["b@example.org"]);
-    wait_empty(&nats).await;
+    nats.wait_empty(STREAM, WAIT).await;
     assert!(
         relay
             .log()
@@ -483,8 +464,8 @@ async fn opportunistic_tls_is_used_when_offered() {
     let mx = postern_e2e::Relay::start(mx_config);
     let (_nats, relay) =
         start_standalone(|c| c.delivery.routes = vec![route_all(&mx.smtp().to_string())]);
-    send(
-        &relay,
+    Smtp::submit(
+        relay.smtp(),
         "a@example.com",
         &["b@example.org"],
         b"Subject: tls\r\n\r\nx\r\n",

@@ -10,7 +10,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use mail_auth::hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator};
 use postern_config::{DkimAlgorithm, DkimKeyConfig, DomainConfig};
-use postern_e2e::{DnsServer, MockMx, ReplyExt, Smtp, route_all, start_standalone, workspace_root};
+use postern_e2e::{DnsServer, MockMx, Smtp, route_all, start_standalone, workspace_root};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -51,11 +51,7 @@ async fn results(auth: &MessageAuthenticator, message: &[u8]) -> Vec<String> {
 }
 
 async fn send(relay: &postern_e2e::Relay, from: &str, body: &str) {
-    let mut s = Smtp::greeted(relay.smtp()).await;
-    s.ehlo("client.test").await;
-    s.send_mail(from, &["rcpt@example.org"], body.as_bytes())
-        .await
-        .is(250, "2.0.0");
+    Smtp::submit(relay.smtp(), from, &["rcpt@example.org"], body.as_bytes()).await;
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use postern_e2e::{DnsServer, MockMx, ReplyExt, STREAM, Smtp, free_port, start_standalone};
+use postern_e2e::{DnsServer, MockMx, STREAM, Smtp, free_port, start_standalone};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -38,19 +38,13 @@ fn relay_using(dns: &DnsServer, port: u16) -> (postern_e2e::NatsServer, postern_
 }
 
 async fn send(relay: &postern_e2e::Relay, to: &str) {
-    let mut s = Smtp::greeted(relay.smtp()).await;
-    s.ehlo("client.test").await;
-    s.send_mail("sender@example.com", &[to], b"Subject: mx\r\n\r\nx\r\n")
-        .await
-        .is(250, "2.0.0");
-}
-
-async fn wait_empty(nats: &postern_e2e::NatsServer) {
-    let start = std::time::Instant::now();
-    while !nats.entries(STREAM).await.is_empty() {
-        assert!(start.elapsed() < WAIT, "queue not empty");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    Smtp::submit(
+        relay.smtp(),
+        "sender@example.com",
+        &[to],
+        b"Subject: mx\r\n\r\nx\r\n",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -83,7 +77,7 @@ async fn preferred_mx_gets_the_message_and_a_refusing_one_is_skipped() {
     send(&relay, "b@example.net").await;
     let delivered = backup.wait_for(1, WAIT).await;
     assert_eq!(delivered[0].recipients, ["b@example.net"]);
-    wait_empty(&nats).await;
+    nats.wait_empty(STREAM, WAIT).await;
     assert_eq!(
         (primary.delivered().len(), backup.delivered().len()),
         (1, 1)
@@ -107,7 +101,7 @@ async fn implicit_mx_uses_the_domain_address() {
         mx.wait_for(1, WAIT).await[0].recipients,
         ["c@plain.example"]
     );
-    wait_empty(&nats).await;
+    nats.wait_empty(STREAM, WAIT).await;
 }
 
 #[tokio::test]
@@ -144,7 +138,7 @@ async fn null_mx_and_nxdomain_bounce_with_their_status() {
         ),
         "{missing}"
     );
-    wait_empty(&nats).await;
+    nats.wait_empty(STREAM, WAIT).await;
 }
 
 #[tokio::test]
@@ -176,7 +170,7 @@ async fn servfail_defers_until_dns_answers() {
         mx.wait_for(1, WAIT).await[0].recipients,
         ["f@flaky.example"]
     );
-    wait_empty(&nats).await;
+    nats.wait_empty(STREAM, WAIT).await;
 }
 
 #[tokio::test]
@@ -206,5 +200,5 @@ async fn a_4xx_greeting_passes_the_attempt_to_the_next_mx() {
     );
     assert_eq!(busy.total_sessions(), 1, "the busy MX was tried first");
     assert!(busy.delivered().is_empty());
-    wait_empty(&nats).await;
+    nats.wait_empty(STREAM, WAIT).await;
 }

@@ -126,14 +126,7 @@ async fn two_processes_deliver_each_message_once_and_survive_a_kill() {
         duplicates <= 50,
         "at most the entries the killed process held ({duplicates})"
     );
-    let start = Instant::now();
-    while !nats.entries(STREAM).await.is_empty() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "queue not drained"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    nats.wait_empty(STREAM, Duration::from_secs(30)).await;
     drop(a);
 }
 
@@ -175,14 +168,7 @@ async fn a_slow_attempt_keeps_its_entry_past_the_ack_deadline() {
     worker.wait_ready(Duration::from_secs(20));
     load(&ingress, 0, 1).await;
     mx.wait_for(1, Duration::from_secs(20)).await;
-    let start = Instant::now();
-    while !nats.entries(STREAM).await.is_empty() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "entry not acknowledged"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    nats.wait_empty(STREAM, Duration::from_secs(20)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         mx.transactions(),

@@ -388,11 +388,6 @@ impl Queue {
             bodies.remove(&key).await;
         }
     }
-
-    /// The NATS client, for health reporting.
-    pub fn client(&self) -> &async_nats::Client {
-        &self.inner.client
-    }
 }
 
 /// What an enqueue attempt has stored so far.
