@@ -1,22 +1,79 @@
 //! `postern-operator`: reconciles `Relay` and `Domain` resources (group `postern.io`).
-//!
-//! The reconcilers land with their own issue; until then the binary only states so, instead
-//! of pretending to run.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "postern-operator",
-    version,
-    about = "Kubernetes operator for Postern (not yet implemented)"
-)]
-struct Cli {}
+#[command(name = "postern-operator", version, about = "Kubernetes operator for Postern")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Reconcile Relays and Domains in every namespace (one replica leads, the others wait).
+    Run {
+        /// Namespace of the leader-election Lease.
+        #[arg(long, env = "POD_NAMESPACE", default_value = "postern-system")]
+        namespace: String,
+        /// Identity in the Lease.
+        #[arg(long, env = "POD_NAME", default_value = "postern-operator")]
+        identity: String,
+        /// Name server (ip:port) for DNS verification; repeatable. Default: the system's.
+        #[arg(long = "nameserver")]
+        nameservers: Vec<SocketAddr>,
+        /// Log filter; RUST_LOG overrides it.
+        #[arg(long, default_value = "info")]
+        log_level: String,
+    },
+    /// Print the Relay and Domain CRDs as YAML.
+    Crds,
+}
 
 fn main() -> ExitCode {
-    let _ = Cli::parse();
-    eprintln!("postern-operator: the Relay and Domain reconcilers are not implemented yet");
+    match Cli::parse().command {
+        Command::Crds => match postern_operator::api::crd_files() {
+            Ok(files) => {
+                for (_, yaml) in files {
+                    print!("---\n{yaml}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(err) => fail(err),
+        },
+        Command::Run {
+            namespace,
+            identity,
+            nameservers,
+            log_level,
+        } => {
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log_level));
+            tracing_subscriber::fmt().json().with_env_filter(filter).init();
+            if rustls::crypto::ring::default_provider().install_default().is_err() {
+                return fail("a TLS crypto provider was already installed");
+            }
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(runtime) => runtime,
+                Err(err) => return fail(err),
+            };
+            let settings = postern_operator::run::Settings {
+                lease_namespace: namespace,
+                identity,
+                nameservers,
+            };
+            match runtime.block_on(postern_operator::run::run(settings)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => fail(err),
+            }
+        }
+    }
+}
+
+fn fail(err: impl std::fmt::Display) -> ExitCode {
+    eprintln!("postern-operator: {err}");
     ExitCode::FAILURE
 }

@@ -133,9 +133,7 @@ pub async fn run(
             url
         }
     };
-    // Bodies outlive their messages by a day at most, whatever happens to the workers.
-    let body_ttl = config.delivery.retry.max_age.get() + std::time::Duration::from_secs(86_400);
-    let queue = Queue::connect(&url, &config.nats, body_ttl).await?;
+    let queue = Queue::connect(&url, &config.nats, config.body_ttl()).await?;
 
     let listeners = if role.ingress() {
         ingress::bind(&config).await?

@@ -522,6 +522,12 @@ impl Config {
         Ok(config)
     }
 
+    /// How long large bodies are kept in the object store: a day longer than any message
+    /// lives (`delivery.retry.maxAge`), whatever happens to the workers.
+    pub fn body_ttl(&self) -> std::time::Duration {
+        self.delivery.retry.max_age.get() + std::time::Duration::from_secs(86_400)
+    }
+
     /// The YAML form, as the operator writes it into a ConfigMap.
     pub fn to_yaml(&self) -> Result<String, ConfigError> {
         serde_saphyr::to_string(self).map_err(|e| ConfigError::Parse(e.to_string()))

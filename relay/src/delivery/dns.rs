@@ -98,6 +98,30 @@ impl Dns {
     }
 }
 
+impl Dns {
+    /// The TXT records of `name`, each record's strings joined; none when the name or the
+    /// records do not exist.
+    pub async fn txt(&self, name: &str) -> Result<Vec<String>, LookupFailure> {
+        match self.resolver.lookup(fqdn(name), RecordType::TXT).await {
+            Ok(lookup) => Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|record| match &record.data {
+                    RData::TXT(txt) => Some(
+                        txt.txt_data
+                            .iter()
+                            .map(|part| String::from_utf8_lossy(part))
+                            .collect(),
+                    ),
+                    _ => None,
+                })
+                .collect()),
+            Err(err) if err.is_nx_domain() || err.is_no_records_found() => Ok(Vec::new()),
+            Err(err) => Err(temporary(&err)),
+        }
+    }
+}
+
 fn fqdn(name: &str) -> String {
     format!("{}.", name.trim_end_matches('.'))
 }

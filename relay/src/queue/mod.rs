@@ -119,6 +119,17 @@ impl Queue {
                 .await
                 .map_err(QueueError::Credentials)?;
         }
+        Queue::connect_with(url, config, body_ttl, options).await
+    }
+
+    /// Connects with options of the caller's choosing (the operator's, which must fail fast
+    /// instead of retrying forever, and which holds credentials in memory).
+    pub async fn connect_with(
+        url: &str,
+        config: &NatsConfig,
+        body_ttl: Duration,
+        options: async_nats::ConnectOptions,
+    ) -> Result<Queue, QueueError> {
         let client = options.connect(url).await?;
         let jetstream = jetstream::new(client.clone());
         Ok(Queue {
@@ -363,6 +374,33 @@ impl Queue {
             .create_consumer(consumer)
             .await
             .map_err(|e| error(e.into()))
+    }
+
+    /// Deletes the stream and both body buckets, with any mail still queued.
+    pub async fn delete(&self) -> Result<(), QueueError> {
+        let config = &self.inner.config;
+        let missing_is_fine = |err: &async_nats::jetstream::context::DeleteStreamError| {
+            matches!(
+                err.kind(),
+                jetstream::context::DeleteStreamErrorKind::JetStream(e)
+                    if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+            )
+        };
+        for name in [
+            config.stream.clone(),
+            format!("OBJ_{}", config.body_bucket),
+            format!("KV_{}_REFS", config.body_bucket),
+        ] {
+            if let Err(err) = self.inner.jetstream.delete_stream(&name).await
+                && !missing_is_fine(&err)
+            {
+                return Err(QueueError::Stream {
+                    stream: name,
+                    source: err.into(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Best-effort removal of what a failed enqueue left behind.

@@ -1,0 +1,542 @@
+//! The `Relay` resource: one Postern installation (ingress and delivery pods, their config and
+//! queue).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::SecretKeyRef;
+
+/// Pattern of a duration in Postern's notation (`250ms`, `30s`, `5m`, `4h`, `5d`).
+pub const DURATION_PATTERN: &str = r"^[0-9]+(ms|s|m|h|d)$";
+
+/// A Postern mail relay: SMTP ingress pods that queue mail in NATS JetStream and delivery pods
+/// that send it on.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "postern.io",
+    version = "v1alpha1",
+    kind = "Relay",
+    namespaced,
+    status = "RelayStatus",
+    category = "postern",
+    doc = "A Postern mail relay: SMTP ingress, a JetStream queue and autoscaled delivery.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Ingress",
+        type_ = "integer",
+        json_path = ".status.ingressReplicas",
+        description = "Ready ingress pods"
+    ),
+    printcolumn(
+        name = "Delivery",
+        type_ = "integer",
+        json_path = ".status.deliveryReplicas",
+        description = "Ready delivery pods"
+    ),
+    printcolumn(
+        name = "Queue",
+        type_ = "integer",
+        json_path = ".status.queueLag",
+        description = "Messages waiting for delivery"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RelaySpec {
+    /// Container image holding the `postern` binary. Default: the image of the operator's release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Image pull policy of the relay pods. Default: IfNotPresent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["Always", "IfNotPresent", "Never"]))]
+    pub image_pull_policy: Option<String>,
+    /// Name in the SMTP greeting, the EHLO reply and Received headers, and in the TLS
+    /// certificate. Default: `<relay>.<namespace>.svc`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$"))]
+    pub hostname: Option<String>,
+    /// Where the queue lives.
+    #[serde(default)]
+    pub nats: NatsSpec,
+    /// The SMTP side that applications connect to.
+    #[serde(default)]
+    pub ingress: IngressSpec,
+    /// The pods that deliver queued mail.
+    #[serde(default)]
+    pub delivery: DeliverySpec,
+    /// Logs and traces.
+    #[serde(default)]
+    pub telemetry: TelemetrySpec,
+}
+
+/// NATS JetStream connection and queue stream.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NatsSpec {
+    /// Client URL of the NATS cluster. Default: `nats://nats:4222`.
+    #[serde(default = "default_nats_url")]
+    #[schemars(regex(pattern = r"^(nats|tls)://[^\s]+$"))]
+    pub url: String,
+    /// NATS monitoring endpoint (`host:port`) read by KEDA's `nats-jetstream` scaler. Default: the
+    /// host of `url` with port 8222.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitoring_endpoint: Option<String>,
+    /// Secret holding a NATS `.creds` file. Default key: `nats.creds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<SecretKeyRef>,
+    /// JetStream stream name. Default: `POSTERN_<RELAY>` (upper case, `-` and `.` become `_`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
+    pub stream: Option<String>,
+    /// Stream replicas: 1, 3 or 5. Default: 3.
+    #[serde(default = "default_stream_replicas")]
+    #[schemars(range(min = 1, max = 5))]
+    pub stream_replicas: u8,
+    /// Delete the stream (and any mail still queued) when the Relay is deleted. Default: false,
+    /// the stream is kept.
+    #[serde(default)]
+    pub delete_stream_with_relay: bool,
+}
+
+impl Default for NatsSpec {
+    fn default() -> Self {
+        NatsSpec {
+            url: default_nats_url(),
+            monitoring_endpoint: None,
+            credentials_secret: None,
+            stream: None,
+            stream_replicas: default_stream_replicas(),
+            delete_stream_with_relay: false,
+        }
+    }
+}
+
+fn default_nats_url() -> String {
+    "nats://nats:4222".into()
+}
+fn default_stream_replicas() -> u8 {
+    3
+}
+
+/// Replica bounds of an autoscaled Deployment.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.min <= self.max").message("replicas.min must not exceed replicas.max"))]
+pub struct Replicas {
+    #[schemars(range(min = 1))]
+    pub min: i32,
+    #[schemars(range(min = 1))]
+    pub max: i32,
+}
+
+/// Ingress pods and their Service.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressSpec {
+    /// Bounds of the CPU autoscaler. Default: 2 to 10.
+    #[serde(default = "default_ingress_replicas")]
+    pub replicas: Replicas,
+    /// Average CPU use (percent of requests) the autoscaler aims for. Default: 70.
+    #[serde(default = "default_cpu_target")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization: i32,
+    /// The Service clients connect to.
+    #[serde(default)]
+    pub service: ServiceSpec,
+    /// SMTP listeners. Default: 25 (STARTTLS), 587 (STARTTLS), 465 (implicit TLS).
+    #[serde(default = "default_listeners")]
+    #[schemars(length(min = 1))]
+    pub listeners: Vec<ListenerSpec>,
+    /// The certificate served by the listeners. Default: a self-signed certificate.
+    #[serde(default)]
+    pub tls: TlsSpec,
+    /// Client networks (CIDRs) that may relay without AUTH. Default: the private ranges
+    /// 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16 and fd00::/8.
+    #[serde(default = "default_allowed_networks")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self.all(n, isCIDR(n))", "message": "every entry must be a CIDR such as 10.0.0.0/8"}]))]
+    pub allowed_networks: Vec<String>,
+    /// Secret holding the users file (`name:<argon2 hash>` lines, made with
+    /// `postern hash-password`); enables AUTH. Default key: `users`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users_secret: Option<SecretKeyRef>,
+    /// Sender domains allowed in MAIL FROM. Default: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sender_domains: Vec<String>,
+    /// Limits on what clients control.
+    #[serde(default)]
+    pub limits: IngressLimits,
+    /// CPU and memory of each ingress pod. Default: requests 100m / 128Mi, memory limit 512Mi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Pods that may be down at once during voluntary disruptions. Default: 1.
+    #[serde(default = "default_max_unavailable")]
+    #[schemars(range(min = 1))]
+    pub max_unavailable: i32,
+}
+
+impl Default for IngressSpec {
+    fn default() -> Self {
+        IngressSpec {
+            replicas: default_ingress_replicas(),
+            target_cpu_utilization: default_cpu_target(),
+            service: ServiceSpec::default(),
+            listeners: default_listeners(),
+            tls: TlsSpec::default(),
+            allowed_networks: default_allowed_networks(),
+            users_secret: None,
+            sender_domains: Vec::new(),
+            limits: IngressLimits::default(),
+            resources: None,
+            max_unavailable: default_max_unavailable(),
+        }
+    }
+}
+
+fn default_ingress_replicas() -> Replicas {
+    Replicas { min: 2, max: 10 }
+}
+fn default_cpu_target() -> i32 {
+    70
+}
+fn default_max_unavailable() -> i32 {
+    1
+}
+fn default_allowed_networks() -> Vec<String> {
+    ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fd00::/8"]
+        .map(String::from)
+        .to_vec()
+}
+fn default_listeners() -> Vec<ListenerSpec> {
+    vec![
+        ListenerSpec::new("smtp", 25, ListenerTlsMode::Starttls),
+        ListenerSpec::new("submission", 587, ListenerTlsMode::Starttls),
+        ListenerSpec::new("submissions", 465, ListenerTlsMode::Implicit),
+    ]
+}
+
+/// Kubernetes Service type of the ingress Service.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum ServiceType {
+    ClusterIP,
+    NodePort,
+    #[default]
+    LoadBalancer,
+}
+
+/// How external traffic is routed to ingress pods.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum TrafficPolicy {
+    /// Only to pods on the node that received it: the client IP survives, so allowedNetworks
+    /// means what it says.
+    #[default]
+    Local,
+    /// To any pod; the client IP becomes a node's address.
+    Cluster,
+}
+
+/// The ingress Service.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// Default: LoadBalancer.
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+    /// Default: Local (for NodePort and LoadBalancer), so client IPs survive.
+    #[serde(default)]
+    pub external_traffic_policy: TrafficPolicy,
+    /// Annotations for the Service, such as a cloud load balancer's settings.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Source CIDRs allowed through a cloud load balancer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub load_balancer_source_ranges: Vec<String>,
+}
+
+/// TLS mode of a listener.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ListenerTlsMode {
+    /// Plaintext only.
+    None,
+    /// Plaintext upgraded with STARTTLS.
+    Starttls,
+    /// TLS from the first byte.
+    Implicit,
+}
+
+/// One SMTP port of the ingress Service.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerSpec {
+    /// Port name in the Service (a DNS label).
+    #[schemars(regex(pattern = r"^[a-z]([a-z0-9-]{0,13}[a-z0-9])?$"))]
+    pub name: String,
+    /// Port of the Service.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u16,
+    /// Port inside the pod. Default: `port` + 10000 below 1024 (the pods run without
+    /// privileges), else `port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1024, max = 65535))]
+    pub container_port: Option<u16>,
+    /// Default: starttls.
+    #[serde(default = "default_listener_tls")]
+    pub tls: ListenerTlsMode,
+}
+
+fn default_listener_tls() -> ListenerTlsMode {
+    ListenerTlsMode::Starttls
+}
+
+impl ListenerSpec {
+    fn new(name: &str, port: u16, tls: ListenerTlsMode) -> Self {
+        ListenerSpec {
+            name: name.into(),
+            port,
+            container_port: None,
+            tls,
+        }
+    }
+
+    /// The port the relay listens on inside the pod.
+    pub fn target_port(&self) -> u16 {
+        match self.container_port {
+            Some(port) => port,
+            None if self.port < 1024 => self.port + 10_000,
+            None => self.port,
+        }
+    }
+}
+
+/// Where the ingress certificate comes from: a cert-manager issuer, an existing Secret, or
+/// (neither set) a self-signed certificate the operator renews.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.issuerRef) && has(self.secretName))").message("set tls.issuerRef or tls.secretName, not both"))]
+pub struct TlsSpec {
+    /// A cert-manager Issuer or ClusterIssuer that signs a Certificate for the relay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_ref: Option<IssuerRef>,
+    /// An existing `kubernetes.io/tls` Secret (keys `tls.crt` and `tls.key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// More DNS names for the certificate, besides the hostname.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_names: Vec<String>,
+}
+
+/// A cert-manager issuer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    pub name: String,
+    /// Issuer or ClusterIssuer. Default: Issuer.
+    #[serde(default = "default_issuer_kind")]
+    pub kind: String,
+    /// Default: cert-manager.io.
+    #[serde(default = "default_issuer_group")]
+    pub group: String,
+}
+
+fn default_issuer_kind() -> String {
+    "Issuer".into()
+}
+fn default_issuer_group() -> String {
+    "cert-manager.io".into()
+}
+
+/// Limits on what clients control; absent fields keep Postern's defaults (see
+/// docs/configuration.md).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressLimits {
+    /// Largest message in bytes. Default: 52428800 (50 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1024))]
+    pub max_message_size: Option<u64>,
+    /// Recipients per message. Default: 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_recipients: Option<u32>,
+    /// Sessions per pod. Default: 10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_connections: Option<u32>,
+    /// Sessions per client IP per pod. Default: 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_connections_per_ip: Option<u32>,
+}
+
+/// Delivery pods.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliverySpec {
+    /// Bounds of the autoscaler. Default: 1 to 10.
+    #[serde(default = "default_delivery_replicas")]
+    pub replicas: Replicas,
+    /// Queued messages per delivery pod before KEDA adds one (`nats-jetstream` lagThreshold).
+    /// Default: 1000.
+    #[serde(default = "default_lag_per_replica")]
+    #[schemars(range(min = 1))]
+    pub lag_per_replica: i64,
+    /// CPU target of the fallback autoscaler used when KEDA is not installed. Default: 70.
+    #[serde(default = "default_cpu_target")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization: i32,
+    /// Messages delivered at once by one pod. Default: 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub concurrency: Option<u32>,
+    /// Connections one pod opens to the same next-hop address. Default: 20.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub connections_per_destination: Option<u32>,
+    /// Name sent with EHLO. Default: the hostname.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub helo_name: Option<String>,
+    /// Fixed next hops per recipient domain, tried before the smarthost and MX lookup.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteSpec>,
+    /// One upstream for all mail without a route, instead of MX lookup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smarthost: Option<SmarthostSpec>,
+    /// When temporary failures are retried.
+    #[serde(default)]
+    pub retry: RetrySpec,
+    /// CPU and memory of each delivery pod. Default: requests 100m / 128Mi, memory limit 512Mi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Pods that may be down at once during voluntary disruptions. Default: 1.
+    #[serde(default = "default_max_unavailable")]
+    #[schemars(range(min = 1))]
+    pub max_unavailable: i32,
+}
+
+impl Default for DeliverySpec {
+    fn default() -> Self {
+        DeliverySpec {
+            replicas: default_delivery_replicas(),
+            lag_per_replica: default_lag_per_replica(),
+            target_cpu_utilization: default_cpu_target(),
+            concurrency: None,
+            connections_per_destination: None,
+            helo_name: None,
+            routes: Vec::new(),
+            smarthost: None,
+            retry: RetrySpec::default(),
+            resources: None,
+            max_unavailable: default_max_unavailable(),
+        }
+    }
+}
+
+fn default_delivery_replicas() -> Replicas {
+    Replicas { min: 1, max: 10 }
+}
+fn default_lag_per_replica() -> i64 {
+    1000
+}
+
+/// TLS towards a next hop.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OutboundTlsMode {
+    Opportunistic,
+    Required,
+    Verify,
+    None,
+}
+
+/// A fixed next hop.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteSpec {
+    /// `example.com`, `*.example.com` or `*`.
+    #[schemars(length(min = 1))]
+    pub domain: String,
+    /// `host:port`.
+    #[schemars(regex(pattern = r"^[^\s:]+:[0-9]{1,5}$"))]
+    pub host: String,
+    /// Default: opportunistic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<OutboundTlsMode>,
+}
+
+/// An upstream relay taking all mail.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SmarthostSpec {
+    /// `host:port`, such as `smtp.example.net:587`.
+    #[schemars(regex(pattern = r"^[^\s:]+:[0-9]{1,5}$"))]
+    pub host: String,
+    /// Secret whose key holds `username:password` for AUTH PLAIN. Default key: `credentials`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<SecretKeyRef>,
+    /// Default: verify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<OutboundTlsMode>,
+}
+
+/// Retry schedule.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetrySpec {
+    /// Delays between attempts; the last one repeats. Default: 1m, 5m, 15m, 1h, 4h.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(regex(pattern = DURATION_PATTERN)))]
+    pub schedule: Vec<String>,
+    /// Age after which undelivered mail is bounced. Default: 5d.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub max_age: Option<String>,
+}
+
+/// Logs and traces.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TelemetrySpec {
+    /// OTLP/HTTP collector such as `http://otel-collector.observability:4318`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+    /// Log filter such as `info` or `postern_relay=debug,info`. Default: info.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+}
+
+/// What the operator observed and did.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RelayStatus {
+    /// The generation these conditions describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Progressing, Degraded, QueueReady and CertificateReady.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// Where clients connect: the Service's load balancer addresses or cluster DNS name, with
+    /// each port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
+    /// Ready ingress pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_replicas: Option<i32>,
+    /// Ready delivery pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery_replicas: Option<i32>,
+    /// Messages in the queue not yet handed to a delivery pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_lag: Option<u64>,
+    /// The JetStream stream holding the queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+}

@@ -1,0 +1,51 @@
+//! Status conditions with honest transition times.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+/// Sets the condition of type `kind`; its `lastTransitionTime` moves only when its status does.
+pub fn set(
+    conditions: &mut Vec<Condition>,
+    kind: &str,
+    ok: bool,
+    reason: &str,
+    message: impl Into<String>,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    let status = if ok { "True" } else { "False" };
+    let message = message.into();
+    match conditions.iter_mut().find(|c| c.type_ == kind) {
+        Some(condition) => {
+            if condition.status != status {
+                condition.last_transition_time = Time(now);
+            }
+            condition.status = status.into();
+            condition.reason = reason.into();
+            condition.message = message;
+            condition.observed_generation = generation;
+        }
+        None => conditions.push(Condition {
+            type_: kind.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message,
+            observed_generation: generation,
+            last_transition_time: Time(now),
+        }),
+    }
+}
+
+/// Conditions whose status differs between `before` and `after`, as `(type, now true)`.
+pub fn transitions(before: &[Condition], after: &[Condition]) -> Vec<(String, bool)> {
+    after
+        .iter()
+        .filter(|a| {
+            before
+                .iter()
+                .find(|b| b.type_ == a.type_)
+                .is_none_or(|b| b.status != a.status)
+        })
+        .map(|a| (a.type_.clone(), a.status == "True"))
+        .collect()
+}

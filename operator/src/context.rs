@@ -1,0 +1,75 @@
+//! What reconcilers share: the API client, the event recorder, NATS connections, the DNS
+//! resolver and the clock.
+
+use std::sync::Arc;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Resource, ResourceExt};
+
+use crate::domain::verify::TxtLookup;
+use crate::relay::queue::Queues;
+
+/// Shared state of the controllers.
+pub struct Context {
+    pub client: Client,
+    pub queues: Queues,
+    pub dns: Arc<dyn TxtLookup>,
+    recorder: Recorder,
+    clock: Box<dyn Fn() -> Timestamp + Send + Sync>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// A context on the real clock.
+    pub fn new(client: Client, dns: Arc<dyn TxtLookup>) -> Self {
+        Context::with_clock(client, dns, Box::new(Timestamp::now))
+    }
+
+    /// A context whose clock the caller controls (tests).
+    pub fn with_clock(
+        client: Client,
+        dns: Arc<dyn TxtLookup>,
+        clock: Box<dyn Fn() -> Timestamp + Send + Sync>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: "postern-operator".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            queues: Queues::default(),
+            dns,
+            clock,
+        }
+    }
+
+    /// The current time.
+    pub fn now(&self) -> Timestamp {
+        (self.clock)()
+    }
+
+    /// Publishes an event about `object`; failures are logged, never fatal.
+    pub async fn event<K>(&self, object: &K, warning: bool, reason: &str, note: String)
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let event = Event {
+            type_: if warning { EventType::Warning } else { EventType::Normal },
+            reason: reason.into(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(err) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            tracing::warn!(%err, object = %object.name_any(), "publishing event");
+        }
+    }
+}

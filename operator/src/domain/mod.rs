@@ -1,0 +1,270 @@
+//! The Domain reconciler: DKIM keys and their rotation, DNS records, external-dns, and DNS
+//! verification.
+
+pub mod dkim;
+pub mod records;
+pub mod verify;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::api::{
+    DkimKeyState, DkimKeyStatus, DnsProvider, DnsRecord, Domain, DomainStatus, Relay,
+    condition_status,
+};
+use crate::apply::{self, ApplyError};
+use crate::conditions;
+use crate::context::Context;
+use crate::relay::config::{dkim_key_file, dkim_secret_name};
+use crate::relay::dereference::{DereferenceError, crd_exists};
+use verify::Check;
+
+/// CRD of external-dns's DNSEndpoint.
+pub const EXTERNAL_DNS_CRD: &str = "dnsendpoints.externaldns.k8s.io";
+
+/// A reconcile that must be retried.
+#[derive(Debug, thiserror::Error)]
+pub enum DomainError {
+    #[error("{0}")]
+    Dereference(#[from] DereferenceError),
+    #[error("{0}")]
+    Key(#[from] dkim::KeyError),
+    #[error("{0}")]
+    Apply(#[from] ApplyError),
+    #[error("writing status: {0}")]
+    Status(kube::Error),
+}
+
+impl DomainError {
+    /// Label for logs and metrics.
+    pub fn as_label(&self) -> &'static str {
+        match self {
+            DomainError::Dereference(_) => "dereference",
+            DomainError::Key(_) => "key",
+            DomainError::Apply(_) => "apply",
+            DomainError::Status(_) => "status",
+        }
+    }
+}
+
+/// Brings DKIM keys and DNS records in line with one Domain.
+pub async fn reconcile(domain: Arc<Domain>, ctx: Arc<Context>) -> Result<Action, DomainError> {
+    if domain.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let namespace = domain.namespace().unwrap_or_else(|| "default".into());
+    let domains: Api<Domain> = Api::namespaced(ctx.client.clone(), &namespace);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let relays: Api<Relay> = Api::namespaced(ctx.client.clone(), &namespace);
+    let before = domain.status.clone().unwrap_or_default();
+    let mut status = before.clone();
+    let generation = domain.meta().generation;
+    let now = ctx.now();
+    let set = |status: &mut DomainStatus, kind: &str, ok: bool, reason: &str, message: String| {
+        conditions::set(&mut status.conditions, kind, ok, reason, message, generation, now);
+    };
+    let kube_error = |what| move |source| DereferenceError::Kube { what, source };
+
+    // Dereference.
+    let relay = relays
+        .get_opt(&domain.spec.relay_ref.name)
+        .await
+        .map_err(kube_error("Relay"))?;
+    let secret_name = dkim_secret_name(&domain);
+    let secret = secrets.get_opt(&secret_name).await.map_err(kube_error("Secret"))?;
+    let mut key_data: BTreeMap<String, ByteString> =
+        secret.and_then(|s| s.data).unwrap_or_default();
+
+    // DKIM: promote pending keys DNS already serves, retire and create per the spec.
+    let pending: Vec<&DkimKeyStatus> = status
+        .dkim_keys
+        .iter()
+        .filter(|k| k.state == DkimKeyState::Pending)
+        .collect();
+    let pending_records = records::records(&domain, &pending.into_iter().cloned().collect::<Vec<_>>());
+    let pending_records: Vec<DnsRecord> = pending_records.into_iter().filter(|r| r.purpose == "dkim").collect();
+    let seen: BTreeSet<String> = verify::verify(ctx.dns.as_ref(), &pending_records)
+        .await
+        .into_iter()
+        .zip(&pending_records)
+        .filter(|(check, _)| *check == Check::Matches)
+        .filter_map(|(_, record)| record.name.split('.').next().map(String::from))
+        .collect();
+    let reserved: BTreeSet<String> = key_data
+        .keys()
+        .map(|k| k.trim_end_matches(".pem").to_string())
+        .collect();
+    let plan = match dkim::plan(&domain.spec.dkim, &status.dkim_keys, &seen, &reserved, now) {
+        Ok(plan) => plan,
+        Err(err) => {
+            set(&mut status, "DkimReady", false, "InvalidSpec", err.to_string());
+            set(&mut status, "Ready", false, "InvalidSpec", err.to_string());
+            status.observed_generation = generation;
+            write_status(&ctx, &domains, &domain, &before, status).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let mut keys = plan.keys;
+    for (selector, algorithm) in plan.create {
+        let generated = dkim::generate(algorithm)?;
+        key_data.insert(dkim_key_file(&selector), ByteString(generated.pem.into_bytes()));
+        ctx.event(&*domain, false, "DkimKeyCreated", format!("new {} key {selector}; it signs once DNS serves its record", algorithm.label())).await;
+        keys.push(DkimKeyStatus {
+            selector,
+            algorithm,
+            state: DkimKeyState::Pending,
+            public_key: generated.public_key,
+            created: Time(now),
+            activated: None,
+            retire_at: None,
+        });
+    }
+    for key in &keys {
+        let was = before.dkim_keys.iter().find(|k| k.selector == key.selector).map(|k| k.state);
+        if was == Some(DkimKeyState::Pending) && key.state == DkimKeyState::Active {
+            ctx.event(&*domain, false, "DkimKeyActive", format!("DNS serves {}; it signs from now on", key.selector)).await;
+        }
+    }
+    let kept: BTreeSet<String> = keys.iter().map(|k| dkim_key_file(&k.selector)).collect();
+    key_data.retain(|file, _| kept.contains(file));
+    let secret = Secret {
+        metadata: crate::meta::owned_meta(&*domain, secret_name.clone(), "dkim"),
+        type_: Some("Opaque".into()),
+        data: Some(key_data),
+        ..Secret::default()
+    };
+    let mut secret = serde_json::to_value(&secret).map_err(|_| ApplyError::Malformed)?;
+    secret["apiVersion"] = json!("v1");
+    secret["kind"] = json!("Secret");
+    apply::apply(&ctx.client, &namespace, &secret).await?;
+
+    let missing: Vec<&str> = domain
+        .spec
+        .dkim
+        .algorithms
+        .iter()
+        .filter(|a| !keys.iter().any(|k| k.algorithm == **a && k.state == DkimKeyState::Active))
+        .map(|a| a.label())
+        .collect();
+    status.active_selectors = selectors(&keys, DkimKeyState::Active);
+    status.next_selectors = selectors(&keys, DkimKeyState::Pending);
+    if missing.is_empty() {
+        let message = format!("signing with {}", status.active_selectors.join(", "));
+        set(&mut status, "DkimReady", true, "Signing", message);
+    } else {
+        let message = format!("no active {} key: selector(s) {} sign once DNS serves their records", missing.join(" or "), status.next_selectors.join(", "));
+        set(&mut status, "DkimReady", false, "AwaitingDns", message);
+    }
+
+    // Records.
+    let records = records::records(&domain, &keys);
+    status.records = records.clone();
+    status.dkim_keys = keys;
+    let endpoint_name = format!("{}-records", domain.name_any());
+    let external_dns = crd_exists(&ctx.client, EXTERNAL_DNS_CRD).await?;
+    match (domain.spec.dns.provider, external_dns) {
+        (DnsProvider::ExternalDns, true) => {
+            apply::apply(&ctx.client, &namespace, &records::dns_endpoint(&domain, &records)).await?;
+            set(&mut status, "DnsPublished", true, "ExternalDns", format!("DNSEndpoint {endpoint_name} carries {} records", records.len()));
+        }
+        (DnsProvider::ExternalDns, false) => {
+            set(&mut status, "DnsPublished", false, "ExternalDnsMissing", "dns.provider is external-dns but the DNSEndpoint CRD is not installed; publish status.records by hand".into());
+        }
+        (DnsProvider::Manual, installed) => {
+            if installed {
+                apply::delete(&ctx.client, &namespace, ("externaldns.k8s.io/v1alpha1", "DNSEndpoint", &endpoint_name)).await?;
+            }
+            set(&mut status, "DnsPublished", false, "Manual", format!("publish the {} records in status.records at your DNS provider", records.len()));
+        }
+    }
+
+    // Verify.
+    let checks = verify::verify(ctx.dns.as_ref(), &records).await;
+    let problems: Vec<(String, &'static str)> = records
+        .iter()
+        .zip(&checks)
+        .filter_map(|(record, check)| match check {
+            Check::Matches => None,
+            Check::Missing => Some((format!("{} TXT is missing", record.name), "RecordMissing")),
+            Check::Differs(found) => Some((format!("{} TXT is {found:?}, want {:?}", record.name, record.value), "RecordDiffers")),
+            Check::Failed(err) => Some((format!("{} TXT lookup failed: {err}", record.name), "LookupFailed")),
+        })
+        .collect();
+    match problems.first() {
+        None => set(&mut status, "DnsVerified", true, "Verified", format!("DNS serves all {} records", records.len())),
+        Some((_, reason)) => {
+            let message = problems.iter().map(|(m, _)| m.as_str()).collect::<Vec<_>>().join("; ");
+            set(&mut status, "DnsVerified", false, reason, message);
+        }
+    }
+
+    // Ready.
+    let waiting: Vec<String> = ["DkimReady", "DnsVerified"]
+        .into_iter()
+        .filter(|c| condition_status(&status.conditions, c) != Some("True"))
+        .map(String::from)
+        .collect();
+    if relay.is_none() {
+        set(&mut status, "Ready", false, "RelayNotFound", format!("spec.relayRef: Relay {:?} not found", domain.spec.relay_ref.name));
+    } else if waiting.is_empty() {
+        set(&mut status, "Ready", true, "Ready", format!("mail from {} is signed and its records are in DNS", domain.spec.domain));
+    } else {
+        set(&mut status, "Ready", false, "NotReady", format!("waiting for: {}", waiting.join(", ")));
+    }
+    status.observed_generation = generation;
+    let settled = condition_status(&status.conditions, "Ready") == Some("True") && status.next_selectors.is_empty();
+    let next = next_change(&status.dkim_keys, now);
+    write_status(&ctx, &domains, &domain, &before, status).await?;
+    let wait = if settled { Duration::from_secs(3600) } else { Duration::from_secs(60) };
+    Ok(Action::requeue(next.map_or(wait, |n| n.min(wait))))
+}
+
+/// What the controller does when a reconcile fails: retry soon.
+pub fn error_policy(domain: Arc<Domain>, err: &DomainError, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(domain = %domain.name_any(), error = %err, stage = err.as_label(), "reconcile failed");
+    Action::requeue(Duration::from_secs(10))
+}
+
+fn selectors(keys: &[DkimKeyStatus], state: DkimKeyState) -> Vec<String> {
+    keys.iter().filter(|k| k.state == state).map(|k| k.selector.clone()).collect()
+}
+
+/// Time until the next retiring key is due to go.
+fn next_change(keys: &[DkimKeyStatus], now: k8s_openapi::jiff::Timestamp) -> Option<Duration> {
+    keys.iter()
+        .filter_map(|k| k.retire_at.as_ref())
+        .map(|t| Duration::try_from(t.0 - now).unwrap_or(Duration::ZERO) + Duration::from_secs(1))
+        .min()
+}
+
+async fn write_status(
+    ctx: &Context,
+    domains: &Api<Domain>,
+    domain: &Domain,
+    before: &DomainStatus,
+    status: DomainStatus,
+) -> Result<(), DomainError> {
+    if &status == before {
+        return Ok(());
+    }
+    for (kind, now_true) in conditions::transitions(&before.conditions, &status.conditions) {
+        if let Some(condition) = status.conditions.iter().find(|c| c.type_ == kind) {
+            ctx.event(domain, !now_true, &condition.reason, format!("{kind}={}: {}", condition.status, condition.message)).await;
+        }
+    }
+    let body = json!({ "status": status });
+    let (name, params, patch) = (domain.name_any(), PatchParams::default(), Patch::Merge(&body));
+    apply::retry_conflicts(|| domains.patch_status(&name, &params, &patch))
+        .await
+        .map_err(DomainError::Status)?;
+    Ok(())
+}

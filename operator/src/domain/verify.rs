@@ -1,0 +1,76 @@
+//! DNS verification: do the published TXT records match what the Domain needs?
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use postern_relay::delivery::dns::{Dns, LookupFailure};
+
+use crate::api::DnsRecord;
+
+/// TXT lookups, behind a trait so tests can point the operator at a DNS server on loopback.
+pub trait TxtLookup: Send + Sync {
+    /// TXT records of `name` (each record's strings joined); empty when there are none.
+    fn txt<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<String>, String>>;
+}
+
+impl TxtLookup for Dns {
+    fn txt<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<String>, String>> {
+        Box::pin(async move {
+            Dns::txt(self, name).await.map_err(|e| match e {
+                LookupFailure::NxDomain => "no such domain".to_string(),
+                LookupFailure::Temporary(message) => message,
+            })
+        })
+    }
+}
+
+/// The system resolver (or the given name servers) as a [`TxtLookup`].
+pub fn resolver(nameservers: &[std::net::SocketAddr]) -> Result<Arc<dyn TxtLookup>, String> {
+    Dns::new(nameservers)
+        .map(|dns| Arc::new(dns) as Arc<dyn TxtLookup>)
+        .map_err(|e| e.to_string())
+}
+
+/// What DNS serves for one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    Matches,
+    /// No TXT record at the name, or none of the record's kind.
+    Missing,
+    /// A record of the same kind with another value.
+    Differs(String),
+    /// The lookup failed (SERVFAIL, timeout).
+    Failed(String),
+}
+
+/// Looks up each record. A record matches when one TXT record at its name equals its value
+/// (whitespace-insensitive); `Differs` names the record of the same kind that does not.
+pub async fn verify(lookup: &dyn TxtLookup, records: &[DnsRecord]) -> Vec<Check> {
+    let mut checks = Vec::with_capacity(records.len());
+    for record in records {
+        checks.push(match lookup.txt(&record.name).await {
+            Err(err) => Check::Failed(err),
+            Ok(found) => {
+                let wanted = normalize(&record.value);
+                let tag = record.value.split(';').next().unwrap_or("").split_whitespace().next().unwrap_or("");
+                if found.iter().any(|f| normalize(f) == wanted) {
+                    Check::Matches
+                } else if let Some(other) = found.iter().find(|f| f.starts_with(tag)) {
+                    Check::Differs(other.clone())
+                } else {
+                    Check::Missing
+                }
+            }
+        });
+    }
+    checks
+}
+
+fn normalize(value: &str) -> String {
+    value
+        .split(';')
+        .map(|part| part.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join(";")
+}

@@ -1,0 +1,11 @@
+//! Postern's Kubernetes operator: the `Relay` and `Domain` custom resources and their
+//! reconcilers, each a pipeline of stages (dereference → validate → build → apply → status).
+
+pub mod api;
+pub mod apply;
+pub mod conditions;
+pub mod context;
+pub mod domain;
+pub mod meta;
+pub mod relay;
+pub mod run;

@@ -1,0 +1,224 @@
+//! Builds the relay's `postern_config::Config` from a Relay and its Domains: the contract
+//! between operator and relay is that type, written into the ConfigMap as YAML.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use kube::ResourceExt;
+use postern_config::{
+    AdminConfig, Config, ConfigError, DkimAlgorithm, DkimKeyConfig, DomainConfig, Duration,
+    Listener, ListenerTls, LogFormat, OutboundTls, Route, Smarthost, TlsConfig,
+};
+
+use crate::api::{
+    DkimKeyState, DkimKeyType, Domain, ListenerTlsMode, OutboundTlsMode, Relay,
+};
+
+/// Where the pods mount what the config names.
+pub mod paths {
+    pub const CONFIG_DIR: &str = "/etc/postern";
+    pub const CONFIG_FILE: &str = "/etc/postern/config.yaml";
+    pub const TLS_DIR: &str = "/etc/postern/tls";
+    pub const USERS_DIR: &str = "/etc/postern/users";
+    pub const NATS_DIR: &str = "/etc/postern/nats";
+    pub const SMARTHOST_DIR: &str = "/etc/postern/smarthost";
+    pub const DKIM_DIR: &str = "/etc/postern/dkim";
+}
+
+/// Key of the config file in the ConfigMap.
+pub const CONFIG_KEY: &str = "config.yaml";
+/// Durable consumer of the delivery pods.
+pub const CONSUMER: &str = "postern-delivery";
+/// Default key of each referenced Secret.
+pub const USERS_KEY: &str = "users";
+pub const NATS_CREDS_KEY: &str = "nats.creds";
+pub const SMARTHOST_KEY: &str = "credentials";
+
+/// The JetStream stream of a relay: `spec.nats.stream`, or `POSTERN_<NAME>`.
+pub fn stream_name(relay: &Relay) -> String {
+    relay.spec.nats.stream.clone().unwrap_or_else(|| {
+        let name: String = relay
+            .name_any()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+            .collect();
+        format!("POSTERN_{name}")
+    })
+}
+
+/// Name in greetings and certificates: `spec.hostname` or `<relay>.<namespace>.svc`.
+pub fn hostname(relay: &Relay) -> String {
+    relay.spec.hostname.clone().unwrap_or_else(|| {
+        format!(
+            "{}.{}.svc",
+            relay.name_any(),
+            relay.namespace().unwrap_or_else(|| "default".into())
+        )
+    })
+}
+
+/// Name of the Secret holding a Domain's DKIM keys.
+pub fn dkim_secret_name(domain: &Domain) -> String {
+    format!("{}-dkim", domain.name_any())
+}
+
+/// File name of a DKIM key in its Secret and in the pods.
+pub fn dkim_key_file(selector: &str) -> String {
+    format!("{selector}.pem")
+}
+
+/// The relay's configuration. Only Domains' active DKIM keys sign.
+pub fn build_config(relay: &Relay, domains: &[Domain]) -> Result<Config, ConfigError> {
+    let spec = &relay.spec;
+    let mut config = Config {
+        hostname: hostname(relay),
+        ..Config::default()
+    };
+
+    let stream = stream_name(relay);
+    config.nats.url = Some(spec.nats.url.clone());
+    config.nats.credentials_file = spec
+        .nats
+        .credentials_secret
+        .as_ref()
+        .map(|s| format!("{}/{}", paths::NATS_DIR, s.key_or(NATS_CREDS_KEY)).into());
+    config.nats.subject_prefix = format!("postern.{}", stream.to_ascii_lowercase());
+    config.nats.body_bucket = format!("{stream}_BODIES");
+    config.nats.stream = stream;
+    config.nats.replicas = usize::from(spec.nats.stream_replicas);
+
+    let ingress = &spec.ingress;
+    config.ingress.listeners = ingress
+        .listeners
+        .iter()
+        .map(|l| Listener {
+            address: SocketAddr::from(([0, 0, 0, 0], l.target_port())),
+            tls: match l.tls {
+                ListenerTlsMode::None => ListenerTls::None,
+                ListenerTlsMode::Starttls => ListenerTls::Starttls,
+                ListenerTlsMode::Implicit => ListenerTls::Implicit,
+            },
+            allow_plaintext_auth: false,
+        })
+        .collect();
+    config.ingress.tls = Some(TlsConfig {
+        cert_file: format!("{}/tls.crt", paths::TLS_DIR).into(),
+        key_file: format!("{}/tls.key", paths::TLS_DIR).into(),
+    });
+    config.ingress.allowed_networks = ingress
+        .allowed_networks
+        .iter()
+        .map(|n| ipnet::IpNet::from_str(n).map_err(|_| invalid("ingress.allowedNetworks", n)))
+        .collect::<Result<_, _>>()?;
+    config.ingress.users_file = ingress
+        .users_secret
+        .as_ref()
+        .map(|s| format!("{}/{}", paths::USERS_DIR, s.key_or(USERS_KEY)).into());
+    config.ingress.sender_domains = ingress.sender_domains.clone();
+    let limits = &mut config.ingress.limits;
+    if let Some(size) = ingress.limits.max_message_size {
+        limits.max_message_size = usize::try_from(size).unwrap_or(usize::MAX);
+    }
+    if let Some(n) = ingress.limits.max_recipients {
+        limits.max_recipients = n as usize;
+    }
+    if let Some(n) = ingress.limits.max_connections {
+        limits.max_connections = n as usize;
+    }
+    if let Some(n) = ingress.limits.max_connections_per_ip {
+        limits.max_connections_per_ip = n as usize;
+    }
+
+    let delivery = &spec.delivery;
+    config.delivery.consumer = CONSUMER.into();
+    if let Some(n) = delivery.concurrency {
+        config.delivery.concurrency = n as usize;
+    }
+    if let Some(n) = delivery.connections_per_destination {
+        config.delivery.connections_per_destination = n as usize;
+    }
+    config.delivery.helo_name = delivery.helo_name.clone();
+    config.delivery.routes = delivery
+        .routes
+        .iter()
+        .map(|r| Route {
+            domain: r.domain.clone(),
+            host: r.host.clone(),
+            tls: r.tls.map_or(OutboundTls::Opportunistic, outbound_tls),
+        })
+        .collect();
+    config.delivery.smarthost = delivery.smarthost.as_ref().map(|s| Smarthost {
+        host: s.host.clone(),
+        credentials_file: s
+            .credentials_secret
+            .as_ref()
+            .map(|c| format!("{}/{}", paths::SMARTHOST_DIR, c.key_or(SMARTHOST_KEY)).into()),
+        tls: s.tls.map_or(OutboundTls::Verify, outbound_tls),
+    });
+    if !delivery.retry.schedule.is_empty() {
+        config.delivery.retry.schedule = delivery
+            .retry
+            .schedule
+            .iter()
+            .map(|d| parse_duration("delivery.retry.schedule", d))
+            .collect::<Result<_, _>>()?;
+    }
+    if let Some(max_age) = &delivery.retry.max_age {
+        config.delivery.retry.max_age = parse_duration("delivery.retry.maxAge", max_age)?;
+    }
+
+    config.domains = domains.iter().map(domain_config).collect();
+    config.admin = AdminConfig {
+        address: SocketAddr::from(([0, 0, 0, 0], super::build::ADMIN_PORT)),
+    };
+    config.log.format = LogFormat::Json;
+    if let Some(level) = &spec.telemetry.log_level {
+        config.log.level = level.clone();
+    }
+    config.telemetry.otlp_endpoint = spec.telemetry.otlp_endpoint.clone();
+    config.telemetry.service_name = format!("postern-{}", relay.name_any());
+    config.validate()?;
+    Ok(config)
+}
+
+fn domain_config(domain: &Domain) -> DomainConfig {
+    let dir = format!("{}/{}", paths::DKIM_DIR, domain.name_any());
+    let dkim = domain
+        .status
+        .iter()
+        .flat_map(|s| &s.dkim_keys)
+        .filter(|k| k.state == DkimKeyState::Active)
+        .map(|k| DkimKeyConfig {
+            selector: k.selector.clone(),
+            algorithm: match k.algorithm {
+                DkimKeyType::Ed25519 => DkimAlgorithm::Ed25519,
+                DkimKeyType::Rsa2048 => DkimAlgorithm::Rsa,
+            },
+            key_file: format!("{dir}/{}", dkim_key_file(&k.selector)).into(),
+        })
+        .collect();
+    DomainConfig {
+        name: domain.spec.domain.to_ascii_lowercase(),
+        dkim,
+    }
+}
+
+fn outbound_tls(mode: OutboundTlsMode) -> OutboundTls {
+    match mode {
+        OutboundTlsMode::Opportunistic => OutboundTls::Opportunistic,
+        OutboundTlsMode::Required => OutboundTls::Required,
+        OutboundTlsMode::Verify => OutboundTls::Verify,
+        OutboundTlsMode::None => OutboundTls::None,
+    }
+}
+
+fn parse_duration(field: &str, text: &str) -> Result<Duration, ConfigError> {
+    Duration::from_str(text).map_err(|_| invalid(field, text))
+}
+
+fn invalid(field: &str, value: &str) -> ConfigError {
+    ConfigError::Invalid(vec![postern_config::FieldError {
+        field: field.into(),
+        message: format!("{value:?} is not valid"),
+    }])
+}

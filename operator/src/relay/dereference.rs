@@ -1,0 +1,133 @@
+//! The dereference stage: reads what a Relay refers to (Secrets, Domains, installed CRDs).
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::ListParams;
+use kube::{Api, Client, ResourceExt};
+
+use super::config::{NATS_CREDS_KEY, SMARTHOST_KEY, USERS_KEY};
+use crate::api::{Domain, Relay, SecretKeyRef};
+use crate::meta;
+
+/// CRD whose presence makes delivery autoscale with KEDA on queue lag.
+pub const KEDA_CRD: &str = "scaledobjects.keda.sh";
+/// CRD needed for `tls.issuerRef`.
+pub const CERT_MANAGER_CRD: &str = "certificates.cert-manager.io";
+
+/// A Relay with everything it refers to.
+#[derive(Debug, Clone)]
+pub struct RelayInputs {
+    pub relay: Relay,
+    /// Domains whose `relayRef` names this Relay, by name.
+    pub domains: Vec<Domain>,
+    /// Hash of the Secrets the pods read only at start (users, NATS and smarthost credentials).
+    pub secret_digest: String,
+    /// KEDA's ScaledObject CRD is installed.
+    pub keda: bool,
+    /// cert-manager's Certificate CRD is installed.
+    pub cert_manager: bool,
+}
+
+/// A reference that does not resolve.
+#[derive(Debug, thiserror::Error)]
+pub enum DereferenceError {
+    #[error("{field}: Secret {name:?} not found")]
+    SecretNotFound { field: &'static str, name: String },
+    #[error("{field}: Secret {name:?} has no key {key:?}")]
+    SecretKeyMissing {
+        field: &'static str,
+        name: String,
+        key: String,
+    },
+    #[error("reading {what}: {source}")]
+    Kube {
+        what: &'static str,
+        source: kube::Error,
+    },
+}
+
+impl DereferenceError {
+    /// The condition reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DereferenceError::SecretNotFound { .. } => "SecretNotFound",
+            DereferenceError::SecretKeyMissing { .. } => "SecretKeyMissing",
+            DereferenceError::Kube { .. } => "ApiError",
+        }
+    }
+}
+
+/// Reads the Secrets, Domains and CRDs a Relay depends on.
+pub async fn dereference(client: &Client, relay: &Relay) -> Result<RelayInputs, DereferenceError> {
+    let namespace = relay.namespace().unwrap_or_else(|| "default".into());
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let spec = &relay.spec;
+    let references = [
+        ("spec.ingress.usersSecret", spec.ingress.users_secret.as_ref(), USERS_KEY),
+        ("spec.nats.credentialsSecret", spec.nats.credentials_secret.as_ref(), NATS_CREDS_KEY),
+        (
+            "spec.delivery.smarthost.credentialsSecret",
+            spec.delivery.smarthost.as_ref().and_then(|s| s.credentials_secret.as_ref()),
+            SMARTHOST_KEY,
+        ),
+    ];
+    let mut contents: Vec<Vec<u8>> = Vec::new();
+    for (field, reference, default_key) in references {
+        if let Some(reference) = reference {
+            contents.push(secret_key(&secrets, field, reference, default_key).await?);
+        }
+    }
+    let parts: Vec<&[u8]> = contents.iter().map(Vec::as_slice).collect();
+
+    let domains: Api<Domain> = Api::namespaced(client.clone(), &namespace);
+    let mut domains: Vec<Domain> = domains
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| DereferenceError::Kube { what: "Domains", source })?
+        .items
+        .into_iter()
+        .filter(|d| d.spec.relay_ref.name == relay.name_any())
+        .collect();
+    domains.sort_by_key(|d| d.name_any());
+
+    Ok(RelayInputs {
+        relay: relay.clone(),
+        domains,
+        secret_digest: meta::hash(&parts),
+        keda: crd_exists(client, KEDA_CRD).await?,
+        cert_manager: spec.ingress.tls.issuer_ref.is_some() && crd_exists(client, CERT_MANAGER_CRD).await?,
+    })
+}
+
+async fn secret_key(
+    secrets: &Api<Secret>,
+    field: &'static str,
+    reference: &SecretKeyRef,
+    default_key: &str,
+) -> Result<Vec<u8>, DereferenceError> {
+    let secret = secrets
+        .get_opt(&reference.name)
+        .await
+        .map_err(|source| DereferenceError::Kube { what: "Secret", source })?
+        .ok_or_else(|| DereferenceError::SecretNotFound { field, name: reference.name.clone() })?;
+    let key = reference.key_or(default_key);
+    secret
+        .data
+        .as_ref()
+        .and_then(|data| data.get(key))
+        .map(|value| value.0.clone())
+        .ok_or_else(|| DereferenceError::SecretKeyMissing {
+            field,
+            name: reference.name.clone(),
+            key: key.to_string(),
+        })
+}
+
+/// True when the CRD named `name` is installed.
+pub async fn crd_exists(client: &Client, name: &str) -> Result<bool, DereferenceError> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.get_metadata_opt(name)
+        .await
+        .map(|crd| crd.is_some())
+        .map_err(|source| DereferenceError::Kube { what: "CustomResourceDefinitions", source })
+}

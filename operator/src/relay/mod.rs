@@ -1,0 +1,384 @@
+//! The Relay reconciler: dereference → validate → build → apply → status, each stage with its
+//! own error type.
+
+pub mod build;
+pub mod config;
+pub mod dereference;
+pub mod queue;
+pub mod tls;
+pub mod validate;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use kube::api::{DynamicObject, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::api::{Relay, RelayStatus, condition_status};
+use crate::apply::{self, ApplyError};
+use crate::conditions;
+use crate::context::Context;
+use crate::meta;
+use dereference::DereferenceError;
+
+/// Finalizer that deletes the stream when `spec.nats.deleteStreamWithRelay` is set.
+pub const STREAM_FINALIZER: &str = "postern.io/delete-stream";
+
+/// A reconcile that must be retried.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("{0}")]
+    Dereference(#[from] DereferenceError),
+    #[error("{0}")]
+    Apply(#[from] ApplyError),
+    #[error("writing status: {0}")]
+    Status(kube::Error),
+    #[error("{0}")]
+    Certificate(#[from] tls::CertificateError),
+    #[error("relay config: {0}")]
+    Config(#[from] postern_config::ConfigError),
+    #[error("deleting the stream: {0}")]
+    Stream(#[from] queue::ProvisionError),
+}
+
+impl ReconcileError {
+    /// Label for logs and metrics.
+    pub fn as_label(&self) -> &'static str {
+        match self {
+            ReconcileError::Dereference(_) => "dereference",
+            ReconcileError::Apply(_) => "apply",
+            ReconcileError::Status(_) => "status",
+            ReconcileError::Certificate(_) => "certificate",
+            ReconcileError::Stream(_) => "stream",
+            ReconcileError::Config(_) => "config",
+        }
+    }
+}
+
+/// Brings the cluster in line with one Relay.
+pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let namespace = relay.namespace().unwrap_or_else(|| "default".into());
+    let relays: Api<Relay> = Api::namespaced(ctx.client.clone(), &namespace);
+    let has_finalizer = relay.finalizers().iter().any(|f| f == STREAM_FINALIZER);
+    if relay.meta().deletion_timestamp.is_some() {
+        if has_finalizer {
+            let config = config::build_config(&relay, &[])?;
+            let credentials = nats_credentials(&ctx, &relay).await?;
+            ctx.queues.delete(&config, credentials.as_deref()).await?;
+            ctx.event(&*relay, false, "StreamDeleted", format!("deleted stream {}", config.nats.stream)).await;
+            set_finalizers(&relays, &relay, false).await?;
+        }
+        return Ok(Action::await_change());
+    }
+    if relay.spec.nats.delete_stream_with_relay != has_finalizer {
+        set_finalizers(&relays, &relay, relay.spec.nats.delete_stream_with_relay).await?;
+    }
+
+    let before = relay.status.clone().unwrap_or_default();
+    let mut status = before.clone();
+    let generation = relay.meta().generation;
+    let now = ctx.now();
+    let set = |status: &mut RelayStatus, kind: &str, ok: bool, reason: &str, message: String| {
+        conditions::set(&mut status.conditions, kind, ok, reason, message, generation, now);
+    };
+
+    // Dereference and validate: failures are the user's to fix, so they go to status.
+    let inputs = match dereference::dereference(&ctx.client, &relay).await {
+        Ok(inputs) => inputs,
+        Err(err @ DereferenceError::Kube { .. }) => return Err(err.into()),
+        Err(err) => {
+            degraded(&mut status, err.reason(), err.to_string(), generation, now);
+            write_status(&ctx, &relays, &relay, &before, status).await?;
+            return Ok(Action::requeue(Duration::from_secs(60)));
+        }
+    };
+    if let Err(err) = validate::validate(&relay.spec) {
+        degraded(&mut status, "InvalidSpec", err.to_string(), generation, now);
+        write_status(&ctx, &relays, &relay, &before, status).await?;
+        return Ok(Action::await_change());
+    }
+    let desired = match build::build(&inputs) {
+        Ok(desired) => desired,
+        Err(err) => {
+            degraded(&mut status, "InvalidConfig", err.to_string(), generation, now);
+            write_status(&ctx, &relays, &relay, &before, status).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    set(&mut status, "Degraded", false, "ReconcileSucceeded", "all objects applied".into());
+
+    // Apply.
+    let certificate = certificate(&ctx, &relay, &namespace, &inputs, &desired).await?;
+    set(&mut status, "CertificateReady", certificate.0, certificate.1, certificate.2);
+    for object in &desired.objects {
+        if object["kind"] == "Certificate" && !inputs.cert_manager {
+            continue;
+        }
+        apply::apply(&ctx.client, &namespace, object).await?;
+    }
+    for (api_version, kind, name) in &desired.absent {
+        let missing_crd = (kind == "ScaledObject" && !inputs.keda)
+            || (kind == "Certificate" && !inputs.cert_manager);
+        if !missing_crd {
+            apply::delete(&ctx.client, &namespace, (api_version, kind, name)).await?;
+        }
+    }
+
+    // Queue.
+    let config = &desired.config;
+    status.stream = Some(config.nats.stream.clone());
+    let credentials = nats_credentials(&ctx, &relay).await?;
+    match ctx.queues.provision(config, credentials.as_deref()).await {
+        Ok(lag) => {
+            status.queue_lag = Some(lag);
+            set(&mut status, "QueueReady", true, "StreamReady", format!("stream {} and consumer {} exist", config.nats.stream, config.delivery.consumer));
+        }
+        Err(err) => {
+            status.queue_lag = None;
+            set(&mut status, "QueueReady", false, err.reason(), err.to_string());
+        }
+    }
+
+    // Observe the workloads.
+    let name = relay.name_any();
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+    let mut rolling_out = Vec::new();
+    let mut ready = Vec::new();
+    for component in ["ingress", "delivery"] {
+        let deployment = deployments
+            .get_opt(&format!("{name}-{component}"))
+            .await
+            .map_err(ReconcileError::Status)?;
+        let (ready_replicas, done) = rollout(deployment.as_ref());
+        if !done {
+            rolling_out.push(component);
+        }
+        ready.push(ready_replicas);
+    }
+    status.ingress_replicas = Some(ready[0]);
+    status.delivery_replicas = Some(ready[1]);
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
+    let service = services.get_opt(&name).await.map_err(ReconcileError::Status)?;
+    status.endpoints = endpoints(&relay, service.as_ref(), &namespace);
+    if rolling_out.is_empty() {
+        set(&mut status, "Progressing", false, "RolloutComplete", "every pod runs the current spec".into());
+    } else {
+        set(&mut status, "Progressing", true, "RollingOut", format!("waiting for {} pods to run the current spec", rolling_out.join(" and ")));
+    }
+    let waiting: Vec<String> = ["QueueReady", "CertificateReady"]
+        .into_iter()
+        .filter(|c| condition_status(&status.conditions, c) != Some("True"))
+        .map(String::from)
+        .chain(
+            ["ingress", "delivery"]
+                .iter()
+                .zip(&ready)
+                .filter(|(_, n)| **n < 1)
+                .map(|(c, _)| format!("no ready {c} pod")),
+        )
+        .collect();
+    if waiting.is_empty() {
+        set(&mut status, "Ready", true, "Ready", "accepting and delivering mail".into());
+    } else {
+        set(&mut status, "Ready", false, "NotReady", format!("waiting for: {}", waiting.join(", ")));
+    }
+    status.observed_generation = generation;
+    let is_ready = condition_status(&status.conditions, "Ready") == Some("True");
+    write_status(&ctx, &relays, &relay, &before, status).await?;
+    Ok(Action::requeue(Duration::from_secs(if is_ready { 60 } else { 15 })))
+}
+
+/// True when the Relay reads the Secret `name` (users, credentials or certificate).
+pub fn references_secret(relay: &Relay, name: &str) -> bool {
+    let spec = &relay.spec;
+    [
+        spec.ingress.users_secret.as_ref(),
+        spec.nats.credentials_secret.as_ref(),
+        spec.delivery.smarthost.as_ref().and_then(|s| s.credentials_secret.as_ref()),
+    ]
+    .into_iter()
+    .flatten()
+    .any(|r| r.name == name)
+        || spec.ingress.tls.secret_name.as_deref() == Some(name)
+        || name == format!("{}-tls", relay.name_any())
+}
+
+/// What the controller does when a reconcile fails: retry soon.
+pub fn error_policy(relay: Arc<Relay>, err: &ReconcileError, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(relay = %relay.name_any(), error = %err, stage = err.as_label(), "reconcile failed");
+    Action::requeue(Duration::from_secs(10))
+}
+
+fn degraded(status: &mut RelayStatus, reason: &str, message: String, generation: Option<i64>, now: k8s_openapi::jiff::Timestamp) {
+    conditions::set(&mut status.conditions, "Degraded", true, reason, message.clone(), generation, now);
+    conditions::set(&mut status.conditions, "Ready", false, reason, message, generation, now);
+    status.observed_generation = generation;
+}
+
+/// `(ready replicas, rollout complete)` of a Deployment.
+fn rollout(deployment: Option<&Deployment>) -> (i32, bool) {
+    let Some(deployment) = deployment else {
+        return (0, false);
+    };
+    let Some(status) = &deployment.status else {
+        return (0, false);
+    };
+    let wanted = deployment.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let ready = status.ready_replicas.unwrap_or(0);
+    let current = status.observed_generation >= deployment.metadata.generation
+        && status.updated_replicas.unwrap_or(0) >= wanted
+        && status.replicas.unwrap_or(0) == status.updated_replicas.unwrap_or(0);
+    (ready, current && ready >= wanted)
+}
+
+/// `host:port` for each listener: load balancer addresses when assigned, else the Service's
+/// cluster DNS name.
+fn endpoints(relay: &Relay, service: Option<&Service>, namespace: &str) -> Vec<String> {
+    let mut hosts: Vec<String> = service
+        .and_then(|s| s.status.as_ref())
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.hostname.clone().or_else(|| i.ip.clone()))
+        .collect();
+    if hosts.is_empty() {
+        hosts.push(format!("{}.{namespace}.svc", relay.name_any()));
+    }
+    hosts
+        .iter()
+        .flat_map(|host| {
+            relay
+                .spec
+                .ingress
+                .listeners
+                .iter()
+                .map(move |l| format!("{host}:{}", l.port))
+        })
+        .collect()
+}
+
+/// Makes or checks the ingress certificate: `(ready, reason, message)`.
+async fn certificate(
+    ctx: &Context,
+    relay: &Relay,
+    namespace: &str,
+    inputs: &dereference::RelayInputs,
+    desired: &build::DesiredRelay,
+) -> Result<(bool, &'static str, String), ReconcileError> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let read = |source| ReconcileError::Dereference(DereferenceError::Kube { what: "Secret", source });
+    if desired.self_signed {
+        let mut names = vec![config::hostname(relay)];
+        names.extend(relay.spec.ingress.tls.dns_names.iter().cloned());
+        let existing = secrets.get_opt(&desired.tls_secret).await.map_err(read)?;
+        if tls::needs_certificate(existing.as_ref(), &names, ctx.now()) {
+            let (annotations, data) = tls::self_signed(&names, ctx.now())?;
+            let mut meta = meta::owned_meta(relay, desired.tls_secret.clone(), "ingress");
+            meta.annotations = Some(annotations);
+            let secret = Secret {
+                metadata: meta,
+                type_: Some("kubernetes.io/tls".into()),
+                data: Some(data),
+                ..Secret::default()
+            };
+            let value = serde_json::to_value(&secret).map_err(|_| ApplyError::Malformed)?;
+            let mut value = value;
+            value["apiVersion"] = json!("v1");
+            value["kind"] = json!("Secret");
+            apply::apply(&ctx.client, namespace, &value).await?;
+            ctx.event(relay, false, "CertificateIssued", format!("self-signed certificate for {} in Secret {}", names.join(", "), desired.tls_secret)).await;
+        }
+        return Ok((true, "SelfSigned", format!("self-signed certificate in Secret {}; clients must not verify it", desired.tls_secret)));
+    }
+    if relay.spec.ingress.tls.issuer_ref.is_some() {
+        if !inputs.cert_manager {
+            return Ok((false, "CertManagerMissing", "tls.issuerRef is set but cert-manager's Certificate CRD is not installed".into()));
+        }
+        let resource = apply::api_resource("cert-manager.io/v1", "Certificate");
+        let certificates: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), namespace, &resource);
+        let name = format!("{}-tls", relay.name_any());
+        let live = certificates.get_opt(&name).await.map_err(read)?;
+        let ready = live
+            .as_ref()
+            .and_then(|c| c.data["status"]["conditions"].as_array().cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c["type"] == "Ready");
+        return Ok(match ready {
+            Some(c) if c["status"] == "True" => (true, "Issued", format!("cert-manager issued Certificate {name}")),
+            Some(c) => (false, "Issuing", format!("Certificate {name}: {}", c["message"].as_str().unwrap_or("not ready"))),
+            None => (false, "Issuing", format!("waiting for cert-manager to issue Certificate {name}")),
+        });
+    }
+    let exists = secrets.get_opt(&desired.tls_secret).await.map_err(read)?.is_some();
+    Ok(if exists {
+        (true, "SecretFound", format!("certificate from Secret {}", desired.tls_secret))
+    } else {
+        (false, "SecretNotFound", format!("spec.ingress.tls.secretName: Secret {:?} not found", desired.tls_secret))
+    })
+}
+
+async fn nats_credentials(ctx: &Context, relay: &Relay) -> Result<Option<String>, ReconcileError> {
+    let Some(reference) = &relay.spec.nats.credentials_secret else {
+        return Ok(None);
+    };
+    let namespace = relay.namespace().unwrap_or_else(|| "default".into());
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let secret = secrets
+        .get_opt(&reference.name)
+        .await
+        .map_err(|source| DereferenceError::Kube { what: "Secret", source })?;
+    Ok(secret
+        .and_then(|s| s.data)
+        .and_then(|d| d.get(reference.key_or(config::NATS_CREDS_KEY)).cloned())
+        .map(|v| String::from_utf8_lossy(&v.0).into_owned()))
+}
+
+async fn set_finalizers(relays: &Api<Relay>, relay: &Relay, present: bool) -> Result<(), ReconcileError> {
+    let mut finalizers: Vec<String> = relay
+        .finalizers()
+        .iter()
+        .filter(|f| *f != STREAM_FINALIZER)
+        .cloned()
+        .collect();
+    if present {
+        finalizers.push(STREAM_FINALIZER.into());
+    }
+    let body = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": relay.resource_version() } });
+    let (name, params, patch) = (relay.name_any(), PatchParams::default(), Patch::Merge(&body));
+    apply::retry_conflicts(|| relays.patch(&name, &params, &patch))
+        .await
+        .map_err(|source| ApplyError::Kube { kind: "Relay".into(), name: relay.name_any(), source })?;
+    Ok(())
+}
+
+async fn write_status(
+    ctx: &Context,
+    relays: &Api<Relay>,
+    relay: &Relay,
+    before: &RelayStatus,
+    status: RelayStatus,
+) -> Result<(), ReconcileError> {
+    if &status == before {
+        return Ok(());
+    }
+    for (kind, now_true) in conditions::transitions(&before.conditions, &status.conditions) {
+        let condition = status.conditions.iter().find(|c| c.type_ == kind);
+        let (reason, message) = condition.map_or((String::new(), String::new()), |c| (c.reason.clone(), c.message.clone()));
+        let warning = (kind == "Degraded") == now_true;
+        if kind == "Ready" || kind == "Degraded" || !now_true {
+            ctx.event(relay, warning, &reason, format!("{kind}={}: {message}", if now_true { "True" } else { "False" })).await;
+        }
+    }
+    let body = json!({ "status": status });
+    let (name, params, patch) = (relay.name_any(), PatchParams::default(), Patch::Merge(&body));
+    apply::retry_conflicts(|| relays.patch_status(&name, &params, &patch))
+        .await
+        .map_err(ReconcileError::Status)?;
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! The validate stage: what the CRD schema cannot check, named by field.
+
+use std::collections::BTreeSet;
+use std::str::FromStr;
+
+use ipnet::IpNet;
+use postern_config::Duration;
+
+use crate::api::RelaySpec;
+
+/// One or more invalid fields of a Relay.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .problems.join("; "))]
+pub struct ValidationError {
+    /// `field: what is wrong` for each problem found.
+    pub problems: Vec<String>,
+}
+
+/// Checks a Relay's spec; the error lists every invalid field.
+pub fn validate(spec: &RelaySpec) -> Result<(), ValidationError> {
+    let mut problems = Vec::new();
+    let mut problem = |field: String, message: String| problems.push(format!("{field}: {message}"));
+
+    for (i, network) in spec.ingress.allowed_networks.iter().enumerate() {
+        if IpNet::from_str(network).is_err() {
+            problem(
+                format!("spec.ingress.allowedNetworks[{i}]"),
+                format!("{network:?} is not a CIDR such as 10.0.0.0/8"),
+            );
+        }
+    }
+    let replicas = [
+        ("spec.ingress.replicas", &spec.ingress.replicas),
+        ("spec.delivery.replicas", &spec.delivery.replicas),
+    ];
+    for (field, bounds) in replicas {
+        if bounds.min < 1 || bounds.min > bounds.max {
+            problem(
+                field.into(),
+                format!("need 1 <= min <= max, got min {} max {}", bounds.min, bounds.max),
+            );
+        }
+    }
+    let mut names = BTreeSet::new();
+    let mut ports = BTreeSet::new();
+    let mut targets = BTreeSet::new();
+    for (i, listener) in spec.ingress.listeners.iter().enumerate() {
+        let field = format!("spec.ingress.listeners[{i}]");
+        if !names.insert(&listener.name) {
+            problem(format!("{field}.name"), format!("{:?} is used twice", listener.name));
+        }
+        if !ports.insert(listener.port) {
+            problem(format!("{field}.port"), format!("{} is used twice", listener.port));
+        }
+        let target = listener.target_port();
+        if target == super::build::ADMIN_PORT {
+            problem(
+                format!("{field}.containerPort"),
+                format!("{target} is the admin port of the pods"),
+            );
+        } else if !targets.insert(target) {
+            problem(format!("{field}.containerPort"), format!("{target} is used twice"));
+        }
+    }
+    if spec.ingress.listeners.is_empty() {
+        problem("spec.ingress.listeners".into(), "at least one listener is needed".into());
+    }
+    let durations = spec
+        .delivery
+        .retry
+        .schedule
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (format!("spec.delivery.retry.schedule[{i}]"), d))
+        .chain(
+            spec.delivery
+                .retry
+                .max_age
+                .iter()
+                .map(|d| ("spec.delivery.retry.maxAge".to_string(), d)),
+        );
+    for (field, text) in durations {
+        if let Err(err) = Duration::from_str(text) {
+            problem(field, err.to_string());
+        }
+    }
+    for (i, route) in spec.delivery.routes.iter().enumerate() {
+        if !is_host_port(&route.host) {
+            problem(
+                format!("spec.delivery.routes[{i}].host"),
+                format!("{:?} is not host:port", route.host),
+            );
+        }
+    }
+    if let Some(smarthost) = &spec.delivery.smarthost
+        && !is_host_port(&smarthost.host)
+    {
+        problem(
+            "spec.delivery.smarthost.host".into(),
+            format!("{:?} is not host:port", smarthost.host),
+        );
+    }
+    if let Some(stream) = &spec.nats.stream
+        && (stream.is_empty() || !stream.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+    {
+        problem(
+            "spec.nats.stream".into(),
+            format!("{stream:?} may hold only letters, digits, '_' and '-'"),
+        );
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ValidationError { problems })
+    }
+}
+
+fn is_host_port(text: &str) -> bool {
+    match text.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
+        None => false,
+    }
+}

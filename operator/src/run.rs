@@ -1,0 +1,119 @@
+//! The running operator: leader election with a Lease, then both controllers until SIGTERM or
+//! until leadership is lost.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use kube::runtime::controller::Controller;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+
+use crate::api::{Domain, Relay};
+use crate::context::Context;
+use crate::{domain, relay};
+
+/// Name of the leader-election Lease.
+pub const LEASE_NAME: &str = "postern-operator";
+
+/// Settings of one operator process.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Namespace of the Lease (the operator's own).
+    pub lease_namespace: String,
+    /// Identity in the Lease (the pod name).
+    pub identity: String,
+    /// Name servers for DNS verification; empty uses the system's.
+    pub nameservers: Vec<std::net::SocketAddr>,
+}
+
+/// Runs until SIGTERM or until another replica takes the lease.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let client = Client::try_default().await?;
+    let lease = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
+        .with_namespace(&settings.lease_namespace)
+        .with_identity(&settings.identity)
+        .with_duration(15)
+        .with_grace(5)
+        .build()
+        .await?;
+    let (mut leader, lease_task) = lease.watch().await;
+    tracing::info!(identity = %settings.identity, "waiting to lead");
+    while !*leader.borrow_and_update() {
+        tokio::select! {
+            changed = leader.changed() => changed?,
+            () = shutdown() => return Ok(()),
+        }
+    }
+    tracing::info!("leading: starting the Relay and Domain controllers");
+    let dns = domain::verify::resolver(&settings.nameservers).map_err(anyhow::Error::msg)?;
+    let ctx = Arc::new(Context::new(client.clone(), dns));
+    let controllers = controllers(client, ctx);
+    tokio::select! {
+        () = controllers => {}
+        () = shutdown() => tracing::info!("SIGTERM: stopping"),
+        _ = async { while *leader.borrow() { if leader.changed().await.is_err() { break; } } } => {
+            anyhow::bail!("lost the leader lease; exiting so that one replica reconciles");
+        }
+    }
+    drop(leader);
+    let _ = lease_task.await;
+    Ok(())
+}
+
+async fn controllers(client: Client, ctx: Arc<Context>) {
+    let relays: Api<Relay> = Api::all(client.clone());
+    let domains: Api<Domain> = Api::all(client.clone());
+    let config = watcher::Config::default();
+    let relay_controller = Controller::new(relays, config.clone());
+    let relay_store = relay_controller.store();
+    let relay_controller = relay_controller
+        .owns(Api::<Deployment>::all(client.clone()), config.clone())
+        .owns(Api::<Service>::all(client.clone()), config.clone())
+        .owns(Api::<ConfigMap>::all(client.clone()), config.clone())
+        .watches(domains.clone(), config.clone(), |domain: Domain| {
+            domain
+                .namespace()
+                .map(|ns| ObjectRef::new(&domain.spec.relay_ref.name).within(&ns))
+        })
+        .watches(Api::<Secret>::all(client.clone()), config.clone(), move |secret: Secret| {
+            let namespace = secret.namespace();
+            let name = secret.name_any();
+            relay_store
+                .state()
+                .into_iter()
+                .filter(|r| r.namespace() == namespace && relay::references_secret(r, &name))
+                .map(|r| ObjectRef::from_obj(&*r))
+                .collect::<Vec<_>>()
+        })
+        .shutdown_on_signal()
+        .run(relay::reconcile, relay::error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(err) = result {
+                tracing::debug!(%err, "relay controller");
+            }
+        });
+    let domain_controller = Controller::new(domains, config.clone())
+        .owns(Api::<Secret>::all(client.clone()), config)
+        .shutdown_on_signal()
+        .run(domain::reconcile, domain::error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(err) = result {
+                tracing::debug!(%err, "domain controller");
+            }
+        });
+    futures::join!(relay_controller, domain_controller);
+}
+
+async fn shutdown() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
