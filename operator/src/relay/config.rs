@@ -16,8 +16,8 @@ use crate::api::{
 
 /// Where the pods mount what the config names.
 pub mod paths {
-    pub const CONFIG_DIR: &str = "/etc/postern";
-    pub const CONFIG_FILE: &str = "/etc/postern/config.yaml";
+    pub const CONFIG_DIR: &str = "/etc/postern/config";
+    pub const CONFIG_FILE: &str = "/etc/postern/config/config.yaml";
     pub const TLS_DIR: &str = "/etc/postern/tls";
     pub const USERS_DIR: &str = "/etc/postern/users";
     pub const NATS_DIR: &str = "/etc/postern/nats";

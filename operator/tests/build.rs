@@ -1,0 +1,214 @@
+//! The build stage: snapshots of every object for a minimal and a full Relay, the rendered
+//! config accepted by `postern check-config`, and the objects valid against the Kubernetes
+//! 1.33 schema.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::ffi::OsStr;
+
+use postern_operator::relay::build::{DesiredRelay, build};
+use serde_json::Value;
+use support::*;
+
+fn object<'a>(desired: &'a DesiredRelay, kind: &str, name: &str) -> &'a Value {
+    desired
+        .objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+#[test]
+fn minimal_relay_objects() {
+    let desired = build(&minimal_inputs()).unwrap();
+    insta::assert_yaml_snapshot!("minimal", desired.objects);
+    assert!(desired.self_signed);
+    assert_eq!(
+        desired.absent,
+        vec![
+            ("cert-manager.io/v1".into(), "Certificate".into(), "mail-tls".into()),
+            ("keda.sh/v1alpha1".into(), "ScaledObject".into(), "mail-delivery".into()),
+        ]
+    );
+}
+
+#[test]
+fn full_relay_objects() {
+    let desired = build(&full_inputs()).unwrap();
+    insta::assert_yaml_snapshot!("full", desired.objects);
+    insta::assert_snapshot!("full-config", desired.config_yaml);
+    assert!(!desired.self_signed);
+}
+
+#[test]
+fn every_object_is_owned_by_the_relay() {
+    for desired in [build(&minimal_inputs()).unwrap(), build(&full_inputs()).unwrap()] {
+        for object in &desired.objects {
+            let owners = object["metadata"]["ownerReferences"].as_array().unwrap();
+            assert_eq!(owners.len(), 1, "{}", object["kind"]);
+            assert_eq!(owners[0]["kind"], "Relay");
+            assert_eq!(owners[0]["controller"], true);
+            assert_eq!(owners[0]["uid"], "6a1f0f3e-8a6e-4f0e-9f00-000000000001");
+        }
+    }
+}
+
+#[test]
+fn pods_are_locked_down_and_drain_before_they_stop() {
+    let desired = build(&minimal_inputs()).unwrap();
+    for component in ["ingress", "delivery"] {
+        let deployment = object(&desired, "Deployment", &format!("mail-{component}"));
+        let pod = &deployment["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(pod["automountServiceAccountToken"], false);
+        let container = &pod["containers"][0];
+        let security = &container["securityContext"];
+        assert_eq!(security["readOnlyRootFilesystem"], true);
+        assert_eq!(security["allowPrivilegeEscalation"], false);
+        assert_eq!(security["capabilities"]["drop"][0], "ALL");
+        assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+        assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+        assert_eq!(container["args"][0], component);
+        // Replicas belong to the autoscaler, never to the applied Deployment.
+        assert!(deployment["spec"].get("replicas").is_none());
+        // Kubernetes waits longer than the relay's own drain.
+        let grace = pod["terminationGracePeriodSeconds"].as_i64().unwrap();
+        assert!(grace > 25, "{component}: {grace}");
+    }
+    let ingress = object(&desired, "Deployment", "mail-ingress");
+    let container = &ingress["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["lifecycle"]["preStop"]["sleep"]["seconds"], 5);
+    let service = object(&desired, "Service", "mail");
+    assert_eq!(service["spec"]["externalTrafficPolicy"], "Local");
+    let ports: Vec<(i64, &str)> = service["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["port"].as_i64().unwrap(), p["targetPort"].as_str().unwrap()))
+        .collect();
+    assert_eq!(ports, [(25, "smtp"), (587, "submission"), (465, "submissions")]);
+}
+
+#[test]
+fn a_changed_config_or_secret_rolls_the_pods_and_a_same_spec_does_not() {
+    let hash = |desired: &DesiredRelay| {
+        object(desired, "Deployment", "mail-ingress")["spec"]["template"]["metadata"]["annotations"]
+            ["postern.io/restart-hash"]
+            .clone()
+    };
+    let base = build(&minimal_inputs()).unwrap();
+    assert_eq!(hash(&base), hash(&build(&minimal_inputs()).unwrap()));
+    let mut changed = minimal_inputs();
+    changed.relay.spec.delivery.concurrency = Some(7);
+    assert_ne!(hash(&base), hash(&build(&changed).unwrap()));
+    let mut rotated = minimal_inputs();
+    rotated.secret_digest = "new users file".into();
+    assert_ne!(hash(&base), hash(&build(&rotated).unwrap()));
+}
+
+#[test]
+fn delivery_scales_on_queue_lag_with_keda_and_on_cpu_without() {
+    let with_keda = build(&full_inputs()).unwrap();
+    let scaler = object(&with_keda, "ScaledObject", "mail-delivery");
+    let trigger = &scaler["spec"]["triggers"][0];
+    assert_eq!(trigger["type"], "nats-jetstream");
+    assert_eq!(trigger["metadata"]["stream"], "POSTERN_MAIL");
+    assert_eq!(trigger["metadata"]["consumer"], "postern-delivery");
+    assert_eq!(trigger["metadata"]["lagThreshold"], "500");
+    assert_eq!(trigger["metadata"]["natsServerMonitoringEndpoint"], "nats.postern.svc:8222");
+    assert!(with_keda.absent.iter().any(|(_, kind, _)| kind == "HorizontalPodAutoscaler"));
+    let without = build(&minimal_inputs()).unwrap();
+    let hpa = object(&without, "HorizontalPodAutoscaler", "mail-delivery");
+    assert_eq!(hpa["spec"]["metrics"][0]["resource"]["name"], "cpu");
+}
+
+#[test]
+fn only_active_dkim_keys_sign() {
+    let desired = build(&full_inputs()).unwrap();
+    let config = &desired.config;
+    assert_eq!(config.domains.len(), 1);
+    let keys: Vec<&str> = config.domains[0].dkim.iter().map(|k| k.selector.as_str()).collect();
+    assert_eq!(keys, ["postern-ed25519-20261101"]);
+    assert_eq!(
+        config.domains[0].dkim[0].key_file,
+        std::path::Path::new("/etc/postern/dkim/example-com/postern-ed25519-20261101.pem")
+    );
+}
+
+#[test]
+fn the_config_map_passes_postern_check_config() {
+    let binary = postern_e2e::relay::postern_binary();
+    for desired in [build(&minimal_inputs()).unwrap(), build(&full_inputs()).unwrap()] {
+        let config_map = object(&desired, "ConfigMap", "mail-config");
+        let yaml = config_map["data"]["config.yaml"].as_str().unwrap();
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), yaml).unwrap();
+        let output = std::process::Command::new(&binary)
+            .args([OsStr::new("check-config"), OsStr::new("--config"), file.path().as_os_str()])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "postern check-config refused:\n{yaml}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+#[test]
+fn built_objects_and_crds_are_valid_for_kubernetes_1_33() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for (name, inputs) in [("minimal", minimal_inputs()), ("full", full_inputs())] {
+        let desired = build(&inputs).unwrap();
+        let mut stream = String::new();
+        for object in desired.objects.iter().filter(|o| !is_custom_kind(o)) {
+            stream.push_str("---\n");
+            stream.push_str(&serde_saphyr::to_string(object).unwrap());
+        }
+        let path = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&path, stream).unwrap();
+        files.push(path.into_os_string());
+    }
+    for crd in ["crds/relays.postern.io.yaml", "crds/domains.postern.io.yaml"] {
+        files.push(repo().join(crd).into_os_string());
+    }
+    let mut args: Vec<&OsStr> = ["--strict", "--kubernetes-version", "1.33.0"].map(OsStr::new).to_vec();
+    args.extend(files.iter().map(|f| f.as_os_str()));
+    run_tool("kubernetes-validate", &args);
+}
+
+#[test]
+fn examples_are_valid_against_the_crds() {
+    let script = repo().join("scripts/validate-custom-resources");
+    let output = std::process::Command::new(repo().join(".tools/venv/bin/python"))
+        .arg(&script)
+        .arg(repo().join("crds"))
+        .arg(repo().join("examples/relay.yaml"))
+        .arg(repo().join("examples/domain.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn a_typo_in_an_example_is_caught_by_the_crd_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = read("examples/relay.yaml").replace("lagPerReplica", "lagPerReplca");
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(&path, bad).unwrap();
+    let output = std::process::Command::new(repo().join(".tools/venv/bin/python"))
+        .arg(repo().join("scripts/validate-custom-resources"))
+        .arg(repo().join("crds"))
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).contains("lagPerReplca"));
+}

@@ -1,0 +1,100 @@
+//! Fixtures shared by the operator's test suites.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::path::PathBuf;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use postern_operator::api::{
+    DkimKeyState, DkimKeyStatus, DkimKeyType, Domain, DomainStatus, Relay,
+};
+use postern_operator::relay::dereference::RelayInputs;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn read(path: &str) -> String {
+    std::fs::read_to_string(repo().join(path)).unwrap()
+}
+
+/// A Relay from YAML, with the uid the API server would have given it.
+pub fn relay(path: &str) -> Relay {
+    let mut relay: Relay = serde_saphyr::from_str(&read(path)).unwrap();
+    relay.metadata.uid = Some("6a1f0f3e-8a6e-4f0e-9f00-000000000001".into());
+    relay.metadata.namespace.get_or_insert_with(|| "default".into());
+    relay
+}
+
+/// The example Domain with one active and one pending key in status.
+pub fn domain_with_keys() -> Domain {
+    let mut domain: Domain = serde_saphyr::from_str(&read("examples/domain.yaml")).unwrap();
+    domain.metadata.uid = Some("6a1f0f3e-8a6e-4f0e-9f00-000000000002".into());
+    let at: Timestamp = "2026-11-01T00:00:00Z".parse().unwrap();
+    domain.status = Some(DomainStatus {
+        dkim_keys: vec![
+            DkimKeyStatus {
+                selector: "postern-ed25519-20261101".into(),
+                algorithm: DkimKeyType::Ed25519,
+                state: DkimKeyState::Active,
+                public_key: "MCowBQYDK2VwAyEA".into(),
+                created: Time(at),
+                activated: Some(Time(at)),
+                retire_at: None,
+            },
+            DkimKeyStatus {
+                selector: "postern-rsa-20261101".into(),
+                algorithm: DkimKeyType::Rsa2048,
+                state: DkimKeyState::Pending,
+                public_key: "MIIBIjANBgkq".into(),
+                created: Time(at),
+                activated: None,
+                retire_at: None,
+            },
+        ],
+        ..DomainStatus::default()
+    });
+    domain
+}
+
+/// Inputs of the minimal Relay: no Domains, no KEDA.
+pub fn minimal_inputs() -> RelayInputs {
+    RelayInputs {
+        relay: relay("operator/tests/fixtures/relay-minimal.yaml"),
+        domains: Vec::new(),
+        secret_digest: String::new(),
+        keda: false,
+        cert_manager: false,
+    }
+}
+
+/// Inputs of the example Relay: one Domain, KEDA and cert-manager installed.
+pub fn full_inputs() -> RelayInputs {
+    RelayInputs {
+        relay: relay("examples/relay.yaml"),
+        domains: vec![domain_with_keys()],
+        secret_digest: "users-and-credentials".into(),
+        keda: true,
+        cert_manager: true,
+    }
+}
+
+/// Kinds defined by CRDs of other projects, which the Kubernetes schema does not know.
+pub fn is_custom_kind(object: &serde_json::Value) -> bool {
+    ["Certificate", "ScaledObject", "DNSEndpoint"].contains(&object["kind"].as_str().unwrap_or(""))
+}
+
+/// Runs a tool installed by `scripts/tools` into `.tools/venv/bin`, panicking with its output
+/// when it fails.
+pub fn run_tool(tool: &str, args: &[&std::ffi::OsStr]) -> String {
+    let path = repo().join(".tools/venv/bin").join(tool);
+    assert!(path.exists(), "{} is missing: run scripts/tools", path.display());
+    let output = std::process::Command::new(&path).args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{tool} failed:\n{text}");
+    text
+}
