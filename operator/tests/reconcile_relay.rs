@@ -1,0 +1,227 @@
+//! Relay reconcile scenarios against kube's mocked API service (an in-memory fake behind
+//! tower-test) and a real nats-server.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+#[path = "support/fake_api.rs"]
+mod fake_api;
+
+use std::sync::Arc;
+
+use fake_api::FakeApi;
+use k8s_openapi::jiff::Timestamp;
+use postern_e2e::NatsServer;
+use postern_operator::api::Relay;
+use postern_operator::context::Context;
+use postern_operator::domain::verify::TxtLookup;
+use postern_operator::relay;
+use serde_json::{Value, json};
+
+const NS: &str = "/api/v1/namespaces/default";
+const APPS: &str = "/apis/apps/v1/namespaces/default";
+const RELAY: &str = "/apis/postern.io/v1alpha1/namespaces/default/relays/mail";
+
+/// DNS that knows nothing (Relays do not look anything up).
+struct NoDns;
+impl TxtLookup for NoDns {
+    fn txt<'a>(&'a self, _: &'a str) -> futures::future::BoxFuture<'a, Result<Vec<String>, String>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+}
+
+struct Harness {
+    api: FakeApi,
+    ctx: Arc<Context>,
+    nats: NatsServer,
+}
+
+impl Harness {
+    fn start(spec: Value) -> Harness {
+        let nats = NatsServer::start();
+        let (client, api) = FakeApi::start();
+        let mut spec = spec;
+        spec["nats"]["url"] = json!(nats.url());
+        spec["nats"]["streamReplicas"] = json!(1);
+        api.put(RELAY, json!({
+            "apiVersion": "postern.io/v1alpha1", "kind": "Relay",
+            "metadata": { "name": "mail", "namespace": "default", "uid": "relay-uid", "generation": 1, "resourceVersion": "1" },
+            "spec": spec,
+        }));
+        let now: Timestamp = "2026-11-28T12:00:00Z".parse().unwrap();
+        let ctx = Arc::new(Context::with_clock(client, Arc::new(NoDns), Box::new(move || now)));
+        Harness { api, ctx, nats }
+    }
+
+    fn relay(&self) -> Relay {
+        serde_json::from_value(self.api.get(RELAY).unwrap()).unwrap()
+    }
+
+    async fn reconcile(&self) -> Vec<String> {
+        self.api.take_log();
+        relay::reconcile(Arc::new(self.relay()), self.ctx.clone()).await.unwrap();
+        self.api.take_log()
+    }
+
+    fn condition(&self, kind: &str) -> (String, String, String) {
+        let relay = self.api.get(RELAY).unwrap();
+        let condition = relay["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} condition"))
+            .clone();
+        let text = |k: &str| condition[k].as_str().unwrap().to_string();
+        (text("status"), text("reason"), text("message"))
+    }
+
+    async fn stream_exists(&self, name: &str) -> bool {
+        let client = async_nats::connect(self.nats.url()).await.unwrap();
+        async_nats::jetstream::new(client).get_stream(name).await.is_ok()
+    }
+}
+
+fn writes(log: &[String]) -> Vec<&String> {
+    log.iter().filter(|l| !l.starts_with("GET ")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_every_object_the_stream_and_an_honest_status() {
+    let h = Harness::start(json!({}));
+    let log = h.reconcile().await;
+    for path in [
+        format!("{NS}/serviceaccounts/mail"),
+        format!("{NS}/configmaps/mail-config"),
+        format!("{NS}/secrets/mail-tls"),
+        format!("{NS}/services/mail"),
+        format!("{NS}/services/mail-metrics"),
+        format!("{APPS}/deployments/mail-ingress"),
+        format!("{APPS}/deployments/mail-delivery"),
+        "/apis/policy/v1/namespaces/default/poddisruptionbudgets/mail-ingress".into(),
+        "/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers/mail-delivery".into(),
+    ] {
+        assert!(h.api.get(&path).is_some(), "{path} was not created; requests: {log:#?}");
+    }
+    let secret = h.api.get(&format!("{NS}/secrets/mail-tls")).unwrap();
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    assert!(h.stream_exists("POSTERN_MAIL").await);
+
+    assert_eq!(h.condition("Degraded").0, "False");
+    assert_eq!(h.condition("QueueReady").0, "True");
+    assert_eq!(h.condition("CertificateReady").1, "SelfSigned");
+    let (ready, _, message) = h.condition("Ready");
+    assert_eq!(ready, "False", "no pod is ready yet");
+    assert!(message.contains("no ready ingress pod"), "{message}");
+    assert_eq!(h.condition("Progressing").0, "True");
+    let status = &h.api.get(RELAY).unwrap()["status"];
+    assert_eq!(status["queueLag"], 0);
+    assert_eq!(status["observedGeneration"], 1);
+    assert_eq!(status["stream"], "POSTERN_MAIL");
+    assert_eq!(status["endpoints"][0], "mail.default.svc:25");
+    assert!(h.api.paths().iter().any(|p| p.contains("/events/")), "an event was published");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_relay_writes_nothing() {
+    let h = Harness::start(json!({}));
+    h.reconcile().await;
+    let log = h.reconcile().await;
+    assert!(writes(&log).is_empty(), "second reconcile wrote: {:#?}", writes(&log));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spec_change_rewrites_only_what_it_changes() {
+    let h = Harness::start(json!({}));
+    h.reconcile().await;
+    let mut relay = h.api.get(RELAY).unwrap();
+    relay["spec"]["delivery"] = json!({ "concurrency": 7 });
+    relay["metadata"]["generation"] = json!(2);
+    h.api.put(RELAY, relay);
+    let log = h.reconcile().await;
+    let mut written: Vec<&str> = writes(&log).into_iter().map(|l| l.rsplit('/').next().unwrap()).collect();
+    written.sort();
+    // The ConfigMap, both Deployments (the restart hash changed) and the status.
+    assert_eq!(written, ["mail-config", "mail-delivery", "mail-ingress", "status"], "{log:#?}");
+    let config = h.api.get(&format!("{NS}/configmaps/mail-config")).unwrap();
+    assert!(config["data"]["config.yaml"].as_str().unwrap().contains("concurrency: 7"));
+    assert_eq!(h.api.get(RELAY).unwrap()["status"]["observedGeneration"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicts_are_retried() {
+    let h = Harness::start(json!({}));
+    h.api.conflict_next(2);
+    let log = h.reconcile().await;
+    // The first write is the self-signed certificate's Secret.
+    let patches = log.iter().filter(|l| l.ends_with("/secrets/mail-tls") && l.starts_with("PATCH")).count();
+    assert_eq!(patches, 3, "two conflicts, then success: {log:#?}");
+    assert!(h.api.get(&format!("{NS}/secrets/mail-tls")).is_some());
+    assert_eq!(h.condition("Degraded").0, "False");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_secret_degrades_the_relay_and_names_it() {
+    let h = Harness::start(json!({ "ingress": { "usersSecret": { "name": "smtp-users" } } }));
+    let log = h.reconcile().await;
+    let (degraded, reason, message) = h.condition("Degraded");
+    assert_eq!((degraded.as_str(), reason.as_str()), ("True", "SecretNotFound"));
+    assert!(message.contains("spec.ingress.usersSecret") && message.contains("smtp-users"), "{message}");
+    assert_eq!(h.condition("Ready").0, "False");
+    assert!(h.api.get(&format!("{APPS}/deployments/mail-ingress")).is_none(), "{log:#?}");
+
+    // The Secret appears: the relay recovers.
+    h.api.put(&format!("{NS}/secrets/smtp-users"), json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": { "name": "smtp-users", "namespace": "default" },
+        "data": { "users": "YWxpY2U6JGFyZ29uMmlkJA==" },
+    }));
+    h.reconcile().await;
+    assert_eq!(h.condition("Degraded").0, "False");
+    assert!(h.api.get(&format!("{APPS}/deployments/mail-ingress")).is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_spec_is_reported_with_the_field() {
+    let h = Harness::start(json!({ "ingress": { "allowedNetworks": ["10.0.0.0/8", "not-a-net"] } }));
+    h.reconcile().await;
+    let (degraded, reason, message) = h.condition("Degraded");
+    assert_eq!((degraded.as_str(), reason.as_str()), ("True", "InvalidSpec"));
+    assert!(message.contains("spec.ingress.allowedNetworks[1]"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_keeps_the_stream_unless_the_spec_says_otherwise() {
+    let h = Harness::start(json!({ "nats": { "deleteStreamWithRelay": true } }));
+    h.reconcile().await;
+    assert_eq!(h.api.get(RELAY).unwrap()["metadata"]["finalizers"], json!(["postern.io/delete-stream"]));
+    assert!(h.stream_exists("POSTERN_MAIL").await);
+    let mut relay = h.api.get(RELAY).unwrap();
+    relay["metadata"]["deletionTimestamp"] = json!("2026-11-28T12:00:00Z");
+    h.api.put(RELAY, relay);
+    h.reconcile().await;
+    assert!(!h.stream_exists("POSTERN_MAIL").await, "the stream was deleted");
+    assert_eq!(h.api.get(RELAY).unwrap()["metadata"]["finalizers"], json!([]));
+
+    // Without the setting, nothing holds deletion up and the stream stays.
+    let h = Harness::start(json!({}));
+    h.reconcile().await;
+    assert!(h.api.get(RELAY).unwrap()["metadata"]["finalizers"].is_null());
+    let mut relay = h.api.get(RELAY).unwrap();
+    relay["metadata"]["deletionTimestamp"] = json!("2026-11-28T12:00:00Z");
+    h.api.put(RELAY, relay);
+    let log = h.reconcile().await;
+    assert!(writes(&log).is_empty(), "{log:#?}");
+    assert!(h.stream_exists("POSTERN_MAIL").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_nats_is_reported_not_fatal() {
+    let h = Harness::start(json!({}));
+    let mut relay = h.api.get(RELAY).unwrap();
+    relay["spec"]["nats"]["url"] = json!(format!("nats://127.0.0.1:{}", postern_e2e::free_port()));
+    h.api.put(RELAY, relay);
+    h.reconcile().await;
+    let (ready, reason, _) = h.condition("QueueReady");
+    assert_eq!((ready.as_str(), reason.as_str()), ("False", "NatsUnreachable"));
+    assert!(h.api.get(&format!("{APPS}/deployments/mail-ingress")).is_some());
+}
