@@ -45,10 +45,16 @@ pub fn api_resource(api_version: &str, kind: &str) -> ApiResource {
 }
 
 /// Applies `object` in `namespace` unless it is unchanged since the operator last applied it.
-pub async fn apply(client: &Client, namespace: &str, object: &Value) -> Result<Applied, ApplyError> {
+pub async fn apply(
+    client: &Client,
+    namespace: &str,
+    object: &Value,
+) -> Result<Applied, ApplyError> {
     let api_version = object["apiVersion"].as_str().ok_or(ApplyError::Malformed)?;
     let kind = object["kind"].as_str().ok_or(ApplyError::Malformed)?;
-    let name = object["metadata"]["name"].as_str().ok_or(ApplyError::Malformed)?;
+    let name = object["metadata"]["name"]
+        .as_str()
+        .ok_or(ApplyError::Malformed)?;
     let resource = api_resource(api_version, kind);
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
     let error = |source| ApplyError::Kube {

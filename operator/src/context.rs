@@ -62,7 +62,11 @@ impl Context {
         K: Resource<DynamicType = ()>,
     {
         let event = Event {
-            type_: if warning { EventType::Warning } else { EventType::Normal },
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
             reason: reason.into(),
             note: Some(note),
             action: "Reconcile".into(),

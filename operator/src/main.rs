@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "postern-operator", version, about = "Kubernetes operator for Postern")]
+#[command(
+    name = "postern-operator",
+    version,
+    about = "Kubernetes operator for Postern"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -52,8 +56,14 @@ fn main() -> ExitCode {
         } => {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log_level));
-            tracing_subscriber::fmt().json().with_env_filter(filter).init();
-            if rustls::crypto::ring::default_provider().install_default().is_err() {
+            tracing_subscriber::fmt()
+                .json()
+                .with_env_filter(filter)
+                .init();
+            if rustls::crypto::ring::default_provider()
+                .install_default()
+                .is_err()
+            {
                 return fail("a TLS crypto provider was already installed");
             }
             let runtime = match tokio::runtime::Runtime::new() {

@@ -78,16 +78,20 @@ async fn controllers(client: Client, ctx: Arc<Context>) {
                 .namespace()
                 .map(|ns| ObjectRef::new(&domain.spec.relay_ref.name).within(&ns))
         })
-        .watches(Api::<Secret>::all(client.clone()), config.clone(), move |secret: Secret| {
-            let namespace = secret.namespace();
-            let name = secret.name_any();
-            relay_store
-                .state()
-                .into_iter()
-                .filter(|r| r.namespace() == namespace && relay::references_secret(r, &name))
-                .map(|r| ObjectRef::from_obj(&*r))
-                .collect::<Vec<_>>()
-        })
+        .watches(
+            Api::<Secret>::all(client.clone()),
+            config.clone(),
+            move |secret: Secret| {
+                let namespace = secret.namespace();
+                let name = secret.name_any();
+                relay_store
+                    .state()
+                    .into_iter()
+                    .filter(|r| r.namespace() == namespace && relay::references_secret(r, &name))
+                    .map(|r| ObjectRef::from_obj(&*r))
+                    .collect::<Vec<_>>()
+            },
+        )
         .shutdown_on_signal()
         .run(relay::reconcile, relay::error_policy, ctx.clone())
         .for_each(|result| async move {

@@ -27,8 +27,16 @@ fn minimal_relay_objects() {
     assert_eq!(
         desired.absent,
         vec![
-            ("cert-manager.io/v1".into(), "Certificate".into(), "mail-tls".into()),
-            ("keda.sh/v1alpha1".into(), "ScaledObject".into(), "mail-delivery".into()),
+            (
+                "cert-manager.io/v1".into(),
+                "Certificate".into(),
+                "mail-tls".into()
+            ),
+            (
+                "keda.sh/v1alpha1".into(),
+                "ScaledObject".into(),
+                "mail-delivery".into()
+            ),
         ]
     );
 }
@@ -43,7 +51,10 @@ fn full_relay_objects() {
 
 #[test]
 fn every_object_is_owned_by_the_relay() {
-    for desired in [build(&minimal_inputs()).unwrap(), build(&full_inputs()).unwrap()] {
+    for desired in [
+        build(&minimal_inputs()).unwrap(),
+        build(&full_inputs()).unwrap(),
+    ] {
         for object in &desired.objects {
             let owners = object["metadata"]["ownerReferences"].as_array().unwrap();
             assert_eq!(owners.len(), 1, "{}", object["kind"]);
@@ -85,9 +96,17 @@ fn pods_are_locked_down_and_drain_before_they_stop() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| (p["port"].as_i64().unwrap(), p["targetPort"].as_str().unwrap()))
+        .map(|p| {
+            (
+                p["port"].as_i64().unwrap(),
+                p["targetPort"].as_str().unwrap(),
+            )
+        })
         .collect();
-    assert_eq!(ports, [(25, "smtp"), (587, "submission"), (465, "submissions")]);
+    assert_eq!(
+        ports,
+        [(25, "smtp"), (587, "submission"), (465, "submissions")]
+    );
 }
 
 #[test]
@@ -116,8 +135,16 @@ fn delivery_scales_on_queue_lag_with_keda_and_on_cpu_without() {
     assert_eq!(trigger["metadata"]["stream"], "POSTERN_MAIL");
     assert_eq!(trigger["metadata"]["consumer"], "postern-delivery");
     assert_eq!(trigger["metadata"]["lagThreshold"], "500");
-    assert_eq!(trigger["metadata"]["natsServerMonitoringEndpoint"], "nats.postern.svc:8222");
-    assert!(with_keda.absent.iter().any(|(_, kind, _)| kind == "HorizontalPodAutoscaler"));
+    assert_eq!(
+        trigger["metadata"]["natsServerMonitoringEndpoint"],
+        "nats.postern.svc:8222"
+    );
+    assert!(
+        with_keda
+            .absent
+            .iter()
+            .any(|(_, kind, _)| kind == "HorizontalPodAutoscaler")
+    );
     let without = build(&minimal_inputs()).unwrap();
     let hpa = object(&without, "HorizontalPodAutoscaler", "mail-delivery");
     assert_eq!(hpa["spec"]["metrics"][0]["resource"]["name"], "cpu");
@@ -128,7 +155,11 @@ fn only_active_dkim_keys_sign() {
     let desired = build(&full_inputs()).unwrap();
     let config = &desired.config;
     assert_eq!(config.domains.len(), 1);
-    let keys: Vec<&str> = config.domains[0].dkim.iter().map(|k| k.selector.as_str()).collect();
+    let keys: Vec<&str> = config.domains[0]
+        .dkim
+        .iter()
+        .map(|k| k.selector.as_str())
+        .collect();
     assert_eq!(keys, ["postern-ed25519-20261101"]);
     assert_eq!(
         config.domains[0].dkim[0].key_file,
@@ -139,13 +170,20 @@ fn only_active_dkim_keys_sign() {
 #[test]
 fn the_config_map_passes_postern_check_config() {
     let binary = postern_e2e::relay::postern_binary();
-    for desired in [build(&minimal_inputs()).unwrap(), build(&full_inputs()).unwrap()] {
+    for desired in [
+        build(&minimal_inputs()).unwrap(),
+        build(&full_inputs()).unwrap(),
+    ] {
         let config_map = object(&desired, "ConfigMap", "mail-config");
         let yaml = config_map["data"]["config.yaml"].as_str().unwrap();
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), yaml).unwrap();
         let output = std::process::Command::new(&binary)
-            .args([OsStr::new("check-config"), OsStr::new("--config"), file.path().as_os_str()])
+            .args([
+                OsStr::new("check-config"),
+                OsStr::new("--config"),
+                file.path().as_os_str(),
+            ])
             .output()
             .unwrap();
         assert!(
@@ -171,10 +209,15 @@ fn built_objects_and_crds_are_valid_for_kubernetes_1_33() {
         std::fs::write(&path, stream).unwrap();
         files.push(path.into_os_string());
     }
-    for crd in ["crds/relays.postern.io.yaml", "crds/domains.postern.io.yaml"] {
+    for crd in [
+        "crds/relays.postern.io.yaml",
+        "crds/domains.postern.io.yaml",
+    ] {
         files.push(repo().join(crd).into_os_string());
     }
-    let mut args: Vec<&OsStr> = ["--strict", "--kubernetes-version", "1.33.0"].map(OsStr::new).to_vec();
+    let mut args: Vec<&OsStr> = ["--strict", "--kubernetes-version", "1.33.0"]
+        .map(OsStr::new)
+        .to_vec();
     args.extend(files.iter().map(|f| f.as_os_str()));
     run_tool("kubernetes-validate", &args);
 }

@@ -2,9 +2,9 @@
 //! tower-test) and a real nats-server.
 #![allow(clippy::unwrap_used)]
 
-mod support;
 #[path = "support/fake_api.rs"]
 mod fake_api;
+mod support;
 
 use std::sync::Arc;
 
@@ -24,7 +24,10 @@ const RELAY: &str = "/apis/postern.io/v1alpha1/namespaces/default/relays/mail";
 /// DNS that knows nothing (Relays do not look anything up).
 struct NoDns;
 impl TxtLookup for NoDns {
-    fn txt<'a>(&'a self, _: &'a str) -> futures::future::BoxFuture<'a, Result<Vec<String>, String>> {
+    fn txt<'a>(
+        &'a self,
+        _: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<String>, String>> {
         Box::pin(async { Ok(Vec::new()) })
     }
 }
@@ -48,7 +51,11 @@ impl Harness {
             "spec": spec,
         }));
         let now: Timestamp = "2026-11-28T12:00:00Z".parse().unwrap();
-        let ctx = Arc::new(Context::with_clock(client, Arc::new(NoDns), Box::new(move || now)));
+        let ctx = Arc::new(Context::with_clock(
+            client,
+            Arc::new(NoDns),
+            Box::new(move || now),
+        ));
         Harness { api, ctx, nats }
     }
 
@@ -58,7 +65,9 @@ impl Harness {
 
     async fn reconcile(&self) -> Vec<String> {
         self.api.take_log();
-        relay::reconcile(Arc::new(self.relay()), self.ctx.clone()).await.unwrap();
+        relay::reconcile(Arc::new(self.relay()), self.ctx.clone())
+            .await
+            .unwrap();
         self.api.take_log()
     }
 
@@ -77,7 +86,10 @@ impl Harness {
 
     async fn stream_exists(&self, name: &str) -> bool {
         let client = async_nats::connect(self.nats.url()).await.unwrap();
-        async_nats::jetstream::new(client).get_stream(name).await.is_ok()
+        async_nats::jetstream::new(client)
+            .get_stream(name)
+            .await
+            .is_ok()
     }
 }
 
@@ -100,7 +112,10 @@ async fn creates_every_object_the_stream_and_an_honest_status() {
         "/apis/policy/v1/namespaces/default/poddisruptionbudgets/mail-ingress".into(),
         "/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers/mail-delivery".into(),
     ] {
-        assert!(h.api.get(&path).is_some(), "{path} was not created; requests: {log:#?}");
+        assert!(
+            h.api.get(&path).is_some(),
+            "{path} was not created; requests: {log:#?}"
+        );
     }
     let secret = h.api.get(&format!("{NS}/secrets/mail-tls")).unwrap();
     assert_eq!(secret["type"], "kubernetes.io/tls");
@@ -118,7 +133,10 @@ async fn creates_every_object_the_stream_and_an_honest_status() {
     assert_eq!(status["observedGeneration"], 1);
     assert_eq!(status["stream"], "POSTERN_MAIL");
     assert_eq!(status["endpoints"][0], "mail.default.svc:25");
-    assert!(h.api.paths().iter().any(|p| p.contains("/events/")), "an event was published");
+    assert!(
+        h.api.paths().iter().any(|p| p.contains("/events/")),
+        "an event was published"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,7 +144,11 @@ async fn an_unchanged_relay_writes_nothing() {
     let h = Harness::start(json!({}));
     h.reconcile().await;
     let log = h.reconcile().await;
-    assert!(writes(&log).is_empty(), "second reconcile wrote: {:#?}", writes(&log));
+    assert!(
+        writes(&log).is_empty(),
+        "second reconcile wrote: {:#?}",
+        writes(&log)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,12 +160,24 @@ async fn a_spec_change_rewrites_only_what_it_changes() {
     relay["metadata"]["generation"] = json!(2);
     h.api.put(RELAY, relay);
     let log = h.reconcile().await;
-    let mut written: Vec<&str> = writes(&log).into_iter().map(|l| l.rsplit('/').next().unwrap()).collect();
+    let mut written: Vec<&str> = writes(&log)
+        .into_iter()
+        .map(|l| l.rsplit('/').next().unwrap())
+        .collect();
     written.sort();
     // The ConfigMap, both Deployments (the restart hash changed) and the status.
-    assert_eq!(written, ["mail-config", "mail-delivery", "mail-ingress", "status"], "{log:#?}");
+    assert_eq!(
+        written,
+        ["mail-config", "mail-delivery", "mail-ingress", "status"],
+        "{log:#?}"
+    );
     let config = h.api.get(&format!("{NS}/configmaps/mail-config")).unwrap();
-    assert!(config["data"]["config.yaml"].as_str().unwrap().contains("concurrency: 7"));
+    assert!(
+        config["data"]["config.yaml"]
+            .as_str()
+            .unwrap()
+            .contains("concurrency: 7")
+    );
     assert_eq!(h.api.get(RELAY).unwrap()["status"]["observedGeneration"], 2);
 }
 
@@ -153,7 +187,10 @@ async fn conflicts_are_retried() {
     h.api.conflict_next(2);
     let log = h.reconcile().await;
     // The first write is the self-signed certificate's Secret.
-    let patches = log.iter().filter(|l| l.ends_with("/secrets/mail-tls") && l.starts_with("PATCH")).count();
+    let patches = log
+        .iter()
+        .filter(|l| l.ends_with("/secrets/mail-tls") && l.starts_with("PATCH"))
+        .count();
     assert_eq!(patches, 3, "two conflicts, then success: {log:#?}");
     assert!(h.api.get(&format!("{NS}/secrets/mail-tls")).is_some());
     assert_eq!(h.condition("Degraded").0, "False");
@@ -164,43 +201,77 @@ async fn a_missing_secret_degrades_the_relay_and_names_it() {
     let h = Harness::start(json!({ "ingress": { "usersSecret": { "name": "smtp-users" } } }));
     let log = h.reconcile().await;
     let (degraded, reason, message) = h.condition("Degraded");
-    assert_eq!((degraded.as_str(), reason.as_str()), ("True", "SecretNotFound"));
-    assert!(message.contains("spec.ingress.usersSecret") && message.contains("smtp-users"), "{message}");
+    assert_eq!(
+        (degraded.as_str(), reason.as_str()),
+        ("True", "SecretNotFound")
+    );
+    assert!(
+        message.contains("spec.ingress.usersSecret") && message.contains("smtp-users"),
+        "{message}"
+    );
     assert_eq!(h.condition("Ready").0, "False");
-    assert!(h.api.get(&format!("{APPS}/deployments/mail-ingress")).is_none(), "{log:#?}");
+    assert!(
+        h.api
+            .get(&format!("{APPS}/deployments/mail-ingress"))
+            .is_none(),
+        "{log:#?}"
+    );
 
     // The Secret appears: the relay recovers.
-    h.api.put(&format!("{NS}/secrets/smtp-users"), json!({
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": { "name": "smtp-users", "namespace": "default" },
-        "data": { "users": "YWxpY2U6JGFyZ29uMmlkJA==" },
-    }));
+    h.api.put(
+        &format!("{NS}/secrets/smtp-users"),
+        json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": { "name": "smtp-users", "namespace": "default" },
+            "data": { "users": "YWxpY2U6JGFyZ29uMmlkJA==" },
+        }),
+    );
     h.reconcile().await;
     assert_eq!(h.condition("Degraded").0, "False");
-    assert!(h.api.get(&format!("{APPS}/deployments/mail-ingress")).is_some());
+    assert!(
+        h.api
+            .get(&format!("{APPS}/deployments/mail-ingress"))
+            .is_some()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_spec_is_reported_with_the_field() {
-    let h = Harness::start(json!({ "ingress": { "allowedNetworks": ["10.0.0.0/8", "not-a-net"] } }));
+    let h =
+        Harness::start(json!({ "ingress": { "allowedNetworks": ["10.0.0.0/8", "not-a-net"] } }));
     h.reconcile().await;
     let (degraded, reason, message) = h.condition("Degraded");
-    assert_eq!((degraded.as_str(), reason.as_str()), ("True", "InvalidSpec"));
-    assert!(message.contains("spec.ingress.allowedNetworks[1]"), "{message}");
+    assert_eq!(
+        (degraded.as_str(), reason.as_str()),
+        ("True", "InvalidSpec")
+    );
+    assert!(
+        message.contains("spec.ingress.allowedNetworks[1]"),
+        "{message}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_keeps_the_stream_unless_the_spec_says_otherwise() {
     let h = Harness::start(json!({ "nats": { "deleteStreamWithRelay": true } }));
     h.reconcile().await;
-    assert_eq!(h.api.get(RELAY).unwrap()["metadata"]["finalizers"], json!(["postern.io/delete-stream"]));
+    assert_eq!(
+        h.api.get(RELAY).unwrap()["metadata"]["finalizers"],
+        json!(["postern.io/delete-stream"])
+    );
     assert!(h.stream_exists("POSTERN_MAIL").await);
     let mut relay = h.api.get(RELAY).unwrap();
     relay["metadata"]["deletionTimestamp"] = json!("2026-11-28T12:00:00Z");
     h.api.put(RELAY, relay);
     h.reconcile().await;
-    assert!(!h.stream_exists("POSTERN_MAIL").await, "the stream was deleted");
-    assert_eq!(h.api.get(RELAY).unwrap()["metadata"]["finalizers"], json!([]));
+    assert!(
+        !h.stream_exists("POSTERN_MAIL").await,
+        "the stream was deleted"
+    );
+    assert_eq!(
+        h.api.get(RELAY).unwrap()["metadata"]["finalizers"],
+        json!([])
+    );
 
     // Without the setting, nothing holds deletion up and the stream stays.
     let h = Harness::start(json!({}));
@@ -222,6 +293,13 @@ async fn an_unreachable_nats_is_reported_not_fatal() {
     h.api.put(RELAY, relay);
     h.reconcile().await;
     let (ready, reason, _) = h.condition("QueueReady");
-    assert_eq!((ready.as_str(), reason.as_str()), ("False", "NatsUnreachable"));
-    assert!(h.api.get(&format!("{APPS}/deployments/mail-ingress")).is_some());
+    assert_eq!(
+        (ready.as_str(), reason.as_str()),
+        ("False", "NatsUnreachable")
+    );
+    assert!(
+        h.api
+            .get(&format!("{APPS}/deployments/mail-ingress"))
+            .is_some()
+    );
 }

@@ -36,7 +36,11 @@ const DOMAIN_PATTERN: &str =
         json_path = ".status.conditions[?(@.type==\"DnsVerified\")].reason",
         description = "Whether the published DNS records match"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DomainSpec {
@@ -113,7 +117,9 @@ fn default_retire_after() -> String {
 }
 
 /// A DKIM key type.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub enum DkimKeyType {
     /// ed25519-sha256 (RFC 8463). Not every receiver verifies it yet; pair it with RSA.

@@ -48,7 +48,11 @@ pub const DURATION_PATTERN: &str = r"^[0-9]+(ms|s|m|h|d)$";
         json_path = ".status.queueLag",
         description = "Messages waiting for delivery"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RelaySpec {
@@ -62,7 +66,9 @@ pub struct RelaySpec {
     /// Name in the SMTP greeting, the EHLO reply and Received headers, and in the TLS
     /// certificate. Default: `<relay>.<namespace>.svc`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$"))]
+    #[schemars(regex(
+        pattern = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$"
+    ))]
     pub hostname: Option<String>,
     /// Where the queue lives.
     #[serde(default)]

@@ -163,7 +163,10 @@ pub fn plan(
                     .map(|k| k.selector.as_str())
                     .chain(reserved.iter().map(String::as_str))
                     .collect();
-                create.push((selector(&spec.selector_prefix, algorithm, now, &taken), algorithm));
+                create.push((
+                    selector(&spec.selector_prefix, algorithm, now, &taken),
+                    algorithm,
+                ));
             }
         }
         next.extend(own);
@@ -177,16 +180,30 @@ fn retire(key: &mut DkimKeyStatus, now: Timestamp, after: SignedDuration) {
 }
 
 /// `<prefix>-<algorithm>-<yyyymmdd>`, with `-2`, `-3`... when that is taken.
-fn selector(prefix: &str, algorithm: DkimKeyType, now: Timestamp, taken: &BTreeSet<&str>) -> String {
+fn selector(
+    prefix: &str,
+    algorithm: DkimKeyType,
+    now: Timestamp,
+    taken: &BTreeSet<&str>,
+) -> String {
     let date = now.to_zoned(TimeZone::UTC).strftime("%Y%m%d").to_string();
     let base = format!("{prefix}-{}-{date}", algorithm.label());
     (1..)
-        .map(|n| if n == 1 { base.clone() } else { format!("{base}-{n}") })
+        .map(|n| {
+            if n == 1 {
+                base.clone()
+            } else {
+                format!("{base}-{n}")
+            }
+        })
         .find(|candidate| !taken.contains(candidate.as_str()))
         .unwrap_or(base)
 }
 
-fn duration(field: &'static str, text: Option<&String>) -> Result<Option<SignedDuration>, PlanError> {
+fn duration(
+    field: &'static str,
+    text: Option<&String>,
+) -> Result<Option<SignedDuration>, PlanError> {
     text.map(|text| {
         postern_config::Duration::from_str(text)
             .map_err(|e| PlanError {

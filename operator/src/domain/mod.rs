@@ -70,7 +70,15 @@ pub async fn reconcile(domain: Arc<Domain>, ctx: Arc<Context>) -> Result<Action,
     let generation = domain.meta().generation;
     let now = ctx.now();
     let set = |status: &mut DomainStatus, kind: &str, ok: bool, reason: &str, message: String| {
-        conditions::set(&mut status.conditions, kind, ok, reason, message, generation, now);
+        conditions::set(
+            &mut status.conditions,
+            kind,
+            ok,
+            reason,
+            message,
+            generation,
+            now,
+        );
     };
     let kube_error = |what| move |source| DereferenceError::Kube { what, source };
 
@@ -80,7 +88,10 @@ pub async fn reconcile(domain: Arc<Domain>, ctx: Arc<Context>) -> Result<Action,
         .await
         .map_err(kube_error("Relay"))?;
     let secret_name = dkim_secret_name(&domain);
-    let secret = secrets.get_opt(&secret_name).await.map_err(kube_error("Secret"))?;
+    let secret = secrets
+        .get_opt(&secret_name)
+        .await
+        .map_err(kube_error("Secret"))?;
     let mut key_data: BTreeMap<String, ByteString> =
         secret.and_then(|s| s.data).unwrap_or_default();
 
@@ -90,8 +101,12 @@ pub async fn reconcile(domain: Arc<Domain>, ctx: Arc<Context>) -> Result<Action,
         .iter()
         .filter(|k| k.state == DkimKeyState::Pending)
         .collect();
-    let pending_records = records::records(&domain, &pending.into_iter().cloned().collect::<Vec<_>>());
-    let pending_records: Vec<DnsRecord> = pending_records.into_iter().filter(|r| r.purpose == "dkim").collect();
+    let pending_records =
+        records::records(&domain, &pending.into_iter().cloned().collect::<Vec<_>>());
+    let pending_records: Vec<DnsRecord> = pending_records
+        .into_iter()
+        .filter(|r| r.purpose == "dkim")
+        .collect();
     let seen: BTreeSet<String> = verify::verify(ctx.dns.as_ref(), &pending_records)
         .await
         .into_iter()
@@ -106,7 +121,13 @@ pub async fn reconcile(domain: Arc<Domain>, ctx: Arc<Context>) -> Result<Action,
     let plan = match dkim::plan(&domain.spec.dkim, &status.dkim_keys, &seen, &reserved, now) {
         Ok(plan) => plan,
         Err(err) => {
-            set(&mut status, "DkimReady", false, "InvalidSpec", err.to_string());
+            set(
+                &mut status,
+                "DkimReady",
+                false,
+                "InvalidSpec",
+                err.to_string(),
+            );
             set(&mut status, "Ready", false, "InvalidSpec", err.to_string());
             status.observed_generation = generation;
             write_status(&ctx, &domains, &domain, &before, status).await?;
@@ -116,8 +137,20 @@ pub async fn reconcile(domain: Arc<Domain>, ctx: Arc<Context>) -> Result<Action,
     let mut keys = plan.keys;
     for (selector, algorithm) in plan.create {
         let generated = dkim::generate(algorithm)?;
-        key_data.insert(dkim_key_file(&selector), ByteString(generated.pem.into_bytes()));
-        ctx.event(&*domain, false, "DkimKeyCreated", format!("new {} key {selector}; it signs once DNS serves its record", algorithm.label())).await;
+        key_data.insert(
+            dkim_key_file(&selector),
+            ByteString(generated.pem.into_bytes()),
+        );
+        ctx.event(
+            &*domain,
+            false,
+            "DkimKeyCreated",
+            format!(
+                "new {} key {selector}; it signs once DNS serves its record",
+                algorithm.label()
+            ),
+        )
+        .await;
         keys.push(DkimKeyStatus {
             selector,
             algorithm,
@@ -129,9 +162,19 @@ pub async fn reconcile(domain: Arc<Domain>, ctx: Arc<Context>) -> Result<Action,
         });
     }
     for key in &keys {
-        let was = before.dkim_keys.iter().find(|k| k.selector == key.selector).map(|k| k.state);
+        let was = before
+            .dkim_keys
+            .iter()
+            .find(|k| k.selector == key.selector)
+            .map(|k| k.state);
         if was == Some(DkimKeyState::Pending) && key.state == DkimKeyState::Active {
-            ctx.event(&*domain, false, "DkimKeyActive", format!("DNS serves {}; it signs from now on", key.selector)).await;
+            ctx.event(
+                &*domain,
+                false,
+                "DkimKeyActive",
+                format!("DNS serves {}; it signs from now on", key.selector),
+            )
+            .await;
         }
     }
     let kept: BTreeSet<String> = keys.iter().map(|k| dkim_key_file(&k.selector)).collect();
@@ -152,7 +195,11 @@ pub async fn reconcile(domain: Arc<Domain>, ctx: Arc<Context>) -> Result<Action,
         .dkim
         .algorithms
         .iter()
-        .filter(|a| !keys.iter().any(|k| k.algorithm == **a && k.state == DkimKeyState::Active))
+        .filter(|a| {
+            !keys
+                .iter()
+                .any(|k| k.algorithm == **a && k.state == DkimKeyState::Active)
+        })
         .map(|a| a.label())
         .collect();
     status.active_selectors = selectors(&keys, DkimKeyState::Active);
@@ -161,7 +208,11 @@ pub async fn reconcile(domain: Arc<Domain>, ctx: Arc<Context>) -> Result<Action,
         let message = format!("signing with {}", status.active_selectors.join(", "));
         set(&mut status, "DkimReady", true, "Signing", message);
     } else {
-        let message = format!("no active {} key: selector(s) {} sign once DNS serves their records", missing.join(" or "), status.next_selectors.join(", "));
+        let message = format!(
+            "no active {} key: selector(s) {} sign once DNS serves their records",
+            missing.join(" or "),
+            status.next_selectors.join(", ")
+        );
         set(&mut status, "DkimReady", false, "AwaitingDns", message);
     }
 
@@ -173,17 +224,45 @@ pub async fn reconcile(domain: Arc<Domain>, ctx: Arc<Context>) -> Result<Action,
     let external_dns = crd_exists(&ctx.client, EXTERNAL_DNS_CRD).await?;
     match (domain.spec.dns.provider, external_dns) {
         (DnsProvider::ExternalDns, true) => {
-            apply::apply(&ctx.client, &namespace, &records::dns_endpoint(&domain, &records)).await?;
-            set(&mut status, "DnsPublished", true, "ExternalDns", format!("DNSEndpoint {endpoint_name} carries {} records", records.len()));
+            apply::apply(
+                &ctx.client,
+                &namespace,
+                &records::dns_endpoint(&domain, &records),
+            )
+            .await?;
+            set(
+                &mut status,
+                "DnsPublished",
+                true,
+                "ExternalDns",
+                format!(
+                    "DNSEndpoint {endpoint_name} carries {} records",
+                    records.len()
+                ),
+            );
         }
         (DnsProvider::ExternalDns, false) => {
             set(&mut status, "DnsPublished", false, "ExternalDnsMissing", "dns.provider is external-dns but the DNSEndpoint CRD is not installed; publish status.records by hand".into());
         }
         (DnsProvider::Manual, installed) => {
             if installed {
-                apply::delete(&ctx.client, &namespace, ("externaldns.k8s.io/v1alpha1", "DNSEndpoint", &endpoint_name)).await?;
+                apply::delete(
+                    &ctx.client,
+                    &namespace,
+                    ("externaldns.k8s.io/v1alpha1", "DNSEndpoint", &endpoint_name),
+                )
+                .await?;
             }
-            set(&mut status, "DnsPublished", false, "Manual", format!("publish the {} records in status.records at your DNS provider", records.len()));
+            set(
+                &mut status,
+                "DnsPublished",
+                false,
+                "Manual",
+                format!(
+                    "publish the {} records in status.records at your DNS provider",
+                    records.len()
+                ),
+            );
         }
     }
 
@@ -195,14 +274,30 @@ pub async fn reconcile(domain: Arc<Domain>, ctx: Arc<Context>) -> Result<Action,
         .filter_map(|(record, check)| match check {
             Check::Matches => None,
             Check::Missing => Some((format!("{} TXT is missing", record.name), "RecordMissing")),
-            Check::Differs(found) => Some((format!("{} TXT is {found:?}, want {:?}", record.name, record.value), "RecordDiffers")),
-            Check::Failed(err) => Some((format!("{} TXT lookup failed: {err}", record.name), "LookupFailed")),
+            Check::Differs(found) => Some((
+                format!("{} TXT is {found:?}, want {:?}", record.name, record.value),
+                "RecordDiffers",
+            )),
+            Check::Failed(err) => Some((
+                format!("{} TXT lookup failed: {err}", record.name),
+                "LookupFailed",
+            )),
         })
         .collect();
     match problems.first() {
-        None => set(&mut status, "DnsVerified", true, "Verified", format!("DNS serves all {} records", records.len())),
+        None => set(
+            &mut status,
+            "DnsVerified",
+            true,
+            "Verified",
+            format!("DNS serves all {} records", records.len()),
+        ),
         Some((_, reason)) => {
-            let message = problems.iter().map(|(m, _)| m.as_str()).collect::<Vec<_>>().join("; ");
+            let message = problems
+                .iter()
+                .map(|(m, _)| m.as_str())
+                .collect::<Vec<_>>()
+                .join("; ");
             set(&mut status, "DnsVerified", false, reason, message);
         }
     }
@@ -214,17 +309,46 @@ pub async fn reconcile(domain: Arc<Domain>, ctx: Arc<Context>) -> Result<Action,
         .map(String::from)
         .collect();
     if relay.is_none() {
-        set(&mut status, "Ready", false, "RelayNotFound", format!("spec.relayRef: Relay {:?} not found", domain.spec.relay_ref.name));
+        set(
+            &mut status,
+            "Ready",
+            false,
+            "RelayNotFound",
+            format!(
+                "spec.relayRef: Relay {:?} not found",
+                domain.spec.relay_ref.name
+            ),
+        );
     } else if waiting.is_empty() {
-        set(&mut status, "Ready", true, "Ready", format!("mail from {} is signed and its records are in DNS", domain.spec.domain));
+        set(
+            &mut status,
+            "Ready",
+            true,
+            "Ready",
+            format!(
+                "mail from {} is signed and its records are in DNS",
+                domain.spec.domain
+            ),
+        );
     } else {
-        set(&mut status, "Ready", false, "NotReady", format!("waiting for: {}", waiting.join(", ")));
+        set(
+            &mut status,
+            "Ready",
+            false,
+            "NotReady",
+            format!("waiting for: {}", waiting.join(", ")),
+        );
     }
     status.observed_generation = generation;
-    let settled = condition_status(&status.conditions, "Ready") == Some("True") && status.next_selectors.is_empty();
+    let settled = condition_status(&status.conditions, "Ready") == Some("True")
+        && status.next_selectors.is_empty();
     let next = next_change(&status.dkim_keys, now);
     write_status(&ctx, &domains, &domain, &before, status).await?;
-    let wait = if settled { Duration::from_secs(3600) } else { Duration::from_secs(60) };
+    let wait = if settled {
+        Duration::from_secs(3600)
+    } else {
+        Duration::from_secs(60)
+    };
     Ok(Action::requeue(next.map_or(wait, |n| n.min(wait))))
 }
 
@@ -235,7 +359,10 @@ pub fn error_policy(domain: Arc<Domain>, err: &DomainError, _ctx: Arc<Context>) 
 }
 
 fn selectors(keys: &[DkimKeyStatus], state: DkimKeyState) -> Vec<String> {
-    keys.iter().filter(|k| k.state == state).map(|k| k.selector.clone()).collect()
+    keys.iter()
+        .filter(|k| k.state == state)
+        .map(|k| k.selector.clone())
+        .collect()
 }
 
 /// Time until the next retiring key is due to go.
@@ -258,11 +385,21 @@ async fn write_status(
     }
     for (kind, now_true) in conditions::transitions(&before.conditions, &status.conditions) {
         if let Some(condition) = status.conditions.iter().find(|c| c.type_ == kind) {
-            ctx.event(domain, !now_true, &condition.reason, format!("{kind}={}: {}", condition.status, condition.message)).await;
+            ctx.event(
+                domain,
+                !now_true,
+                &condition.reason,
+                format!("{kind}={}: {}", condition.status, condition.message),
+            )
+            .await;
         }
     }
     let body = json!({ "status": status });
-    let (name, params, patch) = (domain.name_any(), PatchParams::default(), Patch::Merge(&body));
+    let (name, params, patch) = (
+        domain.name_any(),
+        PatchParams::default(),
+        Patch::Merge(&body),
+    );
     apply::retry_conflicts(|| domains.patch_status(&name, &params, &patch))
         .await
         .map_err(DomainError::Status)?;

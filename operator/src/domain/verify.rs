@@ -52,7 +52,14 @@ pub async fn verify(lookup: &dyn TxtLookup, records: &[DnsRecord]) -> Vec<Check>
             Err(err) => Check::Failed(err),
             Ok(found) => {
                 let wanted = normalize(&record.value);
-                let tag = record.value.split(';').next().unwrap_or("").split_whitespace().next().unwrap_or("");
+                let tag = record
+                    .value
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("");
                 if found.iter().any(|f| normalize(f) == wanted) {
                     Check::Matches
                 } else if let Some(other) = found.iter().find(|f| f.starts_with(tag)) {

@@ -56,12 +56,26 @@ pub fn build(inputs: &RelayInputs) -> Result<DesiredRelay, BuildError> {
         .unwrap_or_else(|| format!("{name}-tls"));
 
     let mut objects = vec![
-        object(relay, "v1", "ServiceAccount", name.clone(), "relay", json!({
-            "automountServiceAccountToken": false,
-        })),
-        object(relay, "v1", "ConfigMap", format!("{name}-config"), "relay", json!({
-            "data": { CONFIG_KEY: config_yaml },
-        })),
+        object(
+            relay,
+            "v1",
+            "ServiceAccount",
+            name.clone(),
+            "relay",
+            json!({
+                "automountServiceAccountToken": false,
+            }),
+        ),
+        object(
+            relay,
+            "v1",
+            "ConfigMap",
+            format!("{name}-config"),
+            "relay",
+            json!({
+                "data": { CONFIG_KEY: config_yaml },
+            }),
+        ),
     ];
     let mut absent = Vec::new();
     if let Some(issuer) = &tls.issuer_ref {
@@ -77,7 +91,11 @@ pub fn build(inputs: &RelayInputs) -> Result<DesiredRelay, BuildError> {
             },
         })));
     } else {
-        absent.push(("cert-manager.io/v1".into(), "Certificate".into(), format!("{name}-tls")));
+        absent.push((
+            "cert-manager.io/v1".into(),
+            "Certificate".into(),
+            format!("{name}-tls"),
+        ));
     }
     objects.push(ingress_deployment(inputs, &restart_hash, &tls_secret));
     objects.push(delivery_deployment(inputs, &restart_hash));
@@ -96,40 +114,74 @@ pub fn build(inputs: &RelayInputs) -> Result<DesiredRelay, BuildError> {
         ("ingress", relay.spec.ingress.max_unavailable),
         ("delivery", relay.spec.delivery.max_unavailable),
     ] {
-        objects.push(object(relay, "policy/v1", "PodDisruptionBudget", format!("{name}-{component}"), component, json!({
-            "spec": {
-                "maxUnavailable": max_unavailable,
-                "selector": { "matchLabels": meta::selector(&name, component) },
-            },
-        })));
+        objects.push(object(
+            relay,
+            "policy/v1",
+            "PodDisruptionBudget",
+            format!("{name}-{component}"),
+            component,
+            json!({
+                "spec": {
+                    "maxUnavailable": max_unavailable,
+                    "selector": { "matchLabels": meta::selector(&name, component) },
+                },
+            }),
+        ));
     }
     let ingress = &relay.spec.ingress;
-    objects.push(cpu_autoscaler(relay, "ingress", ingress.replicas.min, ingress.replicas.max, ingress.target_cpu_utilization));
+    objects.push(cpu_autoscaler(
+        relay,
+        "ingress",
+        ingress.replicas.min,
+        ingress.replicas.max,
+        ingress.target_cpu_utilization,
+    ));
     let delivery = &relay.spec.delivery;
     let delivery_name = format!("{name}-delivery");
     if inputs.keda {
-        objects.push(object(relay, "keda.sh/v1alpha1", "ScaledObject", delivery_name.clone(), "delivery", json!({
-            "spec": {
-                "scaleTargetRef": { "name": delivery_name },
-                "minReplicaCount": delivery.replicas.min,
-                "maxReplicaCount": delivery.replicas.max,
-                "triggers": [{
-                    "type": "nats-jetstream",
-                    "metadata": {
-                        "natsServerMonitoringEndpoint": monitoring_endpoint(relay),
-                        "account": "$G",
-                        "stream": stream_name(relay),
-                        "consumer": super::config::CONSUMER,
-                        "lagThreshold": delivery.lag_per_replica.to_string(),
-                        "activationLagThreshold": "0",
-                    },
-                }],
-            },
-        })));
-        absent.push(("autoscaling/v2".into(), "HorizontalPodAutoscaler".into(), delivery_name));
+        objects.push(object(
+            relay,
+            "keda.sh/v1alpha1",
+            "ScaledObject",
+            delivery_name.clone(),
+            "delivery",
+            json!({
+                "spec": {
+                    "scaleTargetRef": { "name": delivery_name },
+                    "minReplicaCount": delivery.replicas.min,
+                    "maxReplicaCount": delivery.replicas.max,
+                    "triggers": [{
+                        "type": "nats-jetstream",
+                        "metadata": {
+                            "natsServerMonitoringEndpoint": monitoring_endpoint(relay),
+                            "account": "$G",
+                            "stream": stream_name(relay),
+                            "consumer": super::config::CONSUMER,
+                            "lagThreshold": delivery.lag_per_replica.to_string(),
+                            "activationLagThreshold": "0",
+                        },
+                    }],
+                },
+            }),
+        ));
+        absent.push((
+            "autoscaling/v2".into(),
+            "HorizontalPodAutoscaler".into(),
+            delivery_name,
+        ));
     } else {
-        objects.push(cpu_autoscaler(relay, "delivery", delivery.replicas.min, delivery.replicas.max, delivery.target_cpu_utilization));
-        absent.push(("keda.sh/v1alpha1".into(), "ScaledObject".into(), delivery_name));
+        objects.push(cpu_autoscaler(
+            relay,
+            "delivery",
+            delivery.replicas.min,
+            delivery.replicas.max,
+            delivery.target_cpu_utilization,
+        ));
+        absent.push((
+            "keda.sh/v1alpha1".into(),
+            "ScaledObject".into(),
+            delivery_name,
+        ));
     }
     Ok(DesiredRelay {
         objects,
@@ -157,7 +209,14 @@ pub fn monitoring_endpoint(relay: &Relay) -> String {
     format!("{host}:8222")
 }
 
-fn object(relay: &Relay, api_version: &str, kind: &str, name: String, component: &str, body: Value) -> Value {
+fn object(
+    relay: &Relay,
+    api_version: &str,
+    kind: &str,
+    name: String,
+    component: &str,
+    body: Value,
+) -> Value {
     let mut value = json!({
         "apiVersion": api_version,
         "kind": kind,
@@ -171,17 +230,24 @@ fn object(relay: &Relay, api_version: &str, kind: &str, name: String, component:
 
 fn cpu_autoscaler(relay: &Relay, component: &str, min: i32, max: i32, target: i32) -> Value {
     let name = format!("{}-{component}", relay.name_any());
-    object(relay, "autoscaling/v2", "HorizontalPodAutoscaler", name.clone(), component, json!({
-        "spec": {
-            "scaleTargetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": name },
-            "minReplicas": min,
-            "maxReplicas": max,
-            "metrics": [{
-                "type": "Resource",
-                "resource": { "name": "cpu", "target": { "type": "Utilization", "averageUtilization": target } },
-            }],
-        },
-    }))
+    object(
+        relay,
+        "autoscaling/v2",
+        "HorizontalPodAutoscaler",
+        name.clone(),
+        component,
+        json!({
+            "spec": {
+                "scaleTargetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": name },
+                "minReplicas": min,
+                "maxReplicas": max,
+                "metrics": [{
+                    "type": "Resource",
+                    "resource": { "name": "cpu", "target": { "type": "Utilization", "averageUtilization": target } },
+                }],
+            },
+        }),
+    )
 }
 
 fn ingress_service(relay: &Relay) -> Value {
@@ -209,7 +275,8 @@ fn ingress_service(relay: &Relay) -> Value {
             TrafficPolicy::Cluster => "Cluster",
         });
     }
-    if service.type_ == ServiceType::LoadBalancer && !service.load_balancer_source_ranges.is_empty() {
+    if service.type_ == ServiceType::LoadBalancer && !service.load_balancer_source_ranges.is_empty()
+    {
         spec["loadBalancerSourceRanges"] = json!(service.load_balancer_source_ranges);
     }
     json!({ "apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": spec })
@@ -256,16 +323,22 @@ fn ingress_deployment(inputs: &RelayInputs, restart_hash: &str, tls_secret: &str
         .iter()
         .map(|l| json!({ "name": l.name, "containerPort": l.target_port(), "protocol": "TCP" }))
         .collect();
-    let grace = postern_config::Config::default().shutdown_grace.get().as_secs() as i64;
-    deployment(relay, Workload {
-        component: "ingress",
-        restart_hash,
-        mounts,
-        ports,
-        resources: spec.ingress.resources.as_ref(),
-        pre_stop: true,
-        termination_grace: PRE_STOP_SECONDS + grace + 5,
-    })
+    let grace = postern_config::Config::default()
+        .shutdown_grace
+        .get()
+        .as_secs() as i64;
+    deployment(
+        relay,
+        Workload {
+            component: "ingress",
+            restart_hash,
+            mounts,
+            ports,
+            resources: spec.ingress.resources.as_ref(),
+            pre_stop: true,
+            termination_grace: PRE_STOP_SECONDS + grace + 5,
+        },
+    )
 }
 
 fn delivery_deployment(inputs: &RelayInputs, restart_hash: &str) -> Value {
@@ -273,7 +346,12 @@ fn delivery_deployment(inputs: &RelayInputs, restart_hash: &str) -> Value {
     let spec = &relay.spec;
     let mut mounts = Vec::new();
     nats_mount(relay, &mut mounts);
-    if let Some(credentials) = spec.delivery.smarthost.as_ref().and_then(|s| s.credentials_secret.as_ref()) {
+    if let Some(credentials) = spec
+        .delivery
+        .smarthost
+        .as_ref()
+        .and_then(|s| s.credentials_secret.as_ref())
+    {
         mounts.push(SecretMount {
             volume: "smarthost".into(),
             secret: credentials.name.clone(),
@@ -281,16 +359,22 @@ fn delivery_deployment(inputs: &RelayInputs, restart_hash: &str) -> Value {
             optional: false,
         });
     }
-    let grace = postern_config::Config::default().shutdown_grace.get().as_secs() as i64;
-    deployment(relay, Workload {
-        component: "delivery",
-        restart_hash,
-        mounts,
-        ports: Vec::new(),
-        resources: spec.delivery.resources.as_ref(),
-        pre_stop: false,
-        termination_grace: grace + 5,
-    })
+    let grace = postern_config::Config::default()
+        .shutdown_grace
+        .get()
+        .as_secs() as i64;
+    deployment(
+        relay,
+        Workload {
+            component: "delivery",
+            restart_hash,
+            mounts,
+            ports: Vec::new(),
+            resources: spec.delivery.resources.as_ref(),
+            pre_stop: false,
+            termination_grace: grace + 5,
+        },
+    )
 }
 
 fn nats_mount(relay: &Relay, mounts: &mut Vec<SecretMount>) {
@@ -324,13 +408,15 @@ fn deployment(relay: &Relay, workload: Workload<'_>) -> Value {
         "name": "config",
         "configMap": { "name": format!("{name}-config"), "items": [{ "key": CONFIG_KEY, "path": CONFIG_KEY }] },
     })];
-    let mut volume_mounts = vec![json!({ "name": "config", "mountPath": paths::CONFIG_DIR, "readOnly": true })];
+    let mut volume_mounts =
+        vec![json!({ "name": "config", "mountPath": paths::CONFIG_DIR, "readOnly": true })];
     for mount in &workload.mounts {
         volumes.push(json!({
             "name": mount.volume,
             "secret": { "secretName": mount.secret, "optional": mount.optional, "defaultMode": 0o440 },
         }));
-        volume_mounts.push(json!({ "name": mount.volume, "mountPath": mount.path, "readOnly": true }));
+        volume_mounts
+            .push(json!({ "name": mount.volume, "mountPath": mount.path, "readOnly": true }));
     }
     let resources = match workload.resources {
         Some(resources) => serde_json::to_value(resources).unwrap_or(Value::Null),
@@ -369,41 +455,48 @@ fn deployment(relay: &Relay, workload: Workload<'_>) -> Value {
     }
     let mut labels = meta::labels(&name, component);
     labels.extend(selector.clone());
-    object(relay, "apps/v1", "Deployment", format!("{name}-{component}"), component, json!({
-        "spec": {
-            "selector": { "matchLabels": selector },
-            "strategy": { "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": 0, "maxSurge": 1 } },
-            "template": {
-                "metadata": {
-                    "labels": labels,
-                    "annotations": { RESTART_HASH: workload.restart_hash },
-                },
-                "spec": {
-                    "serviceAccountName": name,
-                    "automountServiceAccountToken": false,
-                    "terminationGracePeriodSeconds": workload.termination_grace,
-                    "securityContext": {
-                        "runAsNonRoot": true,
-                        "runAsUser": RUN_AS,
-                        "runAsGroup": RUN_AS,
-                        "fsGroup": RUN_AS,
-                        "seccompProfile": { "type": "RuntimeDefault" },
+    object(
+        relay,
+        "apps/v1",
+        "Deployment",
+        format!("{name}-{component}"),
+        component,
+        json!({
+            "spec": {
+                "selector": { "matchLabels": selector },
+                "strategy": { "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": 0, "maxSurge": 1 } },
+                "template": {
+                    "metadata": {
+                        "labels": labels,
+                        "annotations": { RESTART_HASH: workload.restart_hash },
                     },
-                    "affinity": {
-                        "podAntiAffinity": {
-                            "preferredDuringSchedulingIgnoredDuringExecution": [{
-                                "weight": 100,
-                                "podAffinityTerm": {
-                                    "topologyKey": "kubernetes.io/hostname",
-                                    "labelSelector": { "matchLabels": meta::selector(&name, component) },
-                                },
-                            }],
+                    "spec": {
+                        "serviceAccountName": name,
+                        "automountServiceAccountToken": false,
+                        "terminationGracePeriodSeconds": workload.termination_grace,
+                        "securityContext": {
+                            "runAsNonRoot": true,
+                            "runAsUser": RUN_AS,
+                            "runAsGroup": RUN_AS,
+                            "fsGroup": RUN_AS,
+                            "seccompProfile": { "type": "RuntimeDefault" },
                         },
+                        "affinity": {
+                            "podAntiAffinity": {
+                                "preferredDuringSchedulingIgnoredDuringExecution": [{
+                                    "weight": 100,
+                                    "podAffinityTerm": {
+                                        "topologyKey": "kubernetes.io/hostname",
+                                        "labelSelector": { "matchLabels": meta::selector(&name, component) },
+                                    },
+                                }],
+                            },
+                        },
+                        "containers": [container],
+                        "volumes": volumes,
                     },
-                    "containers": [container],
-                    "volumes": volumes,
                 },
             },
-        },
-    }))
+        }),
+    )
 }

@@ -10,9 +10,7 @@ use postern_config::{
     Listener, ListenerTls, LogFormat, OutboundTls, Route, Smarthost, TlsConfig,
 };
 
-use crate::api::{
-    DkimKeyState, DkimKeyType, Domain, ListenerTlsMode, OutboundTlsMode, Relay,
-};
+use crate::api::{DkimKeyState, DkimKeyType, Domain, ListenerTlsMode, OutboundTlsMode, Relay};
 
 /// Where the pods mount what the config names.
 pub mod paths {
@@ -40,7 +38,13 @@ pub fn stream_name(relay: &Relay) -> String {
         let name: String = relay
             .name_any()
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
             .collect();
         format!("POSTERN_{name}")
     })

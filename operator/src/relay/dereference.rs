@@ -63,11 +63,22 @@ pub async fn dereference(client: &Client, relay: &Relay) -> Result<RelayInputs, 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     let spec = &relay.spec;
     let references = [
-        ("spec.ingress.usersSecret", spec.ingress.users_secret.as_ref(), USERS_KEY),
-        ("spec.nats.credentialsSecret", spec.nats.credentials_secret.as_ref(), NATS_CREDS_KEY),
+        (
+            "spec.ingress.usersSecret",
+            spec.ingress.users_secret.as_ref(),
+            USERS_KEY,
+        ),
+        (
+            "spec.nats.credentialsSecret",
+            spec.nats.credentials_secret.as_ref(),
+            NATS_CREDS_KEY,
+        ),
         (
             "spec.delivery.smarthost.credentialsSecret",
-            spec.delivery.smarthost.as_ref().and_then(|s| s.credentials_secret.as_ref()),
+            spec.delivery
+                .smarthost
+                .as_ref()
+                .and_then(|s| s.credentials_secret.as_ref()),
             SMARTHOST_KEY,
         ),
     ];
@@ -83,7 +94,10 @@ pub async fn dereference(client: &Client, relay: &Relay) -> Result<RelayInputs, 
     let mut domains: Vec<Domain> = domains
         .list(&ListParams::default())
         .await
-        .map_err(|source| DereferenceError::Kube { what: "Domains", source })?
+        .map_err(|source| DereferenceError::Kube {
+            what: "Domains",
+            source,
+        })?
         .items
         .into_iter()
         .filter(|d| d.spec.relay_ref.name == relay.name_any())
@@ -95,7 +109,8 @@ pub async fn dereference(client: &Client, relay: &Relay) -> Result<RelayInputs, 
         domains,
         secret_digest: meta::hash(&parts),
         keda: crd_exists(client, KEDA_CRD).await?,
-        cert_manager: spec.ingress.tls.issuer_ref.is_some() && crd_exists(client, CERT_MANAGER_CRD).await?,
+        cert_manager: spec.ingress.tls.issuer_ref.is_some()
+            && crd_exists(client, CERT_MANAGER_CRD).await?,
     })
 }
 
@@ -108,8 +123,14 @@ async fn secret_key(
     let secret = secrets
         .get_opt(&reference.name)
         .await
-        .map_err(|source| DereferenceError::Kube { what: "Secret", source })?
-        .ok_or_else(|| DereferenceError::SecretNotFound { field, name: reference.name.clone() })?;
+        .map_err(|source| DereferenceError::Kube {
+            what: "Secret",
+            source,
+        })?
+        .ok_or_else(|| DereferenceError::SecretNotFound {
+            field,
+            name: reference.name.clone(),
+        })?;
     let key = reference.key_or(default_key);
     secret
         .data
@@ -129,5 +150,8 @@ pub async fn crd_exists(client: &Client, name: &str) -> Result<bool, Dereference
     crds.get_metadata_opt(name)
         .await
         .map(|crd| crd.is_some())
-        .map_err(|source| DereferenceError::Kube { what: "CustomResourceDefinitions", source })
+        .map_err(|source| DereferenceError::Kube {
+            what: "CustomResourceDefinitions",
+            source,
+        })
 }

@@ -69,7 +69,13 @@ pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action, R
             let config = config::build_config(&relay, &[])?;
             let credentials = nats_credentials(&ctx, &relay).await?;
             ctx.queues.delete(&config, credentials.as_deref()).await?;
-            ctx.event(&*relay, false, "StreamDeleted", format!("deleted stream {}", config.nats.stream)).await;
+            ctx.event(
+                &*relay,
+                false,
+                "StreamDeleted",
+                format!("deleted stream {}", config.nats.stream),
+            )
+            .await;
             set_finalizers(&relays, &relay, false).await?;
         }
         return Ok(Action::await_change());
@@ -83,7 +89,15 @@ pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action, R
     let generation = relay.meta().generation;
     let now = ctx.now();
     let set = |status: &mut RelayStatus, kind: &str, ok: bool, reason: &str, message: String| {
-        conditions::set(&mut status.conditions, kind, ok, reason, message, generation, now);
+        conditions::set(
+            &mut status.conditions,
+            kind,
+            ok,
+            reason,
+            message,
+            generation,
+            now,
+        );
     };
 
     // Dereference and validate: failures are the user's to fix, so they go to status.
@@ -104,16 +118,34 @@ pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action, R
     let desired = match build::build(&inputs) {
         Ok(desired) => desired,
         Err(err) => {
-            degraded(&mut status, "InvalidConfig", err.to_string(), generation, now);
+            degraded(
+                &mut status,
+                "InvalidConfig",
+                err.to_string(),
+                generation,
+                now,
+            );
             write_status(&ctx, &relays, &relay, &before, status).await?;
             return Ok(Action::await_change());
         }
     };
-    set(&mut status, "Degraded", false, "ReconcileSucceeded", "all objects applied".into());
+    set(
+        &mut status,
+        "Degraded",
+        false,
+        "ReconcileSucceeded",
+        "all objects applied".into(),
+    );
 
     // Apply.
     let certificate = certificate(&ctx, &relay, &namespace, &inputs, &desired).await?;
-    set(&mut status, "CertificateReady", certificate.0, certificate.1, certificate.2);
+    set(
+        &mut status,
+        "CertificateReady",
+        certificate.0,
+        certificate.1,
+        certificate.2,
+    );
     for object in &desired.objects {
         if object["kind"] == "Certificate" && !inputs.cert_manager {
             continue;
@@ -135,11 +167,26 @@ pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action, R
     match ctx.queues.provision(config, credentials.as_deref()).await {
         Ok(lag) => {
             status.queue_lag = Some(lag);
-            set(&mut status, "QueueReady", true, "StreamReady", format!("stream {} and consumer {} exist", config.nats.stream, config.delivery.consumer));
+            set(
+                &mut status,
+                "QueueReady",
+                true,
+                "StreamReady",
+                format!(
+                    "stream {} and consumer {} exist",
+                    config.nats.stream, config.delivery.consumer
+                ),
+            );
         }
         Err(err) => {
             status.queue_lag = None;
-            set(&mut status, "QueueReady", false, err.reason(), err.to_string());
+            set(
+                &mut status,
+                "QueueReady",
+                false,
+                err.reason(),
+                err.to_string(),
+            );
         }
     }
 
@@ -162,12 +209,30 @@ pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action, R
     status.ingress_replicas = Some(ready[0]);
     status.delivery_replicas = Some(ready[1]);
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
-    let service = services.get_opt(&name).await.map_err(ReconcileError::Status)?;
+    let service = services
+        .get_opt(&name)
+        .await
+        .map_err(ReconcileError::Status)?;
     status.endpoints = endpoints(&relay, service.as_ref(), &namespace);
     if rolling_out.is_empty() {
-        set(&mut status, "Progressing", false, "RolloutComplete", "every pod runs the current spec".into());
+        set(
+            &mut status,
+            "Progressing",
+            false,
+            "RolloutComplete",
+            "every pod runs the current spec".into(),
+        );
     } else {
-        set(&mut status, "Progressing", true, "RollingOut", format!("waiting for {} pods to run the current spec", rolling_out.join(" and ")));
+        set(
+            &mut status,
+            "Progressing",
+            true,
+            "RollingOut",
+            format!(
+                "waiting for {} pods to run the current spec",
+                rolling_out.join(" and ")
+            ),
+        );
     }
     let waiting: Vec<String> = ["QueueReady", "CertificateReady"]
         .into_iter()
@@ -182,14 +247,30 @@ pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action, R
         )
         .collect();
     if waiting.is_empty() {
-        set(&mut status, "Ready", true, "Ready", "accepting and delivering mail".into());
+        set(
+            &mut status,
+            "Ready",
+            true,
+            "Ready",
+            "accepting and delivering mail".into(),
+        );
     } else {
-        set(&mut status, "Ready", false, "NotReady", format!("waiting for: {}", waiting.join(", ")));
+        set(
+            &mut status,
+            "Ready",
+            false,
+            "NotReady",
+            format!("waiting for: {}", waiting.join(", ")),
+        );
     }
     status.observed_generation = generation;
     let is_ready = condition_status(&status.conditions, "Ready") == Some("True");
     write_status(&ctx, &relays, &relay, &before, status).await?;
-    Ok(Action::requeue(Duration::from_secs(if is_ready { 60 } else { 15 })))
+    Ok(Action::requeue(Duration::from_secs(if is_ready {
+        60
+    } else {
+        15
+    })))
 }
 
 /// True when the Relay reads the Secret `name` (users, credentials or certificate).
@@ -198,7 +279,10 @@ pub fn references_secret(relay: &Relay, name: &str) -> bool {
     [
         spec.ingress.users_secret.as_ref(),
         spec.nats.credentials_secret.as_ref(),
-        spec.delivery.smarthost.as_ref().and_then(|s| s.credentials_secret.as_ref()),
+        spec.delivery
+            .smarthost
+            .as_ref()
+            .and_then(|s| s.credentials_secret.as_ref()),
     ]
     .into_iter()
     .flatten()
@@ -213,9 +297,31 @@ pub fn error_policy(relay: Arc<Relay>, err: &ReconcileError, _ctx: Arc<Context>)
     Action::requeue(Duration::from_secs(10))
 }
 
-fn degraded(status: &mut RelayStatus, reason: &str, message: String, generation: Option<i64>, now: k8s_openapi::jiff::Timestamp) {
-    conditions::set(&mut status.conditions, "Degraded", true, reason, message.clone(), generation, now);
-    conditions::set(&mut status.conditions, "Ready", false, reason, message, generation, now);
+fn degraded(
+    status: &mut RelayStatus,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: k8s_openapi::jiff::Timestamp,
+) {
+    conditions::set(
+        &mut status.conditions,
+        "Degraded",
+        true,
+        reason,
+        message.clone(),
+        generation,
+        now,
+    );
+    conditions::set(
+        &mut status.conditions,
+        "Ready",
+        false,
+        reason,
+        message,
+        generation,
+        now,
+    );
     status.observed_generation = generation;
 }
 
@@ -227,7 +333,11 @@ fn rollout(deployment: Option<&Deployment>) -> (i32, bool) {
     let Some(status) = &deployment.status else {
         return (0, false);
     };
-    let wanted = deployment.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let wanted = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(1);
     let ready = status.ready_replicas.unwrap_or(0);
     let current = status.observed_generation >= deployment.metadata.generation
         && status.updated_replicas.unwrap_or(0) >= wanted
@@ -271,7 +381,12 @@ async fn certificate(
     desired: &build::DesiredRelay,
 ) -> Result<(bool, &'static str, String), ReconcileError> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let read = |source| ReconcileError::Dereference(DereferenceError::Kube { what: "Secret", source });
+    let read = |source| {
+        ReconcileError::Dereference(DereferenceError::Kube {
+            what: "Secret",
+            source,
+        })
+    };
     if desired.self_signed {
         let mut names = vec![config::hostname(relay)];
         names.extend(relay.spec.ingress.tls.dns_names.iter().cloned());
@@ -291,16 +406,38 @@ async fn certificate(
             value["apiVersion"] = json!("v1");
             value["kind"] = json!("Secret");
             apply::apply(&ctx.client, namespace, &value).await?;
-            ctx.event(relay, false, "CertificateIssued", format!("self-signed certificate for {} in Secret {}", names.join(", "), desired.tls_secret)).await;
+            ctx.event(
+                relay,
+                false,
+                "CertificateIssued",
+                format!(
+                    "self-signed certificate for {} in Secret {}",
+                    names.join(", "),
+                    desired.tls_secret
+                ),
+            )
+            .await;
         }
-        return Ok((true, "SelfSigned", format!("self-signed certificate in Secret {}; clients must not verify it", desired.tls_secret)));
+        return Ok((
+            true,
+            "SelfSigned",
+            format!(
+                "self-signed certificate in Secret {}; clients must not verify it",
+                desired.tls_secret
+            ),
+        ));
     }
     if relay.spec.ingress.tls.issuer_ref.is_some() {
         if !inputs.cert_manager {
-            return Ok((false, "CertManagerMissing", "tls.issuerRef is set but cert-manager's Certificate CRD is not installed".into()));
+            return Ok((
+                false,
+                "CertManagerMissing",
+                "tls.issuerRef is set but cert-manager's Certificate CRD is not installed".into(),
+            ));
         }
         let resource = apply::api_resource("cert-manager.io/v1", "Certificate");
-        let certificates: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), namespace, &resource);
+        let certificates: Api<DynamicObject> =
+            Api::namespaced_with(ctx.client.clone(), namespace, &resource);
         let name = format!("{}-tls", relay.name_any());
         let live = certificates.get_opt(&name).await.map_err(read)?;
         let ready = live
@@ -310,16 +447,46 @@ async fn certificate(
             .into_iter()
             .find(|c| c["type"] == "Ready");
         return Ok(match ready {
-            Some(c) if c["status"] == "True" => (true, "Issued", format!("cert-manager issued Certificate {name}")),
-            Some(c) => (false, "Issuing", format!("Certificate {name}: {}", c["message"].as_str().unwrap_or("not ready"))),
-            None => (false, "Issuing", format!("waiting for cert-manager to issue Certificate {name}")),
+            Some(c) if c["status"] == "True" => (
+                true,
+                "Issued",
+                format!("cert-manager issued Certificate {name}"),
+            ),
+            Some(c) => (
+                false,
+                "Issuing",
+                format!(
+                    "Certificate {name}: {}",
+                    c["message"].as_str().unwrap_or("not ready")
+                ),
+            ),
+            None => (
+                false,
+                "Issuing",
+                format!("waiting for cert-manager to issue Certificate {name}"),
+            ),
         });
     }
-    let exists = secrets.get_opt(&desired.tls_secret).await.map_err(read)?.is_some();
+    let exists = secrets
+        .get_opt(&desired.tls_secret)
+        .await
+        .map_err(read)?
+        .is_some();
     Ok(if exists {
-        (true, "SecretFound", format!("certificate from Secret {}", desired.tls_secret))
+        (
+            true,
+            "SecretFound",
+            format!("certificate from Secret {}", desired.tls_secret),
+        )
     } else {
-        (false, "SecretNotFound", format!("spec.ingress.tls.secretName: Secret {:?} not found", desired.tls_secret))
+        (
+            false,
+            "SecretNotFound",
+            format!(
+                "spec.ingress.tls.secretName: Secret {:?} not found",
+                desired.tls_secret
+            ),
+        )
     })
 }
 
@@ -329,17 +496,25 @@ async fn nats_credentials(ctx: &Context, relay: &Relay) -> Result<Option<String>
     };
     let namespace = relay.namespace().unwrap_or_else(|| "default".into());
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let secret = secrets
-        .get_opt(&reference.name)
-        .await
-        .map_err(|source| DereferenceError::Kube { what: "Secret", source })?;
+    let secret =
+        secrets
+            .get_opt(&reference.name)
+            .await
+            .map_err(|source| DereferenceError::Kube {
+                what: "Secret",
+                source,
+            })?;
     Ok(secret
         .and_then(|s| s.data)
         .and_then(|d| d.get(reference.key_or(config::NATS_CREDS_KEY)).cloned())
         .map(|v| String::from_utf8_lossy(&v.0).into_owned()))
 }
 
-async fn set_finalizers(relays: &Api<Relay>, relay: &Relay, present: bool) -> Result<(), ReconcileError> {
+async fn set_finalizers(
+    relays: &Api<Relay>,
+    relay: &Relay,
+    present: bool,
+) -> Result<(), ReconcileError> {
     let mut finalizers: Vec<String> = relay
         .finalizers()
         .iter()
@@ -350,10 +525,18 @@ async fn set_finalizers(relays: &Api<Relay>, relay: &Relay, present: bool) -> Re
         finalizers.push(STREAM_FINALIZER.into());
     }
     let body = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": relay.resource_version() } });
-    let (name, params, patch) = (relay.name_any(), PatchParams::default(), Patch::Merge(&body));
+    let (name, params, patch) = (
+        relay.name_any(),
+        PatchParams::default(),
+        Patch::Merge(&body),
+    );
     apply::retry_conflicts(|| relays.patch(&name, &params, &patch))
         .await
-        .map_err(|source| ApplyError::Kube { kind: "Relay".into(), name: relay.name_any(), source })?;
+        .map_err(|source| ApplyError::Kube {
+            kind: "Relay".into(),
+            name: relay.name_any(),
+            source,
+        })?;
     Ok(())
 }
 
@@ -369,14 +552,29 @@ async fn write_status(
     }
     for (kind, now_true) in conditions::transitions(&before.conditions, &status.conditions) {
         let condition = status.conditions.iter().find(|c| c.type_ == kind);
-        let (reason, message) = condition.map_or((String::new(), String::new()), |c| (c.reason.clone(), c.message.clone()));
+        let (reason, message) = condition.map_or((String::new(), String::new()), |c| {
+            (c.reason.clone(), c.message.clone())
+        });
         let warning = (kind == "Degraded") == now_true;
         if kind == "Ready" || kind == "Degraded" || !now_true {
-            ctx.event(relay, warning, &reason, format!("{kind}={}: {message}", if now_true { "True" } else { "False" })).await;
+            ctx.event(
+                relay,
+                warning,
+                &reason,
+                format!(
+                    "{kind}={}: {message}",
+                    if now_true { "True" } else { "False" }
+                ),
+            )
+            .await;
         }
     }
     let body = json!({ "status": status });
-    let (name, params, patch) = (relay.name_any(), PatchParams::default(), Patch::Merge(&body));
+    let (name, params, patch) = (
+        relay.name_any(),
+        PatchParams::default(),
+        Patch::Merge(&body),
+    );
     apply::retry_conflicts(|| relays.patch_status(&name, &params, &patch))
         .await
         .map_err(ReconcileError::Status)?;

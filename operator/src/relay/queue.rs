@@ -54,7 +54,11 @@ impl Queues {
     }
 
     /// Deletes the stream and body buckets of `config`.
-    pub async fn delete(&self, config: &Config, credentials: Option<&str>) -> Result<(), ProvisionError> {
+    pub async fn delete(
+        &self,
+        config: &Config,
+        credentials: Option<&str>,
+    ) -> Result<(), ProvisionError> {
         let queue = self.queue(config, credentials).await?;
         tokio::time::timeout(PROVISION_TIMEOUT, queue.delete())
             .await
@@ -62,21 +66,32 @@ impl Queues {
         Ok(())
     }
 
-    async fn provision_now(&self, config: &Config, credentials: Option<&str>) -> Result<u64, ProvisionError> {
+    async fn provision_now(
+        &self,
+        config: &Config,
+        credentials: Option<&str>,
+    ) -> Result<u64, ProvisionError> {
         let queue = self.queue(config, credentials).await?;
         queue.provision().await?;
         let consumer_name = &config.delivery.consumer;
         let mut consumer = queue
             .consumer(consumer_name, config.delivery.ack_wait.get())
             .await?;
-        let info = consumer.info().await.map_err(|e| ProvisionError::Consumer {
-            consumer: consumer_name.clone(),
-            message: e.to_string(),
-        })?;
+        let info = consumer
+            .info()
+            .await
+            .map_err(|e| ProvisionError::Consumer {
+                consumer: consumer_name.clone(),
+                message: e.to_string(),
+            })?;
         Ok(info.num_pending)
     }
 
-    async fn queue(&self, config: &Config, credentials: Option<&str>) -> Result<Queue, ProvisionError> {
+    async fn queue(
+        &self,
+        config: &Config,
+        credentials: Option<&str>,
+    ) -> Result<Queue, ProvisionError> {
         let url = config.nats.url.clone().unwrap_or_default();
         let key = format!(
             "{url}\n{}\n{}",
@@ -91,14 +106,19 @@ impl Queues {
             .name("postern-operator")
             .connection_timeout(Duration::from_secs(5));
         if let Some(credentials) = credentials {
-            options = options.credentials(credentials).map_err(|e| ProvisionError::Connect {
-                url: url.clone(),
-                source: QueueError::Credentials(e),
-            })?;
+            options = options
+                .credentials(credentials)
+                .map_err(|e| ProvisionError::Connect {
+                    url: url.clone(),
+                    source: QueueError::Credentials(e),
+                })?;
         }
         let queue = Queue::connect_with(&url, &config.nats, config.body_ttl(), options)
             .await
-            .map_err(|source| ProvisionError::Connect { url: url.clone(), source })?;
+            .map_err(|source| ProvisionError::Connect {
+                url: url.clone(),
+                source,
+            })?;
         connections.insert(key, queue.clone());
         Ok(queue)
     }

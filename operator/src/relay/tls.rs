@@ -54,18 +54,31 @@ pub fn self_signed(
     let key = rcgen::KeyPair::generate()?;
     let certificate = params.self_signed(&key)?;
     let annotations = BTreeMap::from([
-        (NOT_AFTER.to_string(), not_after.round(k8s_openapi::jiff::Unit::Second).unwrap_or(not_after).to_string()),
+        (
+            NOT_AFTER.to_string(),
+            not_after
+                .round(k8s_openapi::jiff::Unit::Second)
+                .unwrap_or(not_after)
+                .to_string(),
+        ),
         (DNS_NAMES.to_string(), dns_names.join(",")),
     ]);
     let data = BTreeMap::from([
-        ("tls.crt".to_string(), ByteString(certificate.pem().into_bytes())),
-        ("tls.key".to_string(), ByteString(key.serialize_pem().into_bytes())),
+        (
+            "tls.crt".to_string(),
+            ByteString(certificate.pem().into_bytes()),
+        ),
+        (
+            "tls.key".to_string(),
+            ByteString(key.serialize_pem().into_bytes()),
+        ),
     ]);
     Ok((annotations, data))
 }
 
 fn offset(at: Timestamp) -> time::OffsetDateTime {
-    time::OffsetDateTime::from_unix_timestamp(at.as_second()).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+    time::OffsetDateTime::from_unix_timestamp(at.as_second())
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }
 
 #[cfg(test)]
@@ -88,13 +101,27 @@ mod tests {
         let names = vec!["relay.example.com".to_string()];
         assert!(needs_certificate(None, &names, now));
         let (annotations, data) = self_signed(&names, now).unwrap();
-        assert!(String::from_utf8_lossy(&data["tls.crt"].0).starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(
+            String::from_utf8_lossy(&data["tls.crt"].0).starts_with("-----BEGIN CERTIFICATE-----")
+        );
         let existing = secret(annotations);
         assert!(!needs_certificate(Some(&existing), &names, now));
-        assert!(!needs_certificate(Some(&existing), &names, now + SignedDuration::from_hours(59 * 24)));
-        assert!(needs_certificate(Some(&existing), &names, now + SignedDuration::from_hours(61 * 24)));
+        assert!(!needs_certificate(
+            Some(&existing),
+            &names,
+            now + SignedDuration::from_hours(59 * 24)
+        ));
+        assert!(needs_certificate(
+            Some(&existing),
+            &names,
+            now + SignedDuration::from_hours(61 * 24)
+        ));
         let renamed = vec!["mail.example.com".to_string()];
         assert!(needs_certificate(Some(&existing), &renamed, now));
-        assert!(needs_certificate(Some(&secret(BTreeMap::new())), &names, now));
+        assert!(needs_certificate(
+            Some(&secret(BTreeMap::new())),
+            &names,
+            now
+        ));
     }
 }

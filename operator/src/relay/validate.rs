@@ -37,7 +37,10 @@ pub fn validate(spec: &RelaySpec) -> Result<(), ValidationError> {
         if bounds.min < 1 || bounds.min > bounds.max {
             problem(
                 field.into(),
-                format!("need 1 <= min <= max, got min {} max {}", bounds.min, bounds.max),
+                format!(
+                    "need 1 <= min <= max, got min {} max {}",
+                    bounds.min, bounds.max
+                ),
             );
         }
     }
@@ -47,10 +50,16 @@ pub fn validate(spec: &RelaySpec) -> Result<(), ValidationError> {
     for (i, listener) in spec.ingress.listeners.iter().enumerate() {
         let field = format!("spec.ingress.listeners[{i}]");
         if !names.insert(&listener.name) {
-            problem(format!("{field}.name"), format!("{:?} is used twice", listener.name));
+            problem(
+                format!("{field}.name"),
+                format!("{:?} is used twice", listener.name),
+            );
         }
         if !ports.insert(listener.port) {
-            problem(format!("{field}.port"), format!("{} is used twice", listener.port));
+            problem(
+                format!("{field}.port"),
+                format!("{} is used twice", listener.port),
+            );
         }
         let target = listener.target_port();
         if target == super::build::ADMIN_PORT {
@@ -59,11 +68,17 @@ pub fn validate(spec: &RelaySpec) -> Result<(), ValidationError> {
                 format!("{target} is the admin port of the pods"),
             );
         } else if !targets.insert(target) {
-            problem(format!("{field}.containerPort"), format!("{target} is used twice"));
+            problem(
+                format!("{field}.containerPort"),
+                format!("{target} is used twice"),
+            );
         }
     }
     if spec.ingress.listeners.is_empty() {
-        problem("spec.ingress.listeners".into(), "at least one listener is needed".into());
+        problem(
+            "spec.ingress.listeners".into(),
+            "at least one listener is needed".into(),
+        );
     }
     let durations = spec
         .delivery
@@ -101,7 +116,10 @@ pub fn validate(spec: &RelaySpec) -> Result<(), ValidationError> {
         );
     }
     if let Some(stream) = &spec.nats.stream
-        && (stream.is_empty() || !stream.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+        && (stream.is_empty()
+            || !stream
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
     {
         problem(
             "spec.nats.stream".into(),

@@ -73,7 +73,11 @@ impl FakeApi {
             let mut conflicts = self.conflicts.lock().unwrap();
             if *conflicts > 0 {
                 *conflicts -= 1;
-                return status(StatusCode::CONFLICT, "Conflict", "the object has been modified");
+                return status(
+                    StatusCode::CONFLICT,
+                    "Conflict",
+                    "the object has been modified",
+                );
             }
         }
         let (key, subresource_status) = match path.strip_suffix("/status") {
@@ -93,7 +97,9 @@ impl FakeApi {
                     .map(|(_, v)| v.clone())
                     .collect();
                 if is_collection(&key) {
-                    return ok(json!({ "apiVersion": "v1", "kind": "List", "metadata": { "resourceVersion": "1" }, "items": items }));
+                    return ok(
+                        json!({ "apiVersion": "v1", "kind": "List", "metadata": { "resourceVersion": "1" }, "items": items }),
+                    );
                 }
                 status(StatusCode::NOT_FOUND, "NotFound", "not found")
             }
@@ -130,7 +136,10 @@ impl FakeApi {
             }
             Method::POST => {
                 let version = self.next_version();
-                let name = body["metadata"]["name"].as_str().map(String::from).unwrap_or_else(|| format!("event-{version}"));
+                let name = body["metadata"]["name"]
+                    .as_str()
+                    .map(String::from)
+                    .unwrap_or_else(|| format!("event-{version}"));
                 objects.insert(format!("{key}/{name}"), body.clone());
                 let mut response = ok(body);
                 *response.status_mut() = StatusCode::CREATED;
@@ -140,7 +149,11 @@ impl FakeApi {
                 Some(object) => ok(object),
                 None => status(StatusCode::NOT_FOUND, "NotFound", "not found"),
             },
-            _ => status(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "unsupported"),
+            _ => status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "unsupported",
+            ),
         }
     }
 

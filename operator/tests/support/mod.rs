@@ -22,7 +22,10 @@ pub fn read(path: &str) -> String {
 pub fn relay(path: &str) -> Relay {
     let mut relay: Relay = serde_saphyr::from_str(&read(path)).unwrap();
     relay.metadata.uid = Some("6a1f0f3e-8a6e-4f0e-9f00-000000000001".into());
-    relay.metadata.namespace.get_or_insert_with(|| "default".into());
+    relay
+        .metadata
+        .namespace
+        .get_or_insert_with(|| "default".into());
     relay
 }
 
@@ -88,8 +91,15 @@ pub fn is_custom_kind(object: &serde_json::Value) -> bool {
 /// when it fails.
 pub fn run_tool(tool: &str, args: &[&std::ffi::OsStr]) -> String {
     let path = repo().join(".tools/venv/bin").join(tool);
-    assert!(path.exists(), "{} is missing: run scripts/tools", path.display());
-    let output = std::process::Command::new(&path).args(args).output().unwrap();
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/tools",
+        path.display()
+    );
+    let output = std::process::Command::new(&path)
+        .args(args)
+        .output()
+        .unwrap();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),

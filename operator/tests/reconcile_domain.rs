@@ -1,0 +1,198 @@
+//! Domain reconcile scenarios against kube's mocked API service and a DNS server on loopback.
+#![allow(clippy::unwrap_used)]
+
+#[path = "support/fake_api.rs"]
+mod fake_api;
+
+use std::sync::Arc;
+
+use fake_api::FakeApi;
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use postern_e2e::DnsServer;
+use postern_operator::api::Domain;
+use postern_operator::context::Context;
+use postern_operator::domain;
+use serde_json::{Value, json};
+
+const DOMAIN: &str = "/apis/postern.io/v1alpha1/namespaces/default/domains/example-com";
+const SECRET: &str = "/api/v1/namespaces/default/secrets/example-com-dkim";
+const RELAY: &str = "/apis/postern.io/v1alpha1/namespaces/default/relays/mail";
+
+async fn reconcile(client: &Client, api: &FakeApi, dns: &DnsServer, now: &str) -> Vec<String> {
+    let now: Timestamp = now.parse().unwrap();
+    let lookup = domain::verify::resolver(&[dns.addr]).unwrap();
+    let ctx = Arc::new(Context::with_clock(
+        client.clone(),
+        lookup,
+        Box::new(move || now),
+    ));
+    let object: Domain = serde_json::from_value(api.get(DOMAIN).unwrap()).unwrap();
+    api.take_log();
+    domain::reconcile(Arc::new(object), ctx).await.unwrap();
+    api.take_log()
+}
+
+fn condition(api: &FakeApi, kind: &str) -> (String, String, String) {
+    let domain = api.get(DOMAIN).unwrap();
+    let c = domain["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == kind)
+        .unwrap()
+        .clone();
+    let text = |k: &str| c[k].as_str().unwrap().to_string();
+    (text("status"), text("reason"), text("message"))
+}
+
+fn start(spec: Value) -> (Client, FakeApi) {
+    let (client, api) = FakeApi::start();
+    api.put(DOMAIN, json!({
+        "apiVersion": "postern.io/v1alpha1", "kind": "Domain",
+        "metadata": { "name": "example-com", "namespace": "default", "uid": "domain-uid", "generation": 1 },
+        "spec": spec,
+    }));
+    api.put(
+        RELAY,
+        json!({
+            "apiVersion": "postern.io/v1alpha1", "kind": "Relay",
+            "metadata": { "name": "mail", "namespace": "default", "uid": "relay-uid" }, "spec": {},
+        }),
+    );
+    (client, api)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_sign_only_after_dns_serves_them_and_are_never_overwritten() {
+    let dns = DnsServer::start().await;
+    let (client, api) = start(json!({ "domain": "example.com", "relayRef": { "name": "mail" } }));
+
+    reconcile(&client, &api, &dns, "2026-11-28T12:00:00Z").await;
+    let secret = api.get(SECRET).unwrap();
+    let files: Vec<&String> = secret["data"].as_object().unwrap().keys().collect();
+    assert_eq!(
+        files,
+        ["postern-ed25519-20261128.pem", "postern-rsa-20261128.pem"]
+    );
+    assert_eq!(secret["metadata"]["ownerReferences"][0]["kind"], "Domain");
+    let status = api.get(DOMAIN).unwrap()["status"].clone();
+    assert_eq!(
+        status["nextSelectors"],
+        json!(["postern-ed25519-20261128", "postern-rsa-20261128"])
+    );
+    assert_eq!(status["activeSelectors"], json!([]));
+    assert_eq!(condition(&api, "DkimReady").1, "AwaitingDns");
+    let (verified, reason, message) = condition(&api, "DnsVerified");
+    assert_eq!(
+        (verified.as_str(), reason.as_str()),
+        ("False", "RecordMissing")
+    );
+    assert!(
+        message.contains("_dmarc.example.com TXT is missing"),
+        "{message}"
+    );
+    assert_eq!(condition(&api, "DnsPublished").1, "Manual");
+    assert_eq!(condition(&api, "Ready").0, "False");
+
+    // A person publishes the records exactly as status lists them; one is wrong at first.
+    for record in status["records"].as_array().unwrap() {
+        dns.txt(
+            record["name"].as_str().unwrap(),
+            record["value"].as_str().unwrap(),
+        );
+    }
+    dns.txt("_dmarc.example.com", "v=DMARC1; p=reject");
+    reconcile(&client, &api, &dns, "2026-11-28T12:05:00Z").await;
+    let (verified, reason, message) = condition(&api, "DnsVerified");
+    assert_eq!(
+        (verified.as_str(), reason.as_str()),
+        ("False", "RecordDiffers")
+    );
+    assert!(
+        message.contains("_dmarc.example.com TXT is \"v=DMARC1; p=reject\""),
+        "{message}"
+    );
+    // The DKIM records were seen: both keys sign now.
+    let status = api.get(DOMAIN).unwrap()["status"].clone();
+    assert_eq!(
+        status["activeSelectors"],
+        json!(["postern-ed25519-20261128", "postern-rsa-20261128"])
+    );
+    assert_eq!(condition(&api, "DkimReady").0, "True");
+
+    dns.txt("_dmarc.example.com", "v=DMARC1; p=none");
+    reconcile(&client, &api, &dns, "2026-11-28T12:10:00Z").await;
+    assert_eq!(condition(&api, "DnsVerified").0, "True");
+    assert_eq!(condition(&api, "Ready").0, "True");
+
+    // The keys in the Secret are the ones first made, and they load into the relay's signer.
+    let after = api.get(SECRET).unwrap();
+    assert_eq!(after["data"], secret["data"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut keys = Vec::new();
+    for (file, value) in after["data"].as_object().unwrap() {
+        use base64::Engine;
+        let pem = base64::engine::general_purpose::STANDARD
+            .decode(value.as_str().unwrap())
+            .unwrap();
+        std::fs::write(dir.path().join(file), pem).unwrap();
+        let selector = file.trim_end_matches(".pem").to_string();
+        let algorithm = if selector.contains("ed25519") {
+            postern_config::DkimAlgorithm::Ed25519
+        } else {
+            postern_config::DkimAlgorithm::Rsa
+        };
+        keys.push(postern_config::DkimKeyConfig {
+            selector,
+            algorithm,
+            key_file: dir.path().join(file),
+        });
+    }
+    let signers = postern_relay::dkim::Signers::load(&[postern_config::DomainConfig {
+        name: "example.com".into(),
+        dkim: keys,
+    }])
+    .unwrap();
+    let signed =
+        String::from_utf8(signers.sign(b"From: a@example.com\r\nSubject: x\r\n\r\nhi\r\n"))
+            .unwrap();
+    assert_eq!(signed.matches("DKIM-Signature:").count(), 2, "{signed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_dns_gets_a_dns_endpoint_when_installed() {
+    let dns = DnsServer::start().await;
+    let spec = json!({ "domain": "example.com", "relayRef": { "name": "gone" }, "dkim": { "algorithms": ["ed25519"] }, "dns": { "provider": "external-dns" } });
+    let (client, api) = start(spec);
+    reconcile(&client, &api, &dns, "2026-11-28T12:00:00Z").await;
+    assert_eq!(condition(&api, "DnsPublished").1, "ExternalDnsMissing");
+    assert_eq!(condition(&api, "Ready").1, "RelayNotFound");
+
+    api.put(
+        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/dnsendpoints.externaldns.k8s.io",
+        json!({ "metadata": { "name": "dnsendpoints.externaldns.k8s.io" } }),
+    );
+    reconcile(&client, &api, &dns, "2026-11-28T12:01:00Z").await;
+    assert_eq!(condition(&api, "DnsPublished").0, "True");
+    let endpoint = api
+        .get(
+            "/apis/externaldns.k8s.io/v1alpha1/namespaces/default/dnsendpoints/example-com-records",
+        )
+        .unwrap();
+    let names: Vec<&str> = endpoint["spec"]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["dnsName"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "example.com",
+            "postern-ed25519-20261128._domainkey.example.com",
+            "_dmarc.example.com"
+        ]
+    );
+    assert_eq!(endpoint["spec"]["endpoints"][0]["recordTTL"], 3600);
+}

@@ -1,0 +1,53 @@
+//! The validate stage names every invalid field.
+#![allow(clippy::unwrap_used)]
+
+use postern_operator::api::RelaySpec;
+use postern_operator::relay::validate::validate;
+
+fn spec(yaml: &str) -> RelaySpec {
+    serde_saphyr::from_str(yaml).unwrap()
+}
+
+#[test]
+fn defaults_are_valid() {
+    validate(&spec("{}")).unwrap();
+}
+
+#[test]
+fn each_problem_names_its_field() {
+    let err = validate(&spec(
+        r#"
+ingress:
+  replicas: { min: 5, max: 2 }
+  allowedNetworks: ["10.0.0.0/8", "10.0.0.300/8"]
+  listeners:
+    - { name: smtp, port: 25 }
+    - { name: smtp, port: 587, containerPort: 10025 }
+    - { name: admin, port: 9090 }
+delivery:
+  routes:
+    - { domain: example.com, host: "mx.example.com" }
+  smarthost: { host: "relay.example.net:0" }
+  retry: { schedule: ["1m", "5 minutes"], maxAge: "3w" }
+"#,
+    ))
+    .unwrap_err();
+    let problems = err.problems.join("\n");
+    for expected in [
+        "spec.ingress.allowedNetworks[1]: \"10.0.0.300/8\" is not a CIDR",
+        "spec.ingress.replicas: need 1 <= min <= max, got min 5 max 2",
+        "spec.ingress.listeners[1].name: \"smtp\" is used twice",
+        "spec.ingress.listeners[1].containerPort: 10025 is used twice",
+        "spec.ingress.listeners[2].containerPort: 9090 is the admin port of the pods",
+        "spec.delivery.retry.schedule[1]: invalid duration \"5 minutes\"",
+        "spec.delivery.retry.maxAge: invalid duration \"3w\"",
+        "spec.delivery.routes[0].host: \"mx.example.com\" is not host:port",
+        "spec.delivery.smarthost.host: \"relay.example.net:0\" is not host:port",
+    ] {
+        assert!(
+            problems.contains(expected),
+            "missing {expected:?} in:\n{problems}"
+        );
+    }
+    assert_eq!(err.problems.len(), 9, "{problems}");
+}
