@@ -23,24 +23,11 @@ const DOMAIN_PATTERN: &str =
     status = "DomainStatus",
     category = "postern",
     doc = "A sending domain: DKIM keys and the DNS records for SPF, DKIM and DMARC.",
-    printcolumn(name = "Domain", type_ = "string", json_path = ".spec.domain"),
-    printcolumn(name = "Relay", type_ = "string", json_path = ".spec.relayRef.name"),
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
-    ),
-    printcolumn(
-        name = "DNS",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"DnsVerified\")].reason",
-        description = "Whether the published DNS records match"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn = r#"{"name": "Domain", "type": "string", "jsonPath": ".spec.domain"}"#,
+    printcolumn = r#"{"name": "Relay", "type": "string", "jsonPath": ".spec.relayRef.name"}"#,
+    printcolumn = r#"{"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name": "DNS", "type": "string", "description": "Whether the published DNS records match", "jsonPath": ".status.conditions[?(@.type==\"DnsVerified\")].reason"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DomainSpec {

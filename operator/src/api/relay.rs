@@ -25,34 +25,11 @@ pub const DURATION_PATTERN: &str = r"^[0-9]+(ms|s|m|h|d)$";
     status = "RelayStatus",
     category = "postern",
     doc = "A Postern mail relay: SMTP ingress, a JetStream queue and autoscaled delivery.",
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
-    ),
-    printcolumn(
-        name = "Ingress",
-        type_ = "integer",
-        json_path = ".status.ingressReplicas",
-        description = "Ready ingress pods"
-    ),
-    printcolumn(
-        name = "Delivery",
-        type_ = "integer",
-        json_path = ".status.deliveryReplicas",
-        description = "Ready delivery pods"
-    ),
-    printcolumn(
-        name = "Queue",
-        type_ = "integer",
-        json_path = ".status.queueLag",
-        description = "Messages waiting for delivery"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn = r#"{"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name": "Ingress", "type": "integer", "description": "Ready ingress pods", "jsonPath": ".status.ingressReplicas"}"#,
+    printcolumn = r#"{"name": "Delivery", "type": "integer", "description": "Ready delivery pods", "jsonPath": ".status.deliveryReplicas"}"#,
+    printcolumn = r#"{"name": "Queue", "type": "integer", "description": "Messages waiting for delivery", "jsonPath": ".status.queueLag"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RelaySpec {

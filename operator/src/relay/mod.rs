@@ -392,13 +392,13 @@ async fn certificate(
         names.extend(relay.spec.ingress.tls.dns_names.iter().cloned());
         let existing = secrets.get_opt(&desired.tls_secret).await.map_err(read)?;
         if tls::needs_certificate(existing.as_ref(), &names, ctx.now()) {
-            let (annotations, data) = tls::self_signed(&names, ctx.now())?;
+            let made = tls::self_signed(&names, ctx.now())?;
             let mut meta = meta::owned_meta(relay, desired.tls_secret.clone(), "ingress");
-            meta.annotations = Some(annotations);
+            meta.annotations = Some(made.annotations);
             let secret = Secret {
                 metadata: meta,
                 type_: Some("kubernetes.io/tls".into()),
-                data: Some(data),
+                data: Some(made.data),
                 ..Secret::default()
             };
             let value = serde_json::to_value(&secret).map_err(|_| ApplyError::Malformed)?;

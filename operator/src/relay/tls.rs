@@ -35,12 +35,18 @@ pub fn needs_certificate(existing: Option<&Secret>, dns_names: &[String], now: T
     !(names_match && fresh)
 }
 
-/// A `kubernetes.io/tls` Secret body (annotations and data) with a new ECDSA P-256 certificate
-/// for `dns_names`, valid from an hour before `now` for 90 days.
+/// The parts of a `kubernetes.io/tls` Secret the operator writes.
+#[derive(Debug, Clone)]
+pub struct CertificateSecret {
+    pub annotations: BTreeMap<String, String>,
+    pub data: BTreeMap<String, ByteString>,
+}
+
+/// A new ECDSA P-256 certificate for `dns_names`, valid from an hour before `now` for 90 days.
 pub fn self_signed(
     dns_names: &[String],
     now: Timestamp,
-) -> Result<(BTreeMap<String, String>, BTreeMap<String, ByteString>), CertificateError> {
+) -> Result<CertificateSecret, CertificateError> {
     let mut params = rcgen::CertificateParams::new(dns_names.to_vec())?;
     let not_before = now - SignedDuration::from_hours(1);
     let not_after = now + VALIDITY;
@@ -73,7 +79,7 @@ pub fn self_signed(
             ByteString(key.serialize_pem().into_bytes()),
         ),
     ]);
-    Ok((annotations, data))
+    Ok(CertificateSecret { annotations, data })
 }
 
 fn offset(at: Timestamp) -> time::OffsetDateTime {
@@ -100,11 +106,10 @@ mod tests {
         let now: Timestamp = "2026-11-28T12:00:00Z".parse().unwrap();
         let names = vec!["relay.example.com".to_string()];
         assert!(needs_certificate(None, &names, now));
-        let (annotations, data) = self_signed(&names, now).unwrap();
-        assert!(
-            String::from_utf8_lossy(&data["tls.crt"].0).starts_with("-----BEGIN CERTIFICATE-----")
-        );
-        let existing = secret(annotations);
+        let made = self_signed(&names, now).unwrap();
+        let pem = String::from_utf8_lossy(&made.data["tls.crt"].0).into_owned();
+        assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        let existing = secret(made.annotations);
         assert!(!needs_certificate(Some(&existing), &names, now));
         assert!(!needs_certificate(
             Some(&existing),
