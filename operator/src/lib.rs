@@ -7,5 +7,6 @@ pub mod conditions;
 pub mod context;
 pub mod domain;
 pub mod meta;
+pub mod rbac;
 pub mod relay;
 pub mod run;

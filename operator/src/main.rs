@@ -35,6 +35,15 @@ enum Command {
     },
     /// Print the Relay and Domain CRDs as YAML.
     Crds,
+    /// Print the ClusterRole and the leader-election Role the operator needs, as YAML.
+    Rbac {
+        /// Name of both roles.
+        #[arg(long, default_value = "postern-operator")]
+        name: String,
+        /// Namespace of the Role (the operator's).
+        #[arg(long, default_value = "postern-system")]
+        namespace: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,6 +57,15 @@ fn main() -> ExitCode {
             }
             Err(err) => fail(err),
         },
+        Command::Rbac { name, namespace } => {
+            for role in postern_operator::rbac::roles(&name, &namespace) {
+                match serde_saphyr::to_string(&role) {
+                    Ok(yaml) => print!("---\n{yaml}"),
+                    Err(err) => return fail(err),
+                }
+            }
+            ExitCode::SUCCESS
+        }
         Command::Run {
             namespace,
             identity,

@@ -1,0 +1,60 @@
+//! The operator's RBAC grants exactly what its reconcilers write, and is valid Kubernetes.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::ffi::OsStr;
+
+use postern_operator::rbac::{allows, roles};
+use postern_operator::relay::build::build;
+use support::*;
+
+#[test]
+fn every_kind_the_operator_writes_is_granted() {
+    let mut objects = Vec::new();
+    for inputs in [minimal_inputs(), full_inputs()] {
+        let desired = build(&inputs).unwrap();
+        objects.extend(desired.objects);
+        for (api_version, kind, _) in desired.absent {
+            objects.push(serde_json::json!({ "apiVersion": api_version, "kind": kind }));
+        }
+    }
+    objects.push(serde_json::json!({ "apiVersion": "v1", "kind": "Secret" }));
+    objects.push(
+        serde_json::json!({ "apiVersion": "externaldns.k8s.io/v1alpha1", "kind": "DNSEndpoint" }),
+    );
+    for object in objects {
+        let api_version = object["apiVersion"].as_str().unwrap();
+        let group = api_version.split_once('/').map_or("", |(g, _)| g);
+        let resource =
+            postern_operator::apply::api_resource(api_version, object["kind"].as_str().unwrap())
+                .plural;
+        for verb in ["get", "patch", "delete"] {
+            assert!(
+                allows(group, &resource, verb),
+                "no {verb} on {group}/{resource}"
+            );
+        }
+    }
+    assert!(allows("postern.io", "relays/status", "patch"));
+    assert!(!allows("", "pods", "get"), "the operator never needs pods");
+    assert!(!allows("", "secrets", "deletecollection"));
+}
+
+#[test]
+fn roles_are_valid_for_kubernetes_1_33() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rbac.yaml");
+    let yaml: String = roles("postern-operator", "postern-system")
+        .iter()
+        .map(|r| format!("---\n{}", serde_saphyr::to_string(r).unwrap()))
+        .collect();
+    std::fs::write(&path, yaml).unwrap();
+    let args = [
+        OsStr::new("--strict"),
+        OsStr::new("--kubernetes-version"),
+        OsStr::new("1.33.0"),
+        path.as_os_str(),
+    ];
+    run_tool("kubernetes-validate", &args);
+}
