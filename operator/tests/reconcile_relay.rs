@@ -303,3 +303,74 @@ async fn an_unreachable_nats_is_reported_not_fatal() {
             .is_some()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cert_manager_certificate_is_reported_as_cert_manager_sees_it() {
+    let h = Harness::start(
+        json!({ "ingress": { "tls": { "issuerRef": { "name": "letsencrypt", "kind": "ClusterIssuer" } } } }),
+    );
+    h.reconcile().await;
+    assert_eq!(h.condition("CertificateReady").1, "CertManagerMissing");
+    assert!(
+        h.api.get(&format!("{NS}/secrets/mail-tls")).is_none(),
+        "no self-signed certificate"
+    );
+
+    h.api.put(
+        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/certificates.cert-manager.io",
+        json!({ "metadata": { "name": "certificates.cert-manager.io" } }),
+    );
+    h.reconcile().await;
+    let path = "/apis/cert-manager.io/v1/namespaces/default/certificates/mail-tls";
+    let mut certificate = h.api.get(path).unwrap();
+    assert_eq!(certificate["spec"]["issuerRef"]["kind"], "ClusterIssuer");
+    assert_eq!(certificate["spec"]["dnsNames"], json!(["mail.default.svc"]));
+    assert_eq!(h.condition("CertificateReady").1, "Issuing");
+
+    certificate["status"] = json!({ "conditions": [{ "type": "Ready", "status": "True" }] });
+    h.api.put(path, certificate);
+    h.reconcile().await;
+    assert_eq!(
+        h.condition("CertificateReady"),
+        (
+            "True".into(),
+            "Issued".into(),
+            "cert-manager issued Certificate mail-tls".into()
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_once_pods_are_ready_with_the_load_balancer_address() {
+    let h = Harness::start(json!({}));
+    h.reconcile().await;
+    assert_eq!(h.condition("Ready").0, "False");
+    for component in ["ingress", "delivery"] {
+        let path = format!("{APPS}/deployments/mail-{component}");
+        let mut deployment = h.api.get(&path).unwrap();
+        deployment["metadata"]["generation"] = json!(1);
+        deployment["status"] = json!({ "observedGeneration": 1, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2 });
+        deployment["spec"]["replicas"] = json!(2);
+        h.api.put(&path, deployment);
+    }
+    let mut service = h.api.get(&format!("{NS}/services/mail")).unwrap();
+    service["status"] = json!({ "loadBalancer": { "ingress": [{ "ip": "203.0.113.25" }] } });
+    h.api.put(&format!("{NS}/services/mail"), service);
+    h.reconcile().await;
+    assert_eq!(
+        h.condition("Ready"),
+        (
+            "True".into(),
+            "Ready".into(),
+            "accepting and delivering mail".into()
+        )
+    );
+    assert_eq!(h.condition("Progressing").0, "False");
+    let status = &h.api.get(RELAY).unwrap()["status"];
+    assert_eq!(status["ingressReplicas"], 2);
+    assert_eq!(status["deliveryReplicas"], 2);
+    assert_eq!(
+        status["endpoints"],
+        json!(["203.0.113.25:25", "203.0.113.25:587", "203.0.113.25:465"])
+    );
+}
