@@ -49,3 +49,49 @@ pub fn transitions(before: &[Condition], after: &[Condition]) -> Vec<(String, bo
         .map(|a| (a.type_.clone(), a.status == "True"))
         .collect()
 }
+
+/// Sets conditions for one reconcile: the resource's generation and the time are fixed.
+#[derive(Debug, Clone, Copy)]
+pub struct Setter {
+    pub generation: Option<i64>,
+    pub now: Timestamp,
+}
+
+impl Setter {
+    /// See [`set`].
+    pub fn set(
+        &self,
+        conditions: &mut Vec<Condition>,
+        kind: &str,
+        ok: bool,
+        reason: &str,
+        message: impl Into<String>,
+    ) {
+        set(
+            conditions,
+            kind,
+            ok,
+            reason,
+            message,
+            self.generation,
+            self.now,
+        );
+    }
+}
+
+impl Setter {
+    /// Sets `Ready`: True with `ready_message` when nothing is `waiting`, else False listing it.
+    pub fn ready(
+        &self,
+        conditions: &mut Vec<Condition>,
+        waiting: &[String],
+        ready_message: String,
+    ) {
+        if waiting.is_empty() {
+            self.set(conditions, "Ready", true, "Ready", ready_message);
+        } else {
+            let message = format!("waiting for: {}", waiting.join(", "));
+            self.set(conditions, "Ready", false, "NotReady", message);
+        }
+    }
+}

@@ -10,3 +10,4 @@ pub mod meta;
 pub mod rbac;
 pub mod relay;
 pub mod run;
+pub mod status;

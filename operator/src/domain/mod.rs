@@ -12,7 +12,6 @@ use std::time::Duration;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
@@ -69,16 +68,9 @@ pub async fn reconcile(domain: Arc<Domain>, ctx: Arc<Context>) -> Result<Action,
     let mut status = before.clone();
     let generation = domain.meta().generation;
     let now = ctx.now();
+    let setter = conditions::Setter { generation, now };
     let set = |status: &mut DomainStatus, kind: &str, ok: bool, reason: &str, message: String| {
-        conditions::set(
-            &mut status.conditions,
-            kind,
-            ok,
-            reason,
-            message,
-            generation,
-            now,
-        );
+        setter.set(&mut status.conditions, kind, ok, reason, message);
     };
     let kube_error = |what| move |source| DereferenceError::Kube { what, source };
 
@@ -319,25 +311,12 @@ pub async fn reconcile(domain: Arc<Domain>, ctx: Arc<Context>) -> Result<Action,
                 domain.spec.relay_ref.name
             ),
         );
-    } else if waiting.is_empty() {
-        set(
-            &mut status,
-            "Ready",
-            true,
-            "Ready",
-            format!(
-                "mail from {} is signed and its records are in DNS",
-                domain.spec.domain
-            ),
-        );
     } else {
-        set(
-            &mut status,
-            "Ready",
-            false,
-            "NotReady",
-            format!("waiting for: {}", waiting.join(", ")),
+        let message = format!(
+            "mail from {} is signed and its records are in DNS",
+            domain.spec.domain
         );
+        setter.ready(&mut status.conditions, &waiting, message);
     }
     status.observed_generation = generation;
     let settled = condition_status(&status.conditions, "Ready") == Some("True")
@@ -380,28 +359,7 @@ async fn write_status(
     before: &DomainStatus,
     status: DomainStatus,
 ) -> Result<(), DomainError> {
-    if &status == before {
-        return Ok(());
-    }
-    for (kind, now_true) in conditions::transitions(&before.conditions, &status.conditions) {
-        if let Some(condition) = status.conditions.iter().find(|c| c.type_ == kind) {
-            ctx.event(
-                domain,
-                !now_true,
-                &condition.reason,
-                format!("{kind}={}: {}", condition.status, condition.message),
-            )
-            .await;
-        }
-    }
-    let body = json!({ "status": status });
-    let (name, params, patch) = (
-        domain.name_any(),
-        PatchParams::default(),
-        Patch::Merge(&body),
-    );
-    apply::retry_conflicts(|| domains.patch_status(&name, &params, &patch))
+    crate::status::write(ctx, domains, domain, before, &status)
         .await
-        .map_err(DomainError::Status)?;
-    Ok(())
+        .map_err(DomainError::Status)
 }

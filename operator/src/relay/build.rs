@@ -323,10 +323,6 @@ fn ingress_deployment(inputs: &RelayInputs, restart_hash: &str, tls_secret: &str
         .iter()
         .map(|l| json!({ "name": l.name, "containerPort": l.target_port(), "protocol": "TCP" }))
         .collect();
-    let grace = postern_config::Config::default()
-        .shutdown_grace
-        .get()
-        .as_secs() as i64;
     deployment(
         relay,
         Workload {
@@ -336,7 +332,7 @@ fn ingress_deployment(inputs: &RelayInputs, restart_hash: &str, tls_secret: &str
             ports,
             resources: spec.ingress.resources.as_ref(),
             pre_stop: true,
-            termination_grace: PRE_STOP_SECONDS + grace + 5,
+            termination_grace: PRE_STOP_SECONDS + drain_seconds() + 5,
         },
     )
 }
@@ -359,10 +355,6 @@ fn delivery_deployment(inputs: &RelayInputs, restart_hash: &str) -> Value {
             optional: false,
         });
     }
-    let grace = postern_config::Config::default()
-        .shutdown_grace
-        .get()
-        .as_secs() as i64;
     deployment(
         relay,
         Workload {
@@ -372,9 +364,16 @@ fn delivery_deployment(inputs: &RelayInputs, restart_hash: &str) -> Value {
             ports: Vec::new(),
             resources: spec.delivery.resources.as_ref(),
             pre_stop: false,
-            termination_grace: grace + 5,
+            termination_grace: drain_seconds() + 5,
         },
     )
+}
+
+/// How long the relay drains after SIGTERM (`shutdownGrace`, which the operator leaves at its
+/// default).
+fn drain_seconds() -> i64 {
+    let grace = postern_config::Config::default().shutdown_grace.get();
+    i64::try_from(grace.as_secs()).unwrap_or(i64::MAX)
 }
 
 fn nats_mount(relay: &Relay, mounts: &mut Vec<SecretMount>) {

@@ -88,16 +88,9 @@ pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action, R
     let mut status = before.clone();
     let generation = relay.meta().generation;
     let now = ctx.now();
+    let setter = conditions::Setter { generation, now };
     let set = |status: &mut RelayStatus, kind: &str, ok: bool, reason: &str, message: String| {
-        conditions::set(
-            &mut status.conditions,
-            kind,
-            ok,
-            reason,
-            message,
-            generation,
-            now,
-        );
+        setter.set(&mut status.conditions, kind, ok, reason, message);
     };
 
     // Dereference and validate: failures are the user's to fix, so they go to status.
@@ -246,23 +239,11 @@ pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action, R
                 .map(|(c, _)| format!("no ready {c} pod")),
         )
         .collect();
-    if waiting.is_empty() {
-        set(
-            &mut status,
-            "Ready",
-            true,
-            "Ready",
-            "accepting and delivering mail".into(),
-        );
-    } else {
-        set(
-            &mut status,
-            "Ready",
-            false,
-            "NotReady",
-            format!("waiting for: {}", waiting.join(", ")),
-        );
-    }
+    setter.ready(
+        &mut status.conditions,
+        &waiting,
+        "accepting and delivering mail".into(),
+    );
     status.observed_generation = generation;
     let is_ready = condition_status(&status.conditions, "Ready") == Some("True");
     write_status(&ctx, &relays, &relay, &before, status).await?;
@@ -547,36 +528,7 @@ async fn write_status(
     before: &RelayStatus,
     status: RelayStatus,
 ) -> Result<(), ReconcileError> {
-    if &status == before {
-        return Ok(());
-    }
-    for (kind, now_true) in conditions::transitions(&before.conditions, &status.conditions) {
-        let condition = status.conditions.iter().find(|c| c.type_ == kind);
-        let (reason, message) = condition.map_or((String::new(), String::new()), |c| {
-            (c.reason.clone(), c.message.clone())
-        });
-        let warning = (kind == "Degraded") == now_true;
-        if kind == "Ready" || kind == "Degraded" || !now_true {
-            ctx.event(
-                relay,
-                warning,
-                &reason,
-                format!(
-                    "{kind}={}: {message}",
-                    if now_true { "True" } else { "False" }
-                ),
-            )
-            .await;
-        }
-    }
-    let body = json!({ "status": status });
-    let (name, params, patch) = (
-        relay.name_any(),
-        PatchParams::default(),
-        Patch::Merge(&body),
-    );
-    apply::retry_conflicts(|| relays.patch_status(&name, &params, &patch))
+    crate::status::write(ctx, relays, relay, before, &status)
         .await
-        .map_err(ReconcileError::Status)?;
-    Ok(())
+        .map_err(ReconcileError::Status)
 }
