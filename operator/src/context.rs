@@ -16,6 +16,8 @@ pub struct Context {
     pub client: Client,
     pub queues: Queues,
     pub dns: Arc<dyn TxtLookup>,
+    /// Scale delivery with KEDA when its CRD is installed (`--keda auto`); false never uses it.
+    pub keda: bool,
     recorder: Recorder,
     clock: Box<dyn Fn() -> Timestamp + Send + Sync>,
 }
@@ -47,6 +49,7 @@ impl Context {
             client,
             queues: Queues::default(),
             dns,
+            keda: true,
             clock,
         }
     }

@@ -1,6 +1,7 @@
 //! Postern's Kubernetes operator: the `Relay` and `Domain` custom resources and their
 //! reconcilers, each a pipeline of stages (dereference → validate → build → apply → status).
 
+pub mod admin;
 pub mod api;
 pub mod apply;
 pub mod conditions;

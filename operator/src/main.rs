@@ -29,6 +29,12 @@ enum Command {
         /// Name server (ip:port) for DNS verification; repeatable. Default: the system's.
         #[arg(long = "nameserver")]
         nameservers: Vec<SocketAddr>,
+        /// Address of /healthz, /readyz and /metrics.
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        admin_address: SocketAddr,
+        /// Scale delivery with KEDA on queue lag when KEDA is installed (auto), or never.
+        #[arg(long, value_enum, default_value = "auto")]
+        keda: Keda,
         /// Log filter; RUST_LOG overrides it.
         #[arg(long, default_value = "info")]
         log_level: String,
@@ -44,6 +50,12 @@ enum Command {
         #[arg(long, default_value = "postern-system")]
         namespace: String,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Keda {
+    Auto,
+    Disabled,
 }
 
 fn main() -> ExitCode {
@@ -70,6 +82,8 @@ fn main() -> ExitCode {
             namespace,
             identity,
             nameservers,
+            admin_address,
+            keda,
             log_level,
         } => {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -92,6 +106,8 @@ fn main() -> ExitCode {
                 lease_namespace: namespace,
                 identity,
                 nameservers,
+                admin_address,
+                keda: matches!(keda, Keda::Auto),
             };
             match runtime.block_on(postern_operator::run::run(settings)) {
                 Ok(()) => ExitCode::SUCCESS,

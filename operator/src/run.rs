@@ -11,6 +11,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 
+use crate::admin::{self, Metrics};
 use crate::api::{Domain, Relay};
 use crate::context::Context;
 use crate::{domain, relay};
@@ -27,10 +28,19 @@ pub struct Settings {
     pub identity: String,
     /// Name servers for DNS verification; empty uses the system's.
     pub nameservers: Vec<std::net::SocketAddr>,
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    pub admin_address: std::net::SocketAddr,
+    /// Use KEDA for delivery when it is installed.
+    pub keda: bool,
 }
 
 /// Runs until SIGTERM or until another replica takes the lease.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let listener = tokio::net::TcpListener::bind(settings.admin_address)
+        .await
+        .map_err(|e| anyhow::anyhow!("--admin-address {}: {e}", settings.admin_address))?;
+    tokio::spawn(admin::serve(listener, metrics.clone()));
     let client = Client::try_default().await?;
     let lease = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
         .with_namespace(&settings.lease_namespace)
@@ -40,6 +50,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .build()
         .await?;
     let (mut leader, lease_task) = lease.watch().await;
+    metrics.set_ready();
     tracing::info!(identity = %settings.identity, "waiting to lead");
     while !*leader.borrow_and_update() {
         tokio::select! {
@@ -48,9 +59,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         }
     }
     tracing::info!("leading: starting the Relay and Domain controllers");
+    metrics.leader.set(1);
     let dns = domain::verify::resolver(&settings.nameservers).map_err(anyhow::Error::msg)?;
-    let ctx = Arc::new(Context::new(client.clone(), dns));
-    let controllers = controllers(client, ctx);
+    let mut ctx = Context::new(client.clone(), dns);
+    ctx.keda = settings.keda;
+    let controllers = controllers(client, Arc::new(ctx), metrics.clone());
     tokio::select! {
         () = controllers => {}
         () = shutdown() => tracing::info!("SIGTERM: stopping"),
@@ -63,7 +76,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn controllers(client: Client, ctx: Arc<Context>) {
+async fn controllers(client: Client, ctx: Arc<Context>, metrics: Arc<Metrics>) {
     let relays: Api<Relay> = Api::all(client.clone());
     let domains: Api<Domain> = Api::all(client.clone());
     let config = watcher::Config::default();
@@ -94,18 +107,32 @@ async fn controllers(client: Client, ctx: Arc<Context>) {
         )
         .shutdown_on_signal()
         .run(relay::reconcile, relay::error_policy, ctx.clone())
-        .for_each(|result| async move {
-            if let Err(err) = result {
-                tracing::debug!(%err, "relay controller");
+        .for_each(|result| {
+            let metrics = metrics.clone();
+            async move {
+                match result {
+                    Ok(_) => metrics.reconciled("relay", "ok"),
+                    Err(kube::runtime::controller::Error::ReconcilerFailed(err, _)) => {
+                        metrics.reconciled("relay", err.as_label());
+                    }
+                    Err(err) => tracing::debug!(%err, "relay controller"),
+                }
             }
         });
     let domain_controller = Controller::new(domains, config.clone())
         .owns(Api::<Secret>::all(client.clone()), config)
         .shutdown_on_signal()
         .run(domain::reconcile, domain::error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(err) = result {
-                tracing::debug!(%err, "domain controller");
+        .for_each(|result| {
+            let metrics = metrics.clone();
+            async move {
+                match result {
+                    Ok(_) => metrics.reconciled("domain", "ok"),
+                    Err(kube::runtime::controller::Error::ReconcilerFailed(err, _)) => {
+                        metrics.reconciled("domain", err.as_label());
+                    }
+                    Err(err) => tracing::debug!(%err, "domain controller"),
+                }
             }
         });
     futures::join!(relay_controller, domain_controller);

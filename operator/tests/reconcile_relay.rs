@@ -40,6 +40,10 @@ struct Harness {
 
 impl Harness {
     fn start(spec: Value) -> Harness {
+        Harness::start_with(spec, true)
+    }
+
+    fn start_with(spec: Value, keda: bool) -> Harness {
         let nats = NatsServer::start();
         let (client, api) = FakeApi::start();
         let mut spec = spec;
@@ -51,11 +55,9 @@ impl Harness {
             "spec": spec,
         }));
         let now: Timestamp = "2026-11-28T12:00:00Z".parse().unwrap();
-        let ctx = Arc::new(Context::with_clock(
-            client,
-            Arc::new(NoDns),
-            Box::new(move || now),
-        ));
+        let mut ctx = Context::with_clock(client, Arc::new(NoDns), Box::new(move || now));
+        ctx.keda = keda;
+        let ctx = Arc::new(ctx);
         Harness { api, ctx, nats }
     }
 
@@ -373,4 +375,34 @@ async fn ready_once_pods_are_ready_with_the_load_balancer_address() {
         status["endpoints"],
         json!(["203.0.113.25:25", "203.0.113.25:587", "203.0.113.25:465"])
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_moves_to_keda_when_it_appears_unless_disabled() {
+    const KEDA_CRD: &str =
+        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/scaledobjects.keda.sh";
+    let hpa = "/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers/mail-delivery";
+    let scaled = "/apis/keda.sh/v1alpha1/namespaces/default/scaledobjects/mail-delivery";
+    let h = Harness::start(json!({}));
+    h.reconcile().await;
+    assert!(h.api.get(hpa).is_some());
+    h.api.put(
+        KEDA_CRD,
+        json!({ "metadata": { "name": "scaledobjects.keda.sh" } }),
+    );
+    h.reconcile().await;
+    assert!(h.api.get(scaled).is_some(), "ScaledObject created");
+    assert!(
+        h.api.get(hpa).is_none(),
+        "the CPU autoscaler is removed so that they do not fight"
+    );
+
+    let h = Harness::start_with(json!({}), false);
+    h.api.put(
+        KEDA_CRD,
+        json!({ "metadata": { "name": "scaledobjects.keda.sh" } }),
+    );
+    h.reconcile().await;
+    assert!(h.api.get(hpa).is_some());
+    assert!(h.api.get(scaled).is_none());
 }

@@ -57,8 +57,13 @@ impl DereferenceError {
     }
 }
 
-/// Reads the Secrets, Domains and CRDs a Relay depends on.
-pub async fn dereference(client: &Client, relay: &Relay) -> Result<RelayInputs, DereferenceError> {
+/// Reads the Secrets, Domains and CRDs a Relay depends on; KEDA is looked for only when
+/// `keda_allowed`.
+pub async fn dereference(
+    client: &Client,
+    relay: &Relay,
+    keda_allowed: bool,
+) -> Result<RelayInputs, DereferenceError> {
     let namespace = relay.namespace().unwrap_or_else(|| "default".into());
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     let spec = &relay.spec;
@@ -108,7 +113,7 @@ pub async fn dereference(client: &Client, relay: &Relay) -> Result<RelayInputs, 
         relay: relay.clone(),
         domains,
         secret_digest: meta::hash(&parts),
-        keda: crd_exists(client, KEDA_CRD).await?,
+        keda: keda_allowed && crd_exists(client, KEDA_CRD).await?,
         cert_manager: spec.ingress.tls.issuer_ref.is_some()
             && crd_exists(client, CERT_MANAGER_CRD).await?,
     })

@@ -94,7 +94,7 @@ pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action, R
     };
 
     // Dereference and validate: failures are the user's to fix, so they go to status.
-    let inputs = match dereference::dereference(&ctx.client, &relay).await {
+    let inputs = match dereference::dereference(&ctx.client, &relay, ctx.keda).await {
         Ok(inputs) => inputs,
         Err(err @ DereferenceError::Kube { .. }) => return Err(err.into()),
         Err(err) => {
