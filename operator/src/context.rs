@@ -18,6 +18,8 @@ pub struct Context {
     pub dns: Arc<dyn TxtLookup>,
     /// Scale delivery with KEDA when its CRD is installed (`--keda auto`); false never uses it.
     pub keda: bool,
+    /// Image of relay pods whose Relay names none.
+    pub relay_image: String,
     recorder: Recorder,
     clock: Box<dyn Fn() -> Timestamp + Send + Sync>,
 }
@@ -50,6 +52,7 @@ impl Context {
             queues: Queues::default(),
             dns,
             keda: true,
+            relay_image: crate::relay::build::DEFAULT_IMAGE.to_string(),
             clock,
         }
     }

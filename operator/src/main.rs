@@ -35,6 +35,9 @@ enum Command {
         /// Scale delivery with KEDA on queue lag when KEDA is installed (auto), or never.
         #[arg(long, value_enum, default_value = "auto")]
         keda: Keda,
+        /// Image of relay pods whose Relay sets no spec.image.
+        #[arg(long, default_value = postern_operator::relay::build::DEFAULT_IMAGE)]
+        relay_image: String,
         /// Log filter; RUST_LOG overrides it.
         #[arg(long, default_value = "info")]
         log_level: String,
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
             nameservers,
             admin_address,
             keda,
+            relay_image,
             log_level,
         } => {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -108,6 +112,7 @@ fn main() -> ExitCode {
                 nameservers,
                 admin_address,
                 keda: matches!(keda, Keda::Auto),
+                relay_image,
             };
             match runtime.block_on(postern_operator::run::run(settings)) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -32,6 +32,8 @@ pub struct Settings {
     pub admin_address: std::net::SocketAddr,
     /// Use KEDA for delivery when it is installed.
     pub keda: bool,
+    /// Image of relay pods whose Relay names none.
+    pub relay_image: String,
 }
 
 /// Runs until SIGTERM or until another replica takes the lease.
@@ -63,6 +65,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let dns = domain::verify::resolver(&settings.nameservers).map_err(anyhow::Error::msg)?;
     let mut ctx = Context::new(client.clone(), dns);
     ctx.keda = settings.keda;
+    ctx.relay_image = settings.relay_image.clone();
     let controllers = controllers(client, Arc::new(ctx), metrics.clone());
     tokio::select! {
         () = controllers => {}

@@ -11,7 +11,8 @@ use crate::meta::{self, RESTART_HASH, owned_meta};
 
 /// Port of `/healthz`, `/readyz` and `/metrics` in the pods.
 pub const ADMIN_PORT: u16 = 9090;
-/// Image used when `spec.image` is absent: the relay of the operator's own release.
+/// Image used when neither `spec.image` nor `--relay-image` names one: the relay of the
+/// operator's own release.
 pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/postern-io/postern:", env!("CARGO_PKG_VERSION"));
 /// UID and GID the relay runs as.
 const RUN_AS: i64 = 65532;
@@ -324,7 +325,7 @@ fn ingress_deployment(inputs: &RelayInputs, restart_hash: &str, tls_secret: &str
         .map(|l| json!({ "name": l.name, "containerPort": l.target_port(), "protocol": "TCP" }))
         .collect();
     deployment(
-        relay,
+        inputs,
         Workload {
             component: "ingress",
             restart_hash,
@@ -356,7 +357,7 @@ fn delivery_deployment(inputs: &RelayInputs, restart_hash: &str) -> Value {
         });
     }
     deployment(
-        relay,
+        inputs,
         Workload {
             component: "delivery",
             restart_hash,
@@ -397,7 +398,8 @@ struct Workload<'a> {
     termination_grace: i64,
 }
 
-fn deployment(relay: &Relay, workload: Workload<'_>) -> Value {
+fn deployment(inputs: &RelayInputs, workload: Workload<'_>) -> Value {
+    let relay = &inputs.relay;
     let name = relay.name_any();
     let component = workload.component;
     let selector = meta::selector(&name, component);
@@ -426,7 +428,7 @@ fn deployment(relay: &Relay, workload: Workload<'_>) -> Value {
     };
     let mut container = json!({
         "name": "postern",
-        "image": relay.spec.image.as_deref().unwrap_or(DEFAULT_IMAGE),
+        "image": relay.spec.image.as_deref().unwrap_or(&inputs.default_image),
         "imagePullPolicy": relay.spec.image_pull_policy.as_deref().unwrap_or("IfNotPresent"),
         "args": [component, "--config", paths::CONFIG_FILE],
         "ports": ports,

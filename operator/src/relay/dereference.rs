@@ -26,6 +26,8 @@ pub struct RelayInputs {
     pub keda: bool,
     /// cert-manager's Certificate CRD is installed.
     pub cert_manager: bool,
+    /// Image of the relay pods when the Relay names none.
+    pub default_image: String,
 }
 
 /// A reference that does not resolve.
@@ -63,6 +65,7 @@ pub async fn dereference(
     client: &Client,
     relay: &Relay,
     keda_allowed: bool,
+    default_image: &str,
 ) -> Result<RelayInputs, DereferenceError> {
     let namespace = relay.namespace().unwrap_or_else(|| "default".into());
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
@@ -114,6 +117,7 @@ pub async fn dereference(
         domains,
         secret_digest: meta::hash(&parts),
         keda: keda_allowed && crd_exists(client, KEDA_CRD).await?,
+        default_image: default_image.to_string(),
         cert_manager: spec.ingress.tls.issuer_ref.is_some()
             && crd_exists(client, CERT_MANAGER_CRD).await?,
     })

@@ -94,15 +94,16 @@ pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action, R
     };
 
     // Dereference and validate: failures are the user's to fix, so they go to status.
-    let inputs = match dereference::dereference(&ctx.client, &relay, ctx.keda).await {
-        Ok(inputs) => inputs,
-        Err(err @ DereferenceError::Kube { .. }) => return Err(err.into()),
-        Err(err) => {
-            degraded(&mut status, err.reason(), err.to_string(), generation, now);
-            write_status(&ctx, &relays, &relay, &before, status).await?;
-            return Ok(Action::requeue(Duration::from_secs(60)));
-        }
-    };
+    let inputs =
+        match dereference::dereference(&ctx.client, &relay, ctx.keda, &ctx.relay_image).await {
+            Ok(inputs) => inputs,
+            Err(err @ DereferenceError::Kube { .. }) => return Err(err.into()),
+            Err(err) => {
+                degraded(&mut status, err.reason(), err.to_string(), generation, now);
+                write_status(&ctx, &relays, &relay, &before, status).await?;
+                return Ok(Action::requeue(Duration::from_secs(60)));
+            }
+        };
     if let Err(err) = validate::validate(&relay.spec) {
         degraded(&mut status, "InvalidSpec", err.to_string(), generation, now);
         write_status(&ctx, &relays, &relay, &before, status).await?;

@@ -68,6 +68,7 @@ pub fn minimal_inputs() -> RelayInputs {
         secret_digest: String::new(),
         keda: false,
         cert_manager: false,
+        default_image: postern_operator::relay::build::DEFAULT_IMAGE.into(),
     }
 }
 
@@ -79,6 +80,7 @@ pub fn full_inputs() -> RelayInputs {
         secret_digest: "users-and-credentials".into(),
         keda: true,
         cert_manager: true,
+        default_image: postern_operator::relay::build::DEFAULT_IMAGE.into(),
     }
 }
 
