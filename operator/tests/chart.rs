@@ -1,0 +1,336 @@
+//! The Helm chart: lint, render with the default values and each `charts/postern/ci` file,
+//! validate what it renders, and check what a secure, working install needs.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::ffi::OsStr;
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::{Value, json};
+use support::*;
+
+fn chart() -> PathBuf {
+    repo().join("charts/postern")
+}
+
+/// Runs helm from `.tools/bin`; `(succeeded, stdout + stderr)`.
+fn helm(args: &[&str]) -> (bool, String) {
+    let path = repo().join(".tools/bin/helm");
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/tools",
+        path.display()
+    );
+    let output = Command::new(path).args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// Every values file the chart is checked with: none (defaults) and each file in `ci/`.
+fn values_files() -> Vec<Option<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(chart().join("ci"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension() == Some(OsStr::new("yaml")))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 3, "{files:?}");
+    std::iter::once(None)
+        .chain(files.into_iter().map(Some))
+        .collect()
+}
+
+fn render(values: Option<&PathBuf>, sets: &[&str]) -> (String, Vec<Value>) {
+    let chart = chart();
+    let mut args = vec![
+        "template",
+        "postern",
+        chart.to_str().unwrap(),
+        "--namespace",
+        "postern",
+    ];
+    let values = values.map(|v| v.to_str().unwrap().to_string());
+    if let Some(values) = &values {
+        args.extend(["-f", values]);
+    }
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    let (ok, text) = helm(&args);
+    assert!(ok, "helm template failed:\n{text}");
+    let objects: Vec<Value> = serde_saphyr::from_multiple::<Value>(&text)
+        .unwrap()
+        .into_iter()
+        .filter(|v| !v.is_null())
+        .collect();
+    (text, objects)
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    objects.iter().filter(|o| o["kind"] == kind).collect()
+}
+
+#[test]
+fn helm_lint_strict_passes_for_every_values_file() {
+    for values in values_files() {
+        let chart = chart();
+        let mut args = vec!["lint", "--strict", chart.to_str().unwrap()];
+        let values = values.map(|v| v.to_str().unwrap().to_string());
+        if let Some(values) = &values {
+            args.extend(["-f", values]);
+        }
+        let (ok, text) = helm(&args);
+        assert!(ok, "helm lint {values:?}:\n{text}");
+    }
+}
+
+#[test]
+fn rendered_objects_are_valid_for_kubernetes_1_33() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, values) in values_files().iter().enumerate() {
+        let (text, objects) = render(values.as_ref(), &[]);
+        let builtin: String = objects
+            .iter()
+            .filter(|o| {
+                !["Relay", "Domain", "ServiceMonitor"].contains(&o["kind"].as_str().unwrap())
+            })
+            .map(|o| format!("---\n{}", serde_saphyr::to_string(o).unwrap()))
+            .collect();
+        let path = dir.path().join(format!("rendered-{i}.yaml"));
+        std::fs::write(&path, builtin).unwrap();
+        let args = [
+            OsStr::new("--strict"),
+            OsStr::new("--kubernetes-version"),
+            OsStr::new("1.33.0"),
+            path.as_os_str(),
+        ];
+        run_tool("kubernetes-validate", &args);
+
+        // Relays and Domains the chart creates validate against the CRDs.
+        if objects
+            .iter()
+            .any(|o| o["kind"] == "Relay" || o["kind"] == "Domain")
+        {
+            let all = dir.path().join(format!("all-{i}.yaml"));
+            std::fs::write(&all, &text).unwrap();
+            let output = Command::new(repo().join(".tools/venv/bin/python"))
+                .arg(repo().join("scripts/validate-custom-resources"))
+                .arg(repo().join("crds"))
+                .arg(&all)
+                .output()
+                .unwrap();
+            let report = String::from_utf8_lossy(&output.stdout);
+            assert!(
+                !report.contains("Relay") || report.contains("Relay mail: valid"),
+                "{values:?}: {report}"
+            );
+            assert!(
+                report
+                    .lines()
+                    .filter(|l| l.contains(": Relay ") || l.contains(": Domain "))
+                    .all(|l| l.ends_with("valid")),
+                "{report}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_pod_is_locked_down_with_requests_and_probes() {
+    for values in values_files() {
+        let (_, objects) = render(values.as_ref(), &[]);
+        let workloads: Vec<&Value> = objects
+            .iter()
+            .filter(|o| o["kind"] == "Deployment" || o["kind"] == "StatefulSet")
+            .collect();
+        assert!(!workloads.is_empty());
+        for workload in workloads {
+            let name = workload["metadata"]["name"].as_str().unwrap();
+            let pod = &workload["spec"]["template"]["spec"];
+            assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{name}");
+            assert_eq!(
+                pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault",
+                "{name}"
+            );
+            for container in pod["containers"].as_array().unwrap() {
+                let security = &container["securityContext"];
+                assert_eq!(security["readOnlyRootFilesystem"], true, "{name}");
+                assert_eq!(security["allowPrivilegeEscalation"], false, "{name}");
+                assert_eq!(security["capabilities"]["drop"], json!(["ALL"]), "{name}");
+                let requests = &container["resources"]["requests"];
+                assert!(
+                    requests["cpu"].is_string() && requests["memory"].is_string(),
+                    "{name}: {requests}"
+                );
+                assert!(
+                    container["resources"]["limits"]["memory"].is_string(),
+                    "{name}"
+                );
+                assert!(
+                    container["readinessProbe"]["httpGet"]["path"].is_string(),
+                    "{name}"
+                );
+                assert!(
+                    container["livenessProbe"]["httpGet"]["path"].is_string(),
+                    "{name}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn nats_by_default_and_an_existing_one_when_disabled() {
+    let (_, objects) = render(None, &[]);
+    let statefulset = find(&objects, "StatefulSet");
+    assert_eq!(statefulset.len(), 1);
+    assert_eq!(statefulset[0]["spec"]["replicas"], 3);
+    assert!(
+        statefulset[0]["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+            == "10Gi"
+    );
+    let services: Vec<&str> = find(&objects, "Service")
+        .iter()
+        .map(|s| s["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        services.contains(&"postern-nats") && services.contains(&"postern-nats-headless"),
+        "{services:?}"
+    );
+    assert!(
+        find(&objects, "PodDisruptionBudget")
+            .iter()
+            .any(|p| p["metadata"]["name"] == "postern-nats")
+    );
+    assert!(
+        find(&objects, "Relay").is_empty(),
+        "no example Relay unless asked"
+    );
+
+    let external = chart().join("ci/external-nats-values.yaml");
+    let (_, objects) = render(Some(&external), &[]);
+    assert!(find(&objects, "StatefulSet").is_empty());
+    assert!(
+        !objects
+            .iter()
+            .any(|o| o["metadata"]["name"].as_str().unwrap().contains("nats")),
+        "no NATS objects"
+    );
+    let relay = find(&objects, "Relay")[0];
+    assert_eq!(relay["spec"]["nats"]["url"], "nats://nats.nats.svc:4222");
+    assert_eq!(
+        relay["spec"]["nats"]["credentialsSecret"],
+        json!({ "name": "postern-nats", "key": "nats.creds" })
+    );
+    let operator = find(&objects, "Deployment")[0];
+    let args = operator["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap();
+    assert!(args.contains(&json!("--keda=disabled")), "{args:?}");
+}
+
+#[test]
+fn the_rendered_nats_config_is_accepted_by_nats_server() {
+    for sets in [vec![], vec!["nats.replicas=1"]] {
+        let (_, objects) = render(None, &sets);
+        let config_map = find(&objects, "ConfigMap")
+            .into_iter()
+            .find(|c| c["metadata"]["name"] == "postern-nats")
+            .unwrap();
+        let config = config_map["data"]["nats.conf"].as_str().unwrap();
+        assert_eq!(config.contains("routes"), sets.is_empty(), "{config}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nats.conf");
+        std::fs::write(&path, config.replace("/data", dir.path().to_str().unwrap())).unwrap();
+        let output = Command::new(postern_e2e::nats::nats_server_binary())
+            .env("POD_NAME", "postern-nats-0")
+            .arg("--config")
+            .arg(&path)
+            .arg("-t")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{config}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+#[test]
+fn the_chart_installs_the_generated_crds_and_rbac() {
+    for (name, yaml) in postern_operator::api::crd_files().unwrap() {
+        let path = chart().join("crds").join(&name);
+        let copy = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            copy == yaml,
+            "{} differs from crds/{name}: copy crds/*.yaml into charts/postern/crds/",
+            path.display()
+        );
+    }
+    let (_, objects) = render(None, &[]);
+    let expected = postern_operator::rbac::roles("x", "x");
+    let rules = |kind: &str| find(&objects, kind)[0]["rules"].clone();
+    assert_eq!(
+        rules("ClusterRole"),
+        expected[0]["rules"],
+        "templates/rbac.yaml differs from operator/src/rbac.rs"
+    );
+    assert_eq!(
+        rules("Role"),
+        expected[1]["rules"],
+        "templates/rbac.yaml differs from operator/src/rbac.rs"
+    );
+    let binding = find(&objects, "ClusterRoleBinding")[0];
+    let account = find(&objects, "ServiceAccount")[0];
+    assert_eq!(binding["subjects"][0]["name"], account["metadata"]["name"]);
+}
+
+#[test]
+fn bad_values_fail_at_install_naming_the_key() {
+    for (set, expected) in [
+        ("nats.replicas=2", "/nats/replicas"),
+        ("operator.keda=sometimes", "/operator/keda"),
+        ("nats.enabled=false", "/nats/url"),
+        ("relay.nmae=x", "nmae"),
+    ] {
+        let chart = chart();
+        let (ok, text) = helm(&["template", "postern", chart.to_str().unwrap(), "--set", set]);
+        assert!(!ok, "{set} was accepted");
+        assert!(text.contains(expected), "{set}: {text}");
+    }
+}
+
+#[test]
+fn optional_parts_are_off_by_default() {
+    let (_, objects) = render(None, &[]);
+    for kind in ["ServiceMonitor", "NetworkPolicy", "Relay", "Domain"] {
+        assert!(
+            find(&objects, kind).is_empty(),
+            "{kind} rendered by default"
+        );
+    }
+    let (_, objects) = render(Some(&chart().join("ci/full-values.yaml")), &[]);
+    assert_eq!(find(&objects, "ServiceMonitor").len(), 2);
+    assert_eq!(find(&objects, "NetworkPolicy").len(), 3);
+    let domain = find(&objects, "Domain")[0];
+    assert_eq!(domain["metadata"]["name"], "example-com");
+    assert_eq!(domain["spec"]["relayRef"]["name"], "mail");
+    let delivery = find(&objects, "NetworkPolicy")
+        .into_iter()
+        .find(|p| p["metadata"]["name"] == "postern-relay-delivery")
+        .unwrap();
+    let ports: Vec<i64> = delivery["spec"]["egress"][0]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["port"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ports, [25, 465, 587, 4222]);
+}
