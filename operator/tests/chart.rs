@@ -334,3 +334,40 @@ fn optional_parts_are_off_by_default() {
         .collect();
     assert_eq!(ports, [25, 465, 587, 4222]);
 }
+
+#[test]
+fn every_value_is_documented_in_the_chart_readme() {
+    let values: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(chart().join("values.yaml")).unwrap())
+            .unwrap();
+    let readme = std::fs::read_to_string(chart().join("README.md")).unwrap();
+    fn keys(prefix: &str, value: &Value, out: &mut Vec<String>) {
+        if let Value::Object(map) = value {
+            for (key, child) in map {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                out.push(path.clone());
+                if !["resources", "spec", "requests", "limits"].contains(&key.as_str()) {
+                    keys(&path, child, out);
+                }
+            }
+        }
+    }
+    let mut all = Vec::new();
+    keys("", &values, &mut all);
+    let missing: Vec<&String> = all
+        .iter()
+        .filter(|k| !readme.contains(&format!("`{k}`")))
+        .collect();
+    let leaves_only: Vec<&&String> = missing
+        .iter()
+        .filter(|k| !all.iter().any(|o| o.starts_with(&format!("{k}."))))
+        .collect();
+    assert!(
+        leaves_only.is_empty(),
+        "values missing from charts/postern/README.md: {leaves_only:?}"
+    );
+}
