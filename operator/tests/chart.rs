@@ -371,3 +371,35 @@ fn every_value_is_documented_in_the_chart_readme() {
         "values missing from charts/postern/README.md: {leaves_only:?}"
     );
 }
+
+#[test]
+fn the_install_notes_say_what_to_do_next() {
+    let chart = chart();
+    let notes = |sets: &[&str]| {
+        let mut args = vec![
+            "install",
+            "postern",
+            chart.to_str().unwrap(),
+            "--dry-run=client",
+            "--namespace",
+            "mail",
+        ];
+        for set in sets {
+            args.extend(["--set", set]);
+        }
+        let (ok, text) = helm(&args);
+        assert!(ok, "{text}");
+        text[text.find("NOTES:").unwrap()..].to_string()
+    };
+    let default = notes(&[]);
+    assert!(
+        default.contains("url: \"nats://postern-nats.mail.svc:4222\""),
+        "{default}"
+    );
+    assert!(default.contains("streamReplicas: 3"), "{default}");
+    assert!(default.contains("Create a Relay"), "{default}");
+    assert!(default.contains(".status.records"), "{default}");
+    let single = notes(&["nats.replicas=1", "relay.create=true"]);
+    assert!(single.contains("get relay mail -w"), "{single}");
+    assert!(!single.contains("Create a Relay"), "{single}");
+}
