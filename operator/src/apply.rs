@@ -44,11 +44,13 @@ pub fn api_resource(api_version: &str, kind: &str) -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), &plural)
 }
 
-/// Applies `object` in `namespace` unless it is unchanged since the operator last applied it.
+/// Applies `object` in `namespace` unless it is unchanged since the operator last applied it;
+/// `force` applies it anyway, which undoes changes made to the live object by others.
 pub async fn apply(
     client: &Client,
     namespace: &str,
     object: &Value,
+    force: bool,
 ) -> Result<Applied, ApplyError> {
     let api_version = object["apiVersion"].as_str().ok_or(ApplyError::Malformed)?;
     let kind = object["kind"].as_str().ok_or(ApplyError::Malformed)?;
@@ -65,7 +67,7 @@ pub async fn apply(
     let bytes = serde_json::to_vec(object).map_err(|_| ApplyError::Malformed)?;
     let hash = meta::hash(&[&bytes]);
     let live = api.get_opt(name).await.map_err(error)?;
-    if live.is_some_and(|live| live.annotations().get(APPLIED_HASH) == Some(&hash)) {
+    if !force && live.is_some_and(|live| live.annotations().get(APPLIED_HASH) == Some(&hash)) {
         return Ok(Applied::Unchanged);
     }
     let mut object = object.clone();

@@ -1,7 +1,8 @@
 //! What reconcilers share: the API client, the event recorder, NATS connections, the DNS
 //! resolver and the clock.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
@@ -22,7 +23,13 @@ pub struct Context {
     pub relay_image: String,
     recorder: Recorder,
     clock: Box<dyn Fn() -> Timestamp + Send + Sync>,
+    /// When each resource (by uid) last had all its objects applied regardless of hashes.
+    resynced: Mutex<HashMap<String, Timestamp>>,
 }
+
+/// How often every object is applied even when unchanged, undoing edits made by others.
+pub const RESYNC: k8s_openapi::jiff::SignedDuration =
+    k8s_openapi::jiff::SignedDuration::from_mins(10);
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -51,10 +58,23 @@ impl Context {
             client,
             queues: Queues::default(),
             dns,
+            resynced: Mutex::default(),
             keda: true,
             relay_image: crate::relay::build::DEFAULT_IMAGE.to_string(),
             clock,
         }
+    }
+
+    /// True (and remembered) when the resource with `uid` is due a full apply: on its first
+    /// reconcile by this process and every [`RESYNC`] after.
+    pub fn resync_due(&self, uid: &str) -> bool {
+        let now = self.now();
+        let mut resynced = self.resynced.lock().unwrap_or_else(|e| e.into_inner());
+        let due = resynced.get(uid).is_none_or(|last| *last + RESYNC <= now);
+        if due {
+            resynced.insert(uid.to_string(), now);
+        }
+        due
     }
 
     /// The current time.

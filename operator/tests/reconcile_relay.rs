@@ -36,6 +36,7 @@ struct Harness {
     api: FakeApi,
     ctx: Arc<Context>,
     nats: NatsServer,
+    clock: Arc<std::sync::Mutex<Timestamp>>,
 }
 
 impl Harness {
@@ -54,11 +55,26 @@ impl Harness {
             "metadata": { "name": "mail", "namespace": "default", "uid": "relay-uid", "generation": 1, "resourceVersion": "1" },
             "spec": spec,
         }));
-        let now: Timestamp = "2026-11-28T12:00:00Z".parse().unwrap();
-        let mut ctx = Context::with_clock(client, Arc::new(NoDns), Box::new(move || now));
+        let start: Timestamp = "2026-11-28T12:00:00Z".parse().unwrap();
+        let clock = Arc::new(std::sync::Mutex::new(start));
+        let now = clock.clone();
+        let mut ctx = Context::with_clock(
+            client,
+            Arc::new(NoDns),
+            Box::new(move || *now.lock().unwrap()),
+        );
         ctx.keda = keda;
         let ctx = Arc::new(ctx);
-        Harness { api, ctx, nats }
+        Harness {
+            api,
+            ctx,
+            nats,
+            clock,
+        }
+    }
+
+    fn advance_minutes(&self, minutes: i64) {
+        *self.clock.lock().unwrap() += k8s_openapi::jiff::SignedDuration::from_mins(minutes);
     }
 
     fn relay(&self) -> Relay {
@@ -405,4 +421,31 @@ async fn delivery_moves_to_keda_when_it_appears_unless_disabled() {
     h.reconcile().await;
     assert!(h.api.get(hpa).is_some());
     assert!(h.api.get(scaled).is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_by_others_are_undone_at_the_next_resync() {
+    let h = Harness::start(json!({}));
+    h.reconcile().await;
+    let path = format!("{NS}/configmaps/mail-config");
+    let original = h.api.get(&path).unwrap();
+    let mut edited = original.clone();
+    edited["data"]["config.yaml"] = json!("hostname: edited-by-hand\n");
+    h.api.put(&path, edited);
+
+    h.advance_minutes(1);
+    let log = h.reconcile().await;
+    assert!(writes(&log).is_empty(), "{log:#?}");
+    assert_eq!(
+        h.api.get(&path).unwrap()["data"]["config.yaml"],
+        "hostname: edited-by-hand\n"
+    );
+
+    h.advance_minutes(10);
+    h.reconcile().await;
+    assert_eq!(
+        h.api.get(&path).unwrap()["data"],
+        original["data"],
+        "restored within the resync period"
+    );
 }

@@ -180,7 +180,8 @@ pub async fn reconcile(domain: Arc<Domain>, ctx: Arc<Context>) -> Result<Action,
     let mut secret = serde_json::to_value(&secret).map_err(|_| ApplyError::Malformed)?;
     secret["apiVersion"] = json!("v1");
     secret["kind"] = json!("Secret");
-    apply::apply(&ctx.client, &namespace, &secret).await?;
+    let resync = ctx.resync_due(domain.uid().as_deref().unwrap_or_default());
+    apply::apply(&ctx.client, &namespace, &secret, resync).await?;
 
     let missing: Vec<&str> = domain
         .spec
@@ -220,6 +221,7 @@ pub async fn reconcile(domain: Arc<Domain>, ctx: Arc<Context>) -> Result<Action,
                 &ctx.client,
                 &namespace,
                 &records::dns_endpoint(&domain, &records),
+                resync,
             )
             .await?;
             set(

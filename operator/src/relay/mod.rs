@@ -132,6 +132,7 @@ pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action, R
     );
 
     // Apply.
+    let resync = ctx.resync_due(relay.uid().as_deref().unwrap_or_default());
     let certificate = certificate(&ctx, &relay, &namespace, &inputs, &desired).await?;
     set(
         &mut status,
@@ -144,7 +145,7 @@ pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action, R
         if object["kind"] == "Certificate" && !inputs.cert_manager {
             continue;
         }
-        apply::apply(&ctx.client, &namespace, object).await?;
+        apply::apply(&ctx.client, &namespace, object, resync).await?;
     }
     for (api_version, kind, name) in &desired.absent {
         let missing_crd = (kind == "ScaledObject" && !inputs.keda)
@@ -387,7 +388,7 @@ async fn certificate(
             let mut value = value;
             value["apiVersion"] = json!("v1");
             value["kind"] = json!("Secret");
-            apply::apply(&ctx.client, namespace, &value).await?;
+            apply::apply(&ctx.client, namespace, &value, false).await?;
             ctx.event(
                 relay,
                 false,
