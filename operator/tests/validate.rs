@@ -10,13 +10,15 @@ fn spec(yaml: &str) -> RelaySpec {
 
 #[test]
 fn defaults_are_valid() {
-    validate(&spec("{}")).unwrap();
+    validate("mail", &spec("{}")).unwrap();
 }
 
 #[test]
 fn each_problem_names_its_field() {
-    let err = validate(&spec(
-        r#"
+    let err = validate(
+        "Mail.Relay",
+        &spec(
+            r#"
 ingress:
   replicas: { min: 5, max: 2 }
   allowedNetworks: ["10.0.0.0/8", "10.0.0.300/8"]
@@ -30,7 +32,8 @@ delivery:
   smarthost: { host: "relay.example.net:0" }
   retry: { schedule: ["1m", "5 minutes"], maxAge: "3w" }
 "#,
-    ))
+        ),
+    )
     .unwrap_err();
     let problems = err.problems.join("\n");
     for expected in [
@@ -43,11 +46,15 @@ delivery:
         "spec.delivery.retry.maxAge: invalid duration \"3w\"",
         "spec.delivery.routes[0].host: \"mx.example.com\" is not host:port",
         "spec.delivery.smarthost.host: \"relay.example.net:0\" is not host:port",
+        "metadata.name: \"Mail.Relay\" must be at most 47",
     ] {
         assert!(
             problems.contains(expected),
             "missing {expected:?} in:\n{problems}"
         );
     }
-    assert_eq!(err.problems.len(), 9, "{problems}");
+    assert_eq!(err.problems.len(), 10, "{problems}");
+    let long = "a".repeat(48);
+    assert!(validate(&long, &spec("{}")).is_err());
+    validate(&"a".repeat(47), &spec("{}")).unwrap();
 }

@@ -25,6 +25,7 @@ pub const DURATION_PATTERN: &str = r"^[0-9]+(ms|s|m|h|d)$";
     status = "RelayStatus",
     category = "postern",
     doc = "A Postern mail relay: SMTP ingress, a JetStream queue and autoscaled delivery.",
+    validation = Rule::new("size(self.metadata.name) <= 47").message("a Relay name has at most 47 characters: it names Services and Deployments"),
     printcolumn = r#"{"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name": "Ingress", "type": "integer", "description": "Ready ingress pods", "jsonPath": ".status.ingressReplicas"}"#,
     printcolumn = r#"{"name": "Delivery", "type": "integer", "description": "Ready delivery pods", "jsonPath": ".status.deliveryReplicas"}"#,

@@ -309,10 +309,11 @@ fn ingress_deployment(inputs: &RelayInputs, restart_hash: &str, tls_secret: &str
         });
     }
     nats_mount(relay, &mut mounts);
-    for domain in &inputs.domains {
+    for (i, domain) in inputs.domains.iter().enumerate() {
         let domain_name = domain.name_any();
         mounts.push(SecretMount {
-            volume: format!("dkim-{domain_name}"),
+            // Domain names may hold dots, which volume names may not.
+            volume: format!("dkim-{i}"),
             secret: dkim_secret_name(domain),
             path: format!("{}/{domain_name}", paths::DKIM_DIR),
             optional: true,

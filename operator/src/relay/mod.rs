@@ -104,7 +104,7 @@ pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action, R
                 return Ok(Action::requeue(Duration::from_secs(60)));
             }
         };
-    if let Err(err) = validate::validate(&relay.spec) {
+    if let Err(err) = validate::validate(&relay.name_any(), &relay.spec) {
         degraded(&mut status, "InvalidSpec", err.to_string(), generation, now);
         write_status(&ctx, &relays, &relay, &before, status).await?;
         return Ok(Action::await_change());

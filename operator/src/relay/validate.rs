@@ -16,10 +16,28 @@ pub struct ValidationError {
     pub problems: Vec<String>,
 }
 
-/// Checks a Relay's spec; the error lists every invalid field.
-pub fn validate(spec: &RelaySpec) -> Result<(), ValidationError> {
+/// Longest Relay name: `<name>-delivery` and `<name>-metrics` must stay DNS labels (63).
+pub const MAX_NAME: usize = 47;
+
+/// Checks a Relay's name and spec; the error lists every invalid field.
+pub fn validate(name: &str, spec: &RelaySpec) -> Result<(), ValidationError> {
     let mut problems = Vec::new();
     let mut problem = |field: String, message: String| problems.push(format!("{field}: {message}"));
+
+    let label = name.len() <= MAX_NAME
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !label {
+        problem(
+            "metadata.name".into(),
+            format!(
+                "{name:?} must be at most {MAX_NAME} lower-case letters, digits and '-', starting with a letter (it names Services)"
+            ),
+        );
+    }
 
     for (i, network) in spec.ingress.allowed_networks.iter().enumerate() {
         if IpNet::from_str(network).is_err() {
