@@ -213,6 +213,19 @@ fn nats_by_default_and_an_existing_one_when_disabled() {
         "no example Relay unless asked"
     );
 
+    let (_, with_relay) = render(None, &["relay.create=true"]);
+    let relay = find(&with_relay, "Relay")[0];
+    assert_eq!(
+        relay["spec"]["nats"]["url"],
+        "nats://postern-nats.postern.svc:4222"
+    );
+    assert_eq!(relay["spec"]["nats"]["streamReplicas"], 3);
+    // KEDA looks up the consumer leader as <server name>.<endpoint host>.
+    assert_eq!(
+        relay["spec"]["nats"]["monitoringEndpoint"],
+        "postern-nats-headless.postern.svc:8222"
+    );
+
     let external = chart().join("ci/external-nats-values.yaml");
     let (_, objects) = render(Some(&external), &[]);
     assert!(find(&objects, "StatefulSet").is_empty());
