@@ -345,7 +345,7 @@ fn optional_parts_are_off_by_default() {
         .iter()
         .map(|p| p["port"].as_i64().unwrap())
         .collect();
-    assert_eq!(ports, [25, 465, 587, 4222]);
+    assert_eq!(ports, [25, 465, 587, 4222, 4318]);
 }
 
 #[test]
