@@ -19,18 +19,38 @@ const DOMAIN: &str = "/apis/postern.io/v1alpha1/namespaces/default/domains/examp
 const SECRET: &str = "/api/v1/namespaces/default/secrets/example-com-dkim";
 const RELAY: &str = "/apis/postern.io/v1alpha1/namespaces/default/relays/mail";
 
-async fn reconcile(client: &Client, api: &FakeApi, dns: &DnsServer, now: &str) -> Vec<String> {
-    let now: Timestamp = now.parse().unwrap();
-    let lookup = domain::verify::resolver(&[dns.addr]).unwrap();
-    let ctx = Arc::new(Context::with_clock(
-        client.clone(),
-        lookup,
-        Box::new(move || now),
-    ));
-    let object: Domain = serde_json::from_value(api.get(DOMAIN).unwrap()).unwrap();
-    api.take_log();
-    domain::reconcile(Arc::new(object), ctx).await.unwrap();
-    api.take_log()
+/// One operator context for the whole test (so DNS answers are not cached between checks), on
+/// a clock the test sets.
+struct Operator {
+    ctx: Arc<Context>,
+    clock: Arc<std::sync::Mutex<Timestamp>>,
+}
+
+impl Operator {
+    fn new(client: &Client, dns: &DnsServer) -> Operator {
+        let clock = Arc::new(std::sync::Mutex::new(Timestamp::UNIX_EPOCH));
+        let now = clock.clone();
+        let lookup = domain::verify::resolver(&[dns.addr]).unwrap();
+        let ctx = Context::with_clock(
+            client.clone(),
+            lookup,
+            Box::new(move || *now.lock().unwrap()),
+        );
+        Operator {
+            ctx: Arc::new(ctx),
+            clock,
+        }
+    }
+
+    async fn reconcile(&self, api: &FakeApi, now: &str) -> Vec<String> {
+        *self.clock.lock().unwrap() = now.parse().unwrap();
+        let object: Domain = serde_json::from_value(api.get(DOMAIN).unwrap()).unwrap();
+        api.take_log();
+        domain::reconcile(Arc::new(object), self.ctx.clone())
+            .await
+            .unwrap();
+        api.take_log()
+    }
 }
 
 fn condition(api: &FakeApi, kind: &str) -> (String, String, String) {
@@ -67,8 +87,9 @@ fn start(spec: Value) -> (Client, FakeApi) {
 async fn keys_sign_only_after_dns_serves_them_and_are_never_overwritten() {
     let dns = DnsServer::start().await;
     let (client, api) = start(json!({ "domain": "example.com", "relayRef": { "name": "mail" } }));
+    let operator = Operator::new(&client, &dns);
 
-    reconcile(&client, &api, &dns, "2026-11-28T12:00:00Z").await;
+    operator.reconcile(&api, "2026-11-28T12:00:00Z").await;
     let secret = api.get(SECRET).unwrap();
     let files: Vec<&String> = secret["data"].as_object().unwrap().keys().collect();
     assert_eq!(
@@ -103,7 +124,7 @@ async fn keys_sign_only_after_dns_serves_them_and_are_never_overwritten() {
         );
     }
     dns.txt("_dmarc.example.com", "v=DMARC1; p=reject");
-    reconcile(&client, &api, &dns, "2026-11-28T12:05:00Z").await;
+    operator.reconcile(&api, "2026-11-28T12:05:00Z").await;
     let (verified, reason, message) = condition(&api, "DnsVerified");
     assert_eq!(
         (verified.as_str(), reason.as_str()),
@@ -122,7 +143,7 @@ async fn keys_sign_only_after_dns_serves_them_and_are_never_overwritten() {
     assert_eq!(condition(&api, "DkimReady").0, "True");
 
     dns.txt("_dmarc.example.com", "v=DMARC1; p=none");
-    reconcile(&client, &api, &dns, "2026-11-28T12:10:00Z").await;
+    operator.reconcile(&api, "2026-11-28T12:10:00Z").await;
     assert_eq!(condition(&api, "DnsVerified").0, "True");
     assert_eq!(condition(&api, "Ready").0, "True");
 
@@ -165,7 +186,8 @@ async fn external_dns_gets_a_dns_endpoint_when_installed() {
     let dns = DnsServer::start().await;
     let spec = json!({ "domain": "example.com", "relayRef": { "name": "gone" }, "dkim": { "algorithms": ["ed25519"] }, "dns": { "provider": "external-dns" } });
     let (client, api) = start(spec);
-    reconcile(&client, &api, &dns, "2026-11-28T12:00:00Z").await;
+    let operator = Operator::new(&client, &dns);
+    operator.reconcile(&api, "2026-11-28T12:00:00Z").await;
     assert_eq!(condition(&api, "DnsPublished").1, "ExternalDnsMissing");
     assert_eq!(condition(&api, "Ready").1, "RelayNotFound");
 
@@ -173,7 +195,7 @@ async fn external_dns_gets_a_dns_endpoint_when_installed() {
         "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/dnsendpoints.externaldns.k8s.io",
         json!({ "metadata": { "name": "dnsendpoints.externaldns.k8s.io" } }),
     );
-    reconcile(&client, &api, &dns, "2026-11-28T12:01:00Z").await;
+    operator.reconcile(&api, "2026-11-28T12:01:00Z").await;
     assert_eq!(condition(&api, "DnsPublished").0, "True");
     let endpoint = api
         .get(

@@ -24,9 +24,11 @@ impl TxtLookup for Dns {
     }
 }
 
-/// The system resolver (or the given name servers) as a [`TxtLookup`].
+/// The system resolver (or the given name servers) as a [`TxtLookup`] that keeps no answers,
+/// so a record fixed at the DNS host is seen at the next check (the resolvers it asks may still
+/// cache it for its TTL).
 pub fn resolver(nameservers: &[std::net::SocketAddr]) -> Result<Arc<dyn TxtLookup>, String> {
-    Dns::new(nameservers)
+    Dns::uncached(nameservers)
         .map(|dns| Arc::new(dns) as Arc<dyn TxtLookup>)
         .map_err(|e| e.to_string())
 }

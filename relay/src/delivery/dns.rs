@@ -43,7 +43,17 @@ pub struct Dns {
 impl Dns {
     /// The system resolver, or the given name servers (UDP and TCP).
     pub fn new(nameservers: &[SocketAddr]) -> Result<Dns, DnsSetupError> {
-        let builder = if nameservers.is_empty() {
+        Dns::build(nameservers, true)
+    }
+
+    /// Like [`Dns::new`] but keeping no answers, for checks that must see changes at once
+    /// (the operator verifying published records).
+    pub fn uncached(nameservers: &[SocketAddr]) -> Result<Dns, DnsSetupError> {
+        Dns::build(nameservers, false)
+    }
+
+    fn build(nameservers: &[SocketAddr], cache: bool) -> Result<Dns, DnsSetupError> {
+        let mut builder = if nameservers.is_empty() {
             Resolver::builder_tokio().map_err(|e| {
                 DnsSetupError(format!("reading the system resolver configuration: {e}"))
             })?
@@ -63,6 +73,9 @@ impl Dns {
                 TokioRuntimeProvider::default(),
             )
         };
+        if !cache {
+            builder.options_mut().cache_size = 0;
+        }
         let resolver = builder.build().map_err(|e| DnsSetupError(e.to_string()))?;
         Ok(Dns { resolver })
     }
