@@ -200,44 +200,19 @@ fn built_objects_and_crds_are_valid_for_kubernetes_1_33() {
     let mut files = Vec::new();
     for (name, inputs) in [("minimal", minimal_inputs()), ("full", full_inputs())] {
         let desired = build(&inputs).unwrap();
-        let mut stream = String::new();
-        for object in desired.objects.iter().filter(|o| !is_custom_kind(o)) {
-            stream.push_str("---\n");
-            stream.push_str(&serde_saphyr::to_string(object).unwrap());
-        }
-        let path = dir.path().join(format!("{name}.yaml"));
-        std::fs::write(&path, stream).unwrap();
-        files.push(path.into_os_string());
+        let builtin = desired.objects.iter().filter(|o| !is_custom_kind(o));
+        files.push(write_stream(dir.path(), &format!("{name}.yaml"), builtin));
     }
-    for crd in [
-        "crds/relays.postern.io.yaml",
-        "crds/domains.postern.io.yaml",
-    ] {
-        files.push(repo().join(crd).into_os_string());
-    }
-    let mut args: Vec<&OsStr> = ["--strict", "--kubernetes-version", "1.33.0"]
-        .map(OsStr::new)
-        .to_vec();
-    args.extend(files.iter().map(|f| f.as_os_str()));
-    run_tool("kubernetes-validate", &args);
+    files.push(repo().join("crds/relays.postern.io.yaml"));
+    files.push(repo().join("crds/domains.postern.io.yaml"));
+    assert_valid_for_kubernetes(&files);
 }
 
 #[test]
 fn examples_are_valid_against_the_crds() {
-    let script = repo().join("scripts/validate-custom-resources");
-    let output = std::process::Command::new(repo().join(".tools/venv/bin/python"))
-        .arg(&script)
-        .arg(repo().join("crds"))
-        .arg(repo().join("examples/relay.yaml"))
-        .arg(repo().join("examples/domain.yaml"))
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let examples = ["examples/relay.yaml", "examples/domain.yaml"].map(|e| repo().join(e));
+    let (ok, report) = validate_custom_resources(&examples);
+    assert!(ok, "{report}");
 }
 
 #[test]
@@ -246,12 +221,7 @@ fn a_typo_in_an_example_is_caught_by_the_crd_schema() {
     let bad = read("examples/relay.yaml").replace("lagPerReplica", "lagPerReplca");
     let path = dir.path().join("bad.yaml");
     std::fs::write(&path, bad).unwrap();
-    let output = std::process::Command::new(repo().join(".tools/venv/bin/python"))
-        .arg(repo().join("scripts/validate-custom-resources"))
-        .arg(repo().join("crds"))
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stdout).contains("lagPerReplca"));
+    let (ok, report) = validate_custom_resources(&[path]);
+    assert!(!ok);
+    assert!(report.contains("lagPerReplca"), "{report}");
 }

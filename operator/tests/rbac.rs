@@ -3,8 +3,6 @@
 
 mod support;
 
-use std::ffi::OsStr;
-
 use postern_operator::rbac::{allows, roles};
 use postern_operator::relay::build::build;
 use support::*;
@@ -44,17 +42,6 @@ fn every_kind_the_operator_writes_is_granted() {
 #[test]
 fn roles_are_valid_for_kubernetes_1_33() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("rbac.yaml");
-    let yaml: String = roles("postern-operator", "postern-system")
-        .iter()
-        .map(|r| format!("---\n{}", serde_saphyr::to_string(r).unwrap()))
-        .collect();
-    std::fs::write(&path, yaml).unwrap();
-    let args = [
-        OsStr::new("--strict"),
-        OsStr::new("--kubernetes-version"),
-        OsStr::new("1.33.0"),
-        path.as_os_str(),
-    ];
-    run_tool("kubernetes-validate", &args);
+    let roles = roles("postern-operator", "postern-system");
+    assert_valid_for_kubernetes(&[write_stream(dir.path(), "rbac.yaml", &roles)]);
 }

@@ -110,3 +110,43 @@ pub fn run_tool(tool: &str, args: &[&std::ffi::OsStr]) -> String {
     assert!(output.status.success(), "{tool} failed:\n{text}");
     text
 }
+
+/// Writes `objects` as one YAML stream to `dir/name`.
+pub fn write_stream<'a>(
+    dir: &std::path::Path,
+    name: &str,
+    objects: impl IntoIterator<Item = &'a serde_json::Value>,
+) -> PathBuf {
+    let yaml: String = objects
+        .into_iter()
+        .map(|o| format!("---\n{}", serde_saphyr::to_string(o).unwrap()))
+        .collect();
+    let path = dir.join(name);
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// Asserts that `kubernetes-validate --strict` accepts the files for Kubernetes 1.33.
+pub fn assert_valid_for_kubernetes(files: &[PathBuf]) {
+    let mut args: Vec<&std::ffi::OsStr> = ["--strict", "--kubernetes-version", "1.33.0"]
+        .map(std::ffi::OsStr::new)
+        .to_vec();
+    args.extend(files.iter().map(|f| f.as_os_str()));
+    run_tool("kubernetes-validate", &args);
+}
+
+/// Runs `scripts/validate-custom-resources` against `crds/`: (accepted, report).
+pub fn validate_custom_resources(files: &[PathBuf]) -> (bool, String) {
+    let output = std::process::Command::new(repo().join(".tools/venv/bin/python"))
+        .arg(repo().join("scripts/validate-custom-resources"))
+        .arg(repo().join("crds"))
+        .args(files)
+        .output()
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), report)
+}
