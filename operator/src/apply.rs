@@ -84,6 +84,22 @@ pub async fn apply(
     Ok(Applied::Written)
 }
 
+/// [`apply`] for a typed object, which serializes without `apiVersion` and `kind`.
+pub async fn apply_typed<K>(
+    client: &Client,
+    namespace: &str,
+    object: &K,
+    force: bool,
+) -> Result<Applied, ApplyError>
+where
+    K: kube::Resource<DynamicType = ()> + serde::Serialize,
+{
+    let mut value = serde_json::to_value(object).map_err(|_| ApplyError::Malformed)?;
+    value["apiVersion"] = Value::String(K::api_version(&()).into_owned());
+    value["kind"] = Value::String(K::kind(&()).into_owned());
+    apply(client, namespace, &value, force).await
+}
+
 /// Deletes `(apiVersion, kind, name)` if it exists; a missing object or kind is fine.
 pub async fn delete(
     client: &Client,

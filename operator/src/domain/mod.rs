@@ -14,7 +14,6 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
-use serde_json::json;
 
 use crate::api::{
     DkimKeyState, DkimKeyStatus, DnsProvider, DnsRecord, Domain, DomainStatus, Relay,
@@ -177,11 +176,8 @@ pub async fn reconcile(domain: Arc<Domain>, ctx: Arc<Context>) -> Result<Action,
         data: Some(key_data),
         ..Secret::default()
     };
-    let mut secret = serde_json::to_value(&secret).map_err(|_| ApplyError::Malformed)?;
-    secret["apiVersion"] = json!("v1");
-    secret["kind"] = json!("Secret");
     let resync = ctx.resync_due(domain.uid().as_deref().unwrap_or_default());
-    apply::apply(&ctx.client, &namespace, &secret, resync).await?;
+    apply::apply_typed(&ctx.client, &namespace, &secret, resync).await?;
 
     let missing: Vec<&str> = domain
         .spec

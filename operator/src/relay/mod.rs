@@ -384,11 +384,7 @@ async fn certificate(
                 data: Some(made.data),
                 ..Secret::default()
             };
-            let value = serde_json::to_value(&secret).map_err(|_| ApplyError::Malformed)?;
-            let mut value = value;
-            value["apiVersion"] = json!("v1");
-            value["kind"] = json!("Secret");
-            apply::apply(&ctx.client, namespace, &value, false).await?;
+            apply::apply_typed(&ctx.client, namespace, &secret, false).await?;
             ctx.event(
                 relay,
                 false,
