@@ -22,6 +22,8 @@ pub struct RelayInputs {
     pub domains: Vec<Domain>,
     /// Hash of the Secrets the pods read only at start (users, NATS and smarthost credentials).
     pub secret_digest: String,
+    /// The NATS `.creds` file, for provisioning the stream.
+    pub nats_credentials: Option<String>,
     /// KEDA's ScaledObject CRD is installed.
     pub keda: bool,
     /// cert-manager's Certificate CRD is installed.
@@ -91,9 +93,14 @@ pub async fn dereference(
         ),
     ];
     let mut contents: Vec<Vec<u8>> = Vec::new();
+    let mut nats_credentials = None;
     for (field, reference, default_key) in references {
         if let Some(reference) = reference {
-            contents.push(secret_key(&secrets, field, reference, default_key).await?);
+            let content = secret_key(&secrets, field, reference, default_key).await?;
+            if default_key == NATS_CREDS_KEY {
+                nats_credentials = Some(String::from_utf8_lossy(&content).into_owned());
+            }
+            contents.push(content);
         }
     }
     let parts: Vec<&[u8]> = contents.iter().map(Vec::as_slice).collect();
@@ -116,6 +123,7 @@ pub async fn dereference(
         relay: relay.clone(),
         domains,
         secret_digest: meta::hash(&parts),
+        nats_credentials,
         keda: keda_allowed && crd_exists(client, KEDA_CRD).await?,
         default_image: default_image.to_string(),
         cert_manager: spec.ingress.tls.issuer_ref.is_some()

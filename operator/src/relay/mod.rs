@@ -99,26 +99,20 @@ pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action, R
             Ok(inputs) => inputs,
             Err(err @ DereferenceError::Kube { .. }) => return Err(err.into()),
             Err(err) => {
-                degraded(&mut status, err.reason(), err.to_string(), generation, now);
+                degraded(&setter, &mut status, err.reason(), err.to_string());
                 write_status(&ctx, &relays, &relay, &before, status).await?;
                 return Ok(Action::requeue(Duration::from_secs(60)));
             }
         };
     if let Err(err) = validate::validate(&relay.name_any(), &relay.spec) {
-        degraded(&mut status, "InvalidSpec", err.to_string(), generation, now);
+        degraded(&setter, &mut status, "InvalidSpec", err.to_string());
         write_status(&ctx, &relays, &relay, &before, status).await?;
         return Ok(Action::await_change());
     }
     let desired = match build::build(&inputs) {
         Ok(desired) => desired,
         Err(err) => {
-            degraded(
-                &mut status,
-                "InvalidConfig",
-                err.to_string(),
-                generation,
-                now,
-            );
+            degraded(&setter, &mut status, "InvalidConfig", err.to_string());
             write_status(&ctx, &relays, &relay, &before, status).await?;
             return Ok(Action::await_change());
         }
@@ -158,8 +152,8 @@ pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action, R
     // Queue.
     let config = &desired.config;
     status.stream = Some(config.nats.stream.clone());
-    let credentials = nats_credentials(&ctx, &relay).await?;
-    match ctx.queues.provision(config, credentials.as_deref()).await {
+    let credentials = inputs.nats_credentials.as_deref();
+    match ctx.queues.provision(config, credentials).await {
         Ok(lag) => {
             status.queue_lag = Some(lag);
             set(
@@ -280,32 +274,16 @@ pub fn error_policy(relay: Arc<Relay>, err: &ReconcileError, _ctx: Arc<Context>)
     Action::requeue(Duration::from_secs(10))
 }
 
-fn degraded(
-    status: &mut RelayStatus,
-    reason: &str,
-    message: String,
-    generation: Option<i64>,
-    now: k8s_openapi::jiff::Timestamp,
-) {
-    conditions::set(
+fn degraded(setter: &conditions::Setter, status: &mut RelayStatus, reason: &str, message: String) {
+    setter.set(
         &mut status.conditions,
         "Degraded",
         true,
         reason,
         message.clone(),
-        generation,
-        now,
     );
-    conditions::set(
-        &mut status.conditions,
-        "Ready",
-        false,
-        reason,
-        message,
-        generation,
-        now,
-    );
-    status.observed_generation = generation;
+    setter.set(&mut status.conditions, "Ready", false, reason, message);
+    status.observed_generation = setter.generation;
 }
 
 /// `(ready replicas, rollout complete)` of a Deployment.
@@ -469,6 +447,7 @@ async fn certificate(
     })
 }
 
+/// The NATS credentials for deleting the stream; a Secret that is gone means none.
 async fn nats_credentials(ctx: &Context, relay: &Relay) -> Result<Option<String>, ReconcileError> {
     let Some(reference) = &relay.spec.nats.credentials_secret else {
         return Ok(None);
