@@ -204,5 +204,6 @@ pub fn listener(tls: ListenerTls) -> Listener {
         address: SocketAddr::from(([127, 0, 0, 1], crate::free_port())),
         tls,
         allow_plaintext_auth: false,
+        proxy_protocol: false,
     }
 }

@@ -71,6 +71,27 @@ impl Smtp {
         }
     }
 
+    /// Connects, sends `prefix` (a PROXY protocol header), then starts TLS (implicit TLS
+    /// behind a load balancer).
+    pub async fn connect_tls_after(
+        addr: SocketAddr,
+        prefix: &[u8],
+        config: Arc<rustls::ClientConfig>,
+    ) -> Smtp {
+        let mut tcp = TcpStream::connect(addr)
+            .await
+            .expect("connecting to the relay");
+        tcp.write_all(prefix).await.expect("writing the prefix");
+        let tls = TlsConnector::from(config)
+            .connect(crate::TestPki::server_name(), tcp)
+            .await
+            .expect("TLS handshake");
+        Smtp {
+            stream: Stream::Tls(Box::new(tls)),
+            parser: ReplyParser::default(),
+        }
+    }
+
     /// Upgrades the connection after the server's 220 to STARTTLS.
     pub async fn upgrade(&mut self, config: Arc<rustls::ClientConfig>) {
         let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Gone) else {

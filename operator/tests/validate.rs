@@ -22,6 +22,7 @@ fn each_problem_names_its_field() {
 ingress:
   replicas: { min: 5, max: 2 }
   allowedNetworks: ["10.0.0.0/8", "10.0.0.300/8"]
+  trustedProxies: ["lb"]
   listeners:
     - { name: smtp, port: 25 }
     - { name: smtp, port: 587, containerPort: 10025 }
@@ -38,6 +39,7 @@ delivery:
     let problems = err.problems.join("\n");
     for expected in [
         "spec.ingress.allowedNetworks[1]: \"10.0.0.300/8\" is not a CIDR",
+        "spec.ingress.trustedProxies[0]: \"lb\" is not a CIDR",
         "spec.ingress.replicas: need 1 <= min <= max, got min 5 max 2",
         "spec.ingress.listeners[1].name: \"smtp\" is used twice",
         "spec.ingress.listeners[1].containerPort: 10025 is used twice",
@@ -53,7 +55,7 @@ delivery:
             "missing {expected:?} in:\n{problems}"
         );
     }
-    assert_eq!(err.problems.len(), 10, "{problems}");
+    assert_eq!(err.problems.len(), 11, "{problems}");
     let long = "a".repeat(48);
     assert!(validate(&long, &spec("{}")).is_err());
     validate(&"a".repeat(47), &spec("{}")).unwrap();

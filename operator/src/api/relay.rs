@@ -155,6 +155,10 @@ pub struct IngressSpec {
     /// Sender domains allowed in MAIL FROM. Default: any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sender_domains: Vec<String>,
+    /// Load balancer addresses (CIDRs) allowed to send PROXY protocol headers. Default: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self.all(n, isCIDR(n))", "message": "every entry must be a CIDR such as 10.0.0.0/8"}]))]
+    pub trusted_proxies: Vec<String>,
     /// Limits on what clients control.
     #[serde(default)]
     pub limits: IngressLimits,
@@ -178,6 +182,7 @@ impl Default for IngressSpec {
             allowed_networks: default_allowed_networks(),
             users_secret: None,
             sender_domains: Vec::new(),
+            trusted_proxies: Vec::new(),
             limits: IngressLimits::default(),
             resources: None,
             max_unavailable: default_max_unavailable(),
@@ -275,6 +280,11 @@ pub struct ListenerSpec {
     /// Default: starttls.
     #[serde(default = "default_listener_tls")]
     pub tls: ListenerTlsMode,
+    /// Connections start with a PROXY protocol header from the load balancer (enable it there
+    /// too, such as with a Service annotation), which keeps client addresses without
+    /// `externalTrafficPolicy: Local`. Default: false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub proxy_protocol: bool,
 }
 
 fn default_listener_tls() -> ListenerTlsMode {
@@ -288,6 +298,7 @@ impl ListenerSpec {
             port,
             container_port: None,
             tls,
+            proxy_protocol: false,
         }
     }
 

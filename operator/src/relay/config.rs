@@ -103,6 +103,7 @@ pub fn build_config(relay: &Relay, domains: &[Domain]) -> Result<Config, ConfigE
                 ListenerTlsMode::Implicit => ListenerTls::Implicit,
             },
             allow_plaintext_auth: false,
+            proxy_protocol: l.proxy_protocol,
         })
         .collect();
     config.ingress.tls = Some(TlsConfig {
@@ -119,6 +120,11 @@ pub fn build_config(relay: &Relay, domains: &[Domain]) -> Result<Config, ConfigE
         .as_ref()
         .map(|s| format!("{}/{}", paths::USERS_DIR, s.key_or(USERS_KEY)).into());
     config.ingress.sender_domains = ingress.sender_domains.clone();
+    config.ingress.trusted_proxies = ingress
+        .trusted_proxies
+        .iter()
+        .map(|n| ipnet::IpNet::from_str(n).map_err(|_| invalid("ingress.trustedProxies", n)))
+        .collect::<Result<_, _>>()?;
     let limits = &mut config.ingress.limits;
     if let Some(size) = ingress.limits.max_message_size {
         limits.max_message_size = usize::try_from(size).unwrap_or(usize::MAX);

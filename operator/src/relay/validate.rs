@@ -39,12 +39,18 @@ pub fn validate(name: &str, spec: &RelaySpec) -> Result<(), ValidationError> {
         );
     }
 
-    for (i, network) in spec.ingress.allowed_networks.iter().enumerate() {
-        if IpNet::from_str(network).is_err() {
-            problem(
-                format!("spec.ingress.allowedNetworks[{i}]"),
-                format!("{network:?} is not a CIDR such as 10.0.0.0/8"),
-            );
+    let networks = [
+        ("allowedNetworks", &spec.ingress.allowed_networks),
+        ("trustedProxies", &spec.ingress.trusted_proxies),
+    ];
+    for (field, list) in networks {
+        for (i, network) in list.iter().enumerate() {
+            if IpNet::from_str(network).is_err() {
+                problem(
+                    format!("spec.ingress.{field}[{i}]"),
+                    format!("{network:?} is not a CIDR such as 10.0.0.0/8"),
+                );
+            }
         }
     }
     let replicas = [

@@ -98,6 +98,10 @@ pub struct IngressConfig {
     /// Sender domains allowed in MAIL FROM; empty allows any.
     #[serde(default)]
     pub sender_domains: Vec<String>,
+    /// Addresses allowed to send PROXY protocol headers; empty allows any (the listener must
+    /// then be reachable only through the load balancer).
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNet>,
     #[serde(default)]
     pub bare_line_endings: BareLineEndings,
     #[serde(default)]
@@ -114,6 +118,10 @@ pub struct Listener {
     /// Offer AUTH before TLS on this listener (for trusted networks only).
     #[serde(default)]
     pub allow_plaintext_auth: bool,
+    /// Every connection starts with a PROXY protocol header (v1 or v2) from a load balancer,
+    /// naming the client's address.
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 /// How a listener uses TLS.
@@ -489,6 +497,7 @@ impl Default for IngressConfig {
             allowed_networks: default_allowed_networks(),
             users_file: None,
             sender_domains: Vec::new(),
+            trusted_proxies: Vec::new(),
             bare_line_endings: BareLineEndings::default(),
             limits: Limits::default(),
         }
@@ -563,6 +572,7 @@ fn default_listeners() -> Vec<Listener> {
         address: SocketAddr::from(([127, 0, 0, 1], 2525)),
         tls: ListenerTls::None,
         allow_plaintext_auth: false,
+        proxy_protocol: false,
     }]
 }
 fn default_allowed_networks() -> Vec<IpNet> {

@@ -1,6 +1,7 @@
 //! The SMTP ingress: listeners, connection caps and per-connection sessions.
 
 mod connection;
+pub mod proxy;
 pub mod received;
 
 use std::collections::HashMap;
@@ -27,6 +28,7 @@ pub struct Shared {
     pub hostname: String,
     pub limits: Limits,
     pub allowed_networks: Vec<IpNet>,
+    pub trusted_proxies: Vec<IpNet>,
     pub queue: Queue,
     pub users: Option<Users>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -50,6 +52,7 @@ impl Shared {
             caps: ConnectionCaps::new(limits.max_connections, limits.max_connections_per_ip),
             limits,
             allowed_networks: config.ingress.allowed_networks.clone(),
+            trusted_proxies: config.ingress.trusted_proxies.clone(),
             queue,
             users,
             tls,
@@ -69,6 +72,7 @@ impl Shared {
 pub struct ListenerContext {
     session: Arc<SessionConfig>,
     implicit_tls: bool,
+    proxy_protocol: bool,
 }
 
 impl ListenerContext {
@@ -95,6 +99,7 @@ impl ListenerContext {
         ListenerContext {
             session: Arc::new(session),
             implicit_tls: listener.tls == ListenerTls::Implicit,
+            proxy_protocol: listener.proxy_protocol,
         }
     }
 }
@@ -120,37 +125,84 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let guard = match shared.caps.acquire(peer.ip()) {
-            Ok(guard) => guard,
-            Err(cap) => {
-                shared
-                    .metrics
-                    .connections_refused
-                    .get_or_create(&vec![("cap", cap)])
-                    .inc();
-                debug!(%peer, cap, "connection refused by cap");
-                if !context.implicit_tls {
+        let (shared, context, shutdown) = (shared.clone(), context.clone(), shutdown.clone());
+        if !context.proxy_protocol {
+            match admit(&shared, peer) {
+                Some(guard) => {
+                    tracker.spawn(session(shared, context, shutdown, stream, peer, guard));
+                }
+                None if !context.implicit_tls => {
                     tracker.spawn(refuse(stream));
                 }
-                continue;
+                None => {}
             }
-        };
-        shared.metrics.connections.inc();
-        let (shared, context, shutdown) = (shared.clone(), context.clone(), shutdown.clone());
-        tracker.spawn(
-            async move {
-                shared.metrics.sessions.inc();
-                let connection =
-                    connection::Connection::new(shared.clone(), context, peer, shutdown);
-                if let Err(err) = connection.run(stream).await {
-                    debug!(%peer, %err, "connection ended with an error");
-                }
-                shared.metrics.sessions.dec();
-                drop(guard);
+            continue;
+        }
+        // Behind a load balancer the client's address, and so its place under the caps,
+        // comes with the PROXY header.
+        tracker.spawn(async move {
+            let mut stream = stream;
+            let client =
+                match proxy::client_address(&mut stream, peer, &shared.trusted_proxies).await {
+                    Ok(client) => client,
+                    Err(err) => {
+                        if let Some(label) = err.as_label() {
+                            refused(&shared, label);
+                        }
+                        debug!(%peer, %err, "connection closed before the greeting");
+                        return;
+                    }
+                };
+            match admit(&shared, client) {
+                Some(guard) => session(shared, context, shutdown, stream, client, guard).await,
+                None if !context.implicit_tls => refuse(stream).await,
+                None => {}
             }
-            .instrument(info_span!("smtp.session", %peer)),
-        );
+        });
     }
+}
+
+fn refused(shared: &Shared, reason: &'static str) {
+    shared
+        .metrics
+        .connections_refused
+        .get_or_create(&vec![("cap", reason)])
+        .inc();
+}
+
+/// A place under the connection caps for a client at `peer`, or none (counted and logged).
+fn admit(shared: &Shared, peer: SocketAddr) -> Option<CapGuard> {
+    match shared.caps.acquire(peer.ip()) {
+        Ok(guard) => Some(guard),
+        Err(cap) => {
+            refused(shared, cap);
+            debug!(%peer, cap, "connection refused by cap");
+            None
+        }
+    }
+}
+
+/// One SMTP session with the client at `peer`.
+async fn session(
+    shared: Arc<Shared>,
+    context: Arc<ListenerContext>,
+    shutdown: CancellationToken,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    guard: CapGuard,
+) {
+    shared.metrics.connections.inc();
+    shared.metrics.sessions.inc();
+    let connection = connection::Connection::new(shared.clone(), context, peer, shutdown);
+    if let Err(err) = connection
+        .run(stream)
+        .instrument(info_span!("smtp.session", %peer))
+        .await
+    {
+        debug!(%peer, %err, "connection ended with an error");
+    }
+    shared.metrics.sessions.dec();
+    drop(guard);
 }
 
 async fn refuse(mut stream: tokio::net::TcpStream) {
