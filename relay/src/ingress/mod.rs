@@ -138,8 +138,18 @@ pub async fn serve(
             }
             continue;
         }
-        // Behind a load balancer the client's address, and so its place under the caps,
-        // comes with the PROXY header.
+        // Behind a load balancer the client's address, and so its place under the per-address
+        // cap, comes with the PROXY header; the place in the total is taken at once.
+        let total = match shared.caps.acquire_total() {
+            Ok(total) => total,
+            Err(cap) => {
+                refused(&shared, cap);
+                if !context.implicit_tls {
+                    tracker.spawn(refuse(stream));
+                }
+                continue;
+            }
+        };
         tracker.spawn(async move {
             let mut stream = stream;
             let client =
@@ -153,10 +163,15 @@ pub async fn serve(
                         return;
                     }
                 };
-            match admit(&shared, client) {
-                Some(guard) => session(shared, context, shutdown, stream, client, guard).await,
-                None if !context.implicit_tls => refuse(stream).await,
-                None => {}
+            match total.claim(client.ip()) {
+                Ok(guard) => session(shared, context, shutdown, stream, client, guard).await,
+                Err(cap) => {
+                    refused(&shared, cap);
+                    debug!(peer = %client, cap, "connection refused by cap");
+                    if !context.implicit_tls {
+                        refuse(stream).await;
+                    }
+                }
             }
         });
     }
@@ -248,9 +263,11 @@ struct ConnectionCaps {
     open: Arc<Mutex<(usize, HashMap<IpAddr, usize>)>>,
 }
 
-/// Releases a connection's place when dropped.
+/// Releases a connection's place when dropped: in the total, and under its client address once
+/// that is known.
 struct CapGuard {
-    ip: IpAddr,
+    ip: Option<IpAddr>,
+    max_per_ip: usize,
     open: Arc<Mutex<(usize, HashMap<IpAddr, usize>)>>,
 }
 
@@ -263,22 +280,40 @@ impl ConnectionCaps {
         }
     }
 
+    /// A place in the total and under the client address `ip`.
     fn acquire(&self, ip: IpAddr) -> Result<CapGuard, &'static str> {
-        let ip = ip.to_canonical();
+        self.acquire_total()?.claim(ip)
+    }
+
+    /// A place in the total only, for a connection whose client address is not known yet.
+    fn acquire_total(&self) -> Result<CapGuard, &'static str> {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         if open.0 >= self.max_total {
             return Err("total");
         }
-        let per_ip = open.1.entry(ip).or_default();
-        if *per_ip >= self.max_per_ip {
-            return Err("per_ip");
-        }
-        *per_ip += 1;
         open.0 += 1;
         Ok(CapGuard {
-            ip,
+            ip: None,
+            max_per_ip: self.max_per_ip,
             open: self.open.clone(),
         })
+    }
+}
+
+impl CapGuard {
+    /// Adds the place under the client address `ip`; on refusal the place in the total goes too.
+    fn claim(mut self, ip: IpAddr) -> Result<CapGuard, &'static str> {
+        let ip = ip.to_canonical();
+        {
+            let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+            let per_ip = open.1.get(&ip).copied().unwrap_or(0);
+            if per_ip >= self.max_per_ip {
+                return Err("per_ip");
+            }
+            open.1.insert(ip, per_ip + 1);
+        }
+        self.ip = Some(ip);
+        Ok(self)
     }
 }
 
@@ -286,10 +321,12 @@ impl Drop for CapGuard {
     fn drop(&mut self) {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         open.0 -= 1;
-        if let Some(count) = open.1.get_mut(&self.ip) {
+        if let Some(ip) = self.ip
+            && let Some(count) = open.1.get_mut(&ip)
+        {
             *count -= 1;
             if *count == 0 {
-                open.1.remove(&self.ip);
+                open.1.remove(&ip);
             }
         }
     }
@@ -314,6 +351,18 @@ mod tests {
         );
         drop(g1);
         assert!(caps.acquire(a).is_ok());
+
+        // Behind a load balancer: the total first, the address later.
+        let caps = ConnectionCaps::new(2, 1);
+        let pending = caps.acquire_total().unwrap();
+        let other = caps.acquire_total().unwrap();
+        assert_eq!(caps.acquire_total().err(), Some("total"));
+        let claimed = pending.claim(a).unwrap();
+        assert_eq!(other.claim(a).err(), Some("per_ip"));
+        // The refused claim gave its place in the total back.
+        let _g = caps.acquire(b).unwrap();
+        drop(claimed);
+        assert_eq!(caps.open.lock().unwrap().0, 1);
         assert!(caps.open.lock().unwrap().1.len() <= 2);
     }
 }
