@@ -58,17 +58,7 @@ impl Smtp {
 
     /// Connects with TLS from the first byte (implicit TLS).
     pub async fn connect_tls(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> Smtp {
-        let tcp = TcpStream::connect(addr)
-            .await
-            .expect("connecting to the relay");
-        let tls = TlsConnector::from(config)
-            .connect(crate::TestPki::server_name(), tcp)
-            .await
-            .expect("TLS handshake");
-        Smtp {
-            stream: Stream::Tls(Box::new(tls)),
-            parser: ReplyParser::default(),
-        }
+        Smtp::connect_tls_after(addr, &[], config).await
     }
 
     /// Connects, sends `prefix` (a PROXY protocol header), then starts TLS (implicit TLS
@@ -81,7 +71,9 @@ impl Smtp {
         let mut tcp = TcpStream::connect(addr)
             .await
             .expect("connecting to the relay");
-        tcp.write_all(prefix).await.expect("writing the prefix");
+        if !prefix.is_empty() {
+            tcp.write_all(prefix).await.expect("writing the prefix");
+        }
         let tls = TlsConnector::from(config)
             .connect(crate::TestPki::server_name(), tcp)
             .await
