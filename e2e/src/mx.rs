@@ -37,6 +37,8 @@ pub struct MockMx {
     delivered: Arc<Mutex<Vec<Delivered>>>,
     transactions: Arc<Mutex<usize>>,
     data_delay: Arc<Mutex<Duration>>,
+    /// Delays for the next transactions' end of data, used before `data_delay`.
+    next_delays: Arc<Mutex<std::collections::VecDeque<Duration>>>,
     smtputf8: Arc<Mutex<bool>>,
     /// Sessions open now, the most ever open at once, and all sessions so far.
     sessions: Arc<Mutex<(usize, usize, usize)>>,
@@ -84,6 +86,7 @@ impl MockMx {
             delivered: Arc::default(),
             transactions: Arc::default(),
             data_delay: Arc::default(),
+            next_delays: Arc::default(),
             smtputf8: Arc::new(Mutex::new(true)),
             sessions: Arc::default(),
             greeting: Arc::new(Mutex::new("220 mx.test ESMTP mock".into())),
@@ -111,6 +114,11 @@ impl MockMx {
     /// Waits this long before answering the end of data, like a slow server.
     pub fn set_data_delay(&self, delay: Duration) {
         *self.data_delay.lock().expect("lock") = delay;
+    }
+
+    /// Waits `delay` before answering the end of data of the next message only.
+    pub fn delay_next_data(&self, delay: Duration) {
+        self.next_delays.lock().expect("lock").push_back(delay);
     }
 
     /// Whether EHLO offers SMTPUTF8 (it does unless told otherwise).
@@ -230,7 +238,8 @@ impl MockMx {
                         wire,
                     };
                     self.delivered.lock().expect("lock").push(delivered);
-                    let delay = *self.data_delay.lock().expect("lock");
+                    let next = self.next_delays.lock().expect("lock").pop_front();
+                    let delay = next.unwrap_or(*self.data_delay.lock().expect("lock"));
                     tokio::time::sleep(delay).await;
                     "250 2.0.0 accepted".to_string()
                 }

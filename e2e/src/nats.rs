@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use postern_relay::queue::entry::{self, BodyRef, Envelope};
-use tokio::io::AsyncReadExt;
 
 /// A nats-server child with JetStream, killed on drop.
 #[derive(Debug)]
@@ -98,31 +97,52 @@ impl NatsServer {
         }
     }
 
-    /// How many objects the body bucket holds, and how many reference counts.
-    pub async fn stored_bodies(&self, bucket: &str) -> (usize, usize) {
-        use futures::StreamExt;
+    /// How many bodies the body stream holds, and how many reference sets still name entries.
+    pub async fn stored_bodies(&self, body_stream: &str) -> (usize, usize) {
+        use futures::TryStreamExt;
         let js = jetstream::new(
             async_nats::connect(self.url())
                 .await
                 .expect("connecting to nats"),
         );
-        let store = js.get_object_store(bucket).await.expect("body bucket");
-        let objects = store
-            .list()
+        let stream = js.get_stream(body_stream).await.expect("body stream");
+        let subjects: Vec<(String, usize)> = stream
+            .info_with_subjects(format!("postern.bodies.{body_stream}.>"))
             .await
-            .expect("listing bodies")
-            .filter(|o| std::future::ready(o.as_ref().is_ok_and(|o| !o.deleted)))
-            .count()
-            .await;
-        let refs = js
-            .get_key_value(format!("{bucket}_REFS"))
+            .expect("body stream subjects")
+            .try_collect()
             .await
-            .expect("refs bucket");
-        let keys = match refs.keys().await {
-            Ok(keys) => keys.count().await,
-            Err(_) => 0,
-        };
-        (objects, keys)
+            .expect("body stream subjects");
+        let bodies = subjects
+            .iter()
+            .filter(|(s, n)| *n > 0 && s.ends_with(".data"))
+            .count();
+        // A finished message keeps an empty set until the TTL; count the ones still in use.
+        let mut live = 0;
+        for (subject, _) in subjects.iter().filter(|(s, _)| s.ends_with(".refs")) {
+            if let Ok(set) = stream.get_last_raw_message_by_subject(subject).await
+                && set.payload.as_ref() != b"{}"
+            {
+                live += 1;
+            }
+        }
+        (bodies, live)
+    }
+
+    /// How many consumers a stream has.
+    pub async fn consumers(&self, stream: &str) -> usize {
+        let js = jetstream::new(
+            async_nats::connect(self.url())
+                .await
+                .expect("connecting to nats"),
+        );
+        let mut stream = js.get_stream(stream).await.expect("stream exists");
+        stream
+            .info()
+            .await
+            .expect("stream info")
+            .state
+            .consumer_count
     }
 
     /// Stops (SIGSTOP) or resumes (SIGCONT) the server without closing its sockets.
@@ -156,17 +176,18 @@ pub async fn queue_entries(url: &str, stream: &str) -> Vec<QueueEntry> {
         let (envelope, inline) = entry::decode(&raw.payload).expect("entry decodes");
         let body = match &envelope.body {
             BodyRef::Inline { .. } => inline.to_vec(),
-            BodyRef::Object { bucket, key, .. } => {
-                let store = js.get_object_store(bucket).await.expect("body bucket");
+            BodyRef::Stored {
+                stream: body_stream,
+                key,
+                size,
+                ..
+            } => {
                 // A worker may finish the entry, and remove its body, while we read.
-                let Ok(mut object) = store.get(key).await else {
+                let Some(stored) = stored_body(&js, body_stream, key, *size).await else {
                     continue;
                 };
-                let mut body = Vec::new();
-                object
-                    .read_to_end(&mut body)
-                    .await
-                    .expect("reading body object");
+                let mut body = inline.to_vec();
+                body.extend_from_slice(&stored);
                 body
             }
         };
@@ -186,6 +207,28 @@ pub async fn queue_entries(url: &str, stream: &str) -> Vec<QueueEntry> {
         });
     }
     entries
+}
+
+/// A body from the body stream, `None` when it is not (or no longer) complete.
+async fn stored_body(
+    js: &jetstream::Context,
+    body_stream: &str,
+    key: &str,
+    size: u64,
+) -> Option<Vec<u8>> {
+    let stream = js.get_stream(body_stream).await.ok()?;
+    let subject = format!("postern.bodies.{body_stream}.{key}.data");
+    let mut body = Vec::new();
+    let mut next = 1;
+    while (body.len() as u64) < size {
+        let chunk = stream
+            .get_first_raw_message_by_subject(&subject, next)
+            .await
+            .ok()?;
+        next = chunk.sequence + 1;
+        body.extend_from_slice(&chunk.payload);
+    }
+    Some(body)
 }
 
 impl Drop for NatsServer {

@@ -158,6 +158,16 @@ impl Relay {
         let _ = self.wait_exit(Duration::from_secs(10));
     }
 
+    /// Stops (SIGSTOP) or resumes (SIGCONT) the process, as a pod frozen by its node or cut off
+    /// by a partition: its sockets stay open and nothing it was doing is finished.
+    pub fn pause(&self, paused: bool) {
+        self.signal(if paused {
+            nix::sys::signal::Signal::SIGSTOP
+        } else {
+            nix::sys::signal::Signal::SIGCONT
+        });
+    }
+
     fn signal(&self, signal: nix::sys::signal::Signal) {
         if let Some(child) = &self.child {
             let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid fits"));

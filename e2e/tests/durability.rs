@@ -26,13 +26,11 @@ async fn nats_outage_gives_451_and_unready_then_recovers_without_restart() {
         Some(200),
         "alive while NATS is away"
     );
-    s.send_mail("a@example.com", &["b@example.org"], MESSAGE)
-        .await
-        .is(451, "4.3.0");
-    assert_eq!(
-        relay.metric("postern_ingress_enqueue_failures_total{cause=\"not_ready\"}"),
-        1.0
-    );
+    // Refused at MAIL, before the client uploads a message that cannot be queued.
+    s.cmd("MAIL FROM:<a@example.com>").await.is(451, "4.3.0");
+    let mut late = Smtp::connect(relay.smtp()).await;
+    late.reply().await.is(421, "4.3.2");
+    assert!(late.closed().await, "new clients are not greeted");
 
     nats.restart();
     relay.wait_ready(Duration::from_secs(20));
@@ -134,30 +132,32 @@ async fn fifty_megabyte_message_round_trips_byte_exact() {
         .queue_id();
     let entries = nats.entries(STREAM).await;
     assert_eq!(entries.len(), 2);
-    for entry in &entries {
-        let postern_relay::queue::BodyRef::Object {
-            key,
-            size,
-            entries: shared,
-            ..
+    for (index, entry) in entries.iter().enumerate() {
+        let postern_relay::queue::BodyRef::Stored {
+            key, size, lineage, ..
         } = &entry.envelope.body
         else {
-            panic!("a 50 MB body goes to the object store");
+            panic!("a 50 MB body goes to the body stream");
         };
-        assert_eq!((key.as_str(), *shared), (id.as_str(), 2));
-        assert_eq!(*size, entry.body.len() as u64);
+        assert_eq!((key.as_str(), *lineage), (id.as_str(), index as u32));
         assert!(
             entry.body.ends_with(&body),
             "body differs after the Received header"
         );
-        let received =
-            String::from_utf8(entry.body[..entry.body.len() - body.len()].to_vec()).unwrap();
+        let head = &entry.body[..entry.body.len() - body.len()];
+        assert_eq!(*size as usize + head.len(), entry.body.len());
+        let received = String::from_utf8(head.to_vec()).unwrap();
         assert!(
             received.starts_with("Received: from client.test") && received.ends_with(" +0000\r\n"),
             "{received}"
         );
         assert!(received.contains(&format!(" id {id}")), "{received}");
     }
+    assert_eq!(
+        nats.stored_bodies("POSTERN_BODIES").await,
+        (1, 1),
+        "stored once"
+    );
 }
 
 #[tokio::test]

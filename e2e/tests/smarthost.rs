@@ -127,7 +127,9 @@ async fn wrong_credentials_or_untrusted_certificate_defer_instead_of_bouncing() 
     send(&refused).await;
     wait_log(&refused, "deferred").await;
     assert!(
-        refused.log().contains("4.7.0 authentication refused: 535"),
+        refused
+            .log()
+            .contains("4.7.0 authentication refused by localhost: 535"),
         "{}",
         refused.log()
     );

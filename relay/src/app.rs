@@ -44,6 +44,8 @@ pub enum StartError {
     Standalone(#[from] StandaloneError),
     #[error(transparent)]
     Delivery(#[from] crate::delivery::SetupError),
+    #[error("ingress.limits.passwordChecks: starting the password check threads: {0}")]
+    PasswordThreads(std::io::Error),
 }
 
 /// Which processes run in this one.
@@ -106,6 +108,11 @@ pub async fn run(
 ) -> Result<(), StartError> {
     if role != Role::Standalone && config.nats.url.is_none() {
         return Err(StartError::MissingNatsUrl);
+    }
+    if role.ingress() {
+        for warning in config.warnings() {
+            warn!(field = %warning.field, "{}", warning.message);
+        }
     }
     // Delivery processes neither accept SMTP nor sign, so they need none of these files.
     let Loaded {
@@ -182,9 +189,10 @@ pub async fn run(
         false => None,
     };
     let has_users = users.is_some();
-    let shared = Arc::new(Shared::new(
-        &config, queue, users, acceptor, signers, metrics,
-    ));
+    let shared = Arc::new(
+        Shared::new(&config, queue, users, acceptor, signers, metrics)
+            .map_err(StartError::PasswordThreads)?,
+    );
     let sessions = TaskTracker::new();
     let mut accept_loops = Vec::new();
     for (socket, listener) in listeners {

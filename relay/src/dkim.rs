@@ -128,26 +128,80 @@ impl Signers {
     /// `DKIM-Signature` header fields for `message`, one per key of its From domain; empty when
     /// the domain has no keys or the message has no single From address.
     pub fn sign(&self, message: &[u8]) -> Vec<u8> {
-        let Some(domain) = from_domain(message) else {
-            return Vec::new();
-        };
-        let signers = self
-            .by_domain
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&domain)
-            .cloned()
-            .unwrap_or_default();
         let mut headers = Vec::new();
-        for signer in signers {
+        for signer in self.signers_for(message) {
             match signer.sign(message) {
                 Ok(signature) => headers.extend_from_slice(signature.to_header().as_bytes()),
                 Err(err) => {
-                    tracing::warn!(%domain, %err, "DKIM signing failed; message queued unsigned by this key")
+                    tracing::warn!(%err, "DKIM signing failed; message queued unsigned by this key")
                 }
             }
         }
         headers
+    }
+
+    /// Signatures computed while a large message streams by; `start` is its beginning, which
+    /// must hold the whole header section (a message whose header section is larger goes
+    /// unsigned, with a warning). Feed every byte of the message, `start` included.
+    pub fn streaming(&self, start: &[u8]) -> Vec<StreamingSignature> {
+        let signers = self.signers_for(start);
+        if !signers.is_empty() && !start.windows(4).any(|w| w == b"\r\n\r\n") {
+            tracing::warn!("header section too large to sign; message queued unsigned");
+            return Vec::new();
+        }
+        signers.into_iter().map(StreamingSignature::start).collect()
+    }
+
+    /// The signers of the message's From domain.
+    fn signers_for(&self, message: &[u8]) -> Vec<Arc<Signer>> {
+        let Some(domain) = from_domain(message) else {
+            return Vec::new();
+        };
+        self.by_domain
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&domain)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// One signature computed by its own task from the pieces of a message as they arrive, so the
+/// message is never held whole for signing.
+#[derive(Debug)]
+pub struct StreamingSignature {
+    pieces: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    done: tokio::task::JoinHandle<Option<String>>,
+}
+
+impl StreamingSignature {
+    fn start(signer: Arc<Signer>) -> StreamingSignature {
+        let (pieces, mut incoming) = tokio::sync::mpsc::channel::<bytes::Bytes>(2);
+        let done = tokio::spawn(async move {
+            let mut stream = signer.sign_streaming();
+            while let Some(piece) = incoming.recv().await {
+                stream.write(&piece);
+            }
+            match stream.finish() {
+                Ok(signature) => Some(signature.to_header()),
+                Err(err) => {
+                    tracing::warn!(%err, "DKIM signing failed; message queued unsigned by this key");
+                    None
+                }
+            }
+        });
+        StreamingSignature { pieces, done }
+    }
+
+    /// The next piece of the message.
+    pub async fn write(&self, piece: bytes::Bytes) {
+        let _ = self.pieces.send(piece).await;
+    }
+
+    /// The `DKIM-Signature` field, once every piece was written.
+    pub async fn finish(self) -> Option<String> {
+        drop(self.pieces);
+        self.done.await.ok().flatten()
     }
 }
 

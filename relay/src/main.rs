@@ -74,6 +74,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if files {
                 app::load_files(&loaded)?;
             }
+            for warning in loaded.warnings() {
+                eprintln!("postern: warning: {warning}");
+            }
             println!("{}: ok", config.display());
             return Ok(());
         }

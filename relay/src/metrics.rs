@@ -26,6 +26,8 @@ pub struct Metrics {
     pub delivery_outcomes: Family<Labels, Counter>,
     pub delivery_attempt_seconds: Histogram,
     pub delivery_queue_lag_seconds: Histogram,
+    pub pregreet: Family<Labels, Counter>,
+    pub message_memory_bytes: Gauge,
 }
 
 impl Default for Metrics {
@@ -45,6 +47,8 @@ impl Default for Metrics {
             delivery_outcomes: Family::default(),
             delivery_attempt_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
             delivery_queue_lag_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 24)),
+            pregreet: Family::default(),
+            message_memory_bytes: Gauge::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -57,6 +61,16 @@ impl Default for Metrics {
             "ingress_connections_refused",
             "SMTP connections refused by a cap",
             metrics.connections_refused.clone(),
+        );
+        r.register(
+            "ingress_pregreet",
+            "Clients that talked before the greeting, by what was done",
+            metrics.pregreet.clone(),
+        );
+        r.register(
+            "ingress_message_memory_bytes",
+            "Bytes of the message memory budget in use",
+            metrics.message_memory_bytes.clone(),
         );
         r.register(
             "ingress_sessions",

@@ -87,7 +87,7 @@ pub fn build_config(relay: &Relay, domains: &[Domain]) -> Result<Config, ConfigE
         .as_ref()
         .map(|s| format!("{}/{}", paths::NATS_DIR, s.key_or(NATS_CREDS_KEY)).into());
     config.nats.subject_prefix = format!("postern.{}", stream.to_ascii_lowercase());
-    config.nats.body_bucket = format!("{stream}_BODIES");
+    config.nats.body_stream = format!("{stream}_BODIES");
     config.nats.stream = stream;
     config.nats.replicas = usize::from(spec.nats.stream_replicas);
 

@@ -14,7 +14,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 pub use duration::{Duration, DurationError};
-pub use validate::{ConfigError, FieldError};
+pub use validate::{ConfigError, FieldError, Warning};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,9 +64,9 @@ pub struct NatsConfig {
     /// Subject prefix of queue entries; the destination domain follows it.
     #[serde(default = "default_subject_prefix")]
     pub subject_prefix: String,
-    /// Object store bucket for bodies larger than `inlineBodyLimit`.
-    #[serde(default = "default_body_bucket")]
-    pub body_bucket: String,
+    /// Stream holding bodies larger than `inlineBodyLimit`, and the entries using each.
+    #[serde(default = "default_body_stream")]
+    pub body_stream: String,
     /// Stream replicas: 1 for one server, 3 in a cluster.
     #[serde(default = "default_replicas")]
     pub replicas: usize,
@@ -106,6 +106,43 @@ pub struct IngressConfig {
     pub bare_line_endings: BareLineEndings,
     #[serde(default)]
     pub limits: Limits,
+    /// Connections waiting to be accepted per listener (the kernel caps it at
+    /// `net.core.somaxconn`).
+    #[serde(default = "default_listen_backlog")]
+    pub listen_backlog: u32,
+    /// What to do with clients that talk before the greeting.
+    #[serde(default)]
+    pub pregreet: Pregreet,
+}
+
+/// Clients that send before the greeting (RFC 5321 §3.1 says wait) are usually spam engines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Pregreet {
+    /// How long to wait before sending the greeting, watching for such clients (0: only what
+    /// they sent before the connection was accepted is seen).
+    pub wait: Duration,
+    pub action: PregreetAction,
+}
+
+impl Default for Pregreet {
+    fn default() -> Self {
+        Pregreet {
+            wait: Duration::secs(0),
+            action: PregreetAction::Count,
+        }
+    }
+}
+
+/// What happens to a client that talked before the greeting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PregreetAction {
+    /// `554 5.5.0` and the connection is closed.
+    Reject,
+    /// The session goes on; it is counted and logged (as Postfix's postscreen does by default).
+    #[default]
+    Count,
 }
 
 /// One SMTP listening socket.
@@ -176,6 +213,14 @@ pub struct Limits {
     /// Slowest average transfer rate of message content, in bytes per second, once
     /// `dataTimeout` has passed since the transfer began.
     pub min_data_rate: u64,
+    /// Bytes of message data all sessions of the process may hold in memory together.
+    pub max_message_memory: usize,
+    /// Password checks (argon2) running at the same time.
+    pub password_checks: usize,
+    /// Failed logins from one client address (IPv6: one /64) within `authFailureWindow` after
+    /// which its logins are refused until the window has passed.
+    pub max_auth_failures_per_address: u32,
+    pub auth_failure_window: Duration,
 }
 
 impl Default for Limits {
@@ -191,6 +236,10 @@ impl Default for Limits {
             command_timeout: Duration::secs(300),
             data_timeout: Duration::secs(180),
             min_data_rate: 1024,
+            max_message_memory: 256 * 1024 * 1024,
+            password_checks: 2,
+            max_auth_failures_per_address: 10,
+            auth_failure_window: Duration::secs(300),
         }
     }
 }
@@ -480,7 +529,7 @@ impl Default for NatsConfig {
             credentials_file: None,
             stream: default_stream(),
             subject_prefix: default_subject_prefix(),
-            body_bucket: default_body_bucket(),
+            body_stream: default_body_stream(),
             replicas: default_replicas(),
             ack_timeout: default_ack_timeout(),
             inline_body_limit: default_inline_body_limit(),
@@ -500,6 +549,8 @@ impl Default for IngressConfig {
             trusted_proxies: Vec::new(),
             bare_line_endings: BareLineEndings::default(),
             limits: Limits::default(),
+            listen_backlog: default_listen_backlog(),
+            pregreet: Pregreet::default(),
         }
     }
 }
@@ -552,7 +603,7 @@ fn default_stream() -> String {
 fn default_subject_prefix() -> String {
     "postern.queue".to_string()
 }
-fn default_body_bucket() -> String {
+fn default_body_stream() -> String {
     "POSTERN_BODIES".to_string()
 }
 fn default_replicas() -> usize {
@@ -580,6 +631,9 @@ fn default_allowed_networks() -> Vec<IpNet> {
         .iter()
         .filter_map(|n| n.parse().ok())
         .collect()
+}
+fn default_listen_backlog() -> u32 {
+    4096
 }
 fn default_reload_interval() -> Duration {
     Duration::secs(10)

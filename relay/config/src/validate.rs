@@ -38,6 +38,38 @@ impl fmt::Display for Invalid<'_> {
     }
 }
 
+/// A valid setting that is probably a mistake; printed at start and by `check-config`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+impl Config {
+    /// Settings that are valid but risky.
+    pub fn warnings(&self) -> Vec<Warning> {
+        self.ingress
+            .allowed_networks
+            .iter()
+            .enumerate()
+            .filter(|(_, net)| net.prefix_len() == 0)
+            .map(|(i, net)| Warning {
+                field: format!("ingress.allowedNetworks[{i}]"),
+                message: format!(
+                    "{net} lets every address relay without AUTH: this is an open relay unless \
+                     the listeners are reachable only from trusted networks"
+                ),
+            })
+            .collect()
+    }
+}
+
 #[derive(Default)]
 struct Errors(Vec<FieldError>);
 
@@ -108,9 +140,9 @@ impl Config {
             "must be letters, digits, '-' or '_'",
         );
         e.check(
-            is_nats_name(&nats.body_bucket),
-            "nats.bodyBucket",
-            "must be letters, digits, '-' or '_'",
+            is_nats_name(&nats.body_stream) && nats.body_stream != nats.stream,
+            "nats.bodyStream",
+            "must be letters, digits, '-' or '_', and not the same as nats.stream",
         );
         let prefix_ok = nats.subject_prefix.split('.').all(is_nats_name);
         e.check(
@@ -182,6 +214,11 @@ impl Config {
             ("maxErrors", u64::from(limits.max_errors)),
             ("maxAuthFailures", u64::from(limits.max_auth_failures)),
             ("minDataRate", limits.min_data_rate),
+            ("passwordChecks", limits.password_checks as u64),
+            (
+                "maxAuthFailuresPerAddress",
+                u64::from(limits.max_auth_failures_per_address),
+            ),
         ];
         for (name, value) in positive {
             e.check(
@@ -199,6 +236,31 @@ impl Config {
             !limits.data_timeout.get().is_zero(),
             "ingress.limits.dataTimeout",
             "must be greater than zero",
+        );
+        e.check(
+            limits.max_message_memory >= 4 * 1024 * 1024,
+            "ingress.limits.maxMessageMemory",
+            "must be at least 4194304 bytes (4 MiB)",
+        );
+        e.check(
+            limits.password_checks <= 64,
+            "ingress.limits.passwordChecks",
+            "must be at most 64",
+        );
+        e.check(
+            !limits.auth_failure_window.get().is_zero(),
+            "ingress.limits.authFailureWindow",
+            "must be greater than zero",
+        );
+        e.check(
+            (1..=65535).contains(&ingress.listen_backlog),
+            "ingress.listenBacklog",
+            "must be between 1 and 65535",
+        );
+        e.check(
+            ingress.pregreet.wait.get() <= std::time::Duration::from_secs(30),
+            "ingress.pregreet.wait",
+            "must be at most 30s",
         );
 
         let delivery = &self.delivery;
@@ -311,6 +373,23 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use crate::{Config, ConfigError};
+
+    #[test]
+    fn networks_that_open_the_relay_are_warned_about() {
+        let mut config = Config::default();
+        config.ingress.allowed_networks = ["10.0.0.0/8", "::/0", "0.0.0.0/0"]
+            .iter()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        let warnings = config.warnings();
+        let fields: Vec<&str> = warnings.iter().map(|w| w.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["ingress.allowedNetworks[1]", "ingress.allowedNetworks[2]"]
+        );
+        assert!(warnings[0].message.contains("open relay"));
+        assert!(Config::default().warnings().is_empty());
+    }
 
     fn errors(yaml: &str) -> String {
         Config::from_yaml(yaml).unwrap_err().to_string()

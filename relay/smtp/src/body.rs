@@ -40,6 +40,9 @@ enum State {
 }
 
 /// Incremental decoder of one message body.
+///
+/// The decoded bytes collect in a buffer that the caller may empty as they come
+/// ([`BodyDecoder::take`]), to stream a large body on instead of holding it.
 #[derive(Debug)]
 pub struct BodyDecoder {
     state: State,
@@ -50,6 +53,40 @@ pub struct BodyDecoder {
     line_len: usize,
     size: usize,
     fault: Option<BodyFault>,
+    header: HeaderScan,
+    eight_bit: bool,
+}
+
+/// Watches the header section go by: how many `Received:` fields it has, and where it ends.
+#[derive(Debug, Default)]
+struct HeaderScan {
+    done: bool,
+    /// The first bytes of the current line.
+    start: [u8; 9],
+    len: usize,
+    received: usize,
+}
+
+impl HeaderScan {
+    fn byte(&mut self, b: u8) {
+        if self.done {
+            return;
+        }
+        if b == b'\n' {
+            let line = &self.start[..self.len.min(9)];
+            if line.is_empty() || line == b"\r" {
+                self.done = true;
+            } else if line.eq_ignore_ascii_case(b"received:") {
+                self.received += 1;
+            }
+            self.len = 0;
+            return;
+        }
+        if let Some(slot) = self.start.get_mut(self.len) {
+            *slot = b;
+        }
+        self.len += 1;
+    }
 }
 
 impl BodyDecoder {
@@ -73,6 +110,8 @@ impl BodyDecoder {
             line_len: 0,
             size: 0,
             fault: None,
+            header: HeaderScan::default(),
+            eight_bit: false,
         }
     }
 
@@ -97,12 +136,33 @@ impl BodyDecoder {
         self.fault
     }
 
+    /// `Received:` fields in the header section so far.
+    pub fn received(&self) -> usize {
+        self.header.received
+    }
+
+    /// True once a byte above 127 was decoded.
+    pub fn eight_bit(&self) -> bool {
+        self.eight_bit
+    }
+
+    /// Decoded bytes not taken yet.
+    pub fn buffered(&self) -> usize {
+        self.body.len()
+    }
+
+    /// Takes the decoded bytes so far; later bytes start a new buffer. Only bytes of a body
+    /// without a fault so far are ever handed out.
+    pub fn take(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.body)
+    }
+
     /// Ends a BDAT body: resolves a trailing CR and makes the body end with CRLF.
     pub fn finish(mut self) -> Result<Vec<u8>, BodyFault> {
         if self.state == State::Cr {
             self.bare(b' ');
         }
-        if !self.body.is_empty() && !self.body.ends_with(b"\r\n") {
+        if self.size > 0 && self.line_len > 0 {
             self.emit_crlf();
         }
         match self.fault {
@@ -187,6 +247,10 @@ impl BodyDecoder {
 
     fn emit(&mut self, bytes: &[u8]) {
         self.size += bytes.len();
+        for &b in bytes {
+            self.header.byte(b);
+            self.eight_bit |= b > 127;
+        }
         if self.size > self.max_size {
             self.set_fault(BodyFault::TooBig);
             self.body = Vec::new();
@@ -220,14 +284,6 @@ pub fn is_clean(body: &[u8]) -> bool {
         prev = b;
     }
     true
-}
-
-/// Counts `Received:` fields in the header section of a body.
-pub fn count_received(body: &[u8]) -> usize {
-    body.split(|&b| b == b'\n')
-        .take_while(|line| !matches!(line, [] | [b'\r']))
-        .filter(|line| line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"received:"))
-        .count()
 }
 
 #[cfg(test)]
@@ -316,9 +372,33 @@ mod tests {
     }
 
     #[test]
-    fn counts_received_in_headers_only() {
-        let body = b"Received: a\r\nreceived: b\r\nSubject: x\r\n\r\nReceived: c\r\n";
-        assert_eq!(count_received(body), 2);
+    fn counts_received_in_headers_only_and_sees_8bit() {
+        let mut d = BodyDecoder::bdat(BareLineEndings::Normalize, 1000);
+        d.feed(
+            b"Received: a\r\nreceived: b\r\nReceived:\r\n c\r\nSubject: x\r\n\r\nReceived: d\r\n",
+        );
+        assert_eq!(d.received(), 3);
+        assert!(!d.eight_bit());
+        d.feed("ü\r\n".as_bytes());
+        assert!(d.eight_bit());
+    }
+
+    #[test]
+    fn taking_content_leaves_the_rest_and_the_checks() {
+        let mut d = BodyDecoder::data(BareLineEndings::Reject, 1000);
+        assert_eq!(d.feed(b"a\r\n..b"), None);
+        assert_eq!(d.take(), b"a\r\n.b");
+        assert_eq!(d.buffered(), 0);
+        assert_eq!(d.feed(b"c\r\nbare\nlf\r\n.\r\n"), Some(15));
+        assert_eq!(d.into_body(), Err(BodyFault::BareLineEnding));
+        let mut b = BodyDecoder::bdat(BareLineEndings::Normalize, 1000);
+        b.feed(b"no end");
+        assert_eq!(b.take(), b"no end");
+        assert_eq!(
+            b.finish().unwrap(),
+            b"\r\n",
+            "the line ends although it was taken"
+        );
     }
 
     proptest! {

@@ -169,6 +169,11 @@ impl ReplyParser {
         self.buf.extend_from_slice(bytes);
     }
 
+    /// True when no byte of a reply is waiting to be parsed.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty() && self.lines.is_empty()
+    }
+
     /// The next complete reply, `Ok(None)` when more bytes are needed.
     pub fn next_reply(&mut self) -> Result<Option<Reply>, ReplyError> {
         loop {

@@ -2,15 +2,24 @@
 //!
 //! The I/O layer feeds received bytes with [`Session::receive`], asks [`Session::next_event`]
 //! what to do, writes the replies from [`Session::take_replies`], and reports the outcome of
-//! the slow work an event asks for (TLS handshake, password check, queueing).
+//! the slow work an event asks for (TLS handshake, password check, queueing). Every call that
+//! moves the session on takes `now`: the session owns its deadlines and says when it next
+//! needs waking ([`Session::poll_timeout`], [`Session::handle_timeout`]), so timeouts and the
+//! data-rate floor are tested with a virtual clock.
+//!
+//! A command line has one deadline, `commandTimeout` from the moment the session started
+//! waiting for it, however slowly its bytes trickle in. Message content is bounded by silence
+//! (`dataTimeout` without a byte) and by a rate floor (`minDataRate` on average, once
+//! `dataTimeout` has passed since the content began).
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
 use crate::address::{Address, ReversePath};
-use crate::body::{self, BareLineEndings, BodyDecoder, BodyFault};
+use crate::body::{BareLineEndings, BodyDecoder, BodyFault};
 use crate::command::{BodyType, Command, CommandError, MailParams, Mechanism};
 use crate::reply::{Reject, Reply, Status};
 
@@ -38,6 +47,13 @@ pub struct SessionConfig {
     pub plaintext_auth: bool,
     /// Sender domains allowed in MAIL FROM; empty allows any.
     pub sender_domains: Vec<String>,
+    /// The deadline of each command line.
+    pub command_timeout: Duration,
+    /// Silence allowed while message content arrives.
+    pub data_timeout: Duration,
+    /// Slowest average rate of message content, in bytes per second, once `data_timeout` has
+    /// passed since it began.
+    pub min_data_rate: u64,
 }
 
 /// Facts about the client known when the connection opens.
@@ -61,6 +77,11 @@ pub struct Message {
     pub helo: String,
     pub esmtp: bool,
     pub auth_user: Option<String>,
+    /// The content has bytes above 127.
+    pub eight_bit: bool,
+    /// Bytes of the content handed out before the end by [`Session::take_content`]; `body`
+    /// holds the rest.
+    pub taken: u64,
 }
 
 /// What the I/O layer must do next.
@@ -82,6 +103,17 @@ pub enum Event {
 /// Why a message could not be queued; the client gets a 451 and keeps the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueUnavailable;
+
+/// The outcome of a password check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthOutcome {
+    /// The password is right for this user.
+    Verified(String),
+    /// Wrong user or password.
+    Refused,
+    /// No check was made now (too many at once, or too many failures from this address).
+    Unavailable,
+}
 
 #[derive(Debug)]
 enum Mode {
@@ -106,6 +138,8 @@ struct Transaction {
     params: MailParams,
     recipients: Vec<Address>,
     chunks: Option<BodyDecoder>,
+    /// Content bytes handed out so far.
+    taken: u64,
 }
 
 /// One ESMTP server session.
@@ -124,11 +158,19 @@ pub struct Session {
     errors: u32,
     auth_failures: u32,
     draining: bool,
+    /// When the session started waiting for the current command line.
+    waiting_since: Instant,
+    /// When bytes last arrived.
+    last_input: Instant,
+    /// When message content began, and how many bytes of it came since.
+    content_since: Option<(Instant, u64)>,
+    /// The reply MAIL gets while the I/O layer cannot take a message (no memory, no queue).
+    mail_refusal: Option<Reply>,
 }
 
 impl Session {
-    /// A new session; its first reply is the greeting.
-    pub fn new(config: Arc<SessionConfig>, peer: Peer) -> Self {
+    /// A new session on a connection accepted at `now`; its first reply is the greeting.
+    pub fn new(config: Arc<SessionConfig>, peer: Peer, now: Instant) -> Self {
         let greeting = Reply::plain(220, vec![format!("{} ESMTP Postern", config.hostname)]);
         Session {
             tls: peer.tls,
@@ -144,13 +186,91 @@ impl Session {
             errors: 0,
             auth_failures: 0,
             draining: false,
+            waiting_since: now,
+            last_input: now,
+            content_since: None,
+            mail_refusal: None,
         }
     }
 
-    /// Adds bytes read from the client.
-    pub fn receive(&mut self, bytes: &[u8]) {
+    /// Adds bytes read from the client at `now`.
+    pub fn receive(&mut self, bytes: &[u8], now: Instant) {
         if !matches!(self.mode, Mode::Closed) {
             self.input.extend_from_slice(bytes);
+            self.last_input = now;
+        }
+    }
+
+    /// When the session must be woken if nothing arrives: the command deadline, or the
+    /// content's silence limit or rate floor. `None` while it waits for the I/O layer.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let config = &self.config;
+        match &self.mode {
+            Mode::Closed | Mode::Waiting => None,
+            Mode::Data(_) | Mode::Bdat { .. } => {
+                let (since, bytes) = self.content_since.unwrap_or((self.last_input, 0));
+                let silence = self.last_input + config.data_timeout;
+                let floor = match config.min_data_rate {
+                    0 => silence,
+                    rate => {
+                        let earned = Duration::from_secs_f64(bytes as f64 / rate as f64);
+                        since + earned.max(config.data_timeout)
+                    }
+                };
+                Some(silence.min(floor))
+            }
+            Mode::Command | Mode::AuthPlain | Mode::AuthLoginUser | Mode::AuthLoginPassword(_) => {
+                Some(self.waiting_since + config.command_timeout)
+            }
+        }
+    }
+
+    /// Closes the session with `421 4.4.2` when its deadline has passed at `now`; true if it did.
+    pub fn handle_timeout(&mut self, now: Instant) -> bool {
+        if self.poll_timeout().is_none_or(|deadline| now < deadline) {
+            return false;
+        }
+        self.close(Reply::new(
+            421,
+            Status(4, 4, 2),
+            format!("{} Timeout, closing connection", self.config.hostname),
+        ));
+        true
+    }
+
+    /// What MAIL answers while the I/O layer cannot take a message: `None` to accept mail,
+    /// or the refusal (such as `452 4.3.1` while message memory is spent).
+    pub fn set_mail_refusal(&mut self, refusal: Option<Reply>) {
+        self.mail_refusal = refusal;
+    }
+
+    /// Decoded message content held by the session, in bytes.
+    pub fn content_buffered(&self) -> usize {
+        self.decoder().map_or(0, BodyDecoder::buffered)
+    }
+
+    /// Hands out the decoded content received so far, when there is at least `at_least` of it,
+    /// so a large message can be streamed on while it arrives. Checks on the whole message
+    /// (size, line endings, loops) still decide at its end.
+    pub fn take_content(&mut self, at_least: usize) -> Option<Vec<u8>> {
+        let decoder = match &mut self.mode {
+            Mode::Data(decoder) => Some(decoder.as_mut()),
+            _ => self.transaction.as_mut().and_then(|t| t.chunks.as_mut()),
+        }?;
+        if decoder.fault().is_some() || decoder.buffered() < at_least.max(1) {
+            return None;
+        }
+        let content = decoder.take();
+        if let Some(t) = self.transaction.as_mut() {
+            t.taken += content.len() as u64;
+        }
+        Some(content)
+    }
+
+    fn decoder(&self) -> Option<&BodyDecoder> {
+        match &self.mode {
+            Mode::Data(decoder) => Some(decoder),
+            _ => self.transaction.as_ref().and_then(|t| t.chunks.as_ref()),
         }
     }
 
@@ -169,15 +289,6 @@ impl Session {
         self.transaction.is_some() || self.reading_message()
     }
 
-    /// The client has been idle or slow past its timeout.
-    pub fn timed_out(&mut self) -> Event {
-        self.close(Reply::new(
-            421,
-            Status(4, 4, 2),
-            format!("{} Timeout, closing connection", self.config.hostname),
-        ))
-    }
-
     /// The server is shutting down: idle sessions are closed now, others after their transaction.
     pub fn shutdown(&mut self) {
         self.draining = true;
@@ -188,8 +299,10 @@ impl Session {
         std::mem::take(&mut self.input).len()
     }
 
-    /// The TLS handshake after STARTTLS succeeded: everything learned before is forgotten.
-    pub fn tls_started(&mut self) {
+    /// The TLS handshake after STARTTLS succeeded at `now`: everything learned before is
+    /// forgotten.
+    pub fn tls_started(&mut self, now: Instant) {
+        self.waiting_since = now;
         self.tls = true;
         self.helo = None;
         self.auth_user = None;
@@ -199,11 +312,12 @@ impl Session {
         self.mode = Mode::Command;
     }
 
-    /// The outcome of an [`Event::Authenticate`].
-    pub fn auth_result(&mut self, user: Option<String>) {
+    /// The outcome of an [`Event::Authenticate`], known at `now`.
+    pub fn auth_result(&mut self, outcome: AuthOutcome, now: Instant) {
         self.mode = Mode::Command;
-        match user {
-            Some(user) => {
+        self.waiting_since = now;
+        match outcome {
+            AuthOutcome::Verified(user) => {
                 self.auth_user = Some(user);
                 self.reply(Reply::new(
                     235,
@@ -211,16 +325,23 @@ impl Session {
                     "Authentication successful",
                 ));
             }
-            None => self.auth_failed(Reply::new(
+            AuthOutcome::Refused => self.auth_failed(Reply::new(
                 535,
                 Status(5, 7, 8),
                 "Authentication credentials invalid",
             )),
+            AuthOutcome::Unavailable => self.auth_failed(Reply::new(
+                454,
+                Status(4, 7, 0),
+                "Temporary authentication failure, try again later",
+            )),
         }
     }
 
-    /// The outcome of an [`Event::Message`]: the queue id, or why it could not be queued.
-    pub fn message_result(&mut self, result: Result<String, QueueUnavailable>) {
+    /// The outcome of an [`Event::Message`], known at `now`: the queue id, or why it could not
+    /// be queued.
+    pub fn message_result(&mut self, result: Result<String, QueueUnavailable>, now: Instant) {
+        self.waiting_since = now;
         self.mode = Mode::Command;
         self.transaction = None;
         match result {
@@ -243,17 +364,24 @@ impl Session {
                 Mode::Closed => return Event::Close,
                 Mode::Waiting => return Event::NeedInput,
                 Mode::Data(decoder) => {
-                    let Some(used) = decoder.feed(&self.input) else {
+                    let fed = decoder.feed(&self.input);
+                    let used = fed.unwrap_or(self.input.len());
+                    if let Some((_, bytes)) = self.content_since.as_mut() {
+                        *bytes += used as u64;
+                    }
+                    let Some(used) = fed else {
                         self.input.clear();
                         return Event::NeedInput;
                     };
                     self.input.drain(..used);
+                    self.content_since = None;
                     let Mode::Data(decoder) = std::mem::replace(&mut self.mode, Mode::Command)
                     else {
                         unreachable!("mode checked above")
                     };
+                    let (received, eight_bit) = (decoder.received(), decoder.eight_bit());
                     let body = decoder.into_body();
-                    if let Some(event) = self.end_of_message(body) {
+                    if let Some(event) = self.end_of_message(body, received, eight_bit) {
                         return event;
                     }
                 }
@@ -263,6 +391,9 @@ impl Session {
                         .min(self.input.len());
                     *remaining -= take as u64;
                     let done = *remaining == 0;
+                    if let Some((_, bytes)) = self.content_since.as_mut() {
+                        *bytes += take as u64;
+                    }
                     if let Some(decoder) = self.transaction.as_mut().and_then(|t| t.chunks.as_mut())
                     {
                         decoder.feed(&self.input[..take]);
@@ -271,6 +402,8 @@ impl Session {
                     if !done {
                         return Event::NeedInput;
                     }
+                    self.content_since = None;
+                    self.waiting_since = self.last_input;
                     if let Some(event) = self.end_of_chunk() {
                         return event;
                     }
@@ -339,6 +472,8 @@ impl Session {
                 )
                 .rejecting(Reject::Syntax)));
             }
+            // The next line's clock starts now that this one is complete.
+            self.waiting_since = self.last_input;
             if line.len() > MAX_COMMAND_LINE {
                 return Some(Err(line_too_long()));
             }
@@ -384,11 +519,18 @@ impl Session {
             Command::Expn => self.error(
                 Reply::new(502, Status(5, 5, 1), "EXPN not available").rejecting(Reject::Sequence),
             ),
-            Command::Help => self.reply(Reply::new(
-                214,
-                Status(2, 0, 0),
-                "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH",
-            )),
+            Command::Help => {
+                let mut commands = String::from(
+                    "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP",
+                );
+                if self.config.starttls && !self.tls {
+                    commands.push_str(" STARTTLS");
+                }
+                if self.auth_offered() {
+                    commands.push_str(" AUTH");
+                }
+                self.reply(Reply::new(214, Status(2, 0, 0), commands));
+            }
             Command::StartTls => return self.starttls(),
             Command::Auth { mechanism, initial } => return self.auth(mechanism, initial),
         }
@@ -444,7 +586,7 @@ impl Session {
                     .rejecting(Reject::SenderDomain),
             )
         } else {
-            None
+            self.mail_refusal.clone()
         };
         match refusal {
             Some(reply) => self.error(reply),
@@ -454,6 +596,7 @@ impl Session {
                     params,
                     recipients: Vec::new(),
                     chunks: None,
+                    taken: 0,
                 });
                 self.reply(Reply::new(250, Status(2, 1, 0), "Sender OK"));
             }
@@ -519,6 +662,7 @@ impl Session {
                 let decoder =
                     BodyDecoder::data(self.config.bare_line_endings, self.config.max_message_size);
                 self.mode = Mode::Data(Box::new(decoder));
+                self.content_since = Some((self.last_input, 0));
                 self.reply(Reply::plain(
                     354,
                     vec!["End data with <CR><LF>.<CR><LF>".to_string()],
@@ -551,6 +695,7 @@ impl Session {
             last,
             refusal,
         };
+        self.content_since = Some((self.last_input, 0));
     }
 
     fn end_of_chunk(&mut self) -> Option<Event> {
@@ -579,11 +724,17 @@ impl Session {
             }
             return None;
         }
-        self.end_of_message(decoder.finish())
+        let (received, eight_bit) = (decoder.received(), decoder.eight_bit());
+        self.end_of_message(decoder.finish(), received, eight_bit)
     }
 
     /// Checks a complete body and hands it over for queueing.
-    fn end_of_message(&mut self, body: Result<Vec<u8>, BodyFault>) -> Option<Event> {
+    fn end_of_message(
+        &mut self,
+        body: Result<Vec<u8>, BodyFault>,
+        received: usize,
+        eight_bit: bool,
+    ) -> Option<Event> {
         let transaction = self.transaction.take()?;
         let refusal = match &body {
             Err(BodyFault::TooBig) => Some(too_big()),
@@ -603,7 +754,7 @@ impl Session {
                 )
                 .rejecting(Reject::TextLineTooLong),
             ),
-            Ok(body) if body::count_received(body) > self.config.max_received => Some(
+            Ok(_) if received > self.config.max_received => Some(
                 Reply::new(554, Status(5, 4, 6), "Too many Received headers: mail loop")
                     .rejecting(Reject::MailLoop),
             ),
@@ -623,6 +774,8 @@ impl Session {
             helo,
             esmtp,
             auth_user: self.auth_user.clone(),
+            eight_bit,
+            taken: transaction.taken,
         };
         self.mode = Mode::Waiting;
         Some(Event::Message(Box::new(message)))

@@ -1,6 +1,7 @@
 //! Sessions with next hops: connect, greet, STARTTLS and AUTH once, then one transaction per
-//! message, driving the sans-IO client over TCP or TLS. Open sessions are kept in a [`Pool`]
-//! for the next message to the same next hop.
+//! message, driving the sans-IO client over TCP or TLS. The client owns the reply deadlines;
+//! this adapter sleeps until them. Open sessions wait in a [`Pool`] for the next message to
+//! the same next hop, watched so that an idle one is closed on time and a peer's close noticed.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -10,18 +11,23 @@ use std::time::{Duration, Instant};
 
 use postern_config::{DeliveryTimeouts, OutboundTls};
 use postern_smtp::client::{
-    Client, ClientConfig, ClientEvent, Outcome, Outgoing, Stage, StartTls, Wait, dot_stuff,
+    Client, ClientConfig, ClientEvent, Failure, FailureKind, Outcome, Outgoing, Stage, StartTls,
+    Timeouts,
 };
+use postern_smtp::dot::DotStuffer;
 use postern_smtp::{Reply, Status};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::timeout;
+use tokio::sync::oneshot;
+use tokio::time::{timeout, timeout_at};
+
+use crate::queue::Content;
 
 /// Where an attempt goes.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// Host name (or address) for logs, the DSN's Remote-MTA and TLS SNI.
+    /// Host name (or address) for logs, bounces and TLS SNI.
     pub host: String,
     /// `host:port` to connect to.
     pub address: String,
@@ -50,14 +56,26 @@ pub struct Settings {
     pub timeouts: DeliveryTimeouts,
 }
 
-/// Why an attempt ended before every recipient had a reply. The reply is the server's, or a
-/// 4xx that Postern made up for a network failure.
+/// Why an attempt ended before every recipient had a reply: the server's reply, or a 4xx that
+/// Postern made up for its own reason (a network failure, a deadline, a broken protocol).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttemptFailure {
     pub reply: Reply,
     /// The failure came before the server accepted the session (connection, greeting, EHLO,
     /// STARTTLS): the next MX host may do better.
     pub next_host: bool,
+    /// The server said it (rather than Postern deciding).
+    pub from_server: bool,
+}
+
+impl AttemptFailure {
+    fn from_client(failure: Failure) -> AttemptFailure {
+        AttemptFailure {
+            next_host: before_session(failure.stage),
+            from_server: failure.kind == FailureKind::Refused,
+            reply: failure.reply,
+        }
+    }
 }
 
 /// The socket of a session: plaintext until STARTTLS.
@@ -110,7 +128,8 @@ impl AsyncWrite for Stream {
 pub struct Connection {
     client: Client,
     stream: Stream,
-    timeouts: DeliveryTimeouts,
+    /// Writing one piece of the body, or the commands.
+    write_limit: Duration,
     /// Messages sent on this session so far.
     messages: usize,
     buf: Vec<u8>,
@@ -130,24 +149,29 @@ pub async fn deliver(
     target: &Target,
     settings: &Settings,
     outgoing: &Outgoing,
-    body: &[u8],
+    content: &Content,
 ) -> Result<Outcome, AttemptFailure> {
     let key = pool.key(target, settings);
-    if let Some(mut connection) = pool.take(&key) {
-        match connection.transaction(outgoing, body).await {
+    if let Some(mut connection) = pool.take(&key).await {
+        match connection.transaction(outgoing, content).await {
             Ok(outcome) => {
-                pool.give_back(key, connection).await;
+                pool.give_back(key, connection);
                 return Ok(outcome);
             }
-            // The server may have closed an idle session; a fresh one decides.
-            Err(failure) => {
-                tracing::debug!(host = %target.host, reply = %failure.reply.text(), "pooled session failed")
+            // The server may have closed the session just now; a fresh one decides, unless
+            // the body went out already and the server may hold the message.
+            Err((failure, stage)) if stage_before_data(stage) => {
+                tracing::debug!(host = %target.host, reply = %failure.reply.text(), "pooled session failed");
             }
+            Err((failure, _)) => return Err(failure),
         }
     }
     let mut connection = open(target, settings).await?;
-    let outcome = connection.transaction(outgoing, body).await?;
-    pool.give_back(key, connection).await;
+    let outcome = connection
+        .transaction(outgoing, content)
+        .await
+        .map_err(|(failure, _)| failure)?;
+    pool.give_back(key, connection);
     Ok(outcome)
 }
 
@@ -181,7 +205,7 @@ impl AttemptError {
         match self {
             Handshake(err) => AttemptFailure {
                 next_host: true,
-                ..temporary(4, 7, 5, format!("TLS handshake failed: {err}"))
+                ..local(4, 7, 5, format!("TLS handshake failed: {err}"))
             },
             Other(failure) => failure,
         }
@@ -211,15 +235,24 @@ async fn connect(
         }
     };
     let _ = tcp.set_nodelay(true);
-    let client = Client::new(ClientConfig {
-        helo_name: settings.helo_name.clone(),
-        starttls,
-        auth: settings.auth.clone(),
-    });
+    let client = Client::new(
+        ClientConfig {
+            helo_name: settings.helo_name.clone(),
+            starttls,
+            auth: settings.auth.clone(),
+            timeouts: Timeouts {
+                greeting: t.greeting.get(),
+                command: t.command.get(),
+                data_init: t.data_init.get(),
+                data_end: t.data_end.get(),
+            },
+        },
+        Instant::now(),
+    );
     let mut connection = Connection {
         client,
         stream: Stream::Plain(tcp),
-        timeouts: t.clone(),
+        write_limit: t.data_block.get(),
         messages: 0,
         buf: vec![0u8; 8 * 1024],
     };
@@ -230,7 +263,7 @@ async fn connect(
             ClientEvent::StartTls => {
                 connection.flush().await.map_err(Other)?;
                 let Stream::Plain(tcp) = connection.stream else {
-                    return Err(Other(temporary(
+                    return Err(Other(local(
                         4,
                         5,
                         0,
@@ -244,13 +277,14 @@ async fn connect(
                     _ => super::tls::any_certificate(),
                 };
                 let connector = tokio_rustls::TlsConnector::from(config);
+                // One deadline for the whole handshake, however slowly its records come.
                 let tls = match timeout(t.command.get(), connector.connect(name, tcp)).await {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(err)) => return Err(Handshake(err)),
                     Err(_) => {
                         return Err(Handshake(std::io::Error::new(
                             std::io::ErrorKind::TimedOut,
-                            "timed out",
+                            format!("not finished within {}", t.command),
                         )));
                     }
                 };
@@ -260,21 +294,23 @@ async fn connect(
             ClientEvent::Failed(failure) if failure.stage == Stage::Auth => {
                 // A refused login is a configuration problem to fix, never a bounce.
                 let reply = &failure.reply;
-                return Err(Other(temporary(
+                return Err(Other(local(
                     4,
                     7,
                     0,
-                    format!("authentication refused: {} {}", reply.code, reply.text()),
+                    format!(
+                        "authentication refused by {}: {} {}",
+                        target.host,
+                        reply.code,
+                        reply.text()
+                    ),
                 )));
             }
             ClientEvent::Failed(failure) => {
-                return Err(Other(AttemptFailure {
-                    next_host: before_session(failure.stage),
-                    reply: failure.reply,
-                }));
+                return Err(Other(AttemptFailure::from_client(failure)));
             }
             ClientEvent::SendBody | ClientEvent::Done(_) | ClientEvent::Closed => {
-                return Err(Other(temporary(4, 5, 0, "unexpected session state".into())));
+                return Err(Other(local(4, 5, 0, "unexpected session state".into())));
             }
         }
     }
@@ -282,93 +318,136 @@ async fn connect(
 
 impl Connection {
     /// Sends one message and returns every recipient's reply. The session is ready for another
-    /// message afterwards (an RSET is sent first when the transaction was aborted).
+    /// message afterwards (an RSET is sent first when the transaction was aborted). A failure
+    /// comes with the stage it happened at.
     async fn transaction(
         &mut self,
         outgoing: &Outgoing,
-        body: &[u8],
-    ) -> Result<Outcome, AttemptFailure> {
+        content: &Content,
+    ) -> Result<Outcome, (AttemptFailure, Stage)> {
         // Settle what the last transaction left (an RSET and its reply).
         loop {
             match self.client.next_event() {
                 ClientEvent::Ready => break,
-                ClientEvent::NeedInput => self.exchange().await?,
+                ClientEvent::NeedInput => self.exchange().await.map_err(|f| (f, Stage::Rset))?,
                 ClientEvent::Failed(failure) => {
-                    return Err(AttemptFailure {
-                        next_host: false,
-                        reply: failure.reply,
-                    });
+                    let stage = failure.stage;
+                    return Err((AttemptFailure::from_client(failure), stage));
                 }
-                _ => return Err(temporary(4, 5, 0, "unexpected session state".into())),
+                _ => {
+                    return Err((
+                        local(4, 5, 0, "unexpected session state".into()),
+                        Stage::Rset,
+                    ));
+                }
             }
         }
         self.client.send(outgoing.clone());
         self.messages += 1;
+        let mut stage = Stage::Mail;
         loop {
             match self.client.next_event() {
-                ClientEvent::NeedInput => self.exchange().await?,
+                ClientEvent::NeedInput => self.exchange().await.map_err(|f| (f, stage))?,
                 ClientEvent::SendBody => {
-                    self.flush().await?;
-                    for block in dot_stuff(body).chunks(64 * 1024) {
-                        write(&mut self.stream, block, self.timeouts.data_block.get())
-                            .await
-                            .map_err(|_| self.lost())?;
-                    }
-                    self.client.body_sent();
+                    stage = Stage::DataEnd;
+                    self.send_body(content).await.map_err(|f| (f, stage))?;
                 }
                 ClientEvent::Done(outcome) => return Ok(outcome),
                 ClientEvent::Failed(failure) => {
-                    return Err(AttemptFailure {
-                        next_host: before_session(failure.stage),
-                        reply: failure.reply,
-                    });
+                    let at = if stage == Stage::DataEnd {
+                        stage
+                    } else {
+                        failure.stage
+                    };
+                    return Err((AttemptFailure::from_client(failure), at));
                 }
                 ClientEvent::Ready | ClientEvent::StartTls | ClientEvent::Closed => {
-                    return Err(temporary(4, 5, 0, "unexpected session state".into()));
+                    return Err((local(4, 5, 0, "unexpected session state".into()), stage));
                 }
             }
         }
     }
 
-    /// Writes what the client has to say, then reads the server's next bytes.
-    async fn exchange(&mut self) -> Result<(), AttemptFailure> {
+    /// Writes the body piece by piece as it is read from the queue, looking for anything the
+    /// server says meanwhile (which the client takes as a violation). A body that cannot be
+    /// read is never ended: the connection is dropped without the final dot, so the server
+    /// discards what it got.
+    async fn send_body(&mut self, content: &Content) -> Result<(), AttemptFailure> {
         self.flush().await?;
-        let t = &self.timeouts;
-        let wait = match self.client.waiting_for() {
-            Wait::Greeting => t.greeting.get(),
-            Wait::Command => t.command.get(),
-            Wait::DataInit => t.data_init.get(),
-            Wait::DataEnd => t.data_end.get(),
-        };
-        let n = match timeout(wait, self.stream.read(&mut self.buf)).await {
-            Ok(Ok(n)) => n,
-            Ok(Err(_)) => 0,
-            Err(_) => {
-                let mut failure = temporary(4, 4, 2, "timed out waiting for the server".into());
-                failure.next_host = self.client.waiting_for() == Wait::Greeting;
-                return Err(failure);
-            }
-        };
-        if n == 0 {
-            return Err(self.lost());
+        let mut reader = content.reader();
+        let mut stuffer = DotStuffer::default();
+        let mut out = Vec::new();
+        loop {
+            let piece = match reader.next().await {
+                Ok(Some(piece)) => piece,
+                Ok(None) => break,
+                Err(err) => {
+                    let _ = self.stream.shutdown().await;
+                    return Err(local(
+                        4,
+                        3,
+                        0,
+                        format!("the queued body could not be read: {err}"),
+                    ));
+                }
+            };
+            out.clear();
+            stuffer.push(&piece, &mut out);
+            write(&mut self.stream, &out, self.write_limit)
+                .await
+                .map_err(|_| self.lost())?;
+            self.peek().await?;
         }
-        self.client.receive(&self.buf[..n]);
+        out.clear();
+        stuffer.finish(&mut out);
+        write(&mut self.stream, &out, self.write_limit)
+            .await
+            .map_err(|_| self.lost())?;
+        self.client.body_sent(Instant::now());
         Ok(())
     }
 
+    /// Hands the client whatever the server has sent, without waiting.
+    async fn peek(&mut self) -> Result<(), AttemptFailure> {
+        match timeout(Duration::ZERO, self.stream.read(&mut self.buf)).await {
+            Err(_) => Ok(()),
+            Ok(Ok(n)) if n > 0 => {
+                self.client.receive(&self.buf[..n], Instant::now());
+                Ok(())
+            }
+            Ok(_) => Err(self.lost()),
+        }
+    }
+
+    /// Writes what the client has to say, then reads the server's next bytes until the
+    /// client's deadline.
+    async fn exchange(&mut self) -> Result<(), AttemptFailure> {
+        self.flush().await?;
+        let Some(deadline) = self.client.deadline() else {
+            return Err(local(4, 5, 0, "waiting without a deadline".into()));
+        };
+        match timeout_at(deadline.into(), self.stream.read(&mut self.buf)).await {
+            Ok(Ok(n)) if n > 0 => {
+                self.client.receive(&self.buf[..n], Instant::now());
+                Ok(())
+            }
+            Ok(_) => Err(self.lost()),
+            Err(_) => {
+                self.client.handle_timeout(Instant::now());
+                Ok(())
+            }
+        }
+    }
+
     async fn flush(&mut self) -> Result<(), AttemptFailure> {
-        let output = self.client.take_output();
-        write(&mut self.stream, &output, self.timeouts.command.get())
+        let output = self.client.take_output(Instant::now());
+        write(&mut self.stream, &output, self.write_limit)
             .await
             .map_err(|_| self.lost())
     }
 
     fn lost(&mut self) -> AttemptFailure {
-        let failure = self.client.connection_lost();
-        AttemptFailure {
-            next_host: before_session(failure.stage),
-            reply: failure.reply,
-        }
+        AttemptFailure::from_client(self.client.connection_lost())
     }
 
     /// Ends the session politely, best effort.
@@ -381,13 +460,40 @@ impl Connection {
     }
 }
 
-/// Open sessions waiting for the next message to the same next hop.
+/// Nothing of the message can have been accepted by a failure at this stage.
+fn stage_before_data(stage: Stage) -> bool {
+    matches!(
+        stage,
+        Stage::Greeting
+            | Stage::Ehlo
+            | Stage::StartTls
+            | Stage::Auth
+            | Stage::Mail
+            | Stage::Rcpt
+            | Stage::Rset
+    )
+}
+
+/// An idle session in the pool, held by the task that watches it.
+struct Idle {
+    claim: oneshot::Sender<oneshot::Sender<Connection>>,
+}
+
+/// Open sessions waiting for the next message to the same next hop. Each idle session is
+/// watched by a task that closes it with QUIT once idle too long, and closes Postern's end as
+/// soon as the server closes or says anything (a 421 before its own timeout).
 #[derive(Debug)]
 pub struct Pool {
-    idle: Mutex<HashMap<String, Vec<(Connection, Instant)>>>,
+    idle: Mutex<HashMap<String, Vec<Idle>>>,
     max_messages: usize,
     max_idle: usize,
     idle_timeout: Duration,
+}
+
+impl std::fmt::Debug for Idle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Idle").finish_non_exhaustive()
+    }
 }
 
 impl Pool {
@@ -410,36 +516,78 @@ impl Pool {
         )
     }
 
-    fn take(&self, key: &str) -> Option<Connection> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let sessions = idle.get_mut(key)?;
-        while let Some((connection, since)) = sessions.pop() {
-            if since.elapsed() < self.idle_timeout {
+    /// An idle session to the next hop `key`, if one is still open.
+    async fn take(&self, key: &str) -> Option<Connection> {
+        loop {
+            let idle = {
+                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+                idle.get_mut(key)?.pop()?
+            };
+            let (reply, connection) = oneshot::channel();
+            // A watcher that closed its session already is gone: try the next one.
+            if idle.claim.send(reply).is_ok()
+                && let Ok(connection) = connection.await
+            {
                 return Some(connection);
             }
-            tokio::spawn(connection.quit());
         }
-        None
     }
 
-    async fn give_back(&self, key: String, connection: Connection) {
+    /// Keeps a session for the next message, or ends it.
+    fn give_back(&self, key: String, connection: Connection) {
         if connection.messages >= self.max_messages {
-            connection.quit().await;
+            tokio::spawn(connection.quit());
             return;
         }
-        let surplus = {
-            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-            let sessions = idle.entry(key).or_default();
-            if sessions.len() < self.max_idle {
-                sessions.push((connection, Instant::now()));
-                None
-            } else {
-                Some(connection)
-            }
-        };
-        if let Some(connection) = surplus {
-            connection.quit().await;
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let sessions = idle.entry(key).or_default();
+        sessions.retain(|s| !s.claim.is_closed());
+        if sessions.len() >= self.max_idle {
+            tokio::spawn(connection.quit());
+            return;
         }
+        let (claim, claimed) = oneshot::channel();
+        sessions.push(Idle { claim });
+        tokio::spawn(watch(connection, claimed, self.idle_timeout));
+    }
+}
+
+/// What ended an idle session's wait.
+enum Wake {
+    Claimed(oneshot::Sender<Connection>),
+    Peer,
+    Idle,
+}
+
+/// Holds an idle session until it is claimed, the server closes or speaks, or it has been
+/// idle for `idle_timeout`.
+async fn watch(
+    mut connection: Connection,
+    claimed: oneshot::Receiver<oneshot::Sender<Connection>>,
+    idle_timeout: Duration,
+) {
+    let wake = {
+        let read = connection.stream.read(&mut connection.buf);
+        tokio::select! {
+            claim = claimed => match claim {
+                Ok(reply) => Wake::Claimed(reply),
+                Err(_) => Wake::Idle,
+            },
+            _ = read => Wake::Peer,
+            () = tokio::time::sleep(idle_timeout) => Wake::Idle,
+        }
+    };
+    match wake {
+        Wake::Claimed(reply) => {
+            // A claim that lost the race takes the next session; this one is closed.
+            if let Err(connection) = reply.send(connection) {
+                connection.quit().await;
+            }
+        }
+        Wake::Peer => {
+            let _ = connection.stream.shutdown().await;
+        }
+        Wake::Idle => connection.quit().await,
     }
 }
 
@@ -465,17 +613,19 @@ async fn write<S: AsyncWrite + Unpin>(
     }
 }
 
-fn temporary(class: u8, subject: u16, detail: u16, text: String) -> AttemptFailure {
+/// A temporary failure of Postern's own making.
+fn local(class: u8, subject: u16, detail: u16, text: String) -> AttemptFailure {
     AttemptFailure {
         reply: Reply::new(451, Status(class, subject, detail), text),
         next_host: false,
+        from_server: false,
     }
 }
 
 fn unreachable(text: String) -> AttemptFailure {
     AttemptFailure {
         next_host: true,
-        ..temporary(4, 4, 1, text)
+        ..local(4, 4, 1, text)
     }
 }
 

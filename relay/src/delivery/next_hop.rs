@@ -7,15 +7,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use postern_config::{Config, Route};
-use postern_smtp::client::{Outcome, Outgoing};
-use postern_smtp::{Reply, Status};
+use postern_smtp::client::{Outcome, Outgoing, Source};
+use postern_smtp::{Address, Reply, ReversePath, Status};
 use tokio::sync::Semaphore;
 use tracing::info;
 
-use super::attempt::{self, Pool, Settings, Target};
+use super::attempt::{self, AttemptFailure, Pool, Settings, Target};
 use super::dns::{Dns, DnsSetupError, Exchangers, LookupFailure};
 use super::route;
 use super::tls::{self, CaError};
+use crate::queue::Content;
 use crate::queue::entry::Envelope;
 
 /// How long an open session waits for the next message to the same next hop.
@@ -82,7 +83,10 @@ impl DestinationSlots {
 pub struct RecipientResult {
     pub recipient: String,
     pub reply: Reply,
-    pub remote: Option<String>,
+    /// The host the attempt went to, if it got that far.
+    pub host: Option<String>,
+    /// The host sent the reply; otherwise Postern decided (and the text says why).
+    pub from_server: bool,
 }
 
 /// The next hops of a delivery process and how to reach them.
@@ -144,45 +148,45 @@ impl NextHops {
     }
 
     /// One attempt at the entry's next hop: a reply for every recipient.
-    pub async fn attempt(&self, envelope: &Envelope, body: &[u8]) -> Vec<RecipientResult> {
-        let outgoing = Outgoing {
-            from: envelope.sender.clone(),
-            recipients: envelope.recipients.clone(),
-            size: body.len() as u64,
-            smtputf8: envelope.smtputf8,
-            eight_bit: envelope.eight_bit_mime || !body.is_ascii(),
-        };
-        let everyone = |reply: Reply, remote: Option<String>| -> Vec<RecipientResult> {
+    pub async fn attempt(&self, envelope: &Envelope, content: &Content) -> Vec<RecipientResult> {
+        let everyone = |reply: Reply, host: Option<String>, from_server: bool| {
             envelope
                 .recipients
                 .iter()
                 .map(|r| RecipientResult {
                     recipient: r.clone(),
                     reply: reply.clone(),
-                    remote: remote.clone(),
+                    host: host.clone(),
+                    from_server,
                 })
-                .collect()
+                .collect::<Vec<_>>()
+        };
+        let outgoing = match outgoing(envelope, content) {
+            Ok(outgoing) => outgoing,
+            Err(reply) => return everyone(reply, None, false),
         };
         let each = |outcome: Outcome, host: String| -> Vec<RecipientResult> {
+            let from_server = outcome.source == Source::Server;
             envelope
                 .recipients
                 .iter()
-                .map(|recipient| {
-                    let reply = outcome
-                        .recipients
-                        .iter()
-                        .find(|(r, _)| r == recipient)
-                        .map(|(_, reply)| reply.clone())
-                        .unwrap_or_else(|| {
-                            Reply::new(451, Status(4, 3, 0), "No reply for this recipient")
-                        });
-                    RecipientResult {
-                        recipient: recipient.clone(),
-                        reply,
-                        remote: Some(host.clone()),
-                    }
+                .zip(outcome.replies)
+                .map(|(recipient, reply)| RecipientResult {
+                    recipient: recipient.clone(),
+                    reply: if from_server {
+                        reply
+                    } else {
+                        // Postern's decision from what the server announced: say where.
+                        let text = format!("Not sent to {host}: {}", reply.text());
+                        Reply::new(reply.code, reply.status.unwrap_or(Status(5, 0, 0)), text)
+                    },
+                    host: Some(host.clone()),
+                    from_server,
                 })
                 .collect()
+        };
+        let failed = |failure: AttemptFailure, host: String| {
+            everyone(failure.reply, Some(host), failure.from_server)
         };
         let fixed = match route::find(&self.routes, &envelope.domain) {
             Some(route) => {
@@ -196,9 +200,10 @@ impl NextHops {
         };
         if let Some((target, settings)) = fixed {
             let _slot = self.slots.acquire(&target.address).await;
-            return match attempt::deliver(&self.pool, &target, &settings, &outgoing, body).await {
+            return match attempt::deliver(&self.pool, &target, &settings, &outgoing, content).await
+            {
                 Ok(outcome) => each(outcome, target.host),
-                Err(failure) => everyone(failure.reply, Some(target.host)),
+                Err(failure) => failed(failure, target.host),
             };
         }
         let seed = ulid::Ulid::new().random() as u64;
@@ -213,25 +218,30 @@ impl NextHops {
                         "Recipient domain has a null MX and accepts no mail",
                     ),
                     None,
+                    false,
                 );
             }
             Err(LookupFailure::NxDomain) => {
                 return everyone(
                     Reply::new(550, Status(5, 1, 2), "Recipient domain does not exist"),
                     None,
+                    false,
                 );
             }
             Err(LookupFailure::Temporary(err)) => {
                 return everyone(
                     Reply::new(451, Status(4, 4, 3), format!("MX lookup failed: {err}")),
                     None,
+                    false,
                 );
             }
         };
-        let mut last = (
-            Reply::new(451, Status(4, 4, 4), "No MX host has an address"),
-            None,
-        );
+        let mut last = AttemptFailure {
+            reply: Reply::new(451, Status(4, 4, 4), "No MX host has an address"),
+            next_host: true,
+            from_server: false,
+        };
+        let mut last_host = None;
         for host in hosts {
             let addresses = match self.dns.addresses(&host).await {
                 Ok(addresses) => addresses,
@@ -240,14 +250,16 @@ impl NextHops {
                         LookupFailure::NxDomain => "does not exist".to_string(),
                         LookupFailure::Temporary(err) => err,
                     };
-                    last = (
-                        Reply::new(
+                    last = AttemptFailure {
+                        reply: Reply::new(
                             451,
                             Status(4, 4, 3),
                             format!("Address lookup of {host} failed: {reason}"),
                         ),
-                        Some(host),
-                    );
+                        next_host: true,
+                        from_server: false,
+                    };
+                    last_host = Some(host);
                     continue;
                 }
             };
@@ -258,18 +270,48 @@ impl NextHops {
                 };
                 let slot = self.slots.acquire(&target.address).await;
                 let result =
-                    attempt::deliver(&self.pool, &target, &self.settings, &outgoing, body).await;
+                    attempt::deliver(&self.pool, &target, &self.settings, &outgoing, content).await;
                 drop(slot);
                 match result {
                     Ok(outcome) => return each(outcome, host),
                     Err(failure) if failure.next_host => {
                         info!(queue_id = %envelope.queue_id, %host, %ip, reply = %failure.reply.text(), "trying the next MX host");
-                        last = (failure.reply, Some(host.clone()));
+                        last = failure;
+                        last_host = Some(host.clone());
                     }
-                    Err(failure) => return everyone(failure.reply, Some(host)),
+                    Err(failure) => return failed(failure, host),
                 }
             }
         }
-        everyone(last.0, last.1)
+        everyone(last.reply, last_host, last.from_server)
     }
+}
+
+/// The transaction for an entry. The envelope's addresses were checked at ingress; one that
+/// does not parse now is refused for good rather than put on the wire.
+fn outgoing(envelope: &Envelope, content: &Content) -> Result<Outgoing, Reply> {
+    let bad = |what: &str| {
+        Reply::new(
+            554,
+            Status(5, 1, 3),
+            format!("Invalid {what} in the queue entry"),
+        )
+    };
+    let from = if envelope.sender.is_empty() {
+        ReversePath::Null
+    } else {
+        ReversePath::Mailbox(Address::parse(&envelope.sender).map_err(|_| bad("sender"))?)
+    };
+    let recipients = envelope
+        .recipients
+        .iter()
+        .map(|r| Address::parse(r).map_err(|_| bad("recipient")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Outgoing {
+        from,
+        recipients,
+        size: content.len(),
+        smtputf8: envelope.smtputf8,
+        eight_bit: envelope.eight_bit,
+    })
 }

@@ -16,8 +16,12 @@ use super::dsn::{FailedRecipient, Report};
 use super::next_hop::{NextHops, RecipientResult, SetupError};
 use super::retry::{self, Retry};
 use crate::metrics::Metrics;
-use crate::queue::entry::{self, Envelope};
-use crate::queue::{ClientFacts, EnqueueError, Queue, Submission};
+use crate::queue::entry::{self, EntryError, Envelope};
+use crate::queue::{
+    BodyError, BodyRef, ClientFacts, Content, EnqueueError, Lineage, Queue, Submission, Submitted,
+    TOMBSTONE,
+};
+use postern_smtp::{Reply, Status};
 
 /// Entries fetched in one pull request, at most.
 const MAX_BATCH: usize = 64;
@@ -124,8 +128,25 @@ impl Worker {
 
     async fn handle(&self, message: jetstream::Message) {
         let message = Arc::new(message);
+        if message
+            .headers
+            .as_ref()
+            .is_some_and(|h| h.get(TOMBSTONE).is_some())
+        {
+            // Left by ingress while it removed a message it refused; never mail.
+            let _ = message.ack_with(AckKind::Term).await;
+            return;
+        }
         let (envelope, inline) = match entry::decode(&message.payload) {
-            Ok(decoded) => decoded,
+            Ok((envelope, inline)) => (envelope, message.payload.slice_ref(inline)),
+            Err(err @ EntryError::Version(_)) => {
+                // A newer Postern wrote it (a rolling upgrade): leave it for a newer worker.
+                warn!(%err, subject = %message.subject, "queue entry left for a newer worker");
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(60))))
+                    .await;
+                return;
+            }
             Err(err) => {
                 error!(%err, subject = %message.subject, "undecodable queue entry removed");
                 let _ = message.ack_with(AckKind::Term).await;
@@ -150,24 +171,9 @@ impl Worker {
                 }
             }
         });
-        let settled = async {
-            let body = self.queue.body(&envelope, inline).await?;
-            let due = envelope.not_before_ms.unwrap_or(envelope.received_at_ms);
-            let lag = Duration::from_millis(now_ms().saturating_sub(due));
-            self.metrics
-                .delivery_queue_lag_seconds
-                .observe(lag.as_secs_f64());
-            let started = Instant::now();
-            let results = self.hops.attempt(&envelope, &body).await;
-            self.metrics
-                .delivery_attempt_seconds
-                .observe(started.elapsed().as_secs_f64());
-            self.settle(&envelope, inline, &body, results).await
-        }
-        .instrument(span)
-        .await;
+        let processed = self.process(&envelope, inline).instrument(span).await;
         keepalive.abort();
-        match settled {
+        match processed {
             Ok(()) => {
                 if let Err(err) = message.double_ack().await {
                     warn!(queue_id = %envelope.queue_id, %err, "acknowledgement failed; the entry may be delivered again");
@@ -182,40 +188,139 @@ impl Worker {
         }
     }
 
+    /// Attempts one entry and records the outcome. An error means nothing durable happened
+    /// that the entry's next processing would not redo: the entry is attempted again.
+    async fn process(&self, envelope: &Envelope, inline: bytes::Bytes) -> Result<(), EnqueueError> {
+        let age = Duration::from_millis(now_ms().saturating_sub(envelope.received_at_ms));
+        let expired = age >= self.config.retry.max_age.get();
+        // A stored body's lineage says whether this entry still carries it.
+        match self.queue.lineage(envelope).await {
+            Ok(None | Some(Lineage::Live | Lineage::Gone)) => {}
+            Ok(Some(Lineage::Stale)) => {
+                info!(queue_id = %envelope.queue_id, "entry already processed elsewhere; dropped");
+                return Ok(());
+            }
+            Err(_) if expired => {
+                let content = self.queue.content(envelope, inline)?;
+                return self.unreadable(envelope, &content, true).await;
+            }
+            Err(err) => return Err(err),
+        }
+        let mut content = self.queue.content(envelope, inline)?;
+        if let Err(err) = content.open().await {
+            return match err {
+                // The entry carries the body, but it is not there: it can never be sent.
+                BodyError::Missing(_) | BodyError::Corrupt { .. } => {
+                    error!(queue_id = %envelope.queue_id, %err, "message content lost from the queue");
+                    self.unreadable(envelope, &content, false).await
+                }
+                BodyError::Nats(_) if expired => self.unreadable(envelope, &content, true).await,
+                BodyError::Nats(_) => Err(err.into()),
+            };
+        }
+        let due = envelope.not_before_ms.unwrap_or(envelope.received_at_ms);
+        let lag = Duration::from_millis(now_ms().saturating_sub(due));
+        self.metrics
+            .delivery_queue_lag_seconds
+            .observe(lag.as_secs_f64());
+        let started = Instant::now();
+        let results = self.hops.attempt(envelope, &content).await;
+        self.metrics
+            .delivery_attempt_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.settle(envelope, &content, results).await
+    }
+
+    /// Bounces every recipient of an entry whose content cannot be read: lost from the queue,
+    /// or unreadable until the message grew older than `maxAge`.
+    async fn unreadable(
+        &self,
+        envelope: &Envelope,
+        content: &Content,
+        expired: bool,
+    ) -> Result<(), EnqueueError> {
+        let reply = if expired {
+            Reply::new(
+                451,
+                Status(4, 3, 0),
+                "The message content could not be read from the queue",
+            )
+        } else {
+            Reply::new(
+                554,
+                Status(5, 3, 0),
+                "The message content was lost from the queue; please send it again",
+            )
+        };
+        let results = envelope
+            .recipients
+            .iter()
+            .map(|recipient| RecipientResult {
+                recipient: recipient.clone(),
+                reply: reply.clone(),
+                host: None,
+                from_server: false,
+            })
+            .collect();
+        if expired {
+            let failed: Vec<FailedRecipient> = envelope
+                .recipients
+                .iter()
+                .map(|recipient| FailedRecipient {
+                    recipient: recipient.clone(),
+                    reply: reply.clone(),
+                    remote_host: None,
+                    expired: true,
+                })
+                .collect();
+            for _ in &failed {
+                self.metrics.outcome("expired");
+            }
+            self.bounce(envelope, &content.prefix(), &failed).await?;
+            self.finish(envelope).await;
+            return Ok(());
+        }
+        self.settle(envelope, content, results).await
+    }
+
     /// Records every recipient's outcome durably: a retry entry for temporary failures, a
     /// bounce for permanent ones. Only then may the entry be acknowledged.
     async fn settle(
         &self,
         envelope: &Envelope,
-        inline: &[u8],
-        body: &[u8],
+        content: &Content,
         results: Vec<RecipientResult>,
     ) -> Result<(), EnqueueError> {
         let attempt = envelope.attempts + 1;
         let mut deferred = Vec::new();
         let mut failed = Vec::new();
         for result in results {
-            let remote = result.remote.as_deref().unwrap_or("-");
+            let host = result.host.as_deref().unwrap_or("-");
             let reply = result.reply.to_bytes();
             let reply = String::from_utf8_lossy(&reply);
             let reply = reply.trim_end();
+            let by = if result.from_server {
+                "server"
+            } else {
+                "postern"
+            };
             match result.reply.class() {
                 2 => {
-                    info!(queue_id = %envelope.queue_id, rcpt = %result.recipient, remote, reply, attempt, "delivered");
+                    info!(queue_id = %envelope.queue_id, rcpt = %result.recipient, host, reply, attempt, "delivered");
                     self.metrics.outcome("delivered");
                 }
                 5 => {
-                    info!(queue_id = %envelope.queue_id, rcpt = %result.recipient, remote, reply, attempt, "bounced");
+                    info!(queue_id = %envelope.queue_id, rcpt = %result.recipient, host, reply, by, attempt, "bounced");
                     self.metrics.outcome("bounced");
                     failed.push(FailedRecipient {
+                        remote_host: result.host.filter(|_| result.from_server),
                         recipient: result.recipient,
                         reply: result.reply,
-                        remote_host: result.remote,
                         expired: false,
                     });
                 }
                 _ => {
-                    info!(queue_id = %envelope.queue_id, rcpt = %result.recipient, remote, reply, attempt, "deferred");
+                    info!(queue_id = %envelope.queue_id, rcpt = %result.recipient, host, reply, by, attempt, "deferred");
                     deferred.push(result);
                 }
             }
@@ -234,20 +339,8 @@ impl Worker {
                 jitter,
             ) {
                 Retry::At(when) => {
-                    let next = Envelope {
-                        recipients: deferred.iter().map(|r| r.recipient.clone()).collect(),
-                        attempts: attempt,
-                        not_before_ms: Some(when),
-                        ..envelope.clone()
-                    };
-                    let inline =
-                        matches!(envelope.body, entry::BodyRef::Inline { .. }).then_some(inline);
-                    let id = format!(
-                        "{}.{}.retry{attempt}",
-                        envelope.queue_id,
-                        entry::domain_token(&envelope.domain)
-                    );
-                    self.queue.requeue(&next, inline, id).await?;
+                    self.requeue(envelope, content, &deferred, attempt, when)
+                        .await?;
                     requeued = true;
                     for _ in &deferred {
                         self.metrics.outcome("deferred");
@@ -258,9 +351,9 @@ impl Worker {
                         info!(queue_id = %envelope.queue_id, rcpt = %result.recipient, "expired; bouncing");
                         self.metrics.outcome("expired");
                         failed.push(FailedRecipient {
+                            remote_host: result.host.filter(|_| result.from_server),
                             recipient: result.recipient,
                             reply: result.reply,
-                            remote_host: result.remote,
                             expired: true,
                         });
                     }
@@ -268,20 +361,75 @@ impl Worker {
             }
         }
         if !failed.is_empty() {
-            self.bounce(envelope, body, &failed).await?;
+            self.bounce(envelope, &content.prefix(), &failed).await?;
         }
-        // A retry entry keeps using the body; otherwise this lineage is done with it.
-        if !requeued && let Err(err) = self.queue.release_body(envelope).await {
-            warn!(queue_id = %envelope.queue_id, %err, "stored body not released; it expires with its bucket's TTL");
+        if !requeued {
+            self.finish(envelope).await;
         }
         Ok(())
+    }
+
+    /// Publishes the retry entry for the deferred recipients and hands it the lineage.
+    async fn requeue(
+        &self,
+        envelope: &Envelope,
+        content: &Content,
+        deferred: &[RecipientResult],
+        attempt: u32,
+        when: u64,
+    ) -> Result<(), EnqueueError> {
+        let mut next = Envelope {
+            recipients: deferred.iter().map(|r| r.recipient.clone()).collect(),
+            attempts: attempt,
+            not_before_ms: Some(when),
+            ..envelope.clone()
+        };
+        let id = match &mut next.body {
+            BodyRef::Inline { .. } => format!(
+                "{}.{}.retry{attempt}",
+                envelope.queue_id,
+                entry::domain_token(&envelope.domain)
+            ),
+            // A fresh token, and an id as unique as it: two workers that processed the same
+            // entry publish two retries, and the lineage says which one counts.
+            BodyRef::Stored { lineage, token, .. } => {
+                *token = ulid::Ulid::new().to_string();
+                format!("{}.{lineage}.{token}", envelope.queue_id)
+            }
+        };
+        self.queue.requeue(&next, content.head(), id).await?;
+        let BodyRef::Stored { token, .. } = &next.body else {
+            return Ok(());
+        };
+        // Only now does the retry carry the lineage; until then a crash leaves this entry
+        // carrying it, and the retry is found stale.
+        match self.queue.advance(envelope, Some(token)).await? {
+            Some(Lineage::Live) | None => {}
+            Some(_) => {
+                info!(queue_id = %envelope.queue_id, "entry already processed elsewhere; its retry is dropped");
+            }
+        }
+        Ok(())
+    }
+
+    /// This lineage is done with a stored body; the last one removes it.
+    async fn finish(&self, envelope: &Envelope) {
+        match self.queue.advance(envelope, None).await {
+            Ok(Some(Lineage::Live) | None) => {}
+            Ok(Some(_)) => {
+                info!(queue_id = %envelope.queue_id, "entry already processed elsewhere");
+            }
+            Err(err) => {
+                warn!(queue_id = %envelope.queue_id, %err, "stored body not released; it expires with its stream's TTL");
+            }
+        }
     }
 
     /// Queues an RFC 3464 report to the sender; never for the null sender.
     async fn bounce(
         &self,
         envelope: &Envelope,
-        body: &[u8],
+        original: &[u8],
         failed: &[FailedRecipient],
     ) -> Result<(), EnqueueError> {
         let Some((_, domain)) = envelope.sender.rsplit_once('@') else {
@@ -296,14 +444,14 @@ impl Worker {
             arrival: UNIX_EPOCH + Duration::from_millis(envelope.received_at_ms),
             now,
             recipients: failed,
-            original: body,
+            original,
         };
         let id = ulid::Ulid::new();
         let submission = Submission {
             queue_id: id.to_string(),
             sender: String::new(),
             recipients: vec![(envelope.sender.clone(), domain.to_ascii_lowercase())],
-            body: report.to_message(),
+            content: Submitted::Whole(report.to_message()),
             received_at_ms: now_ms(),
             client: ClientFacts {
                 address: "127.0.0.1".into(),
@@ -314,6 +462,7 @@ impl Worker {
             // The report needs SMTPUTF8 only to reach a non-ASCII sender address.
             smtputf8: !envelope.sender.is_ascii(),
             eight_bit_mime: false,
+            eight_bit: false,
             traceparent: envelope.traceparent.clone(),
         };
         self.queue.enqueue(submission).await?;

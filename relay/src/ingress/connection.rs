@@ -1,19 +1,25 @@
-//! Drives one [`Session`] over a socket: reads, timeouts, TLS upgrade, AUTH and queueing.
+//! Drives one [`Session`] over a socket: reads until the session's deadline, the TLS upgrade,
+//! AUTH, message memory, streaming large messages to the body stream, and queueing.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use postern_smtp::{Event, Message, Peer, QueueUnavailable, Session};
+use postern_config::PregreetAction;
+use postern_smtp::{AuthOutcome, Event, Message, Peer, QueueUnavailable, Reply, Session, Status};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::timeout;
+use tokio::net::TcpStream;
+use tokio::time::timeout_at;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
+use super::auth::Check;
+use super::memory::Reservation;
 use super::received::Trace;
+use super::streaming::Streaming;
 use super::{ListenerContext, Shared};
-use crate::queue::{ClientFacts, Submission};
+use crate::queue::{ClientFacts, EnqueueError, Submission, Submitted};
 
 /// Read size while waiting for commands: small, so idle sessions stay cheap.
 const COMMAND_BUFFER: usize = 4 * 1024;
@@ -34,6 +40,10 @@ pub(super) struct Connection {
     tls: Option<(String, String)>,
     shutdown: CancellationToken,
     shutdown_seen: bool,
+    /// Message memory this session holds.
+    memory: Reservation,
+    /// The message being streamed to the body stream, once it outgrew `inlineBodyLimit`.
+    streaming: Option<Streaming>,
 }
 
 impl Connection {
@@ -50,51 +60,119 @@ impl Connection {
             tls: None,
             shutdown,
             shutdown_seen: false,
+            memory: Reservation::default(),
+            streaming: None,
         }
     }
 
     /// Serves the connection until it closes.
-    pub(super) async fn run(mut self, stream: tokio::net::TcpStream) -> std::io::Result<()> {
+    pub(super) async fn run(mut self, mut stream: TcpStream) -> std::io::Result<()> {
+        let result = self.serve(&mut stream).await;
+        if let Some(streaming) = self.streaming.take() {
+            streaming.abort().await;
+        }
+        result
+    }
+
+    async fn serve(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {
         let relay_allowed = self.shared.relay_allowed(self.peer.ip());
         if self.listener.implicit_tls {
-            let tls = Box::pin(self.handshake(stream)).await?;
-            let mut session = Session::new(
-                self.listener.session.clone(),
-                Peer {
-                    relay_allowed,
-                    tls: true,
-                },
-            );
+            let mut tls = Box::pin(self.handshake(stream)).await?;
+            if !self.ready(&mut tls).await? {
+                return Ok(());
+            }
+            let mut session = self.session(relay_allowed, true);
             Box::pin(self.drive(&mut session, tls)).await?;
             return Ok(());
         }
-        let mut session = Session::new(
-            self.listener.session.clone(),
-            Peer {
-                relay_allowed,
-                tls: false,
-            },
-        );
-        if let Outcome::StartTls(stream) = self.drive(&mut session, stream).await? {
+        if !self.ready(&mut *stream).await? || !self.greeting_awaited(stream).await? {
+            return Ok(());
+        }
+        let mut session = self.session(relay_allowed, false);
+        if let Outcome::StartTls(stream) = self.drive(&mut session, &mut *stream).await? {
             let tls = Box::pin(self.handshake(stream)).await?;
-            session.tls_started();
+            session.tls_started(Instant::now());
             Box::pin(self.drive(&mut session, tls)).await?;
         }
         Ok(())
     }
 
-    async fn handshake(
+    fn session(&self, relay_allowed: bool, tls: bool) -> Session {
+        Session::new(
+            self.listener.session.clone(),
+            Peer { relay_allowed, tls },
+            Instant::now(),
+        )
+    }
+
+    /// Until the queue can take messages, a client is told to come back instead of being
+    /// greeted and having its message refused after the upload.
+    async fn ready<S: AsyncWrite + Unpin>(&self, stream: &mut S) -> std::io::Result<bool> {
+        if self.shared.queue.is_ready() {
+            return Ok(true);
+        }
+        info!(peer = %self.peer, "queue not ready; connection refused");
+        let reply = Reply::new(
+            421,
+            Status(4, 3, 2),
+            format!(
+                "{} Service not ready, try again later",
+                self.shared.hostname
+            ),
+        );
+        stream.write_all(&reply.to_bytes()).await?;
+        let _ = stream.shutdown().await;
+        Ok(false)
+    }
+
+    /// RFC 5321 §3.1: the client waits for the greeting. One that talks first is counted and,
+    /// unless configured otherwise, refused.
+    async fn greeting_awaited(&self, stream: &mut TcpStream) -> std::io::Result<bool> {
+        let pregreet = &self.shared.pregreet;
+        let mut probe = [0u8; 1];
+        let early = match tokio::time::timeout(pregreet.wait.get(), stream.peek(&mut probe)).await {
+            Ok(Ok(n)) => n > 0,
+            Ok(Err(_)) | Err(_) => false,
+        };
+        if !early {
+            return Ok(true);
+        }
+        let action = match pregreet.action {
+            PregreetAction::Reject => "reject",
+            PregreetAction::Count => "count",
+        };
+        self.shared
+            .metrics
+            .pregreet
+            .get_or_create(&vec![("action", action)])
+            .inc();
+        info!(peer = %self.peer, action, "client talked before the greeting");
+        if pregreet.action == PregreetAction::Count {
+            return Ok(true);
+        }
+        let reply = Reply::new(
+            554,
+            Status(5, 5, 0),
+            "Protocol error: the client spoke before the greeting",
+        );
+        stream.write_all(&reply.to_bytes()).await?;
+        let _ = stream.shutdown().await;
+        Ok(false)
+    }
+
+    async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
-        stream: tokio::net::TcpStream,
-    ) -> std::io::Result<TlsStream<tokio::net::TcpStream>> {
+        stream: S,
+    ) -> std::io::Result<TlsStream<S>> {
         let acceptor = self
             .shared
             .tls
             .clone()
             .map(tokio_rustls::TlsAcceptor::from)
             .ok_or_else(|| std::io::Error::other("TLS listener without certificate"))?;
+        // One deadline for the whole handshake, however slowly its records come.
         let limit = self.shared.limits.command_timeout.get();
-        let stream = timeout(limit, acceptor.accept(stream))
+        let stream = tokio::time::timeout(limit, acceptor.accept(stream))
             .await
             .map_err(|_| {
                 std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
@@ -119,27 +197,25 @@ impl Connection {
         mut stream: S,
     ) -> std::io::Result<Outcome<S>> {
         let mut buf = Vec::new();
-        let mut data_started: Option<(Instant, u64)> = None;
         loop {
+            session.set_mail_refusal(self.mail_refusal());
             match session.next_event() {
                 Event::NeedInput => {
                     self.flush(session, &mut stream).await?;
+                    self.stream_content(session).await;
+                    self.shared.report_memory();
                     let size = if session.reading_message() {
-                        data_started.get_or_insert((Instant::now(), 0));
+                        self.reserve_for_read(session).await;
                         DATA_BUFFER
                     } else {
-                        data_started = None;
                         COMMAND_BUFFER
                     };
                     if buf.len() != size {
                         buf = vec![0u8; size];
                     }
-                    match self
-                        .read(session, &mut stream, &mut buf, &mut data_started)
-                        .await?
-                    {
+                    match self.read(session, &mut stream, &mut buf).await? {
                         Some(0) => return Ok(Outcome::Closed),
-                        Some(n) => session.receive(&buf[..n]),
+                        Some(n) => session.receive(&buf[..n], Instant::now()),
                         None => {}
                     }
                 }
@@ -149,18 +225,24 @@ impl Connection {
                     return Ok(Outcome::StartTls(stream));
                 }
                 Event::Authenticate { user, password } => {
-                    let verified = match &self.shared.users {
-                        Some(users) => Box::pin(users.verify(user.clone(), password)).await,
-                        None => false,
+                    let outcome = match &self.shared.passwords {
+                        Some(checks) => checks.check(self.peer.ip(), &user, password).await,
+                        None => Check::Refused,
                     };
-                    info!(peer = %self.peer, %user, verified, "authentication");
-                    session.auth_result(verified.then_some(user));
+                    info!(peer = %self.peer, %user, ?outcome, "authentication");
+                    let outcome = match outcome {
+                        Check::Verified => AuthOutcome::Verified(user),
+                        Check::Refused => AuthOutcome::Refused,
+                        Check::Unavailable => AuthOutcome::Unavailable,
+                    };
+                    session.auth_result(outcome, Instant::now());
                 }
                 Event::Message(message) => {
                     // Boxed: an idle session's task should not reserve room for the queueing
                     // path's large future.
                     let result = Box::pin(self.enqueue(*message)).await;
-                    session.message_result(result);
+                    self.memory.shrink_to(0);
+                    session.message_result(result, Instant::now());
                 }
                 Event::Close => {
                     self.flush(session, &mut stream).await?;
@@ -171,46 +253,101 @@ impl Connection {
         }
     }
 
-    /// Reads once, enforcing timeouts and reacting to shutdown. `None` means "no bytes, look again".
+    /// What MAIL gets now: refused while message memory is nearly spent or the queue is away.
+    fn mail_refusal(&self) -> Option<Reply> {
+        if self.shared.memory.low() {
+            Some(Reply::new(
+                452,
+                Status(4, 3, 1),
+                "Insufficient system storage, try again later",
+            ))
+        } else if !self.shared.queue.is_ready() {
+            Some(Reply::new(
+                451,
+                Status(4, 3, 0),
+                "Queue unavailable, try again later",
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// Moves decoded content out of the session: once a message is larger than
+    /// `inlineBodyLimit` it is streamed to the body stream as it arrives. A transaction that
+    /// ended without a message (refused, reset) drops what it streamed.
+    async fn stream_content(&mut self, session: &mut Session) {
+        if !session.in_transaction() {
+            if let Some(streaming) = self.streaming.take() {
+                streaming.abort().await;
+            }
+            self.memory.shrink_to(0);
+            return;
+        }
+        let threshold = match self.streaming {
+            Some(_) => crate::queue::bodies::CHUNK,
+            None => self.shared.inline_body_limit + 1,
+        };
+        if let Some(content) = session.take_content(threshold) {
+            self.store(content).await;
+        }
+    }
+
+    async fn store(&mut self, content: Vec<u8>) {
+        let streaming = self.streaming.get_or_insert_with(|| {
+            Streaming::start(
+                &self.shared.queue,
+                &self.shared.signers,
+                &content,
+                ulid::Ulid::new(),
+            )
+        });
+        streaming.write(content, &mut self.memory).await;
+    }
+
+    /// Holds memory for what the session keeps plus the next read. When the budget has no
+    /// room, what the session holds goes to the body stream first, then the session waits for
+    /// room for the read alone: the client is slowed, never buffered beyond the budget.
+    async fn reserve_for_read(&mut self, session: &mut Session) {
+        let memory = self.shared.memory.clone();
+        let held = session.content_buffered();
+        if memory.try_grow(&mut self.memory, held + DATA_BUFFER) {
+            return;
+        }
+        if let Some(content) = session.take_content(1) {
+            self.store(content).await;
+        }
+        self.memory.shrink_to(DATA_BUFFER);
+        memory.grow(&mut self.memory, DATA_BUFFER).await;
+    }
+
+    /// Reads once, until the session's deadline, reacting to shutdown. `None` means "no bytes,
+    /// look again".
     async fn read<S: AsyncRead + Unpin>(
         &mut self,
         session: &mut Session,
         stream: &mut S,
         buf: &mut [u8],
-        data_started: &mut Option<(Instant, u64)>,
     ) -> std::io::Result<Option<usize>> {
-        let limits = &self.shared.limits;
-        let idle = if session.reading_message() {
-            limits.data_timeout.get()
-        } else {
-            limits.command_timeout.get()
+        let Some(deadline) = session.poll_timeout() else {
+            return Err(std::io::Error::other("session waits without a deadline"));
         };
         let read = tokio::select! {
-            read = timeout(idle, stream.read(buf)) => read,
+            read = timeout_at(deadline.into(), stream.read(buf)) => read,
             () = self.shutdown.cancelled(), if !self.shutdown_seen => {
                 self.shutdown_seen = true;
                 session.shutdown();
                 return Ok(None);
             }
         };
-        let Ok(read) = read else {
-            info!(peer = %self.peer, "client timed out");
-            session.timed_out();
-            return Ok(None);
-        };
-        let n = read?;
-        if let Some((start, bytes)) = data_started.as_mut() {
-            *bytes += n as u64;
-            let elapsed = start.elapsed();
-            if elapsed > limits.data_timeout.get()
-                && (*bytes as f64) < limits.min_data_rate as f64 * elapsed.as_secs_f64()
-            {
-                info!(peer = %self.peer, bytes = *bytes, ?elapsed, "client below the minimum data rate");
-                session.timed_out();
-                return Ok(None);
+        match read {
+            Ok(read) => read.map(Some),
+            Err(_) => {
+                if session.handle_timeout(Instant::now()) {
+                    info!(peer = %self.peer, reading_message = session.reading_message(), "client too slow; closed");
+                }
+                Ok(None)
             }
         }
-        Ok(Some(n))
     }
 
     async fn flush<S: AsyncWrite + Unpin>(
@@ -231,10 +368,13 @@ impl Connection {
         stream.flush().await
     }
 
-    async fn enqueue(&self, message: Message) -> Result<String, QueueUnavailable> {
-        let shared = &self.shared;
+    async fn enqueue(&mut self, message: Message) -> Result<String, QueueUnavailable> {
+        let shared = self.shared.clone();
         shared.metrics.transactions.inc();
-        let id = ulid::Ulid::new();
+        let streaming = self.streaming.take();
+        let id = streaming
+            .as_ref()
+            .map_or_else(ulid::Ulid::new, Streaming::queue_id);
         let queue_id = id.to_string();
         let span = info_span!("smtp.message", %queue_id, peer = %self.peer);
         let traceparent = crate::telemetry::join_trace(&span, id.0);
@@ -257,47 +397,104 @@ impl Connection {
             recipient: single,
             time: now,
         };
-        // DKIM-Signature fields first, then the Received field, then the message.
-        let mut body = shared.signers.sign(&message.body);
-        body.extend_from_slice(trace.header().as_bytes());
-        body.extend_from_slice(&message.body);
-        let size = body.len();
-        let sender = message.from.to_string();
-        let submission = Submission {
-            queue_id: queue_id.clone(),
-            sender: sender.clone(),
-            recipients,
-            body,
-            received_at_ms: now
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
-            client: ClientFacts {
-                address: self.peer.ip().to_canonical().to_string(),
-                helo: message.helo.clone(),
-                tls: self.tls.as_ref().map(|(v, c)| format!("{v} {c}")),
-                auth_user: message.auth_user.clone(),
-            },
-            smtputf8: message.smtputf8,
-            eight_bit_mime: message.eight_bit_mime,
-            traceparent,
+        let received = trace.header();
+        let size = message.taken as usize + message.body.len() + received.len();
+        let entries = {
+            let mut domains: Vec<&str> = recipients.iter().map(|(_, d)| d.as_str()).collect();
+            domains.sort_unstable();
+            domains.dedup();
+            domains.len()
         };
+        // The entries of a small message each carry a copy of it while they are published;
+        // when the budget has no room for that, it goes to the body stream instead.
+        let inline = streaming.is_none()
+            && shared
+                .memory
+                .try_grow(&mut self.memory, message.body.len() * (entries + 1));
+        let streaming = match streaming {
+            None if !inline => Some(Streaming::start(
+                &shared.queue,
+                &shared.signers,
+                &message.body,
+                id,
+            )),
+            other => other,
+        };
+        // DKIM-Signature fields first, then the Received field, then the message.
+        let content = match streaming {
+            None => {
+                let mut whole = shared.signers.sign(&message.body);
+                whole.extend_from_slice(received.as_bytes());
+                whole.extend_from_slice(&message.body);
+                Ok(Submitted::Whole(whole))
+            }
+            Some(mut streaming) => {
+                streaming.write(message.body, &mut self.memory).await;
+                streaming.finish().await.map(|(upload, signatures)| {
+                    let mut head = signatures;
+                    head.extend_from_slice(received.as_bytes());
+                    Submitted::Streamed {
+                        head,
+                        upload: Box::new(upload),
+                    }
+                })
+            }
+        };
+        let eight_bit = message.eight_bit || !received.is_ascii();
+        let sender = message.from.to_string();
         let rcpts = message.recipients.len();
         let started = Instant::now();
-        match shared.queue.enqueue(submission).instrument(span).await {
+        let queued = match content {
+            Ok(content) => {
+                let submission = Submission {
+                    queue_id: queue_id.clone(),
+                    sender: sender.clone(),
+                    recipients,
+                    content,
+                    received_at_ms: now
+                        .duration_since(UNIX_EPOCH)
+                        .map(|d| d.as_millis() as u64)
+                        .unwrap_or(0),
+                    client: ClientFacts {
+                        address: self.peer.ip().to_canonical().to_string(),
+                        helo: message.helo.clone(),
+                        tls: self.tls.as_ref().map(|(v, c)| format!("{v} {c}")),
+                        auth_user: message.auth_user.clone(),
+                    },
+                    smtputf8: message.smtputf8,
+                    eight_bit_mime: message.eight_bit_mime,
+                    eight_bit,
+                    traceparent,
+                };
+                shared.queue.enqueue(submission).instrument(span).await
+            }
+            Err(err) => Err(err),
+        };
+        self.answer(queued, &queue_id, &sender, rcpts, size, started)
+    }
+
+    fn answer(
+        &self,
+        queued: Result<(), EnqueueError>,
+        queue_id: &str,
+        sender: &str,
+        rcpts: usize,
+        size: usize,
+        started: Instant,
+    ) -> Result<String, QueueUnavailable> {
+        let metrics = &self.shared.metrics;
+        match queued {
             Ok(()) => {
-                shared
-                    .metrics
+                metrics
                     .enqueue_seconds
                     .observe(started.elapsed().as_secs_f64());
-                shared.metrics.messages_accepted.inc();
-                shared.metrics.bytes_accepted.inc_by(size as u64);
+                metrics.messages_accepted.inc();
+                metrics.bytes_accepted.inc_by(size as u64);
                 info!(%queue_id, peer = %self.peer, from = %sender, rcpts, size, "message queued");
-                Ok(queue_id)
+                Ok(queue_id.to_string())
             }
             Err(err) => {
-                shared
-                    .metrics
+                metrics
                     .enqueue_failures
                     .get_or_create(&vec![("cause", err.as_label())])
                     .inc();

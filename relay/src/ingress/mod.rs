@@ -1,15 +1,18 @@
 //! The SMTP ingress: listeners, connection caps and per-connection sessions.
 
+mod auth;
 mod connection;
+pub mod memory;
 pub mod proxy;
 pub mod received;
+mod streaming;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use ipnet::IpNet;
-use postern_config::{Config, Limits, ListenerTls};
+use postern_config::{Config, Limits, ListenerTls, Pregreet};
 use postern_smtp::{BareLineEndings, SessionConfig};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
@@ -21,6 +24,8 @@ use crate::dkim::Signers;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
 use crate::users::Users;
+use auth::PasswordChecks;
+use memory::MessageMemory;
 
 /// State shared by every connection of the ingress.
 #[derive(Debug)]
@@ -30,11 +35,14 @@ pub struct Shared {
     pub allowed_networks: Vec<IpNet>,
     pub trusted_proxies: Vec<IpNet>,
     pub queue: Queue,
-    pub users: Option<Users>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub signers: Arc<Signers>,
     pub metrics: Arc<Metrics>,
     caps: ConnectionCaps,
+    passwords: Option<PasswordChecks>,
+    memory: MessageMemory,
+    pregreet: Pregreet,
+    inline_body_limit: usize,
 }
 
 impl Shared {
@@ -45,20 +53,44 @@ impl Shared {
         tls: Option<Arc<rustls::ServerConfig>>,
         signers: Arc<Signers>,
         metrics: Arc<Metrics>,
-    ) -> Self {
+    ) -> std::io::Result<Self> {
         let limits = config.ingress.limits.clone();
-        Shared {
+        let passwords = users
+            .map(|users| {
+                PasswordChecks::start(
+                    users,
+                    limits.password_checks,
+                    limits.max_auth_failures_per_address,
+                    limits.auth_failure_window.get(),
+                )
+            })
+            .transpose()?;
+        Ok(Shared {
             hostname: config.hostname.clone(),
             caps: ConnectionCaps::new(limits.max_connections, limits.max_connections_per_ip),
+            memory: MessageMemory::new(limits.max_message_memory),
             limits,
             allowed_networks: config.ingress.allowed_networks.clone(),
             trusted_proxies: config.ingress.trusted_proxies.clone(),
             queue,
-            users,
             tls,
             signers,
             metrics,
-        }
+            passwords,
+            pregreet: config.ingress.pregreet.clone(),
+            inline_body_limit: config.nats.inline_body_limit,
+        })
+    }
+
+    /// Publishes how much of the message memory budget is in use.
+    pub fn report_memory(&self) {
+        let used = self
+            .limits
+            .max_message_memory
+            .saturating_sub(self.memory.available());
+        self.metrics
+            .message_memory_bytes
+            .set(i64::try_from(used).unwrap_or(i64::MAX));
     }
 
     fn relay_allowed(&self, ip: IpAddr) -> bool {
@@ -95,6 +127,9 @@ impl ListenerContext {
             auth: has_users,
             plaintext_auth: listener.allow_plaintext_auth,
             sender_domains: ingress.sender_domains.clone(),
+            command_timeout: limits.command_timeout.get(),
+            data_timeout: limits.data_timeout.get(),
+            min_data_rate: limits.min_data_rate,
         };
         ListenerContext {
             session: Arc::new(session),
@@ -227,20 +262,29 @@ async fn refuse(mut stream: tokio::net::TcpStream) {
     let _ = stream.shutdown().await;
 }
 
-/// Binds every configured listener, naming the field of one that fails.
+/// Binds every configured listener with the configured backlog, naming the field of one that
+/// fails.
 pub async fn bind(
     config: &Config,
 ) -> Result<Vec<(TcpListener, postern_config::Listener)>, BindError> {
     let mut bound = Vec::new();
     for (i, listener) in config.ingress.listeners.iter().enumerate() {
-        let socket = TcpListener::bind(listener.address)
-            .await
-            .map_err(|source| BindError {
-                field: format!("ingress.listeners[{i}].address"),
-                address: listener.address,
-                source,
-            })?;
-        info!(address = %listener.address, tls = ?listener.tls, "SMTP listener bound");
+        let error = |source| BindError {
+            field: format!("ingress.listeners[{i}].address"),
+            address: listener.address,
+            source,
+        };
+        let socket = match listener.address {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        }
+        .map_err(error)?;
+        socket.set_reuseaddr(true).map_err(error)?;
+        socket.bind(listener.address).map_err(error)?;
+        let socket = socket
+            .listen(config.ingress.listen_backlog)
+            .map_err(error)?;
+        info!(address = %listener.address, tls = ?listener.tls, backlog = config.ingress.listen_backlog, "SMTP listener bound");
         bound.push((socket, listener.clone()));
     }
     Ok(bound)

@@ -1,10 +1,11 @@
-//! The queue entry: a versioned envelope for one destination domain, plus the body or a
-//! reference to it. Ingress writes entries; delivery reads them.
+//! The queue entry: a versioned envelope for one destination domain, plus the body or the
+//! start of it. Ingress writes entries; delivery reads them.
 
 use serde::{Deserialize, Serialize};
 
-/// Envelope format version written by this build.
-pub const ENVELOPE_VERSION: u32 = 1;
+/// Envelope format version written by this build. Version 2 stores large bodies in a stream of
+/// their own, tracked per lineage.
+pub const ENVELOPE_VERSION: u32 = 2;
 
 /// Everything delivery needs to know about one entry, besides the body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,7 +25,11 @@ pub struct Envelope {
     pub attempts: u32,
     pub client: ClientFacts,
     pub smtputf8: bool,
+    /// The client declared `BODY=8BITMIME`.
     pub eight_bit_mime: bool,
+    /// The content holds bytes above 127, so the next hop must offer 8BITMIME.
+    #[serde(default)]
+    pub eight_bit: bool,
     pub body: BodyRef,
     /// A retry entry is not attempted before this time (milliseconds since the Unix epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -51,12 +56,16 @@ pub struct ClientFacts {
 pub enum BodyRef {
     /// After the envelope line in the same entry.
     Inline { size: u64 },
-    /// In the object store; `entries` entries share it and the last one finished removes it.
-    Object {
-        bucket: String,
+    /// In the body stream, `size` bytes under `key`. The entry itself carries only what ingress
+    /// put in front of the client's message (its `Received:` and `DKIM-Signature:` fields).
+    /// Every entry of a message uses the body through its lineage (the entry for one domain,
+    /// then each retry replacing it); `token` names this entry within its lineage.
+    Stored {
+        stream: String,
         key: String,
         size: u64,
-        entries: u32,
+        lineage: u32,
+        token: String,
     },
 }
 
@@ -83,7 +92,8 @@ pub fn encode(envelope: &Envelope, inline_body: Option<&[u8]>) -> Vec<u8> {
     out
 }
 
-/// Splits a payload into its envelope and inline body (empty for object bodies).
+/// Splits a payload into its envelope and the inline part: the whole body, or the head of a
+/// stored one.
 pub fn decode(payload: &[u8]) -> Result<(Envelope, &[u8]), EntryError> {
     let newline = payload
         .iter()
@@ -142,6 +152,7 @@ mod tests {
             },
             smtputf8: false,
             eight_bit_mime: false,
+            eight_bit: false,
             body,
             not_before_ms: None,
             traceparent: "00-0-0-01".into(),

@@ -1,16 +1,22 @@
-//! The durable hand-off: JetStream stream provisioning and publishing accepted messages.
+//! The durable hand-off: JetStream stream provisioning, publishing accepted messages, and what
+//! delivery needs from the queue (bodies, lineages, retries).
 
-mod bodies;
+pub mod bodies;
+pub mod content;
 pub mod entry;
+mod publish;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, message::PublishMessage, stream};
+use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use postern_config::NatsConfig;
 
+pub use bodies::{BodyError, Lineage, Upload};
+pub use content::{Content, ContentReader};
 pub use entry::{BodyRef, ClientFacts, Envelope};
+pub use publish::TOMBSTONE;
 
 /// A message accepted by ingress, ready to be split into entries.
 #[derive(Debug)]
@@ -19,12 +25,24 @@ pub struct Submission {
     pub sender: String,
     /// Recipients as `local@domain`.
     pub recipients: Vec<(String, String)>,
-    pub body: Vec<u8>,
+    pub content: Submitted,
     pub received_at_ms: u64,
     pub client: ClientFacts,
     pub smtputf8: bool,
     pub eight_bit_mime: bool,
+    /// The content has bytes above 127.
+    pub eight_bit: bool,
     pub traceparent: String,
+}
+
+/// A message's content as ingress hands it over.
+#[derive(Debug)]
+pub enum Submitted {
+    /// All of it in memory; stored in the body stream if it is larger than `inlineBodyLimit`.
+    Whole(Vec<u8>),
+    /// The fields ingress puts in front in memory; the client's message already streamed to
+    /// the body stream while it arrived.
+    Streamed { head: Vec<u8>, upload: Box<Upload> },
 }
 
 /// Why the queue could not be reached or set up.
@@ -39,11 +57,6 @@ pub enum QueueError {
         stream: String,
         source: async_nats::Error,
     },
-    #[error("creating object store bucket {bucket}: {source}")]
-    Bucket {
-        bucket: String,
-        source: async_nats::Error,
-    },
 }
 
 /// Why a message was not queued. The client gets 451 4.3.0 and keeps it.
@@ -52,10 +65,10 @@ pub enum EnqueueError {
     #[error("queue not ready (NATS disconnected or stream not provisioned)")]
     NotReady,
     #[error("storing body: {0}")]
-    Body(async_nats::Error),
+    Body(#[from] BodyError),
     #[error("publishing entry: {0}")]
     Publish(async_nats::Error),
-    #[error("no acknowledgement within {0:?}")]
+    #[error("no acknowledgement within {0:?}, twice")]
     AckTimeout(Duration),
 }
 
@@ -71,7 +84,7 @@ impl EnqueueError {
     }
 }
 
-/// The queue as ingress sees it.
+/// The queue as ingress and delivery see it.
 #[derive(Debug, Clone)]
 pub struct Queue {
     inner: Arc<Inner>,
@@ -81,7 +94,7 @@ struct Inner {
     client: async_nats::Client,
     jetstream: jetstream::Context,
     config: NatsConfig,
-    /// The body bucket; set once the stream and bucket are provisioned.
+    /// The body stream; set once the queue is provisioned.
     bodies: OnceLock<bodies::Bodies>,
     body_ttl: Duration,
 }
@@ -149,7 +162,7 @@ impl Queue {
             && self.inner.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// Creates or updates the stream and the body bucket to match the configuration.
+    /// Creates or updates the queue stream and the body stream to match the configuration.
     pub async fn provision(&self) -> Result<(), QueueError> {
         let config = &self.inner.config;
         let wanted = stream::Config {
@@ -164,22 +177,18 @@ impl Queue {
             ),
             ..Default::default()
         };
-        let stream_error = |source: async_nats::Error| QueueError::Stream {
-            stream: config.stream.clone(),
+        let stream_error = |stream: &str, source: async_nats::Error| QueueError::Stream {
+            stream: stream.to_string(),
             source,
         };
         self.inner
             .jetstream
             .create_or_update_stream(wanted)
             .await
-            .map_err(|e| stream_error(e.into()))?;
-        let bucket_error = |source: async_nats::Error| QueueError::Bucket {
-            bucket: config.body_bucket.clone(),
-            source,
-        };
+            .map_err(|e| stream_error(&config.stream, e.into()))?;
         let bodies = bodies::Bodies::provision(&self.inner.jetstream, config, self.inner.body_ttl)
             .await
-            .map_err(bucket_error)?;
+            .map_err(|e| stream_error(&config.body_stream, e))?;
         let _ = self.inner.bodies.set(bodies);
         Ok(())
     }
@@ -203,145 +212,204 @@ impl Queue {
         }
     }
 
-    /// Publishes one entry per recipient domain and waits for JetStream to acknowledge all of
-    /// them. On any failure the entries already stored are removed (best effort).
+    fn bodies(&self) -> Result<&bodies::Bodies, EnqueueError> {
+        self.inner.bodies.get().ok_or(EnqueueError::NotReady)
+    }
+
+    /// Starts streaming a message's content to the body stream under `key` (its queue id).
+    pub fn upload(&self, key: &str) -> Result<Upload, EnqueueError> {
+        Ok(self.bodies()?.upload(key))
+    }
+
+    /// Publishes one entry per recipient domain and waits until JetStream has stored all of
+    /// them. A message that cannot be stored whole is removed again, so the client's retry
+    /// does not queue it twice.
     pub async fn enqueue(&self, submission: Submission) -> Result<(), EnqueueError> {
+        let Submission {
+            queue_id,
+            sender,
+            recipients,
+            content,
+            received_at_ms,
+            client,
+            smtputf8,
+            eight_bit_mime,
+            eight_bit,
+            traceparent,
+        } = submission;
         if !self.is_ready() {
+            if let Submitted::Streamed { upload, .. } = content {
+                upload.abort().await;
+            }
             return Err(EnqueueError::NotReady);
         }
-        let timeout = self.inner.config.ack_timeout.get();
-        let mut stored = Stored::default();
-        let result =
-            tokio::time::timeout(timeout, self.publish_all(&submission, &mut stored)).await;
-        let error = match result {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(err)) => err,
-            Err(_) => EnqueueError::AckTimeout(timeout),
-        };
-        self.remove(stored).await;
-        Err(error)
-    }
-
-    async fn publish_all(
-        &self,
-        submission: &Submission,
-        stored: &mut Stored,
-    ) -> Result<(), EnqueueError> {
         let config = &self.inner.config;
-        let groups = group_by_domain(&submission.recipients);
-        let size = submission.body.len() as u64;
-        let body = if submission.body.len() > config.inline_body_limit {
-            let bodies = self
-                .inner
-                .bodies
-                .get()
-                .ok_or(EnqueueError::NotReady)?
-                .clone();
-            let key = submission.queue_id.clone();
-            let entries = u32::try_from(groups.len()).unwrap_or(u32::MAX);
-            stored.object = Some((bodies.clone(), key.clone()));
-            bodies.put(&key, &submission.body, entries).await?;
-            BodyRef::Object {
-                bucket: config.body_bucket.clone(),
-                key,
-                size,
-                entries,
+        let (inline, stored) = match content {
+            Submitted::Whole(body) if body.len() <= config.inline_body_limit => (body, None),
+            Submitted::Whole(body) => {
+                let mut upload = self.upload(&queue_id)?;
+                let stored = async {
+                    for chunk in body.chunks(bodies::CHUNK) {
+                        upload.write(Bytes::copy_from_slice(chunk), None).await?;
+                    }
+                    upload.finish().await
+                }
+                .await;
+                match stored {
+                    Ok(size) => (Vec::new(), Some((queue_id.clone(), size))),
+                    Err(err) => {
+                        upload.abort().await;
+                        return Err(err.into());
+                    }
+                }
             }
-        } else {
-            BodyRef::Inline { size }
+            Submitted::Streamed { head, mut upload } => match upload.finish().await {
+                Ok(size) => (head, Some((upload.key().to_string(), size))),
+                Err(err) => {
+                    upload.abort().await;
+                    return Err(err.into());
+                }
+            },
         };
-        let inline = matches!(body, BodyRef::Inline { .. }).then_some(submission.body.as_slice());
-        let mut acks = Vec::with_capacity(groups.len());
-        for (index, (domain, recipients)) in groups.into_iter().enumerate() {
-            let envelope = Envelope {
-                version: entry::ENVELOPE_VERSION,
-                queue_id: submission.queue_id.clone(),
-                sender: submission.sender.clone(),
-                domain: domain.clone(),
-                recipients,
-                received_at_ms: submission.received_at_ms,
-                attempts: 0,
-                client: submission.client.clone(),
-                smtputf8: submission.smtputf8,
-                eight_bit_mime: submission.eight_bit_mime,
-                body: body.clone(),
-                not_before_ms: None,
-                traceparent: submission.traceparent.clone(),
-            };
-            let id = format!("{}.{index}", submission.queue_id);
-            acks.push(self.publish(&envelope, inline, id).await?);
+        let groups = group_by_domain(&recipients);
+        let body_key = match &stored {
+            Some((key, _)) => Some((self.bodies()?.clone(), key.clone())),
+            None => None,
+        };
+        if let Some((bodies, key)) = &body_key {
+            let lineages = u32::try_from(groups.len()).unwrap_or(u32::MAX);
+            if let Err(err) = bodies.register(key, lineages).await {
+                bodies.remove(key).await;
+                return Err(err.into());
+            }
         }
-        for ack in acks {
-            let ack = ack.await.map_err(|e| EnqueueError::Publish(e.into()))?;
-            stored.sequences.push(ack.sequence);
+        let inline = Bytes::from(inline);
+        let entries: Vec<publish::Outgoing> = groups
+            .into_iter()
+            .enumerate()
+            .map(|(index, (domain, recipients))| {
+                let body = match &stored {
+                    None => BodyRef::Inline {
+                        size: inline.len() as u64,
+                    },
+                    Some((key, size)) => BodyRef::Stored {
+                        stream: config.body_stream.clone(),
+                        key: key.clone(),
+                        size: *size,
+                        lineage: u32::try_from(index).unwrap_or(u32::MAX),
+                        token: bodies::INITIAL_TOKEN.to_string(),
+                    },
+                };
+                let envelope = Envelope {
+                    version: entry::ENVELOPE_VERSION,
+                    queue_id: queue_id.clone(),
+                    sender: sender.clone(),
+                    domain,
+                    recipients,
+                    received_at_ms,
+                    attempts: 0,
+                    client: client.clone(),
+                    smtputf8,
+                    eight_bit_mime,
+                    eight_bit,
+                    body,
+                    not_before_ms: None,
+                    traceparent: traceparent.clone(),
+                };
+                self.outgoing(&envelope, &inline, format!("{queue_id}.{index}"))
+            })
+            .collect();
+        match publish::publish_all(&self.inner.jetstream, &entries, config.ack_timeout.get()).await
+        {
+            Ok(_) => Ok(()),
+            Err((error, leftovers)) => {
+                publish::clean_up(
+                    &self.inner.jetstream,
+                    &config.stream,
+                    leftovers,
+                    body_key,
+                    config.duplicate_window.get(),
+                )
+                .await;
+                Err(error)
+            }
         }
-        Ok(())
     }
 
-    /// Sends one entry; the returned future resolves to JetStream's acknowledgement.
-    async fn publish(
-        &self,
-        envelope: &Envelope,
-        inline: Option<&[u8]>,
-        message_id: String,
-    ) -> Result<jetstream::context::PublishAckFuture, EnqueueError> {
+    /// One entry, ready to publish.
+    fn outgoing(&self, envelope: &Envelope, inline: &[u8], id: String) -> publish::Outgoing {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("traceparent", envelope.traceparent.as_str());
         headers.insert("Postern-Queue-Id", envelope.queue_id.as_str());
-        let publish = PublishMessage::build()
-            .payload(Bytes::from(entry::encode(envelope, inline)))
-            .headers(headers)
-            .message_id(message_id);
-        let subject = format!(
-            "{}.{}",
-            self.inner.config.subject_prefix,
-            entry::domain_token(&envelope.domain)
-        );
-        self.inner
-            .jetstream
-            .send_publish(subject, publish)
-            .await
-            .map_err(|e| EnqueueError::Publish(e.into()))
-    }
-
-    /// Publishes one entry (a retry holding the remaining recipients) and waits for its
-    /// acknowledgement. `message_id` makes a repeated publish of the same retry a no-op.
-    pub async fn requeue(
-        &self,
-        envelope: &Envelope,
-        inline: Option<&[u8]>,
-        message_id: String,
-    ) -> Result<(), EnqueueError> {
-        let timeout = self.inner.config.ack_timeout.get();
-        let publish = async {
-            self.publish(envelope, inline, message_id)
-                .await?
-                .await
-                .map_err(|e| EnqueueError::Publish(e.into()))
-        };
-        match tokio::time::timeout(timeout, publish).await {
-            Ok(result) => result.map(drop),
-            Err(_) => Err(EnqueueError::AckTimeout(timeout)),
+        publish::Outgoing {
+            subject: format!(
+                "{}.{}",
+                self.inner.config.subject_prefix,
+                entry::domain_token(&envelope.domain)
+            ),
+            headers,
+            payload: Bytes::from(entry::encode(envelope, Some(inline))),
+            id,
         }
     }
 
-    /// The body of an entry: the inline part, or the object it references.
-    pub async fn body(&self, envelope: &Envelope, inline: &[u8]) -> Result<Vec<u8>, EnqueueError> {
-        let BodyRef::Object { key, .. } = &envelope.body else {
-            return Ok(inline.to_vec());
-        };
-        let bodies = self.inner.bodies.get().ok_or(EnqueueError::NotReady)?;
-        bodies.get(key).await
+    /// Publishes one entry (a retry holding the remaining recipients) and waits until it is
+    /// stored. `message_id` makes a repeated publish of the same retry a no-op.
+    pub async fn requeue(
+        &self,
+        envelope: &Envelope,
+        inline: &[u8],
+        message_id: String,
+    ) -> Result<(), EnqueueError> {
+        let entry = self.outgoing(envelope, inline, message_id);
+        match publish::publish_all(
+            &self.inner.jetstream,
+            std::slice::from_ref(&entry),
+            self.inner.config.ack_timeout.get(),
+        )
+        .await
+        {
+            Ok(_) => Ok(()),
+            // An unknown retry entry is harmless: the entry it replaces is not acknowledged,
+            // so it comes back, and a stray copy of a stored body's retry is found stale.
+            Err((error, _)) => Err(error),
+        }
     }
 
-    /// An entry whose recipients all have final outcomes is done with its body; the last entry
-    /// of a message removes a stored body.
-    pub async fn release_body(&self, envelope: &Envelope) -> Result<(), EnqueueError> {
-        let BodyRef::Object { key, .. } = &envelope.body else {
-            return Ok(());
+    /// The body of an entry whose payload after the envelope line is `inline`.
+    pub fn content(&self, envelope: &Envelope, inline: Bytes) -> Result<Content, EnqueueError> {
+        match &envelope.body {
+            BodyRef::Inline { .. } => Ok(Content::whole(inline)),
+            BodyRef::Stored { key, size, .. } => Ok(Content::stored(
+                inline,
+                *size,
+                self.bodies()?.reader(key, *size),
+            )),
+        }
+    }
+
+    /// Where the entry's lineage stands; `None` for an inline body, which has no lineage.
+    pub async fn lineage(&self, envelope: &Envelope) -> Result<Option<Lineage>, EnqueueError> {
+        let Some((key, lineage, token)) = stored_lineage(envelope) else {
+            return Ok(None);
         };
-        let bodies = self.inner.bodies.get().ok_or(EnqueueError::NotReady)?;
-        bodies.release(key).await
+        Ok(Some(self.bodies()?.lineage(key, lineage, token).await?))
+    }
+
+    /// Hands the entry's lineage to the retry entry holding `next`, or finishes it (`None`);
+    /// the last lineage of a message removes its stored body. `None` for an inline body;
+    /// [`Lineage::Stale`] when another processing of this entry got there first.
+    pub async fn advance(
+        &self,
+        envelope: &Envelope,
+        next: Option<&str>,
+    ) -> Result<Option<Lineage>, EnqueueError> {
+        let Some((key, lineage, token)) = stored_lineage(envelope) else {
+            return Ok(None);
+        };
+        Ok(Some(
+            self.bodies()?.advance(key, lineage, token, next).await?,
+        ))
     }
 
     /// The durable pull consumer delivery processes share, created or updated.
@@ -376,7 +444,7 @@ impl Queue {
             .map_err(|e| error(e.into()))
     }
 
-    /// Deletes the stream and both body buckets, with any mail still queued.
+    /// Deletes the queue stream and the body stream, with any mail still queued.
     pub async fn delete(&self) -> Result<(), QueueError> {
         let config = &self.inner.config;
         let missing_is_fine = |err: &async_nats::jetstream::context::DeleteStreamError| {
@@ -386,11 +454,7 @@ impl Queue {
                     if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
             )
         };
-        for name in [
-            config.stream.clone(),
-            format!("OBJ_{}", config.body_bucket),
-            format!("KV_{}_REFS", config.body_bucket),
-        ] {
+        for name in [config.stream.clone(), config.body_stream.clone()] {
             if let Err(err) = self.inner.jetstream.delete_stream(&name).await
                 && !missing_is_fine(&err)
             {
@@ -402,37 +466,19 @@ impl Queue {
         }
         Ok(())
     }
-
-    /// Best-effort removal of what a failed enqueue left behind.
-    async fn remove(&self, stored: Stored) {
-        if !stored.sequences.is_empty() {
-            match self
-                .inner
-                .jetstream
-                .get_stream_no_info(&self.inner.config.stream)
-                .await
-            {
-                Ok(stream) => {
-                    for sequence in stored.sequences {
-                        if let Err(err) = stream.delete_message(sequence).await {
-                            tracing::warn!(sequence, %err, "could not remove entry of a refused message");
-                        }
-                    }
-                }
-                Err(err) => tracing::warn!(%err, "could not remove entries of a refused message"),
-            }
-        }
-        if let Some((bodies, key)) = stored.object {
-            bodies.remove(&key).await;
-        }
-    }
 }
 
-/// What an enqueue attempt has stored so far.
-#[derive(Default)]
-struct Stored {
-    sequences: Vec<u64>,
-    object: Option<(bodies::Bodies, String)>,
+/// The body key, lineage and token of an entry with a stored body.
+fn stored_lineage(envelope: &Envelope) -> Option<(&str, u32, &str)> {
+    match &envelope.body {
+        BodyRef::Stored {
+            key,
+            lineage,
+            token,
+            ..
+        } => Some((key, *lineage, token)),
+        BodyRef::Inline { .. } => None,
+    }
 }
 
 /// Recipients grouped by domain, in order of first appearance.
