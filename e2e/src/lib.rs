@@ -67,6 +67,18 @@ pub fn start_standalone(tweak: impl FnOnce(&mut postern_config::Config)) -> (Nat
     (nats, relay)
 }
 
+/// Polls `done` every 20 ms until it holds, panicking with `what` after `limit`.
+pub async fn wait_until(what: &str, limit: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < limit,
+            "{what} did not happen within {limit:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// A route sending every domain to `host`.
 pub fn route_all(host: &str) -> postern_config::Route {
     postern_config::Route {

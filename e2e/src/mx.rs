@@ -45,6 +45,25 @@ pub struct MockMx {
     greeting: Arc<Mutex<String>>,
     /// Offer STARTTLS, then answer the handshake with garbage.
     broken_starttls: Arc<Mutex<bool>>,
+    behaviour: Arc<Mutex<Behaviour>>,
+    /// QUIT commands received, and sessions whose client closed its end after the MX closed
+    /// an idle session.
+    quits: Arc<Mutex<(usize, usize)>>,
+}
+
+/// Ways a scripted MX departs from a plain, well-behaved server.
+#[derive(Debug, Clone, Default)]
+pub struct Behaviour {
+    /// EHLO does not offer 8BITMIME.
+    pub no_8bitmime: bool,
+    /// EHLO offers `SIZE n`.
+    pub size: Option<u64>,
+    /// DATA gets `250` instead of `354`, and no body is read: a broken server.
+    pub data_gets_250: bool,
+    /// The greeting goes out one byte at a time, this far apart.
+    pub trickle_greeting: Option<Duration>,
+    /// A session idle this long gets `421` and the MX closes its end.
+    pub idle_close: Option<Duration>,
 }
 
 impl std::fmt::Debug for MockMx {
@@ -59,6 +78,13 @@ impl MockMx {
     /// An MX that accepts every recipient.
     pub async fn accepting() -> MockMx {
         MockMx::start(Arc::new(|_| "250 2.1.5 ok".to_string())).await
+    }
+
+    /// An MX that accepts every recipient and departs from the norm as `behaviour` says.
+    pub async fn behaving(behaviour: Behaviour) -> MockMx {
+        let mx = MockMx::accepting().await;
+        mx.set_behaviour(behaviour);
+        mx
     }
 
     /// An MX on a free port whose RCPT replies come from `script`.
@@ -91,6 +117,8 @@ impl MockMx {
             sessions: Arc::default(),
             greeting: Arc::new(Mutex::new("220 mx.test ESMTP mock".into())),
             broken_starttls: Arc::default(),
+            behaviour: Arc::default(),
+            quits: Arc::default(),
         };
         let server = mx.clone();
         tokio::spawn(async move {
@@ -150,6 +178,26 @@ impl MockMx {
         *self.broken_starttls.lock().expect("lock") = broken;
     }
 
+    /// Changes how the MX behaves from the next session on.
+    pub fn set_behaviour(&self, behaviour: Behaviour) {
+        *self.behaviour.lock().expect("lock") = behaviour;
+    }
+
+    /// QUIT commands received so far.
+    pub fn quits(&self) -> usize {
+        self.quits.lock().expect("lock").0
+    }
+
+    /// Idle sessions the MX closed whose client then closed its end too.
+    pub fn closed_after_idle(&self) -> usize {
+        self.quits.lock().expect("lock").1
+    }
+
+    /// Sessions open now.
+    pub fn open_sessions(&self) -> usize {
+        self.sessions.lock().expect("lock").0
+    }
+
     /// Sessions opened so far.
     pub fn total_sessions(&self) -> usize {
         self.sessions.lock().expect("lock").2
@@ -186,9 +234,20 @@ impl MockMx {
         let (read, mut write) = stream.into_split();
         let mut reader = BufReader::new(read);
         let greeting = self.greeting.lock().expect("lock").clone();
-        write
-            .write_all(format!("{greeting}\r\n").as_bytes())
-            .await?;
+        let behaviour = self.behaviour.lock().expect("lock").clone();
+        match behaviour.trickle_greeting {
+            Some(every) => {
+                for byte in format!("{greeting}\r\n").bytes() {
+                    write.write_all(&[byte]).await?;
+                    tokio::time::sleep(every).await;
+                }
+            }
+            None => {
+                write
+                    .write_all(format!("{greeting}\r\n").as_bytes())
+                    .await?;
+            }
+        }
         if !greeting.starts_with("220") {
             return Ok(());
         }
@@ -196,7 +255,28 @@ impl MockMx {
         let (mut from, mut recipients) = (String::new(), Vec::new());
         loop {
             let mut line = String::new();
-            if reader.read_line(&mut line).await? == 0 {
+            let read = match behaviour.idle_close {
+                Some(idle) => match tokio::time::timeout(idle, reader.read_line(&mut line)).await {
+                    Ok(read) => read?,
+                    Err(_) => {
+                        write.write_all(b"421 4.4.2 idle too long\r\n").await?;
+                        write.shutdown().await?;
+                        // The client should close its end now; see whether it does.
+                        let mut rest = Vec::new();
+                        if let Ok(Ok(_)) = tokio::time::timeout(
+                            Duration::from_secs(5),
+                            reader.read_to_end(&mut rest),
+                        )
+                        .await
+                        {
+                            self.quits.lock().expect("lock").1 += 1;
+                        }
+                        return Ok(());
+                    }
+                },
+                None => reader.read_line(&mut line).await?,
+            };
+            if read == 0 {
                 return Ok(());
             }
             let upper = line.to_ascii_uppercase();
@@ -211,7 +291,16 @@ impl MockMx {
                 } else {
                     ""
                 };
-                format!("250-mx.test\r\n250-PIPELINING{utf8}{starttls}\r\n250 8BITMIME")
+                let size = behaviour
+                    .size
+                    .map(|n| format!("\r\n250-SIZE {n}"))
+                    .unwrap_or_default();
+                let last = if behaviour.no_8bitmime {
+                    "250 ENHANCEDSTATUSCODES"
+                } else {
+                    "250 8BITMIME"
+                };
+                format!("250-mx.test\r\n250-PIPELINING{utf8}{starttls}{size}\r\n{last}")
             } else if upper.starts_with("HELO") || upper.starts_with("NOOP") {
                 "250 ok".to_string()
             } else if upper.starts_with("MAIL FROM:") {
@@ -226,6 +315,8 @@ impl MockMx {
                     recipients.push(rcpt);
                 }
                 reply
+            } else if upper.starts_with("DATA") && behaviour.data_gets_250 {
+                "250 2.0.0 ok".to_string()
             } else if upper.starts_with("DATA") {
                 if recipients.is_empty() {
                     "554 5.5.1 no valid recipients".to_string()
@@ -252,6 +343,7 @@ impl MockMx {
                 recipients.clear();
                 "250 ok".to_string()
             } else if upper.starts_with("QUIT") {
+                self.quits.lock().expect("lock").0 += 1;
                 write.write_all(b"221 bye\r\n").await?;
                 return Ok(());
             } else {

@@ -158,6 +158,19 @@ impl Relay {
         let _ = self.wait_exit(Duration::from_secs(10));
     }
 
+    /// The largest resident set the process has had so far (`VmHWM`), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let Some(child) = &self.child else {
+            return 0;
+        };
+        std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kib| kib * 1024)
+    }
+
     /// Stops (SIGSTOP) or resumes (SIGCONT) the process, as a pod frozen by its node or cut off
     /// by a partition: its sockets stay open and nothing it was doing is finished.
     pub fn pause(&self, paused: bool) {

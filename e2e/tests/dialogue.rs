@@ -366,6 +366,93 @@ async fn idle_client_times_out() {
     assert!(s.closed().await);
 }
 
+/// One byte every 300 ms never leaves the session idle, yet the line's deadline still ends it.
+#[tokio::test]
+async fn a_trickled_command_line_meets_its_deadline() {
+    let (_nats, relay) =
+        start_relay(|c| c.ingress.limits.command_timeout = "1500ms".parse().unwrap());
+    let mut s = Smtp::greeted(relay.smtp()).await;
+    let started = std::time::Instant::now();
+    let reply = loop {
+        s.send(b"E").await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        if let Ok(reply) =
+            tokio::time::timeout(std::time::Duration::from_millis(10), s.reply()).await
+        {
+            break reply;
+        }
+        assert!(started.elapsed().as_secs() < 10, "still open");
+    };
+    reply.is(421, "4.4.2");
+    assert!(s.closed().await);
+}
+
+/// A client that talks before the greeting is refused where the listener says so.
+#[tokio::test]
+async fn clients_that_talk_first_are_counted_or_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_nats, relay) = start_relay(|c| {
+        c.ingress.pregreet.wait = "300ms".parse().unwrap();
+        c.ingress.pregreet.action = postern_config::PregreetAction::Reject;
+    });
+    let mut early = tokio::net::TcpStream::connect(relay.smtp()).await.unwrap();
+    early.write_all(b"EHLO spam.test\r\n").await.unwrap();
+    let mut reply = String::new();
+    early.read_to_string(&mut reply).await.unwrap();
+    assert!(reply.starts_with("554 5.5.0"), "{reply}");
+    assert!(!reply.contains("220"), "never greeted: {reply}");
+    let mut polite = Smtp::greeted(relay.smtp()).await;
+    polite.ehlo("client.test").await;
+    assert_eq!(
+        relay.metric("postern_ingress_pregreet_total{action=\"reject\"}"),
+        1.0
+    );
+
+    let (_nats, relay) = start_relay(|c| c.ingress.pregreet.wait = "300ms".parse().unwrap());
+    let mut early = tokio::net::TcpStream::connect(relay.smtp()).await.unwrap();
+    early
+        .write_all(b"EHLO client.test\r\nQUIT\r\n")
+        .await
+        .unwrap();
+    let mut replies = String::new();
+    early.read_to_string(&mut replies).await.unwrap();
+    assert!(
+        replies.starts_with("220 ") && replies.contains("221 "),
+        "{replies}"
+    );
+    assert_eq!(
+        relay.metric("postern_ingress_pregreet_total{action=\"count\"}"),
+        1.0
+    );
+}
+
+/// While the relay is stopped, connections wait in the listen backlog rather than being
+/// dropped, up to the configured size.
+#[tokio::test]
+async fn the_listen_backlog_holds_a_burst_of_connections() {
+    let (_nats, relay) = start_relay(|c| c.ingress.listen_backlog = 1024);
+    relay.pause(true);
+    let mut connects = Vec::new();
+    for _ in 0..600 {
+        let addr = relay.smtp();
+        connects.push(tokio::spawn(async move {
+            tokio::time::timeout(
+                std::time::Duration::from_secs(3),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await
+            .is_ok_and(|c| c.is_ok())
+        }));
+    }
+    let mut connected = Vec::new();
+    for connect in connects {
+        connected.push(connect.await.unwrap());
+    }
+    relay.pause(false);
+    let queued = connected.iter().filter(|c| **c).count();
+    assert_eq!(queued, 600, "all 600 fit in a backlog of 1024");
+}
+
 #[tokio::test]
 async fn slow_data_below_the_rate_floor_times_out() {
     let (nats, relay) = start_relay(|c| {

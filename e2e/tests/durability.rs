@@ -45,29 +45,71 @@ async fn nats_outage_gives_451_and_unready_then_recovers_without_restart() {
     assert_eq!(recipients, ["b@example.org", "c@example.org"]);
 }
 
-#[tokio::test]
-async fn no_ack_within_the_timeout_gives_451() {
-    let (nats, relay) = start_relay(|c| c.nats.ack_timeout = "1s".parse().unwrap());
+/// A session that has sent a message to two domains, all but its final dot.
+async fn two_domain_message_but_its_end(relay: &postern_e2e::Relay) -> Smtp {
     let mut s = Smtp::greeted(relay.smtp()).await;
     s.ehlo("client.test").await;
     s.cmd("MAIL FROM:<a@example.com>").await.is(250, "2.1.0");
     s.cmd("RCPT TO:<b@example.org>").await.is(250, "2.1.5");
+    s.cmd("RCPT TO:<c@other.example>").await.is(250, "2.1.5");
     s.cmd("DATA").await.is(354, "");
     s.send(MESSAGE).await;
+    s
+}
+
+/// NATS frozen past both acknowledgement rounds: the client gets 451, and once NATS is back
+/// nothing of the message is left in the queue, so the client's retry does not queue it twice.
+#[tokio::test]
+async fn no_ack_within_the_timeout_gives_451_and_leaves_nothing() {
+    let (nats, relay) = start_relay(|c| c.nats.ack_timeout = "1s".parse().unwrap());
+    let mut s = two_domain_message_but_its_end(&relay).await;
     nats.pause(true);
     let started = Instant::now();
     s.send(b".\r\n").await;
     let reply = s.reply().await;
-    nats.pause(false);
+    let answered = started.elapsed();
     reply.is(451, "4.3.0");
+    nats.pause(false);
     assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "answered after {:?}",
-        started.elapsed()
+        answered < Duration::from_secs(4),
+        "answered after {answered:?}"
     );
     assert_eq!(
         relay.metric("postern_ingress_enqueue_failures_total{cause=\"ack_timeout\"}"),
         1.0
+    );
+    let start = Instant::now();
+    while !nats.entries(STREAM).await.is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "a refused message stayed queued: {:?}",
+            nats.entries(STREAM).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// NATS frozen past the first acknowledgement deadline but back before the second: the entries
+/// were stored, the republished ones are duplicates, and the client gets 250, once.
+#[tokio::test]
+async fn a_late_acknowledgement_still_gives_250() {
+    let (nats, relay) = start_relay(|c| c.nats.ack_timeout = "1s".parse().unwrap());
+    let mut s = two_domain_message_but_its_end(&relay).await;
+    nats.pause(true);
+    s.send(b".\r\n").await;
+    tokio::time::sleep(Duration::from_millis(1400)).await;
+    nats.pause(false);
+    let id = s.reply().await.is(250, "2.0.0").queue_id();
+    let entries = nats.entries(STREAM).await;
+    let ids: Vec<&str> = entries
+        .iter()
+        .map(|e| e.envelope.queue_id.as_str())
+        .collect();
+    assert_eq!(ids, [id.as_str(), id.as_str()], "each entry stored once");
+    assert!(
+        relay.log().contains("late acknowledgements resolved"),
+        "{}",
+        relay.log()
     );
 }
 

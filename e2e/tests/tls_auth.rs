@@ -218,6 +218,29 @@ async fn three_failed_auth_attempts_close_the_session() {
     );
 }
 
+/// Failed logins count per client address across connections: a fresh connection does not
+/// get a fresh set of guesses.
+#[tokio::test]
+async fn failed_logins_are_throttled_per_address_across_connections() {
+    let t = setup(|c| c.ingress.limits.max_auth_failures_per_address = 4);
+    for _ in 0..2 {
+        let mut s = Smtp::connect_tls(t.relay.listener(1), t.pki.client_config(&[&TLS13])).await;
+        s.reply().await.is(220, "");
+        s.ehlo("client.test").await;
+        for _ in 0..2 {
+            s.cmd(&format!("AUTH PLAIN {}", plain("alice", "guess")))
+                .await
+                .is(535, "5.7.8");
+        }
+    }
+    let mut s = Smtp::connect_tls(t.relay.listener(1), t.pki.client_config(&[&TLS13])).await;
+    s.reply().await.is(220, "");
+    s.ehlo("client.test").await;
+    s.cmd(&format!("AUTH PLAIN {}", plain("alice", "wonderland")))
+        .await
+        .is(454, "4.7.0");
+}
+
 #[tokio::test]
 async fn plaintext_auth_only_where_the_listener_allows_it() {
     let t = setup(|c| {

@@ -366,6 +366,9 @@ pub struct DeliveryTimeouts {
     pub data_block: Duration,
     /// Waiting for the reply after the final dot.
     pub data_end: Duration,
+    /// How long an open session waits for the next message to the same next hop before it is
+    /// closed with QUIT.
+    pub idle: Duration,
 }
 
 impl Default for DeliveryTimeouts {
@@ -377,6 +380,7 @@ impl Default for DeliveryTimeouts {
             data_init: Duration::secs(120),
             data_block: Duration::secs(180),
             data_end: Duration::secs(600),
+            idle: Duration::secs(30),
         }
     }
 }

@@ -304,6 +304,7 @@ impl Config {
             ("dataInit", timeouts.data_init),
             ("dataBlock", timeouts.data_block),
             ("dataEnd", timeouts.data_end),
+            ("idle", timeouts.idle),
         ] {
             e.check(
                 !value.get().is_zero(),

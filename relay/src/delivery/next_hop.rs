@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use postern_config::{Config, Route};
 use postern_smtp::client::{Outcome, Outgoing, Source};
@@ -18,9 +17,6 @@ use super::route;
 use super::tls::{self, CaError};
 use crate::queue::Content;
 use crate::queue::entry::Envelope;
-
-/// How long an open session waits for the next message to the same next hop.
-const IDLE_SESSION: Duration = Duration::from_secs(30);
 
 /// Why delivery could not start; each message names the config field at fault.
 #[derive(Debug, thiserror::Error)]
@@ -141,7 +137,7 @@ impl NextHops {
             pool: Arc::new(Pool::new(
                 delivery.max_messages_per_connection,
                 delivery.connections_per_destination,
-                IDLE_SESSION,
+                delivery.timeouts.idle.get(),
             )),
             dns,
         })

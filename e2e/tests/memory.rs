@@ -1,0 +1,108 @@
+//! Message data in memory stays within ingress.limits.maxMessageMemory, whatever clients send:
+//! large messages stream to the body stream as they arrive, and when the budget is spent new
+//! transactions are refused and senders slowed instead of buffered.
+
+#![allow(clippy::unwrap_used)] // a test that cannot set up may panic
+
+use std::time::Duration;
+
+use postern_e2e::{ReplyExt, STREAM, Smtp, start_relay};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const MIB: usize = 1024 * 1024;
+
+/// A message of about `size` bytes whose lines say which message it is.
+fn message(n: usize, size: usize) -> Vec<u8> {
+    let mut body = format!("From: a@example.com\r\nSubject: big {n}\r\n\r\n").into_bytes();
+    let mut line = 0u64;
+    while body.len() < size {
+        body.extend_from_slice(
+            format!("message {n:04} line {line:012} ............\r\n").as_bytes(),
+        );
+        line += 1;
+    }
+    body
+}
+
+/// Sends one message over a fresh session and returns the final reply line.
+async fn send(addr: std::net::SocketAddr, body: Vec<u8>) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut script =
+        b"EHLO client.test\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n"
+            .to_vec();
+    let mut greeting = [0u8; 512];
+    let _ = stream.read(&mut greeting).await.unwrap();
+    stream.write_all(&script).await.unwrap();
+    script.clear();
+    script.extend_from_slice(&body);
+    script.extend_from_slice(b".\r\nQUIT\r\n");
+    stream.write_all(&script).await.unwrap();
+    let mut replies = String::new();
+    stream.read_to_string(&mut replies).await.unwrap();
+    replies.lines().rev().nth(1).unwrap_or_default().to_string()
+}
+
+/// Twelve sessions send 6 MB each at once, 72 MB in all, against an 8 MiB budget: every
+/// message is queued whole, and the process never grew anywhere near the data it took.
+#[tokio::test]
+async fn message_memory_stays_within_the_budget() {
+    let (nats, relay) = start_relay(|c| c.ingress.limits.max_message_memory = 8 * MIB);
+    let bodies: Vec<Vec<u8>> = (0..12).map(|n| message(n, 6 * MIB)).collect();
+    let sends: Vec<_> = bodies
+        .iter()
+        .map(|body| tokio::spawn(send(relay.smtp(), body.clone())))
+        .collect();
+    for send in sends {
+        let reply = send.await.unwrap();
+        assert!(reply.starts_with("250 2.0.0"), "{reply}");
+    }
+    let peak = relay.peak_rss();
+    let entries = nats.entries(STREAM).await;
+    assert_eq!(entries.len(), 12);
+    for entry in &entries {
+        let n: usize = entry
+            .text()
+            .split("Subject: big ")
+            .nth(1)
+            .and_then(|rest| rest.split("\r\n").next())
+            .and_then(|n| n.parse().ok())
+            .unwrap();
+        assert!(entry.body.ends_with(&bodies[n]), "message {n} is whole");
+    }
+    assert!(
+        peak < 60 * MIB as u64,
+        "peak RSS {} MiB for 72 MB of messages through an 8 MiB budget",
+        peak / MIB as u64
+    );
+}
+
+/// With NATS frozen, chunks wait for their acknowledgements and the budget fills: a new
+/// transaction gets 452 4.3.1 until the queue catches up, and nothing is lost.
+#[tokio::test]
+async fn new_transactions_get_452_while_the_budget_is_spent() {
+    let (nats, relay) = start_relay(|c| c.ingress.limits.max_message_memory = 4 * MIB);
+    nats.pause(true);
+    let sends: Vec<_> = (0..8)
+        .map(|n| tokio::spawn(send(relay.smtp(), message(n, 3 * MIB))))
+        .collect();
+    let mut s = Smtp::greeted(relay.smtp()).await;
+    s.ehlo("client.test").await;
+    let start = std::time::Instant::now();
+    loop {
+        let reply = s.cmd("MAIL FROM:<late@example.com>").await;
+        if reply.code == 452 {
+            reply.is(452, "4.3.1");
+            break;
+        }
+        s.cmd("RSET").await.is(250, "2.0.0");
+        assert!(start.elapsed() < Duration::from_secs(10), "never refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    nats.pause(false);
+    for send in sends {
+        let reply = send.await.unwrap();
+        assert!(reply.starts_with("250 2.0.0"), "{reply}");
+    }
+    assert_eq!(nats.entries(STREAM).await.len(), 8);
+    s.cmd("MAIL FROM:<late@example.com>").await.is(250, "2.1.0");
+}
