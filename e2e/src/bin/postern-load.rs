@@ -2,8 +2,11 @@
 //!
 //! Sends `--messages` messages of `--size` bytes over `--sessions` concurrent sessions
 //! (optionally pipelined) and prints the accepted rate, accept latency percentiles and the peak
-//! RSS of the processes named with `--pid`. `--idle N` instead opens N sessions, greets each with
-//! EHLO, and reports the RSS while they sit idle. See docs/benchmarks.md.
+//! RSS of the processes named with `--pid`. A 4xx answer is counted and the session goes on (after
+//! RSET), as a real client would retry later. `--idle N` instead opens N sessions, greets each
+//! with EHLO, and reports the RSS while they sit idle; `--auth-flood SECONDS` has every session
+//! guess passwords as fast as the server answers. With `--sink`, the sink also checks that every
+//! message arrived whole. See docs/benchmarks.md.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,16 +49,24 @@ struct Args {
     /// first message sent to the last one received.
     #[arg(long)]
     sink: Option<SocketAddr>,
+    /// Guess passwords with AUTH PLAIN on every session for this many seconds instead of
+    /// sending mail (the listener must offer AUTH without TLS: `allowPlaintextAuth`).
+    #[arg(long)]
+    auth_flood: Option<u64>,
 }
+
+/// The last line of every message, so the sink can tell a whole message from a cut one.
+const TRAILER: &[u8] = b"postern-load: end of message\r\n";
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let args = Args::parse();
-    match args.idle {
-        Some(count) => idle(&args, count).await,
-        None => load(&args).await,
+    match (args.idle, args.auth_flood) {
+        (Some(count), _) => idle(&args, count).await,
+        (None, Some(seconds)) => auth_flood(&args, Duration::from_secs(seconds)).await,
+        (None, None) => load(&args).await,
     }
 }
 
@@ -105,23 +116,50 @@ impl Client {
         self.expect(code).await
     }
 
-    async fn send_message(&mut self, args: &Args, body: &[u8]) -> Result<(), Error> {
+    /// One transaction; returns the code that ended it: 250 when queued, or the first
+    /// refusal (after which the session is reset and can go on).
+    async fn send_message(&mut self, args: &Args, body: &[u8]) -> Result<u16, Error> {
         let mail = "MAIL FROM:<load@example.com>\r\n";
         let rcpt = format!("RCPT TO:<{}>\r\n", args.rcpt);
-        if args.pipelining {
+        let replies = if args.pipelining {
             self.stream
                 .write_all(format!("{mail}{rcpt}DATA\r\n").as_bytes())
                 .await?;
-            self.expect(250).await?;
-            self.expect(250).await?;
-            self.expect(354).await?;
+            [
+                self.reply().await?,
+                self.reply().await?,
+                self.reply().await?,
+            ]
         } else {
-            self.command(mail, 250).await?;
-            self.command(&rcpt, 250).await?;
-            self.command("DATA\r\n", 354).await?;
+            let mail = self.ask(mail).await?;
+            if mail.code != 250 {
+                return self.reset(mail.code).await;
+            }
+            let rcpt = self.ask(&rcpt).await?;
+            if rcpt.code != 250 {
+                return self.reset(rcpt.code).await;
+            }
+            [mail, rcpt, self.ask("DATA\r\n").await?]
+        };
+        if let Some(refusal) = replies.iter().find(|r| r.code != 250 && r.code != 354) {
+            return self.reset(refusal.code).await;
         }
         self.stream.write_all(body).await?;
-        self.expect(250).await
+        let end = self.reply().await?;
+        if end.code != 250 && end.code / 100 != 4 && end.code / 100 != 5 {
+            return Err(format!("unexpected {} {}", end.code, end.text()).into());
+        }
+        Ok(end.code)
+    }
+
+    async fn ask(&mut self, line: &str) -> Result<Reply, Error> {
+        self.stream.write_all(line.as_bytes()).await?;
+        self.reply().await
+    }
+
+    async fn reset(&mut self, code: u16) -> Result<u16, Error> {
+        self.command("RSET\r\n", 250).await?;
+        Ok(code)
     }
 }
 
@@ -130,9 +168,10 @@ fn message(size: usize) -> Vec<u8> {
     let mut body =
         b"From: load@example.com\r\nTo: sink@example.org\r\nSubject: load\r\n\r\n".to_vec();
     let line = format!("{}\r\n", "x".repeat(76));
-    while body.len() + line.len() <= size {
+    while body.len() + line.len() + TRAILER.len() <= size {
         body.extend_from_slice(line.as_bytes());
     }
+    body.extend_from_slice(TRAILER);
     body.extend_from_slice(b".\r\n");
     body
 }
@@ -145,10 +184,20 @@ async fn load(args: &Args) -> Result<(), Error> {
     let body = Arc::new(message(args.size));
     let next = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
+    let refused = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<
+        u16,
+        usize,
+    >::new()));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..args.sessions {
-        let (args, body, next, failed) = (args.clone(), body.clone(), next.clone(), failed.clone());
+        let (args, body, next, failed, refused) = (
+            args.clone(),
+            body.clone(),
+            next.clone(),
+            failed.clone(),
+            refused.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut client = match Client::connect(args.target).await {
@@ -160,12 +209,21 @@ async fn load(args: &Args) -> Result<(), Error> {
             };
             while next.fetch_add(1, Ordering::Relaxed) < args.messages {
                 let sent = Instant::now();
-                if let Err(err) = client.send_message(&args, &body).await {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                    eprintln!("session stopped: {err}");
-                    return latencies;
+                match client.send_message(&args, &body).await {
+                    Ok(250) => latencies.push(sent.elapsed()),
+                    Ok(code) => {
+                        *refused
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .entry(code)
+                            .or_default() += 1;
+                    }
+                    Err(err) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("session stopped: {err}");
+                        return latencies;
+                    }
                 }
-                latencies.push(sent.elapsed());
             }
             let _ = client.command("QUIT\r\n", 221).await;
             latencies
@@ -198,6 +256,9 @@ async fn load(args: &Args) -> Result<(), Error> {
         args.messages,
         failed.load(Ordering::Relaxed)
     );
+    for (code, count) in refused.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        println!("refused          {count} with {code}");
+    }
     println!("elapsed          {:.2} s", elapsed.as_secs_f64());
     println!(
         "accepted rate    {:.0} msg/s",
@@ -208,13 +269,17 @@ async fn load(args: &Args) -> Result<(), Error> {
         ms(percentile(0.50)),
         ms(percentile(0.99))
     );
-    if let Some(received) = received {
-        let deadline = Instant::now() + Duration::from_secs(300);
+    if let Some((received, truncated)) = received {
+        let deadline = Instant::now() + Duration::from_secs(900);
         while received.load(Ordering::Relaxed) < latencies.len() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let end_to_end = started.elapsed();
         let count = received.load(Ordering::Relaxed);
+        println!(
+            "cut short        {} of those received",
+            truncated.load(Ordering::Relaxed)
+        );
         println!(
             "received at sink {count} in {:.2} s",
             end_to_end.as_secs_f64()
@@ -228,23 +293,31 @@ async fn load(args: &Args) -> Result<(), Error> {
     Ok(())
 }
 
-/// An SMTP server that accepts everything and counts complete messages.
-async fn sink(addr: SocketAddr) -> Result<Arc<AtomicUsize>, Error> {
+type Counter = Arc<AtomicUsize>;
+
+/// An SMTP server that accepts everything and counts complete messages, and those that do not
+/// end with the trailer every message of the load has.
+async fn sink(addr: SocketAddr) -> Result<(Counter, Counter), Error> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    let received = Arc::new(AtomicUsize::new(0));
-    let counter = received.clone();
+    let received = Counter::default();
+    let truncated = Counter::default();
+    let counters = (received.clone(), truncated.clone());
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let counter = counter.clone();
+            let (received, truncated) = (counters.0.clone(), counters.1.clone());
             tokio::spawn(async move {
-                let _ = sink_session(stream, counter).await;
+                let _ = sink_session(stream, received, truncated).await;
             });
         }
     });
-    Ok(received)
+    Ok((received, truncated))
 }
 
-async fn sink_session(mut stream: TcpStream, received: Arc<AtomicUsize>) -> std::io::Result<()> {
+async fn sink_session(
+    mut stream: TcpStream,
+    received: Counter,
+    truncated: Counter,
+) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     stream.write_all(b"220 sink ESMTP\r\n").await?;
     let mut buf = Vec::with_capacity(64 * 1024);
@@ -256,6 +329,9 @@ async fn sink_session(mut stream: TcpStream, received: Arc<AtomicUsize>) -> std:
             if in_data {
                 match find(&buf, b"\r\n.\r\n") {
                     Some(end) => {
+                        if !buf[..end + 2].ends_with(TRAILER) {
+                            truncated.fetch_add(1, Ordering::Relaxed);
+                        }
                         buf.drain(..end + 5);
                         in_data = false;
                         received.fetch_add(1, Ordering::Relaxed);
@@ -325,19 +401,86 @@ async fn idle(args: &Args, count: usize) -> Result<(), Error> {
     Ok(())
 }
 
+/// Every session guesses passwords as fast as the server answers, reconnecting when it is
+/// closed, for `length`; prints what the server answered and the RSS of `--pid` as it went.
+async fn auth_flood(args: &Args, length: Duration) -> Result<(), Error> {
+    let answers = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<
+        u16,
+        usize,
+    >::new()));
+    let until = Instant::now() + length;
+    let mut tasks = Vec::new();
+    for session in 0..args.sessions {
+        let (target, answers) = (args.target, answers.clone());
+        tasks.push(tokio::spawn(async move {
+            let guess = base64_plain(&format!("user{session}"), "wrong-password");
+            while Instant::now() < until {
+                let Ok(mut client) = Client::connect(target).await else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                while Instant::now() < until {
+                    let Ok(reply) = client.ask(&format!("AUTH PLAIN {guess}\r\n")).await else {
+                        break;
+                    };
+                    *answers
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(reply.code)
+                        .or_default() += 1;
+                    if reply.code == 421 {
+                        break;
+                    }
+                }
+            }
+        }));
+    }
+    let mut peak = vec![0u64; args.pid.len()];
+    while Instant::now() < until {
+        for (pid, peak) in args.pid.iter().zip(peak.iter_mut()) {
+            *peak = (*peak).max(rss_kib(*pid, "VmRSS"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    println!("auth flood       {} sessions for {length:?}", args.sessions);
+    for (code, count) in answers.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        println!("answered         {count} with {code}");
+    }
+    for (pid, peak) in args.pid.iter().zip(peak) {
+        println!(
+            "RSS              pid {pid}: peak {:.1} MiB, now {:.1} MiB",
+            peak as f64 / 1024.0,
+            rss_kib(*pid, "VmRSS") as f64 / 1024.0
+        );
+    }
+    Ok(())
+}
+
+fn base64_plain(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"))
+}
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
 fn report_rss(pids: &[u32], field: &str, label: &str) {
     for pid in pids {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{field}:")))
-            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-            .unwrap_or(0);
+        let kib = rss_kib(*pid, field);
         println!(
             "{label:<16} {} (pid {pid}): {:.1} MiB",
             comm.trim(),
