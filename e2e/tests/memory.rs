@@ -106,3 +106,40 @@ async fn new_transactions_get_452_while_the_budget_is_spent() {
     assert_eq!(nats.entries(STREAM).await.len(), 8);
     s.cmd("MAIL FROM:<late@example.com>").await.is(250, "2.1.0");
 }
+
+/// Delivery writes a stored body to the next hop as it reads it from the queue: six 6 MB
+/// messages delivered at once never sit whole in the delivery process.
+#[tokio::test]
+async fn delivery_streams_large_bodies() {
+    let mx = postern_e2e::MockMx::accepting().await;
+    let (nats, ingress) = start_relay(|_| {});
+    let bodies: Vec<Vec<u8>> = (0..6).map(|n| message(n, 6 * MIB)).collect();
+    for body in &bodies {
+        let reply = send(ingress.smtp(), body.clone()).await;
+        assert!(reply.starts_with("250 2.0.0"), "{reply}");
+    }
+    let mut config = postern_e2e::Relay::config(&nats);
+    config.delivery.routes = vec![postern_e2e::route_all(&mx.host())];
+    let delivery = postern_e2e::Relay::spawn(&["delivery"], config);
+    let delivered = mx.wait_for(6, Duration::from_secs(60)).await;
+    nats.wait_empty(STREAM, Duration::from_secs(20)).await;
+    let peak = delivery.peak_rss();
+    for d in &delivered {
+        let n: usize = d
+            .text()
+            .split("Subject: big ")
+            .nth(1)
+            .and_then(|rest| rest.split("\r\n").next())
+            .and_then(|n| n.parse().ok())
+            .unwrap();
+        assert!(
+            d.text()
+                .ends_with(&String::from_utf8_lossy(&bodies[n]).into_owned())
+        );
+    }
+    assert!(
+        peak < 40 * MIB as u64,
+        "delivery peak RSS {} MiB for 36 MB of messages",
+        peak / MIB as u64
+    );
+}

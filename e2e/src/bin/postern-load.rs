@@ -323,21 +323,27 @@ async fn sink_session(
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
     let mut in_data = false;
+    // Where the search for the end of data resumes: a large message is scanned once.
+    let mut scanned = 0;
     loop {
         let mut out = Vec::new();
         loop {
             if in_data {
-                match find(&buf, b"\r\n.\r\n") {
+                match find(&buf[scanned..], b"\r\n.\r\n").map(|at| at + scanned) {
                     Some(end) => {
                         if !buf[..end + 2].ends_with(TRAILER) {
                             truncated.fetch_add(1, Ordering::Relaxed);
                         }
                         buf.drain(..end + 5);
                         in_data = false;
+                        scanned = 0;
                         received.fetch_add(1, Ordering::Relaxed);
                         out.extend_from_slice(b"250 2.0.0 ok\r\n");
                     }
-                    None => break,
+                    None => {
+                        scanned = buf.len().saturating_sub(4);
+                        break;
+                    }
                 }
             } else {
                 let Some(end) = find(&buf, b"\r\n") else {

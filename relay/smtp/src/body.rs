@@ -118,9 +118,28 @@ impl BodyDecoder {
     /// Decodes `input`. For DATA, returns `Some(n)` when the terminator ended after `n` bytes of
     /// input (the rest belongs to the next command); `None` means all of it was body.
     pub fn feed(&mut self, input: &[u8]) -> Option<usize> {
-        for (i, &b) in input.iter().enumerate() {
+        let mut i = 0;
+        while let Some(&b) = input.get(i) {
+            // Inside a line, ordinary bytes are copied as a run: only CR, LF and NUL need
+            // the state machine.
+            if self.state == State::Text {
+                let run = input[i..]
+                    .iter()
+                    .position(|&b| matches!(b, b'\r' | b'\n' | 0))
+                    .unwrap_or(input.len() - i);
+                if run > 0 {
+                    self.line_len += run;
+                    if self.line_len > MAX_LINE_LENGTH {
+                        self.set_fault(BodyFault::LineTooLong);
+                    }
+                    self.emit(&input[i..i + run]);
+                    i += run;
+                    continue;
+                }
+            }
+            i += 1;
             if self.step(b) {
-                return Some(i + 1);
+                return Some(i);
             }
         }
         None
@@ -247,10 +266,12 @@ impl BodyDecoder {
 
     fn emit(&mut self, bytes: &[u8]) {
         self.size += bytes.len();
-        for &b in bytes {
-            self.header.byte(b);
-            self.eight_bit |= b > 127;
+        if !self.header.done {
+            for &b in bytes {
+                self.header.byte(b);
+            }
         }
+        self.eight_bit = self.eight_bit || !bytes.is_ascii();
         if self.size > self.max_size {
             self.set_fault(BodyFault::TooBig);
             self.body = Vec::new();

@@ -63,12 +63,11 @@ impl PasswordChecks {
         let workers = workers.max(1);
         let (jobs, queue) = std::sync::mpsc::sync_channel(workers * QUEUE_PER_WORKER);
         let queue = Arc::new(Mutex::new(queue));
-        let blocks = users.max_blocks();
         for index in 0..workers {
             let queue = queue.clone();
             std::thread::Builder::new()
                 .name(format!("postern-auth-{index}"))
-                .spawn(move || work(&queue, blocks))?;
+                .spawn(move || work(&queue))?;
         }
         Ok(PasswordChecks {
             users,
@@ -104,9 +103,10 @@ impl PasswordChecks {
     }
 }
 
-/// One worker: takes checks off the queue until the pool is dropped, always in the same memory.
-fn work(queue: &Mutex<Receiver<Job>>, blocks: usize) {
-    let mut memory = vec![argon2::Block::new(); blocks];
+/// One worker: takes checks off the queue until the pool is dropped, always in the same memory
+/// (allocated at its first check, grown only for a costlier hash).
+fn work(queue: &Mutex<Receiver<Job>>) {
+    let mut memory = Vec::new();
     loop {
         let job = match queue.lock().map(|queue| queue.recv()) {
             Ok(Ok(job)) => job,

@@ -210,12 +210,14 @@ impl Connection {
                     } else {
                         COMMAND_BUFFER
                     };
-                    if buf.len() != size {
-                        buf = vec![0u8; size];
+                    // Reads go into spare capacity, so a buffer is never zeroed first.
+                    if buf.capacity() != size {
+                        buf = Vec::with_capacity(size);
                     }
+                    buf.clear();
                     match self.read(session, &mut stream, &mut buf).await? {
                         Some(0) => return Ok(Outcome::Closed),
-                        Some(n) => session.receive(&buf[..n], Instant::now()),
+                        Some(_) => session.receive(&buf, Instant::now()),
                         None => {}
                     }
                 }
@@ -326,13 +328,13 @@ impl Connection {
         &mut self,
         session: &mut Session,
         stream: &mut S,
-        buf: &mut [u8],
+        buf: &mut Vec<u8>,
     ) -> std::io::Result<Option<usize>> {
         let Some(deadline) = session.poll_timeout() else {
             return Err(std::io::Error::other("session waits without a deadline"));
         };
         let read = tokio::select! {
-            read = timeout_at(deadline.into(), stream.read(buf)) => read,
+            read = timeout_at(deadline.into(), stream.read_buf(buf)) => read,
             () = self.shutdown.cancelled(), if !self.shutdown_seen => {
                 self.shutdown_seen = true;
                 session.shutdown();
