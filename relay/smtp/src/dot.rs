@@ -24,12 +24,10 @@ impl DotStuffer {
     /// Appends the DATA form of `piece` to `out`.
     pub fn push(&mut self, piece: &[u8], out: &mut Vec<u8>) {
         out.reserve(piece.len() + piece.len() / 64 + 2);
-        let mut bytes = piece.iter().copied();
+        let mut rest = piece;
         if std::mem::take(&mut self.pending_cr) {
-            match piece.first() {
-                Some(b'\n') => {
-                    bytes.next();
-                }
+            match rest.first() {
+                Some(b'\n') => rest = &rest[1..],
                 Some(_) => {}
                 None => {
                     self.pending_cr = true;
@@ -37,41 +35,39 @@ impl DotStuffer {
                 }
             }
         }
-        let mut bytes = bytes.peekable();
-        while let Some(b) = bytes.next() {
-            if self.line_start && b == b'.' {
+        // Line by line: the text up to a CR or LF is copied as is.
+        while let Some(&first) = rest.first() {
+            if self.line_start && first == b'.' {
                 out.push(b'.');
             }
-            match b {
-                b'\r' => {
-                    out.extend_from_slice(b"\r\n");
-                    self.line_start = true;
-                    match bytes.peek() {
-                        Some(b'\n') => {
-                            bytes.next();
-                        }
-                        Some(_) => {}
-                        None => self.pending_cr = true,
-                    }
+            let Some(end) = rest.iter().position(|&b| b == b'\r' || b == b'\n') else {
+                out.extend_from_slice(rest);
+                self.line_start = false;
+                return;
+            };
+            out.extend_from_slice(&rest[..end]);
+            out.extend_from_slice(b"\r\n");
+            self.line_start = true;
+            let skip = match (rest[end], rest.get(end + 1)) {
+                (b'\r', Some(b'\n')) => 2,
+                (b'\r', None) => {
+                    self.pending_cr = true;
+                    1
                 }
-                b'\n' => {
-                    out.extend_from_slice(b"\r\n");
-                    self.line_start = true;
-                }
-                _ => {
-                    out.push(b);
-                    self.line_start = false;
-                }
-            }
+                _ => 1,
+            };
+            rest = &rest[end + skip..];
         }
     }
 
-    /// Ends the data: a last line without CRLF gets one, then the `.` line.
-    pub fn finish(self, out: &mut Vec<u8>) {
+    /// Ends the data: a last line without CRLF gets one, then the `.` line. Nothing may be
+    /// pushed after it.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
         if !self.line_start {
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b".\r\n");
+        self.line_start = true;
     }
 }
 
@@ -87,6 +83,7 @@ pub fn dot_stuff(body: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::body::{BareLineEndings, BodyDecoder, is_clean};
     use proptest::prelude::*;
 
     #[test]
@@ -112,6 +109,19 @@ mod tests {
     }
 
     proptest! {
+        /// What delivery writes, ingress reads back unchanged: no bare CR/LF, no early end.
+        #[test]
+        fn stuffed_bodies_decode_to_the_original(body in proptest::collection::vec(prop_oneof![Just(b'.'), Just(b'\r'), Just(b'\n'), Just(b'x')], 0..200)) {
+            let wire = dot_stuff(&body);
+            prop_assert!(is_clean(&wire));
+            let mut decoder = BodyDecoder::data(BareLineEndings::Reject, 1 << 20);
+            prop_assert_eq!(decoder.feed(&wire), Some(wire.len()));
+            let decoded = decoder.into_body().unwrap();
+            if is_clean(&body) && (body.is_empty() || body.ends_with(b"\r\n")) {
+                prop_assert_eq!(decoded, body);
+            }
+        }
+
         /// Any split of a body into pieces gives the same wire bytes as the whole body.
         #[test]
         fn pieces_stuff_like_the_whole(

@@ -1,7 +1,7 @@
 //! Sessions with next hops: connect, greet, STARTTLS and AUTH once, then one transaction per
 //! message, driving the sans-IO client over TCP or TLS. The client owns the reply deadlines;
 //! this adapter sleeps until them. Open sessions wait in a [`Pool`] for the next message to
-//! the same next hop, watched so that an idle one is closed on time and a peer's close noticed.
+//! the same next hop, swept so that an idle one is closed on time and a peer's close noticed.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -19,7 +19,6 @@ use postern_smtp::{Reply, Status};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 use tokio::time::{timeout, timeout_at};
 
 use crate::queue::Content;
@@ -152,7 +151,7 @@ pub async fn deliver(
     content: &Content,
 ) -> Result<Outcome, AttemptFailure> {
     let key = pool.key(target, settings);
-    if let Some(mut connection) = pool.take(&key).await {
+    if let Some(mut connection) = pool.take(&key) {
         match connection.transaction(outgoing, content).await {
             Ok(outcome) => {
                 pool.give_back(key, connection);
@@ -374,48 +373,61 @@ impl Connection {
     /// discards what it got.
     async fn send_body(&mut self, content: &Content) -> Result<(), AttemptFailure> {
         self.flush().await?;
+        let unreadable = |err: crate::queue::BodyError| {
+            local(4, 3, 0, format!("the queued body could not be read: {err}"))
+        };
         let mut reader = content.reader();
         let mut stuffer = DotStuffer::default();
         let mut out = Vec::new();
+        let mut next = reader.next().await;
+        let mut ended = false;
         loop {
-            let piece = match reader.next().await {
+            let piece = match next {
                 Ok(Some(piece)) => piece,
                 Ok(None) => break,
                 Err(err) => {
                     let _ = self.stream.shutdown().await;
-                    return Err(local(
-                        4,
-                        3,
-                        0,
-                        format!("the queued body could not be read: {err}"),
-                    ));
+                    return Err(unreadable(err));
                 }
             };
             out.clear();
             stuffer.push(&piece, &mut out);
+            // Read ahead, so the last piece goes out with the final dot in one write.
+            next = reader.next().await;
+            if matches!(next, Ok(None)) {
+                stuffer.finish(&mut out);
+                ended = true;
+            }
             write(&mut self.stream, &out, self.write_limit)
                 .await
                 .map_err(|_| self.lost())?;
+            if ended {
+                // The final dot is out: from here on the server's reply is due.
+                break;
+            }
             self.peek().await?;
         }
-        out.clear();
-        stuffer.finish(&mut out);
-        write(&mut self.stream, &out, self.write_limit)
-            .await
-            .map_err(|_| self.lost())?;
+        if !ended {
+            out.clear();
+            stuffer.finish(&mut out);
+            write(&mut self.stream, &out, self.write_limit)
+                .await
+                .map_err(|_| self.lost())?;
+        }
         self.client.body_sent(Instant::now());
         Ok(())
     }
 
     /// Hands the client whatever the server has sent, without waiting.
     async fn peek(&mut self) -> Result<(), AttemptFailure> {
-        match timeout(Duration::ZERO, self.stream.read(&mut self.buf)).await {
-            Err(_) => Ok(()),
-            Ok(Ok(n)) if n > 0 => {
+        use futures::FutureExt;
+        match self.stream.read(&mut self.buf).now_or_never() {
+            None => Ok(()),
+            Some(Ok(n)) if n > 0 => {
                 self.client.receive(&self.buf[..n], Instant::now());
                 Ok(())
             }
-            Ok(_) => Err(self.lost()),
+            Some(_) => Err(self.lost()),
         }
     }
 
@@ -474,38 +486,43 @@ fn stage_before_data(stage: Stage) -> bool {
     )
 }
 
-/// An idle session in the pool, held by the task that watches it.
-struct Idle {
-    claim: oneshot::Sender<oneshot::Sender<Connection>>,
-}
-
-/// Open sessions waiting for the next message to the same next hop. Each idle session is
-/// watched by a task that closes it with QUIT once idle too long, and closes Postern's end as
-/// soon as the server closes or says anything (a 421 before its own timeout).
+/// Open sessions waiting for the next message to the same next hop. A sweep every half second
+/// closes with QUIT the sessions idle for `idle_timeout`, and at once those the server closed or
+/// spoke on meanwhile (a 421 before its own timeout), so no socket lingers half-closed.
 #[derive(Debug)]
 pub struct Pool {
-    idle: Mutex<HashMap<String, Vec<Idle>>>,
+    idle: Mutex<HashMap<String, Vec<(Connection, Instant)>>>,
     max_messages: usize,
     max_idle: usize,
     idle_timeout: Duration,
 }
 
-impl std::fmt::Debug for Idle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Idle").finish_non_exhaustive()
-    }
-}
+/// How often idle sessions are looked at.
+const SWEEP: Duration = Duration::from_millis(500);
 
 impl Pool {
     /// A pool keeping at most `max_idle` sessions per next hop, each for `max_messages`
-    /// messages and `idle_timeout` without use.
-    pub fn new(max_messages: usize, max_idle: usize, idle_timeout: Duration) -> Pool {
-        Pool {
+    /// messages and `idle_timeout` without use; its sweep runs until the pool is dropped.
+    pub fn start(max_messages: usize, max_idle: usize, idle_timeout: Duration) -> Arc<Pool> {
+        let pool = Arc::new(Pool {
             idle: Mutex::default(),
             max_messages,
             max_idle,
             idle_timeout,
-        }
+        });
+        let weak = Arc::downgrade(&pool);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SWEEP).await;
+                let Some(pool) = weak.upgrade() else {
+                    return;
+                };
+                for connection in pool.sweep() {
+                    tokio::spawn(connection.quit());
+                }
+            }
+        });
+        pool
     }
 
     fn key(&self, target: &Target, settings: &Settings) -> String {
@@ -516,21 +533,9 @@ impl Pool {
         )
     }
 
-    /// An idle session to the next hop `key`, if one is still open.
-    async fn take(&self, key: &str) -> Option<Connection> {
-        loop {
-            let idle = {
-                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-                idle.get_mut(key)?.pop()?
-            };
-            let (reply, connection) = oneshot::channel();
-            // A watcher that closed its session already is gone: try the next one.
-            if idle.claim.send(reply).is_ok()
-                && let Ok(connection) = connection.await
-            {
-                return Some(connection);
-            }
-        }
+    fn take(&self, key: &str) -> Option<Connection> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.get_mut(key)?.pop().map(|(connection, _)| connection)
     }
 
     /// Keeps a session for the next message, or ends it.
@@ -539,55 +544,46 @@ impl Pool {
             tokio::spawn(connection.quit());
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let sessions = idle.entry(key).or_default();
-        sessions.retain(|s| !s.claim.is_closed());
-        if sessions.len() >= self.max_idle {
+        let surplus = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let sessions = idle.entry(key).or_default();
+            if sessions.len() < self.max_idle {
+                sessions.push((connection, Instant::now()));
+                None
+            } else {
+                Some(connection)
+            }
+        };
+        if let Some(connection) = surplus {
             tokio::spawn(connection.quit());
-            return;
         }
-        let (claim, claimed) = oneshot::channel();
-        sessions.push(Idle { claim });
-        tokio::spawn(watch(connection, claimed, self.idle_timeout));
+    }
+
+    /// Takes out the sessions idle too long, to be ended with QUIT; drops those the server
+    /// closed or spoke on.
+    fn sweep(&self) -> Vec<Connection> {
+        let mut expired = Vec::new();
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        for sessions in idle.values_mut() {
+            for (mut connection, since) in std::mem::take(sessions) {
+                if since.elapsed() >= self.idle_timeout {
+                    expired.push(connection);
+                } else if connection.peer_is_quiet() {
+                    sessions.push((connection, since));
+                }
+            }
+        }
+        idle.retain(|_, sessions| !sessions.is_empty());
+        expired
     }
 }
 
-/// What ended an idle session's wait.
-enum Wake {
-    Claimed(oneshot::Sender<Connection>),
-    Peer,
-    Idle,
-}
-
-/// Holds an idle session until it is claimed, the server closes or speaks, or it has been
-/// idle for `idle_timeout`.
-async fn watch(
-    mut connection: Connection,
-    claimed: oneshot::Receiver<oneshot::Sender<Connection>>,
-    idle_timeout: Duration,
-) {
-    let wake = {
-        let read = connection.stream.read(&mut connection.buf);
-        tokio::select! {
-            claim = claimed => match claim {
-                Ok(reply) => Wake::Claimed(reply),
-                Err(_) => Wake::Idle,
-            },
-            _ = read => Wake::Peer,
-            () = tokio::time::sleep(idle_timeout) => Wake::Idle,
-        }
-    };
-    match wake {
-        Wake::Claimed(reply) => {
-            // A claim that lost the race takes the next session; this one is closed.
-            if let Err(connection) = reply.send(connection) {
-                connection.quit().await;
-            }
-        }
-        Wake::Peer => {
-            let _ = connection.stream.shutdown().await;
-        }
-        Wake::Idle => connection.quit().await,
+impl Connection {
+    /// True while the server has neither closed nor sent anything: a look at the socket that
+    /// never waits. Whatever it read is dropped with the connection.
+    fn peer_is_quiet(&mut self) -> bool {
+        use futures::FutureExt;
+        self.stream.read(&mut self.buf).now_or_never().is_none()
     }
 }
 

@@ -134,11 +134,11 @@ impl NextHops {
             settings,
             smarthost,
             slots: DestinationSlots::new(delivery.connections_per_destination),
-            pool: Arc::new(Pool::new(
+            pool: Pool::start(
                 delivery.max_messages_per_connection,
                 delivery.connections_per_destination,
                 delivery.timeouts.idle.get(),
-            )),
+            ),
             dns,
         })
     }
