@@ -173,7 +173,12 @@ impl BodyDecoder {
     /// Takes the decoded bytes so far; later bytes start a new buffer. Only bytes of a body
     /// without a fault so far are ever handed out.
     pub fn take(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.body)
+        // The next run of content is likely as large: start its buffer at that size, and give
+        // back what the taken one over-allocated while it grew.
+        let next = Vec::with_capacity(self.body.len());
+        let mut taken = std::mem::replace(&mut self.body, next);
+        taken.shrink_to_fit();
+        taken
     }
 
     /// Ends a BDAT body: resolves a trailing CR and makes the body end with CRLF.

@@ -306,20 +306,21 @@ impl Connection {
         streaming.write(content, &mut self.memory).await;
     }
 
-    /// Holds memory for what the session keeps plus the next read. When the budget has no
-    /// room, what the session holds goes to the body stream first, then the session waits for
-    /// room for the read alone: the client is slowed, never buffered beyond the budget.
+    /// Holds memory for what the session keeps plus the next read (which is held twice for a
+    /// moment: in the read buffer and in the session's input). When the budget has no room,
+    /// what the session holds goes to the body stream first, then the session waits for room
+    /// for the read alone: the client is slowed, never buffered beyond the budget.
     async fn reserve_for_read(&mut self, session: &mut Session) {
         let memory = self.shared.memory.clone();
         let held = session.content_buffered();
-        if memory.try_grow(&mut self.memory, held + DATA_BUFFER) {
+        if memory.try_grow(&mut self.memory, held + 2 * DATA_BUFFER) {
             return;
         }
         if let Some(content) = session.take_content(1) {
             self.store(content).await;
         }
-        self.memory.shrink_to(DATA_BUFFER);
-        memory.grow(&mut self.memory, DATA_BUFFER).await;
+        self.memory.shrink_to(2 * DATA_BUFFER);
+        memory.grow(&mut self.memory, 2 * DATA_BUFFER).await;
     }
 
     /// Reads once, until the session's deadline, reacting to shutdown. `None` means "no bytes,

@@ -32,6 +32,10 @@ pub const CHUNK: usize = 128 * 1024;
 const IN_FLIGHT: usize = 4;
 /// Compare-and-set attempts on a reference set before giving up for now.
 const CAS_ATTEMPTS: usize = 64;
+/// How long a chunk or a reference set may wait for JetStream. Entries have their own,
+/// shorter deadline (`nats.ackTimeout`); a body that is only slow to store is waited for rather
+/// than failing a message whose client waits for its reply anyway.
+const STORAGE_WAIT: Duration = Duration::from_secs(60);
 
 /// Why a body could not be stored or read.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +88,8 @@ impl Bodies {
         config: &NatsConfig,
         ttl: Duration,
     ) -> Result<Bodies, async_nats::Error> {
+        let mut js = js.clone();
+        js.set_timeout(STORAGE_WAIT);
         let name = config.body_stream.clone();
         let wanted = stream::Config {
             name: name.clone(),
@@ -100,11 +106,7 @@ impl Bodies {
         };
         js.create_or_update_stream(wanted).await?;
         let stream = js.get_stream(&name).await?;
-        Ok(Bodies {
-            js: js.clone(),
-            stream,
-            name,
-        })
+        Ok(Bodies { js, stream, name })
     }
 
     fn subject(&self, key: &str, part: &str) -> String {
