@@ -125,6 +125,25 @@ async fn signatures_verify_against_published_keys_and_follow_key_files() {
             .all(|r| !r.starts_with("pass"))
     );
 
+    // A message larger than inlineBodyLimit is streamed to the queue and signed on the way.
+    let large = format!(
+        "From: Alice <alice@example.com>\r\nTo: rcpt@example.org\r\nSubject: large\r\n\r\n{}",
+        "a line of a long message,  with  spaces \r\n".repeat(10_000)
+    );
+    send(&relay, "alice@example.com", &large).await;
+    let received = mx.wait_for(2, WAIT).await[1].text();
+    assert!(received.len() > 400_000 && received.ends_with(&large[large.len() - 1000..]));
+    let mut verdicts = results(&auth, received.as_bytes()).await;
+    verdicts.sort();
+    assert_eq!(verdicts, ["pass ed", "pass rsa"], "a streamed message verifies");
+    let tampered = received.replace("a line of a long", "a line of a lung");
+    assert!(
+        results(&auth, tampered.as_bytes())
+            .await
+            .iter()
+            .all(|r| !r.starts_with("pass"))
+    );
+
     // Other domains are not signed.
     send(
         &relay,
@@ -132,7 +151,7 @@ async fn signatures_verify_against_published_keys_and_follow_key_files() {
         "From: bob@other.example\r\nSubject: plain\r\n\r\nx\r\n",
     )
     .await;
-    let unsigned = mx.wait_for(2, WAIT).await[1].text();
+    let unsigned = mx.wait_for(3, WAIT).await[2].text();
     assert!(!unsigned.contains("DKIM-Signature"), "{unsigned}");
 
     // A new key file is picked up without a restart.
@@ -143,7 +162,7 @@ async fn signatures_verify_against_published_keys_and_follow_key_files() {
     // A fresh resolver: the first one cached the old key's record for its TTL.
     let auth = authenticator(&dns);
     let start = std::time::Instant::now();
-    let mut count = 2;
+    let mut count = 3;
     loop {
         send(&relay, "alice@example.com", message).await;
         count += 1;
