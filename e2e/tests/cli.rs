@@ -56,6 +56,18 @@ fn check_config_accepts_a_valid_file_and_names_bad_fields() {
         stderr(&unknown)
     );
 
+    let open = postern(
+        &["check-config"],
+        Some("ingress: { allowedNetworks: [\"0.0.0.0/0\"] }\n"),
+    );
+    assert!(open.status.success(), "valid, only risky");
+    assert!(
+        stderr(&open)
+            .contains("warning: ingress.allowedNetworks[0]: 0.0.0.0/0 lets every address relay"),
+        "{}",
+        stderr(&open)
+    );
+
     let files = postern(
         &["check-config", "--files"],
         Some("ingress: { usersFile: /nonexistent/users }\n"),

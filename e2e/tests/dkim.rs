@@ -135,7 +135,11 @@ async fn signatures_verify_against_published_keys_and_follow_key_files() {
     assert!(received.len() > 400_000 && received.ends_with(&large[large.len() - 1000..]));
     let mut verdicts = results(&auth, received.as_bytes()).await;
     verdicts.sort();
-    assert_eq!(verdicts, ["pass ed", "pass rsa"], "a streamed message verifies");
+    assert_eq!(
+        verdicts,
+        ["pass ed", "pass rsa"],
+        "a streamed message verifies"
+    );
     let tampered = received.replace("a line of a long", "a line of a lung");
     assert!(
         results(&auth, tampered.as_bytes())
