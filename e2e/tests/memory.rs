@@ -7,7 +7,6 @@
 use std::time::Duration;
 
 use postern_e2e::{ReplyExt, STREAM, Smtp, start_relay};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MIB: usize = 1024 * 1024;
 
@@ -24,22 +23,31 @@ fn message(n: usize, size: usize) -> Vec<u8> {
     body
 }
 
-/// Sends one message over a fresh session and returns the final reply line.
+/// Sends one message over a fresh session, as a patient client would: a `452` at MAIL (the
+/// relay's memory is spent) is tried again a moment later. Returns the reply to the message.
 async fn send(addr: std::net::SocketAddr, body: Vec<u8>) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut script =
-        b"EHLO client.test\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n"
-            .to_vec();
-    let mut greeting = [0u8; 512];
-    let _ = stream.read(&mut greeting).await.unwrap();
-    stream.write_all(&script).await.unwrap();
-    script.clear();
-    script.extend_from_slice(&body);
-    script.extend_from_slice(b".\r\nQUIT\r\n");
-    stream.write_all(&script).await.unwrap();
-    let mut replies = String::new();
-    stream.read_to_string(&mut replies).await.unwrap();
-    replies.lines().rev().nth(1).unwrap_or_default().to_string()
+    let mut s = Smtp::greeted(addr).await;
+    s.ehlo("client.test").await;
+    loop {
+        let mail = s.cmd("MAIL FROM:<a@example.com>").await;
+        if mail.code == 452 {
+            s.cmd("RSET").await.is(250, "2.0.0");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        mail.is(250, "2.1.0");
+        break;
+    }
+    s.cmd("RCPT TO:<b@example.org>").await.is(250, "2.1.5");
+    s.cmd("DATA").await.is(354, "");
+    s.send(&body).await;
+    s.send(b".\r\n").await;
+    let reply = s.reply().await;
+    format!(
+        "{} {}",
+        reply.code,
+        reply.status.map(|s| s.to_string()).unwrap_or_default()
+    )
 }
 
 /// Twelve sessions send 6 MB each at once, 72 MB in all, against an 8 MiB budget: every

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
 use postern_config::{Config, DeliveryConfig};
+use postern_smtp::{Reply, Status};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,7 +22,6 @@ use crate::queue::{
     BodyError, BodyRef, ClientFacts, Content, EnqueueError, Lineage, Queue, Submission, Submitted,
     TOMBSTONE,
 };
-use postern_smtp::{Reply, Status};
 
 /// Entries fetched in one pull request, at most.
 const MAX_BATCH: usize = 64;
@@ -252,35 +252,36 @@ impl Worker {
                 "The message content was lost from the queue; please send it again",
             )
         };
-        let results = envelope
-            .recipients
-            .iter()
-            .map(|recipient| RecipientResult {
-                recipient: recipient.clone(),
-                reply: reply.clone(),
-                host: None,
-                from_server: false,
-            })
-            .collect();
-        if expired {
-            let failed: Vec<FailedRecipient> = envelope
+        if !expired {
+            // A permanent failure like any other: bounced through the usual settling.
+            let results = envelope
                 .recipients
                 .iter()
-                .map(|recipient| FailedRecipient {
+                .map(|recipient| RecipientResult {
                     recipient: recipient.clone(),
                     reply: reply.clone(),
-                    remote_host: None,
-                    expired: true,
+                    host: None,
+                    from_server: false,
                 })
                 .collect();
-            for _ in &failed {
-                self.metrics.outcome("expired");
-            }
-            self.bounce(envelope, &content.prefix(), &failed).await?;
-            self.finish(envelope).await;
-            return Ok(());
+            return self.settle(envelope, content, results).await;
         }
-        self.settle(envelope, content, results).await
+        let failed: Vec<FailedRecipient> = envelope
+            .recipients
+            .iter()
+            .map(|recipient| FailedRecipient {
+                recipient: recipient.clone(),
+                reply: reply.clone(),
+                remote_host: None,
+                expired: true,
+            })
+            .collect();
+        for _ in &failed {
+            self.metrics.outcome("expired");
+        }
+        self.bounce(envelope, &content.prefix(), &failed).await?;
+        self.finish(envelope).await;
+        Ok(())
     }
 
     /// Records every recipient's outcome durably: a retry entry for temporary failures, a
