@@ -190,6 +190,20 @@ pub async fn queue_entries(url: &str, stream: &str) -> Vec<QueueEntry> {
                 body.extend_from_slice(&stored);
                 body
             }
+            // An earlier build's body, in its object store bucket.
+            BodyRef::Object { bucket, key, .. } => {
+                use tokio::io::AsyncReadExt;
+                let store = js.get_object_store(bucket).await.expect("body bucket");
+                let Ok(mut object) = store.get(key).await else {
+                    continue;
+                };
+                let mut body = Vec::new();
+                object
+                    .read_to_end(&mut body)
+                    .await
+                    .expect("reading body object");
+                body
+            }
         };
         let headers = raw
             .headers

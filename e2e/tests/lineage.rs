@@ -296,3 +296,78 @@ async fn stored_bodies_are_read_without_consumers() {
         d.log()
     );
 }
+
+/// Entries an earlier build queued, with their body in its object store bucket, are delivered
+/// after an upgrade, and the last one removes the body.
+#[tokio::test]
+async fn bodies_stored_by_an_earlier_build_are_delivered_and_released() {
+    use async_nats::jetstream::{kv, object_store};
+    let nats = NatsServer::start();
+    let mx = MockMx::accepting().await;
+    let config = config(
+        &nats,
+        vec![route("a.example", &mx), route("b.example", &mx)],
+    );
+    let _d = delivery(&config);
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let store = js
+        .create_object_store(object_store::Config {
+            bucket: BODIES.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let refs = js
+        .create_key_value(kv::Config {
+            bucket: format!("{BODIES}_REFS"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let body = large_body("earlier").replace(
+        "From: a@example.com",
+        "Received: by an earlier build\r\nFrom: a@example.com",
+    );
+    let key = "01J0000000000000000000OLD1";
+    store.put(key, &mut body.as_bytes()).await.unwrap();
+    refs.put(key, "2".into()).await.unwrap();
+    for domain in ["a.example", "b.example"] {
+        let envelope = format!(
+            r#"{{"version":1,"queueId":"{key}","sender":"a@example.com","domain":"{domain}","recipients":["x@{domain}"],"receivedAtMs":{now},"attempts":0,"client":{{"address":"127.0.0.1","helo":"old"}},"smtputf8":false,"eightBitMime":false,"body":{{"kind":"object","bucket":"{BODIES}","key":"{key}","size":{size},"entries":2}},"traceparent":"00-0-0-01"}}"#,
+            now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis(),
+            size = body.len(),
+        );
+        js.publish(
+            format!("postern.queue.{}", domain.replace('.', "_")),
+            format!("{envelope}\n").into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let delivered = mx.wait_for(2, WAIT).await;
+    for d in &delivered {
+        assert!(
+            d.text().ends_with(&body),
+            "whole body to {:?}",
+            d.recipients
+        );
+    }
+    nats.wait_empty(STREAM, WAIT).await;
+    let start = Instant::now();
+    while store.info(key).await.is_ok_and(|info| !info.deleted) {
+        assert!(
+            start.elapsed() < WAIT,
+            "the earlier build's body is still stored"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        refs.get(key).await.unwrap().is_none(),
+        "and its count is gone"
+    );
+}

@@ -386,7 +386,7 @@ impl Worker {
             ..envelope.clone()
         };
         let id = match &mut next.body {
-            BodyRef::Inline { .. } => format!(
+            BodyRef::Inline { .. } | BodyRef::Object { .. } => format!(
                 "{}.{}.retry{attempt}",
                 envelope.queue_id,
                 entry::domain_token(&envelope.domain)

@@ -57,7 +57,7 @@ fn nats(err: impl Into<async_nats::Error>) -> BodyError {
 #[derive(Clone)]
 pub struct Bodies {
     js: Context,
-    stream: stream::Stream,
+    stream: stream::Stream<()>,
     name: String,
 }
 
@@ -105,7 +105,7 @@ impl Bodies {
             ..Default::default()
         };
         js.create_or_update_stream(wanted).await?;
-        let stream = js.get_stream(&name).await?;
+        let stream = js.get_stream_no_info(&name).await?;
         Ok(Bodies { js, stream, name })
     }
 
@@ -358,7 +358,7 @@ impl Upload {
 /// Reads a stored body chunk by chunk.
 #[derive(Clone)]
 pub struct BodyReader {
-    stream: stream::Stream,
+    stream: stream::Stream<()>,
     subject: String,
     key: String,
     next_sequence: u64,

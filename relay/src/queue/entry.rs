@@ -3,9 +3,19 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Envelope format version written by this build. Version 2 stores large bodies in a stream of
-/// their own, tracked per lineage.
+/// The newest envelope format this build reads. Version 2 stores large bodies in a stream of
+/// their own, tracked per lineage; version 1 entries (inline bodies, or bodies in the object
+/// store bucket of earlier builds) are still read.
 pub const ENVELOPE_VERSION: u32 = 2;
+
+/// The version an entry with this body is written as: the oldest that can describe it, so a
+/// delivery process of an earlier build, during a rolling upgrade, still delivers what it can.
+pub fn version_for(body: &BodyRef) -> u32 {
+    match body {
+        BodyRef::Inline { .. } | BodyRef::Object { .. } => 1,
+        BodyRef::Stored { .. } => 2,
+    }
+}
 
 /// Everything delivery needs to know about one entry, besides the body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +76,15 @@ pub enum BodyRef {
         size: u64,
         lineage: u32,
         token: String,
+    },
+    /// Written by builds before version 2: the whole body in the object store bucket `bucket`,
+    /// shared by `entries` entries whose count in `<bucket>_REFS` the last one to finish takes
+    /// to zero. Still read, so mail queued before an upgrade is delivered.
+    Object {
+        bucket: String,
+        key: String,
+        size: u64,
+        entries: u32,
     },
 }
 
@@ -166,6 +185,25 @@ mod tests {
         let (decoded, body) = decode(&payload).unwrap();
         assert_eq!(decoded, env);
         assert_eq!(body, b"a\r\nb\n");
+    }
+
+    #[test]
+    fn reads_entries_of_earlier_builds_and_writes_the_oldest_version_that_fits() {
+        let earlier = br#"{"version":1,"queueId":"01J","sender":"a@x","domain":"y","recipients":["b@y"],"receivedAtMs":1,"attempts":0,"client":{"address":"127.0.0.1","helo":"h"},"smtputf8":false,"eightBitMime":false,"body":{"kind":"object","bucket":"POSTERN_BODIES","key":"01J","size":9,"entries":2},"traceparent":"00-0-0-01"}
+"#;
+        let (decoded, inline) = decode(earlier).unwrap();
+        assert!(inline.is_empty());
+        assert!(matches!(decoded.body, BodyRef::Object { entries: 2, .. }));
+        assert!(!decoded.eight_bit, "absent in version 1");
+        assert_eq!(version_for(&BodyRef::Inline { size: 0 }), 1);
+        let stored = BodyRef::Stored {
+            stream: "S".into(),
+            key: "k".into(),
+            size: 1,
+            lineage: 0,
+            token: "0".into(),
+        };
+        assert_eq!(version_for(&stored), 2);
     }
 
     #[test]

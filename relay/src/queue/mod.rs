@@ -4,6 +4,7 @@
 pub mod bodies;
 pub mod content;
 pub mod entry;
+mod legacy;
 mod publish;
 
 use std::sync::{Arc, OnceLock};
@@ -301,7 +302,7 @@ impl Queue {
                     },
                 };
                 let envelope = Envelope {
-                    version: entry::ENVELOPE_VERSION,
+                    version: entry::version_for(&body),
                     queue_id: queue_id.clone(),
                     sender: sender.clone(),
                     domain,
@@ -385,6 +386,12 @@ impl Queue {
                 *size,
                 self.bodies()?.reader(key, *size),
             )),
+            BodyRef::Object {
+                bucket, key, size, ..
+            } => Ok(Content::object(
+                *size,
+                legacy::ObjectBody::new(&self.inner.jetstream, bucket, key),
+            )),
         }
     }
 
@@ -404,6 +411,12 @@ impl Queue {
         envelope: &Envelope,
         next: Option<&str>,
     ) -> Result<Option<Lineage>, EnqueueError> {
+        if let (BodyRef::Object { bucket, key, .. }, None) = (&envelope.body, next) {
+            legacy::ObjectBody::new(&self.inner.jetstream, bucket, key)
+                .release()
+                .await?;
+            return Ok(None);
+        }
         let Some((key, lineage, token)) = stored_lineage(envelope) else {
             return Ok(None);
         };
@@ -444,7 +457,8 @@ impl Queue {
             .map_err(|e| error(e.into()))
     }
 
-    /// Deletes the queue stream and the body stream, with any mail still queued.
+    /// Deletes the queue stream and the body stream (and the buckets of earlier builds), with
+    /// any mail still queued.
     pub async fn delete(&self) -> Result<(), QueueError> {
         let config = &self.inner.config;
         let missing_is_fine = |err: &async_nats::jetstream::context::DeleteStreamError| {
@@ -454,7 +468,12 @@ impl Queue {
                     if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
             )
         };
-        for name in [config.stream.clone(), config.body_stream.clone()] {
+        for name in [
+            config.stream.clone(),
+            config.body_stream.clone(),
+            format!("OBJ_{}", config.body_stream),
+            format!("KV_{}_REFS", config.body_stream),
+        ] {
             if let Err(err) = self.inner.jetstream.delete_stream(&name).await
                 && !missing_is_fine(&err)
             {
@@ -477,7 +496,7 @@ fn stored_lineage(envelope: &Envelope) -> Option<(&str, u32, &str)> {
             token,
             ..
         } => Some((key, *lineage, token)),
-        BodyRef::Inline { .. } => None,
+        BodyRef::Inline { .. } | BodyRef::Object { .. } => None,
     }
 }
 
