@@ -60,3 +60,48 @@ delivery:
     assert!(validate(&long, &spec("{}")).is_err());
     validate(&"a".repeat(47), &spec("{}")).unwrap();
 }
+
+#[test]
+fn replica_bounds_default_per_field() {
+    use postern_operator::api::{DELIVERY_REPLICAS, INGRESS_REPLICAS};
+    let relay = spec("delivery: { replicas: { min: 20 } }\ningress: { replicas: { max: 1 } }");
+    validate("mail", &relay).unwrap();
+    assert_eq!(relay.delivery.replicas.bounds(DELIVERY_REPLICAS), (20, 20));
+    assert_eq!(relay.ingress.replicas.bounds(INGRESS_REPLICAS), (1, 1));
+    let relay = spec("delivery: { replicas: { max: 4 } }");
+    assert_eq!(relay.delivery.replicas.bounds(DELIVERY_REPLICAS), (1, 4));
+    assert_eq!(
+        spec("{}").ingress.replicas.bounds(INGRESS_REPLICAS),
+        (2, 10)
+    );
+
+    // The schema the API server checks requires neither bound.
+    let crd = serde_json::to_value(&postern_operator::api::crds()[0]).unwrap();
+    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    for side in ["ingress", "delivery"] {
+        let replicas = &schema["properties"][side]["properties"]["replicas"];
+        assert!(replicas.get("required").is_none(), "{replicas}");
+    }
+}
+
+#[test]
+fn stream_replicas_are_one_three_or_five() {
+    let err = validate("mail", &spec("nats: { streamReplicas: 2 }")).unwrap_err();
+    assert_eq!(
+        err.problems,
+        [
+            "spec.nats.streamReplicas: 2 replicas survive no more failures than one fewer; use 1, 3 or 5"
+        ]
+    );
+    for replicas in [1, 3, 5] {
+        validate(
+            "mail",
+            &spec(&format!("nats: {{ streamReplicas: {replicas} }}")),
+        )
+        .unwrap();
+    }
+    let crd = serde_json::to_value(&postern_operator::api::crds()[0]).unwrap();
+    let field = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+        ["nats"]["properties"]["streamReplicas"];
+    assert_eq!(field["enum"], serde_json::json!([1, 3, 5]), "{field}");
+}

@@ -32,7 +32,7 @@ const DOMAIN_PATTERN: &str =
 #[serde(rename_all = "camelCase")]
 pub struct DomainSpec {
     /// The domain in From addresses, such as `example.com`.
-    #[schemars(regex(pattern = DOMAIN_PATTERN))]
+    #[schemars(regex(pattern = DOMAIN_PATTERN), length(min = 1, max = 253))]
     #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "domain cannot be changed; create another Domain"}]))]
     pub domain: String,
     /// The Relay that signs and sends this domain's mail.
@@ -135,6 +135,7 @@ pub struct SpfSpec {
     pub publish: bool,
     /// Addresses or networks mail leaves from (the cluster's egress / NAT addresses).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 64)))]
     #[schemars(extend("x-kubernetes-validations" = [{"rule": "self.all(n, isCIDR(n) || isIP(n))", "message": "every entry must be an IP address or CIDR"}]))]
     pub addresses: Vec<String>,
     /// Other senders' SPF records, such as `_spf.google.com`.

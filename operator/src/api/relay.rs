@@ -83,7 +83,7 @@ pub struct NatsSpec {
     pub stream: Option<String>,
     /// Stream replicas: 1, 3 or 5. Default: 3.
     #[serde(default = "default_stream_replicas")]
-    #[schemars(range(min = 1, max = 5))]
+    #[schemars(extend("enum" = [1, 3, 5]))]
     pub stream_replicas: u8,
     /// Delete the stream (and any mail still queued) when the Relay is deleted. Default: false,
     /// the stream is kept.
@@ -111,23 +111,44 @@ fn default_stream_replicas() -> u8 {
     3
 }
 
-/// Replica bounds of an autoscaled Deployment.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+/// Replica bounds of an autoscaled Deployment. Either bound may be left out: a missing `min`
+/// is the default (or `max`, if that is lower), a missing `max` the default (or `min`, if that
+/// is higher).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.min <= self.max").message("replicas.min must not exceed replicas.max"))]
+#[x_kube(validation = Rule::new("!has(self.min) || !has(self.max) || self.min <= self.max").message("replicas.min must not exceed replicas.max"))]
 pub struct Replicas {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
-    pub min: i32,
+    pub min: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
-    pub max: i32,
+    pub max: Option<i32>,
 }
+
+impl Replicas {
+    /// The bounds, filling in what is left out from `default` (min, max).
+    pub fn bounds(&self, default: (i32, i32)) -> (i32, i32) {
+        match (self.min, self.max) {
+            (Some(min), Some(max)) => (min, max),
+            (Some(min), None) => (min, default.1.max(min)),
+            (None, Some(max)) => (default.0.min(max), max),
+            (None, None) => default,
+        }
+    }
+}
+
+/// Default replica bounds of the ingress Deployment.
+pub const INGRESS_REPLICAS: (i32, i32) = (2, 10);
+/// Default replica bounds of the delivery Deployment.
+pub const DELIVERY_REPLICAS: (i32, i32) = (1, 10);
 
 /// Ingress pods and their Service.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IngressSpec {
     /// Bounds of the CPU autoscaler. Default: 2 to 10.
-    #[serde(default = "default_ingress_replicas")]
+    #[serde(default)]
     pub replicas: Replicas,
     /// Average CPU use (percent of requests) the autoscaler aims for. Default: 70.
     #[serde(default = "default_cpu_target")]
@@ -146,6 +167,7 @@ pub struct IngressSpec {
     /// Client networks (CIDRs) that may relay without AUTH. Default: the private ranges
     /// 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16 and fd00::/8.
     #[serde(default = "default_allowed_networks")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 64)))]
     #[schemars(extend("x-kubernetes-validations" = [{"rule": "self.all(n, isCIDR(n))", "message": "every entry must be a CIDR such as 10.0.0.0/8"}]))]
     pub allowed_networks: Vec<String>,
     /// Secret holding the users file (`name:<argon2 hash>` lines, made with
@@ -157,6 +179,7 @@ pub struct IngressSpec {
     pub sender_domains: Vec<String>,
     /// Load balancer addresses (CIDRs) allowed to send PROXY protocol headers. Default: any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 64)))]
     #[schemars(extend("x-kubernetes-validations" = [{"rule": "self.all(n, isCIDR(n))", "message": "every entry must be a CIDR such as 10.0.0.0/8"}]))]
     pub trusted_proxies: Vec<String>,
     /// Limits on what clients control.
@@ -174,7 +197,7 @@ pub struct IngressSpec {
 impl Default for IngressSpec {
     fn default() -> Self {
         IngressSpec {
-            replicas: default_ingress_replicas(),
+            replicas: Replicas::default(),
             target_cpu_utilization: default_cpu_target(),
             service: ServiceSpec::default(),
             listeners: default_listeners(),
@@ -190,9 +213,6 @@ impl Default for IngressSpec {
     }
 }
 
-fn default_ingress_replicas() -> Replicas {
-    Replicas { min: 2, max: 10 }
-}
 fn default_cpu_target() -> i32 {
     70
 }
@@ -377,7 +397,7 @@ pub struct IngressLimits {
 #[serde(rename_all = "camelCase")]
 pub struct DeliverySpec {
     /// Bounds of the autoscaler. Default: 1 to 10.
-    #[serde(default = "default_delivery_replicas")]
+    #[serde(default)]
     pub replicas: Replicas,
     /// Queued messages per delivery pod before KEDA adds one (`nats-jetstream` lagThreshold).
     /// Default: 1000.
@@ -420,7 +440,7 @@ pub struct DeliverySpec {
 impl Default for DeliverySpec {
     fn default() -> Self {
         DeliverySpec {
-            replicas: default_delivery_replicas(),
+            replicas: Replicas::default(),
             lag_per_replica: default_lag_per_replica(),
             target_cpu_utilization: default_cpu_target(),
             concurrency: None,
@@ -435,9 +455,6 @@ impl Default for DeliverySpec {
     }
 }
 
-fn default_delivery_replicas() -> Replicas {
-    Replicas { min: 1, max: 10 }
-}
 fn default_lag_per_replica() -> i64 {
     1000
 }

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use super::config::{CONFIG_KEY, build_config, dkim_secret_name, hostname, paths, stream_name};
 use super::dereference::RelayInputs;
-use crate::api::{Relay, ServiceType, TrafficPolicy};
+use crate::api::{DELIVERY_REPLICAS, INGRESS_REPLICAS, Relay, ServiceType, TrafficPolicy};
 use crate::meta::{self, RESTART_HASH, owned_meta};
 
 /// Port of `/healthz`, `/readyz` and `/metrics` in the pods.
@@ -130,14 +130,16 @@ pub fn build(inputs: &RelayInputs) -> Result<DesiredRelay, BuildError> {
         ));
     }
     let ingress = &relay.spec.ingress;
+    let (min, max) = ingress.replicas.bounds(INGRESS_REPLICAS);
     objects.push(cpu_autoscaler(
         relay,
         "ingress",
-        ingress.replicas.min,
-        ingress.replicas.max,
+        min,
+        max,
         ingress.target_cpu_utilization,
     ));
     let delivery = &relay.spec.delivery;
+    let (min, max) = delivery.replicas.bounds(DELIVERY_REPLICAS);
     let delivery_name = format!("{name}-delivery");
     if inputs.keda {
         objects.push(object(
@@ -149,8 +151,8 @@ pub fn build(inputs: &RelayInputs) -> Result<DesiredRelay, BuildError> {
             json!({
                 "spec": {
                     "scaleTargetRef": { "name": delivery_name },
-                    "minReplicaCount": delivery.replicas.min,
-                    "maxReplicaCount": delivery.replicas.max,
+                    "minReplicaCount": min,
+                    "maxReplicaCount": max,
                     "triggers": [{
                         "type": "nats-jetstream",
                         "metadata": {
@@ -174,8 +176,8 @@ pub fn build(inputs: &RelayInputs) -> Result<DesiredRelay, BuildError> {
         objects.push(cpu_autoscaler(
             relay,
             "delivery",
-            delivery.replicas.min,
-            delivery.replicas.max,
+            min,
+            max,
             delivery.target_cpu_utilization,
         ));
         absent.push((

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use ipnet::IpNet;
 use postern_config::Duration;
 
-use crate::api::RelaySpec;
+use crate::api::{DELIVERY_REPLICAS, INGRESS_REPLICAS, RelaySpec};
 
 /// One or more invalid fields of a Relay.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,19 +54,34 @@ pub fn validate(name: &str, spec: &RelaySpec) -> Result<(), ValidationError> {
         }
     }
     let replicas = [
-        ("spec.ingress.replicas", &spec.ingress.replicas),
-        ("spec.delivery.replicas", &spec.delivery.replicas),
+        (
+            "spec.ingress.replicas",
+            &spec.ingress.replicas,
+            INGRESS_REPLICAS,
+        ),
+        (
+            "spec.delivery.replicas",
+            &spec.delivery.replicas,
+            DELIVERY_REPLICAS,
+        ),
     ];
-    for (field, bounds) in replicas {
-        if bounds.min < 1 || bounds.min > bounds.max {
+    for (field, bounds, default) in replicas {
+        let (min, max) = bounds.bounds(default);
+        if min < 1 || min > max {
             problem(
                 field.into(),
-                format!(
-                    "need 1 <= min <= max, got min {} max {}",
-                    bounds.min, bounds.max
-                ),
+                format!("need 1 <= min <= max, got min {min} max {max}"),
             );
         }
+    }
+    if ![1, 3, 5].contains(&spec.nats.stream_replicas) {
+        problem(
+            "spec.nats.streamReplicas".into(),
+            format!(
+                "{} replicas survive no more failures than one fewer; use 1, 3 or 5",
+                spec.nats.stream_replicas
+            ),
+        );
     }
     let mut names = BTreeSet::new();
     let mut ports = BTreeSet::new();
