@@ -17,8 +17,16 @@ pub const CLUSTER_RULES: &[(&str, &[&str], &[&str])] = &[
     ),
     (
         "",
-        &["configmaps", "services", "serviceaccounts", "secrets"],
+        &["configmaps", "services", "serviceaccounts"],
         &["get", "list", "watch", "create", "patch", "delete"],
+    ),
+    // DKIM key Secrets are replaced with a resourceVersion precondition (`update`).
+    (
+        "",
+        &["secrets"],
+        &[
+            "get", "list", "watch", "create", "update", "patch", "delete",
+        ],
     ),
     (
         "apps",
@@ -67,7 +75,17 @@ pub const LEASE_RULES: &[(&str, &[&str], &[&str])] = &[(
 
 /// True when `verb` on `resource` of `group` is granted cluster-wide.
 pub fn allows(group: &str, resource: &str, verb: &str) -> bool {
-    CLUSTER_RULES.iter().any(|(g, resources, verbs)| {
+    granted(CLUSTER_RULES, group, resource, verb)
+}
+
+/// True when `verb` on `resource` of `group` is granted in the operator's own namespace
+/// (cluster-wide rules included).
+pub fn allows_in_own_namespace(group: &str, resource: &str, verb: &str) -> bool {
+    allows(group, resource, verb) || granted(LEASE_RULES, group, resource, verb)
+}
+
+fn granted(table: &[(&str, &[&str], &[&str])], group: &str, resource: &str, verb: &str) -> bool {
+    table.iter().any(|(g, resources, verbs)| {
         *g == group && resources.contains(&resource) && verbs.contains(&verb)
     })
 }

@@ -43,13 +43,21 @@ impl Operator {
     }
 
     async fn reconcile(&self, api: &FakeApi, now: &str) -> Vec<String> {
-        *self.clock.lock().unwrap() = now.parse().unwrap();
         let object: Domain = serde_json::from_value(api.get(DOMAIN).unwrap()).unwrap();
         api.take_log();
-        domain::reconcile(Arc::new(object), self.ctx.clone())
-            .await
-            .unwrap();
+        self.reconcile_object(object, now).await.unwrap();
         api.take_log()
+    }
+
+    /// Reconciles `object` as the controller's cache holds it, which may be older than what
+    /// the API server holds.
+    async fn reconcile_object(
+        &self,
+        object: Domain,
+        now: &str,
+    ) -> Result<kube::runtime::controller::Action, domain::DomainError> {
+        *self.clock.lock().unwrap() = now.parse().unwrap();
+        domain::reconcile(Arc::new(object), self.ctx.clone()).await
     }
 }
 
@@ -217,4 +225,151 @@ async fn external_dns_gets_a_dns_endpoint_when_installed() {
         ]
     );
     assert_eq!(endpoint["spec"]["endpoints"][0]["recordTTL"], 3600);
+}
+
+fn key_files(api: &FakeApi) -> Vec<String> {
+    api.get(SECRET).unwrap()["data"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_domain_never_replaces_or_drops_keys() {
+    let dns = DnsServer::start().await;
+    let (client, api) = start(json!({ "domain": "example.com", "relayRef": { "name": "mail" } }));
+    let operator = Operator::new(&client, &dns);
+    // The Domain as the watch cache first delivered it, before any status was written.
+    let stale: Domain = serde_json::from_value(api.get(DOMAIN).unwrap()).unwrap();
+    operator.reconcile(&api, "2026-11-28T12:00:00Z").await;
+    let first = api.get(SECRET).unwrap()["data"].clone();
+    assert_eq!(
+        key_files(&api),
+        ["postern-ed25519-20261128.pem", "postern-rsa-20261128.pem"]
+    );
+
+    // An annotation change reaches the controller before its own status write does: it
+    // reconciles the old object, again and again, and on later days too.
+    for now in [
+        "2026-11-28T12:00:01Z",
+        "2026-11-28T12:00:02Z",
+        "2026-11-29T08:00:00Z",
+    ] {
+        operator.reconcile_object(stale.clone(), now).await.unwrap();
+        assert_eq!(api.get(SECRET).unwrap()["data"], first, "at {now}");
+    }
+    let status = api.get(DOMAIN).unwrap()["status"].clone();
+    assert_eq!(
+        status["nextSelectors"],
+        json!(["postern-ed25519-20261128", "postern-rsa-20261128"])
+    );
+
+    // DNS serves the records; the stale object still promotes the keys the Secret holds.
+    for record in status["records"].as_array().unwrap() {
+        dns.txt(
+            record["name"].as_str().unwrap(),
+            record["value"].as_str().unwrap(),
+        );
+    }
+    operator
+        .reconcile_object(stale.clone(), "2026-11-29T08:01:00Z")
+        .await
+        .unwrap();
+    let status = api.get(DOMAIN).unwrap()["status"].clone();
+    assert_eq!(
+        status["activeSelectors"],
+        json!(["postern-ed25519-20261128", "postern-rsa-20261128"])
+    );
+    assert_eq!(condition(&api, "Ready").0, "True");
+    assert_eq!(api.get(SECRET).unwrap()["data"], first);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrent_write_to_the_key_secret_conflicts_and_loses_nothing() {
+    let dns = DnsServer::start().await;
+    let (client, api) = start(json!({
+        "domain": "example.com", "relayRef": { "name": "mail" },
+        "dkim": { "algorithms": ["ed25519"] },
+    }));
+    let operator = Operator::new(&client, &dns);
+    operator.reconcile(&api, "2026-11-28T12:00:00Z").await;
+    assert_eq!(key_files(&api), ["postern-ed25519-20261128.pem"]);
+
+    // RSA is added; another writer changes the Secret between the read and the write.
+    let mut object = api.get(DOMAIN).unwrap();
+    object["spec"]["dkim"]["algorithms"] = json!(["ed25519", "rsa2048"]);
+    object["metadata"]["generation"] = json!(2);
+    api.put(DOMAIN, object);
+    api.write_after_read(SECRET);
+    let domain: Domain = serde_json::from_value(api.get(DOMAIN).unwrap()).unwrap();
+    let err = operator
+        .reconcile_object(domain.clone(), "2026-11-28T12:01:00Z")
+        .await
+        .unwrap_err();
+    assert_eq!(err.as_label(), "key_secret", "{err}");
+    let secret = api.get(SECRET).unwrap();
+    assert_eq!(key_files(&api), ["postern-ed25519-20261128.pem"]);
+    assert_eq!(
+        secret["metadata"]["annotations"]["example.com/other-writer"],
+        "1"
+    );
+
+    // Read again, written on top of the other writer's change.
+    operator
+        .reconcile_object(domain, "2026-11-28T12:01:01Z")
+        .await
+        .unwrap();
+    let secret = api.get(SECRET).unwrap();
+    assert_eq!(
+        key_files(&api),
+        ["postern-ed25519-20261128.pem", "postern-rsa-20261128.pem"]
+    );
+    assert_eq!(
+        secret["metadata"]["annotations"]["example.com/other-writer"],
+        "1"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_is_not_ready_while_a_signing_key_is_missing() {
+    let dns = DnsServer::start().await;
+    let (client, api) = start(json!({
+        "domain": "example.com", "relayRef": { "name": "mail" },
+        "dkim": { "algorithms": ["ed25519"] },
+    }));
+    let operator = Operator::new(&client, &dns);
+    operator.reconcile(&api, "2026-11-28T12:00:00Z").await;
+    let status = api.get(DOMAIN).unwrap()["status"].clone();
+    for record in status["records"].as_array().unwrap() {
+        dns.txt(
+            record["name"].as_str().unwrap(),
+            record["value"].as_str().unwrap(),
+        );
+    }
+    operator.reconcile(&api, "2026-11-28T12:01:00Z").await;
+    assert_eq!(condition(&api, "Ready").0, "True");
+
+    // The private key disappears from the Secret (its state stays).
+    let mut secret = api.get(SECRET).unwrap();
+    secret["data"] = json!({});
+    api.put(SECRET, secret);
+    let log = operator.reconcile(&api, "2026-11-28T12:02:00Z").await;
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("POST") && l.ends_with("/events")),
+        "{log:?}"
+    );
+    let (ready, _, _) = condition(&api, "Ready");
+    let (dkim, reason, message) = condition(&api, "DkimReady");
+    assert_eq!(
+        (ready.as_str(), dkim.as_str(), reason.as_str()),
+        ("False", "False", "AwaitingDns"),
+        "{message}"
+    );
+    let status = api.get(DOMAIN).unwrap()["status"].clone();
+    assert_eq!(status["activeSelectors"], json!([]));
+    // A replacement under a new name; the lost selector is not reused.
+    assert_eq!(key_files(&api), ["postern-ed25519-20261128-2.pem"]);
 }

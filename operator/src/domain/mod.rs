@@ -2,14 +2,14 @@
 //! verification.
 
 pub mod dkim;
+pub mod keystore;
 pub mod records;
 pub mod verify;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
@@ -22,8 +22,8 @@ use crate::api::{
 use crate::apply::{self, ApplyError};
 use crate::conditions;
 use crate::context::Context;
-use crate::relay::config::{dkim_key_file, dkim_secret_name};
 use crate::relay::dereference::{DereferenceError, crd_exists};
+use keystore::KeyStore;
 use verify::Check;
 
 /// CRD of external-dns's DNSEndpoint.
@@ -37,6 +37,8 @@ pub enum DomainError {
     #[error("{0}")]
     Key(#[from] dkim::KeyError),
     #[error("{0}")]
+    KeyStore(#[from] keystore::KeyStoreError),
+    #[error("{0}")]
     Apply(#[from] ApplyError),
     #[error("writing status: {0}")]
     Status(kube::Error),
@@ -48,6 +50,7 @@ impl DomainError {
         match self {
             DomainError::Dereference(_) => "dereference",
             DomainError::Key(_) => "key",
+            DomainError::KeyStore(_) => "key_secret",
             DomainError::Apply(_) => "apply",
             DomainError::Status(_) => "status",
         }
@@ -78,23 +81,24 @@ pub async fn reconcile(domain: Arc<Domain>, ctx: Arc<Context>) -> Result<Action,
         .get_opt(&domain.spec.relay_ref.name)
         .await
         .map_err(kube_error("Relay"))?;
-    let secret_name = dkim_secret_name(&domain);
-    let secret = secrets
-        .get_opt(&secret_name)
-        .await
-        .map_err(kube_error("Secret"))?;
-    let mut key_data: BTreeMap<String, ByteString> =
-        secret.and_then(|s| s.data).unwrap_or_default();
-
+    let mut store = KeyStore::read(&secrets, &domain).await?;
+    for selector in store.lost() {
+        ctx.event(
+            &*domain,
+            true,
+            "DkimKeyLost",
+            format!("the private key of {selector} is gone from the Secret; it no longer signs"),
+        )
+        .await;
+    }
     // DKIM: promote pending keys DNS already serves, retire and create per the spec.
-    let pending: Vec<&DkimKeyStatus> = status
-        .dkim_keys
+    let pending: Vec<DkimKeyStatus> = store
+        .keys()
         .iter()
         .filter(|k| k.state == DkimKeyState::Pending)
+        .cloned()
         .collect();
-    let pending_records =
-        records::records(&domain, &pending.into_iter().cloned().collect::<Vec<_>>());
-    let pending_records: Vec<DnsRecord> = pending_records
+    let pending_records: Vec<DnsRecord> = records::records(&domain, &pending)
         .into_iter()
         .filter(|r| r.purpose == "dkim")
         .collect();
@@ -105,11 +109,13 @@ pub async fn reconcile(domain: Arc<Domain>, ctx: Arc<Context>) -> Result<Action,
         .filter(|(check, _)| *check == Check::Matches)
         .filter_map(|(_, record)| record.name.split('.').next().map(String::from))
         .collect();
-    let reserved: BTreeSet<String> = key_data
-        .keys()
-        .map(|k| k.trim_end_matches(".pem").to_string())
-        .collect();
-    let plan = match dkim::plan(&domain.spec.dkim, &status.dkim_keys, &seen, &reserved, now) {
+    let plan = match dkim::plan(
+        &domain.spec.dkim,
+        store.keys(),
+        &seen,
+        &store.reserved(),
+        now,
+    ) {
         Ok(plan) => plan,
         Err(err) => {
             set(
@@ -126,24 +132,11 @@ pub async fn reconcile(domain: Arc<Domain>, ctx: Arc<Context>) -> Result<Action,
         }
     };
     let mut keys = plan.keys;
+    let mut created = Vec::new();
     for (selector, algorithm) in plan.create {
         let generated = dkim::generate(algorithm)?;
-        key_data.insert(
-            dkim_key_file(&selector),
-            ByteString(generated.pem.into_bytes()),
-        );
-        ctx.event(
-            &*domain,
-            false,
-            "DkimKeyCreated",
-            format!(
-                "new {} key {selector}; it signs once DNS serves its record",
-                algorithm.label()
-            ),
-        )
-        .await;
         keys.push(DkimKeyStatus {
-            selector,
+            selector: selector.clone(),
             algorithm,
             state: DkimKeyState::Pending,
             public_key: generated.public_key,
@@ -151,33 +144,34 @@ pub async fn reconcile(domain: Arc<Domain>, ctx: Arc<Context>) -> Result<Action,
             activated: None,
             retire_at: None,
         });
+        created.push((selector, generated.pem));
     }
+    let held = store.keys().to_vec();
+    store.update(keys.clone(), created);
+    // Events only once the Secret holds what they announce.
+    store.write(&secrets, &domain).await?;
     for key in &keys {
-        let was = before
-            .dkim_keys
+        let was = held
             .iter()
             .find(|k| k.selector == key.selector)
             .map(|k| k.state);
-        if was == Some(DkimKeyState::Pending) && key.state == DkimKeyState::Active {
-            ctx.event(
-                &*domain,
-                false,
-                "DkimKeyActive",
-                format!("DNS serves {}; it signs from now on", key.selector),
-            )
-            .await;
+        match (was, key.state) {
+            (None, _) => {
+                let message = format!(
+                    "new {} key {}; it signs once DNS serves its record",
+                    key.algorithm.label(),
+                    key.selector
+                );
+                ctx.event(&*domain, false, "DkimKeyCreated", message).await;
+            }
+            (Some(DkimKeyState::Pending), DkimKeyState::Active) => {
+                let message = format!("DNS serves {}; it signs from now on", key.selector);
+                ctx.event(&*domain, false, "DkimKeyActive", message).await;
+            }
+            _ => {}
         }
     }
-    let kept: BTreeSet<String> = keys.iter().map(|k| dkim_key_file(&k.selector)).collect();
-    key_data.retain(|file, _| kept.contains(file));
-    let secret = Secret {
-        metadata: crate::meta::owned_meta(&*domain, secret_name.clone(), "dkim"),
-        type_: Some("Opaque".into()),
-        data: Some(key_data),
-        ..Secret::default()
-    };
     let resync = ctx.resync_due(domain.uid().as_deref().unwrap_or_default());
-    apply::apply_typed(&ctx.client, &namespace, &secret, resync).await?;
 
     let missing: Vec<&str> = domain
         .spec
@@ -331,6 +325,10 @@ pub async fn reconcile(domain: Arc<Domain>, ctx: Arc<Context>) -> Result<Action,
 
 /// What the controller does when a reconcile fails: retry soon.
 pub fn error_policy(domain: Arc<Domain>, err: &DomainError, _ctx: Arc<Context>) -> Action {
+    if let DomainError::KeyStore(keystore::KeyStoreError::Conflict { .. }) = err {
+        tracing::debug!(domain = %domain.name_any(), error = %err, "key Secret changed; reconciling again");
+        return Action::requeue(Duration::from_secs(1));
+    }
     tracing::warn!(domain = %domain.name_any(), error = %err, stage = err.as_label(), "reconcile failed");
     Action::requeue(Duration::from_secs(10))
 }

@@ -1,5 +1,12 @@
 //! An in-memory Kubernetes API behind kube's tower-test mock service: objects are stored by
 //! path, server-side apply and merge patches are applied, and every request is logged.
+//!
+//! Where the reconcilers' correctness depends on it, it answers as a real API server does: a
+//! replace (PUT) whose `metadata.resourceVersion` is not the stored one is 409 Conflict, a
+//! create (POST) of a name that exists is 409 AlreadyExists, and every write gives the object a
+//! new resourceVersion. `write_after_read` makes another writer change an object right after
+//! the reconciler read it. Every request is authorized against the operator's RBAC
+//! (`postern_operator::rbac`): what it does not grant is 403 Forbidden.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -16,6 +23,8 @@ pub struct FakeApi {
     log: Arc<Mutex<Vec<String>>>,
     conflicts: Arc<Mutex<u32>>,
     version: Arc<Mutex<u64>>,
+    /// Paths another writer changes right after their next GET.
+    raced: Arc<Mutex<Vec<String>>>,
 }
 
 impl FakeApi {
@@ -34,8 +43,17 @@ impl FakeApi {
     }
 
     /// Stores `object` at `path` (as if created earlier).
-    pub fn put(&self, path: &str, object: Value) {
+    pub fn put(&self, path: &str, mut object: Value) {
+        if object["metadata"]["resourceVersion"].is_null() {
+            object["metadata"]["resourceVersion"] = json!(self.next_version().to_string());
+        }
         self.objects.lock().unwrap().insert(path.into(), object);
+    }
+
+    /// After the next GET of `path`, another writer changes the object (a new resourceVersion
+    /// and an annotation), as happens when two writers race.
+    pub fn write_after_read(&self, path: &str) {
+        self.raced.lock().unwrap().push(path.into());
     }
 
     pub fn get(&self, path: &str) -> Option<Value> {
@@ -59,6 +77,7 @@ impl FakeApi {
     async fn handle(&self, request: Request<Body>) -> Response<Body> {
         let method = request.method().clone();
         let path = request.uri().path().to_string();
+        let query = request.uri().query().unwrap_or("").to_string();
         let content_type = request
             .headers()
             .get(http::header::CONTENT_TYPE)
@@ -67,8 +86,18 @@ impl FakeApi {
             .to_string();
         let bytes = request.into_body().collect_bytes().await.unwrap();
         self.log.lock().unwrap().push(format!("{method} {path}"));
+        let watch = request_is_watch(&query);
+        if let Some((group, resource, verb)) = authorization(&method, &path, watch)
+            && !postern_operator::rbac::allows_in_own_namespace(&group, &resource, verb)
+        {
+            return status(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                &format!("cannot {verb} resource {resource:?} in API group {group:?}"),
+            );
+        }
         let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        let writes = method == Method::PATCH || method == Method::POST || method == Method::DELETE;
+        let writes = method != Method::GET;
         if writes && !path.contains("/events") {
             let mut conflicts = self.conflicts.lock().unwrap();
             if *conflicts > 0 {
@@ -87,8 +116,17 @@ impl FakeApi {
         let mut objects = self.objects.lock().unwrap();
         match method {
             Method::GET => {
-                if let Some(object) = objects.get(&key) {
-                    return ok(object.clone());
+                if let Some(object) = objects.get(&key).cloned() {
+                    let mut raced = self.raced.lock().unwrap();
+                    if let Some(at) = raced.iter().position(|p| *p == key) {
+                        raced.remove(at);
+                        let mut changed = object.clone();
+                        changed["metadata"]["annotations"]["example.com/other-writer"] = json!("1");
+                        changed["metadata"]["resourceVersion"] =
+                            json!(self.next_version().to_string());
+                        objects.insert(key.clone(), changed);
+                    }
+                    return ok(object);
                 }
                 let prefix = format!("{key}/");
                 let items: Vec<Value> = objects
@@ -134,13 +172,43 @@ impl FakeApi {
                 objects.insert(key, updated.clone());
                 ok(updated)
             }
+            Method::PUT => {
+                let Some(current) = objects.get(&key) else {
+                    return status(StatusCode::NOT_FOUND, "NotFound", "not found");
+                };
+                let expected = &body["metadata"]["resourceVersion"];
+                if !expected.is_null() && *expected != current["metadata"]["resourceVersion"] {
+                    return status(
+                        StatusCode::CONFLICT,
+                        "Conflict",
+                        "Operation cannot be fulfilled: the object has been modified; please apply your changes to the latest version and try again",
+                    );
+                }
+                let mut object = body;
+                object["metadata"]["uid"] = current["metadata"]["uid"].clone();
+                if let Some(status) = current.get("status") {
+                    object["status"] = status.clone();
+                }
+                object["metadata"]["resourceVersion"] = json!(self.next_version().to_string());
+                objects.insert(key, object.clone());
+                ok(object)
+            }
             Method::POST => {
                 let version = self.next_version();
                 let name = body["metadata"]["name"]
                     .as_str()
                     .map(String::from)
                     .unwrap_or_else(|| format!("event-{version}"));
-                objects.insert(format!("{key}/{name}"), body.clone());
+                let path = format!("{key}/{name}");
+                if objects.contains_key(&path) {
+                    return status(StatusCode::CONFLICT, "AlreadyExists", "already exists");
+                }
+                let mut body = body;
+                body["metadata"]["resourceVersion"] = json!(version.to_string());
+                if body["metadata"]["uid"].is_null() {
+                    body["metadata"]["uid"] = json!(format!("uid-{version}"));
+                }
+                objects.insert(path, body.clone());
                 let mut response = ok(body);
                 *response.status_mut() = StatusCode::CREATED;
                 response
@@ -162,6 +230,48 @@ impl FakeApi {
         *version += 1;
         *version
     }
+}
+
+fn request_is_watch(query: &str) -> bool {
+    query
+        .split('&')
+        .any(|p| p == "watch=true" || p == "watch=1")
+}
+
+/// `(group, resource, verb)` of a request, as the API server's authorizer sees it.
+fn authorization(
+    method: &Method,
+    path: &str,
+    watch: bool,
+) -> Option<(String, String, &'static str)> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", _, rest @ ..] => (String::new(), rest),
+        ["apis", group, _, rest @ ..] => (group.to_string(), rest),
+        _ => return None,
+    };
+    let rest = match rest {
+        ["namespaces", _, rest @ ..] if !rest.is_empty() => rest,
+        other => other,
+    };
+    let (resource, named) = match rest {
+        [resource] => (resource.to_string(), false),
+        [resource, _] => (resource.to_string(), true),
+        [resource, _, sub] => (format!("{resource}/{sub}"), true),
+        _ => return None,
+    };
+    let verb = match (method.as_str(), named) {
+        ("GET", true) => "get",
+        ("GET", false) if watch => "watch",
+        ("GET", false) => "list",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        _ => return None,
+    };
+    Some((group, resource, verb))
 }
 
 /// A collection path ends with a plural resource name (`.../namespaces/x/secrets`).
