@@ -125,12 +125,7 @@ async fn keys_sign_only_after_dns_serves_them_and_are_never_overwritten() {
     assert_eq!(condition(&api, "Ready").0, "False");
 
     // A person publishes the records exactly as status lists them; one is wrong at first.
-    for record in status["records"].as_array().unwrap() {
-        dns.txt(
-            record["name"].as_str().unwrap(),
-            record["value"].as_str().unwrap(),
-        );
-    }
+    publish(&dns, &status);
     dns.txt("_dmarc.example.com", "v=DMARC1; p=reject");
     operator.reconcile(&api, "2026-11-28T12:05:00Z").await;
     let (verified, reason, message) = condition(&api, "DnsVerified");
@@ -227,6 +222,16 @@ async fn external_dns_gets_a_dns_endpoint_when_installed() {
     assert_eq!(endpoint["spec"]["endpoints"][0]["recordTTL"], 3600);
 }
 
+/// Publishes the records `status` lists, exactly as listed.
+fn publish(dns: &DnsServer, status: &Value) {
+    for record in status["records"].as_array().unwrap() {
+        dns.txt(
+            record["name"].as_str().unwrap(),
+            record["value"].as_str().unwrap(),
+        );
+    }
+}
+
 fn key_files(api: &FakeApi) -> Vec<String> {
     api.get(SECRET).unwrap()["data"]
         .as_object()
@@ -267,12 +272,7 @@ async fn a_stale_domain_never_replaces_or_drops_keys() {
     );
 
     // DNS serves the records; the stale object still promotes the keys the Secret holds.
-    for record in status["records"].as_array().unwrap() {
-        dns.txt(
-            record["name"].as_str().unwrap(),
-            record["value"].as_str().unwrap(),
-        );
-    }
+    publish(&dns, &status);
     operator
         .reconcile_object(stale.clone(), "2026-11-29T08:01:00Z")
         .await
@@ -342,12 +342,7 @@ async fn a_domain_is_not_ready_while_a_signing_key_is_missing() {
     let operator = Operator::new(&client, &dns);
     operator.reconcile(&api, "2026-11-28T12:00:00Z").await;
     let status = api.get(DOMAIN).unwrap()["status"].clone();
-    for record in status["records"].as_array().unwrap() {
-        dns.txt(
-            record["name"].as_str().unwrap(),
-            record["value"].as_str().unwrap(),
-        );
-    }
+    publish(&dns, &status);
     operator.reconcile(&api, "2026-11-28T12:01:00Z").await;
     assert_eq!(condition(&api, "Ready").0, "True");
 
