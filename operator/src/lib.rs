@@ -7,6 +7,7 @@ pub mod apply;
 pub mod conditions;
 pub mod context;
 pub mod domain;
+pub mod leader;
 pub mod meta;
 pub mod rbac;
 pub mod relay;

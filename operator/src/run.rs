@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::runtime::controller::Controller;
 use kube::runtime::reflector::ObjectRef;
@@ -14,7 +15,7 @@ use kube::{Api, Client, ResourceExt};
 use crate::admin::{self, Metrics};
 use crate::api::{Domain, Relay};
 use crate::context::Context;
-use crate::{domain, relay};
+use crate::{domain, leader, relay};
 
 /// Name of the leader-election Lease.
 pub const LEASE_NAME: &str = "postern-operator";
@@ -44,14 +45,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("--admin-address {}: {e}", settings.admin_address))?;
     tokio::spawn(admin::serve(listener, metrics.clone()));
     let client = Client::try_default().await?;
-    let lease = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
-        .with_namespace(&settings.lease_namespace)
-        .with_identity(&settings.identity)
-        .with_duration(15)
-        .with_grace(5)
-        .build()
-        .await?;
-    let (mut leader, lease_task) = lease.watch().await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &settings.lease_namespace);
+    let mut leader = leader::elect(
+        leases,
+        LEASE_NAME.into(),
+        settings.identity.clone(),
+        leader::Timing::default(),
+    );
     metrics.set_ready();
     tracing::info!(identity = %settings.identity, "waiting to lead");
     while !*leader.borrow_and_update() {
@@ -71,11 +71,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         () = controllers => {}
         () = shutdown() => tracing::info!("SIGTERM: stopping"),
         _ = async { while *leader.borrow() { if leader.changed().await.is_err() { break; } } } => {
+            metrics.leader.set(0);
             anyhow::bail!("lost the leader lease; exiting so that one replica reconciles");
         }
     }
-    drop(leader);
-    let _ = lease_task.await;
     Ok(())
 }
 

@@ -25,21 +25,76 @@ pub struct FakeApi {
     version: Arc<Mutex<u64>>,
     /// Paths another writer changes right after their next GET.
     raced: Arc<Mutex<Vec<String>>>,
+    /// Paths this client's requests to fail, and how.
+    failures: Arc<Mutex<BTreeMap<String, Failure>>>,
+}
+
+/// How requests to a path fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// 401: the client's token was revoked.
+    Unauthorized,
+    /// 403: the client's permission was removed.
+    Forbidden,
+    /// No answer at all.
+    Hang,
 }
 
 impl FakeApi {
     /// A client whose requests this fake answers.
     pub fn start() -> (Client, FakeApi) {
+        FakeApi::default().serve()
+    }
+
+    /// Another client of the same API server (another replica): it sees the same objects, and
+    /// has its own log and failures.
+    pub fn second_client(&self) -> (Client, FakeApi) {
+        FakeApi {
+            objects: self.objects.clone(),
+            version: self.version.clone(),
+            ..FakeApi::default()
+        }
+        .serve()
+    }
+
+    fn serve(self) -> (Client, FakeApi) {
         let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let fake = FakeApi::default();
-        let server = fake.clone();
+        let server = self.clone();
         tokio::spawn(async move {
             while let Some((request, respond)) = handle.next_request().await {
-                let response = server.handle(request).await;
-                respond.send_response(response);
+                let server = server.clone();
+                tokio::spawn(async move {
+                    let failure = server
+                        .failures
+                        .lock()
+                        .unwrap()
+                        .get(request.uri().path())
+                        .copied();
+                    let response = match failure {
+                        Some(Failure::Hang) => {
+                            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                            return;
+                        }
+                        Some(Failure::Unauthorized) => {
+                            status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized")
+                        }
+                        Some(Failure::Forbidden) => status(
+                            StatusCode::FORBIDDEN,
+                            "Forbidden",
+                            "forbidden: the permission was removed",
+                        ),
+                        None => server.handle(request).await,
+                    };
+                    respond.send_response(response);
+                });
             }
         });
-        (Client::new(service, "default"), fake)
+        (Client::new(service, "default"), self)
+    }
+
+    /// From now on, this client's requests to `path` fail with `failure`.
+    pub fn fail(&self, path: &str, failure: Failure) {
+        self.failures.lock().unwrap().insert(path.into(), failure);
     }
 
     /// Stores `object` at `path` (as if created earlier).
