@@ -14,6 +14,19 @@ pub fn set(
     now: Timestamp,
 ) {
     let status = if ok { "True" } else { "False" };
+    set_status(conditions, kind, status, reason, message, generation, now);
+}
+
+/// [`set`] with any status, such as `Unknown` while a check is under way.
+pub fn set_status(
+    conditions: &mut Vec<Condition>,
+    kind: &str,
+    status: &str,
+    reason: &str,
+    message: impl Into<String>,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
     let message = message.into();
     match conditions.iter_mut().find(|c| c.type_ == kind) {
         Some(condition) => {
@@ -80,6 +93,25 @@ impl Setter {
 }
 
 impl Setter {
+    /// Sets the condition of type `kind` to `Unknown`: a check has not finished.
+    pub fn unknown(
+        &self,
+        conditions: &mut Vec<Condition>,
+        kind: &str,
+        reason: &str,
+        message: impl Into<String>,
+    ) {
+        set_status(
+            conditions,
+            kind,
+            "Unknown",
+            reason,
+            message,
+            self.generation,
+            self.now,
+        );
+    }
+
     /// Sets `Ready`: True with `ready_message` when nothing is `waiting`, else False listing it.
     pub fn ready(
         &self,

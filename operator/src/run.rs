@@ -80,6 +80,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
 async fn controllers(client: Client, ctx: Arc<Context>, metrics: Arc<Metrics>) {
     let relays: Api<Relay> = Api::all(client.clone());
+    let relays_for_domains = relays.clone();
     let domains: Api<Domain> = Api::all(client.clone());
     let config = watcher::Config::default();
     let relay_controller = Controller::new(relays, config.clone());
@@ -121,8 +122,14 @@ async fn controllers(client: Client, ctx: Arc<Context>, metrics: Arc<Metrics>) {
                 }
             }
         });
-    let domain_controller = Controller::new(domains, config.clone())
-        .owns(Api::<Secret>::all(client.clone()), config)
+    let domain_controller = Controller::new(domains, config.clone());
+    let domain_store = domain_controller.store();
+    // A Relay created, deleted, or becoming ready or not changes its Domains' Ready at once.
+    let domain_controller = domain_controller
+        .owns(Api::<Secret>::all(client.clone()), config.clone())
+        .watches(relays_for_domains, config, move |relay: Relay| {
+            domain::domains_of_relay(&domain_store.state(), &relay)
+        })
         .shutdown_on_signal()
         .run(domain::reconcile, domain::error_policy, ctx)
         .for_each(|result| {

@@ -49,7 +49,12 @@ where
         if kind == "Progressing" {
             continue;
         }
-        if let Some(condition) = after.conditions().iter().find(|c| c.type_ == kind) {
+        // A check under way (Unknown) is not news.
+        if let Some(condition) = after
+            .conditions()
+            .iter()
+            .find(|c| c.type_ == kind && c.status != "Unknown")
+        {
             let warning = (kind == "Degraded") == now_true;
             let note = format!("{kind}={}: {}", condition.status, condition.message);
             ctx.event(object, warning, &condition.reason, note).await;

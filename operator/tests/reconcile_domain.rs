@@ -86,6 +86,7 @@ fn start(spec: Value) -> (Client, FakeApi) {
         json!({
             "apiVersion": "postern.io/v1alpha1", "kind": "Relay",
             "metadata": { "name": "mail", "namespace": "default", "uid": "relay-uid" }, "spec": {},
+            "status": { "conditions": [{ "type": "Ready", "status": "True", "reason": "Ready", "message": "", "lastTransitionTime": "2026-11-28T00:00:00Z" }] },
         }),
     );
     (client, api)
@@ -367,4 +368,117 @@ async fn a_domain_is_not_ready_while_a_signing_key_is_missing() {
     assert_eq!(status["activeSelectors"], json!([]));
     // A replacement under a new name; the lost selector is not reused.
     assert_eq!(key_files(&api), ["postern-ed25519-20261128-2.pem"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_is_gone_or_not_ready_makes_its_domains_not_ready() {
+    let dns = DnsServer::start().await;
+    let (client, api) = start(json!({
+        "domain": "example.com", "relayRef": { "name": "mail" },
+        "dkim": { "algorithms": ["ed25519"] },
+    }));
+    let operator = Operator::new(&client, &dns);
+    operator.reconcile(&api, "2026-11-28T12:00:00Z").await;
+    publish(&dns, &api.get(DOMAIN).unwrap()["status"]);
+    operator.reconcile(&api, "2026-11-28T12:01:00Z").await;
+    assert_eq!(condition(&api, "Ready").0, "True");
+
+    let mut relay = api.get(RELAY).unwrap();
+    relay["status"]["conditions"][0]["status"] = json!("False");
+    api.put(RELAY, relay.clone());
+    operator.reconcile(&api, "2026-11-28T12:01:05Z").await;
+    let (ready, reason, message) = condition(&api, "Ready");
+    assert_eq!(
+        (ready.as_str(), reason.as_str()),
+        ("False", "RelayNotReady"),
+        "{message}"
+    );
+
+    api.delete(RELAY);
+    operator.reconcile(&api, "2026-11-28T12:01:10Z").await;
+    assert_eq!(condition(&api, "Ready").1, "RelayNotFound");
+
+    // The Domain controller maps a Relay event to the Domains that name it.
+    let relay: postern_operator::api::Relay = serde_json::from_value(relay).unwrap();
+    let domain: Domain = serde_json::from_value(api.get(DOMAIN).unwrap()).unwrap();
+    let mut elsewhere = domain.clone();
+    elsewhere.metadata.namespace = Some("other".into());
+    let mut other_relay = domain.clone();
+    other_relay.metadata.name = Some("other-com".into());
+    other_relay.spec.relay_ref.name = "bulk".into();
+    let refs = domain::domains_of_relay(
+        &[Arc::new(domain), Arc::new(elsewhere), Arc::new(other_relay)],
+        &relay,
+    );
+    let names: Vec<String> = refs
+        .iter()
+        .map(|r| format!("{}/{}", r.namespace.clone().unwrap(), r.name))
+        .collect();
+    assert_eq!(names, ["default/example-com"]);
+}
+
+/// A DNS server that never answers, and notes the Domain's DnsVerified status each time it is
+/// asked.
+struct UnansweringDns {
+    api: FakeApi,
+    seen: std::sync::Mutex<Vec<String>>,
+}
+
+impl domain::verify::TxtLookup for UnansweringDns {
+    fn txt<'a>(
+        &'a self,
+        _name: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<String>, String>> {
+        Box::pin(async move {
+            let verified = self
+                .api
+                .get(DOMAIN)
+                .and_then(|d| {
+                    d["status"]["conditions"]
+                        .as_array()?
+                        .iter()
+                        .find(|c| c["type"] == "DnsVerified")
+                        .map(|c| c["status"].as_str().unwrap().to_string())
+                })
+                .unwrap_or_else(|| "no status".into());
+            self.seen.lock().unwrap().push(verified);
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+            Ok(Vec::new())
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_dns_neither_hides_the_records_nor_holds_the_reconcile() {
+    let (client, api) = start(json!({
+        "domain": "example.com", "relayRef": { "name": "mail" },
+        "dkim": { "algorithms": ["ed25519"] },
+    }));
+    let dns = Arc::new(UnansweringDns {
+        api: api.clone(),
+        seen: Default::default(),
+    });
+    let ctx = Context::with_clock(
+        client,
+        dns.clone(),
+        Box::new(|| "2026-11-28T12:00:00Z".parse().unwrap()),
+    );
+    let object: Domain = serde_json::from_value(api.get(DOMAIN).unwrap()).unwrap();
+    let started = std::time::Instant::now();
+    let limit = domain::verify::LOOKUP_TIMEOUT * 2;
+    tokio::time::timeout(limit, domain::reconcile(Arc::new(object), Arc::new(ctx)))
+        .await
+        .expect("the reconcile waits for each lookup in turn")
+        .unwrap();
+    let took = started.elapsed();
+    assert!(took < limit, "{took:?}");
+    // While DNS said nothing, status already listed the records to publish.
+    let seen = dns.seen.lock().unwrap().clone();
+    assert_eq!(seen, ["Unknown", "Unknown", "Unknown"]);
+    let (verified, reason, message) = condition(&api, "DnsVerified");
+    assert_eq!(
+        (verified.as_str(), reason.as_str()),
+        ("False", "LookupFailed")
+    );
+    assert!(message.contains("no answer within 5 s"), "{message}");
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 
 use crate::api::{
@@ -250,7 +251,23 @@ pub async fn reconcile(domain: Arc<Domain>, ctx: Arc<Context>) -> Result<Action,
         }
     }
 
-    // Verify.
+    // Verify. A Domain seen for the first time, or whose records changed, shows them (and that
+    // they are being checked) before the lookups, which may take until their timeout.
+    let mut before = before;
+    if before.records != status.records
+        || condition_status(&before.conditions, "DnsVerified").is_none()
+    {
+        setter.unknown(
+            &mut status.conditions,
+            "DnsVerified",
+            "Verifying",
+            format!("looking up {} records", records.len()),
+        );
+        set_ready(&setter, &mut status, &domain, relay.as_ref());
+        status.observed_generation = generation;
+        write_status(&ctx, &domains, &domain, &before, status.clone()).await?;
+        before = status.clone();
+    }
     let checks = verify::verify(ctx.dns.as_ref(), &records).await;
     let problems: Vec<(String, &'static str)> = records
         .iter()
@@ -286,30 +303,7 @@ pub async fn reconcile(domain: Arc<Domain>, ctx: Arc<Context>) -> Result<Action,
         }
     }
 
-    // Ready.
-    let waiting: Vec<String> = ["DkimReady", "DnsVerified"]
-        .into_iter()
-        .filter(|c| condition_status(&status.conditions, c) != Some("True"))
-        .map(String::from)
-        .collect();
-    if relay.is_none() {
-        set(
-            &mut status,
-            "Ready",
-            false,
-            "RelayNotFound",
-            format!(
-                "spec.relayRef: Relay {:?} not found",
-                domain.spec.relay_ref.name
-            ),
-        );
-    } else {
-        let message = format!(
-            "mail from {} is signed and its records are in DNS",
-            domain.spec.domain
-        );
-        setter.ready(&mut status.conditions, &waiting, message);
-    }
+    set_ready(&setter, &mut status, &domain, relay.as_ref());
     status.observed_generation = generation;
     let settled = condition_status(&status.conditions, "Ready") == Some("True")
         && status.next_selectors.is_empty();
@@ -321,6 +315,60 @@ pub async fn reconcile(domain: Arc<Domain>, ctx: Arc<Context>) -> Result<Action,
         Duration::from_secs(60)
     };
     Ok(Action::requeue(next.map_or(wait, |n| n.min(wait))))
+}
+
+/// Sets `Ready`: the Relay exists and is ready, DKIM signs and DNS matches.
+fn set_ready(
+    setter: &conditions::Setter,
+    status: &mut DomainStatus,
+    domain: &Domain,
+    relay: Option<&Relay>,
+) {
+    let waiting: Vec<String> = ["DkimReady", "DnsVerified"]
+        .into_iter()
+        .filter(|c| condition_status(&status.conditions, c) != Some("True"))
+        .map(String::from)
+        .collect();
+    let relay_name = &domain.spec.relay_ref.name;
+    let relay_ready = relay.map(|r| {
+        r.status
+            .as_ref()
+            .map(|s| condition_status(&s.conditions, "Ready") == Some("True"))
+            .unwrap_or(false)
+    });
+    match relay_ready {
+        None => setter.set(
+            &mut status.conditions,
+            "Ready",
+            false,
+            "RelayNotFound",
+            format!("spec.relayRef: Relay {relay_name:?} not found"),
+        ),
+        Some(false) => setter.set(
+            &mut status.conditions,
+            "Ready",
+            false,
+            "RelayNotReady",
+            format!("Relay {relay_name:?} is not Ready: mail from this domain is not sent"),
+        ),
+        Some(true) => {
+            let message = format!(
+                "mail from {} is signed and its records are in DNS",
+                domain.spec.domain
+            );
+            setter.ready(&mut status.conditions, &waiting, message);
+        }
+    }
+}
+
+/// The Domains that name `relay` in `spec.relayRef`, among `domains`: what a change of the
+/// Relay (created, deleted, becoming ready or not) reconciles.
+pub fn domains_of_relay(domains: &[Arc<Domain>], relay: &Relay) -> Vec<ObjectRef<Domain>> {
+    domains
+        .iter()
+        .filter(|d| d.namespace() == relay.namespace() && d.spec.relay_ref.name == relay.name_any())
+        .map(|d| ObjectRef::from_obj(&**d))
+        .collect()
 }
 
 /// What the controller does when a reconcile fails: retry soon.

@@ -1,6 +1,7 @@
 //! DNS verification: do the published TXT records match what the Domain needs?
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use postern_relay::delivery::dns::{Dns, LookupFailure};
@@ -45,12 +46,21 @@ pub enum Check {
     Failed(String),
 }
 
-/// Looks up each record. A record matches when one TXT record at its name equals its value
-/// (whitespace-insensitive); `Differs` names the record of the same kind that does not.
+/// Longest wait for one lookup; the lookups of a Domain run at the same time, so verifying it
+/// takes at most this long however many records it has.
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Looks up each record, all at once. A record matches when one TXT record at its name equals
+/// its value (whitespace-insensitive); `Differs` names the record of the same kind that does
+/// not.
 pub async fn verify(lookup: &dyn TxtLookup, records: &[DnsRecord]) -> Vec<Check> {
-    let mut checks = Vec::with_capacity(records.len());
-    for record in records {
-        checks.push(match lookup.txt(&record.name).await {
+    futures::future::join_all(records.iter().map(|record| check(lookup, record))).await
+}
+
+async fn check(lookup: &dyn TxtLookup, record: &DnsRecord) -> Check {
+    match tokio::time::timeout(LOOKUP_TIMEOUT, lookup.txt(&record.name)).await {
+        Err(_) => Check::Failed(format!("no answer within {} s", LOOKUP_TIMEOUT.as_secs())),
+        Ok(answer) => match answer {
             Err(err) => Check::Failed(err),
             Ok(found) => {
                 let wanted = normalize(&record.value);
@@ -70,9 +80,8 @@ pub async fn verify(lookup: &dyn TxtLookup, records: &[DnsRecord]) -> Vec<Check>
                     Check::Missing
                 }
             }
-        });
+        },
     }
-    checks
 }
 
 fn normalize(value: &str) -> String {

@@ -115,6 +115,11 @@ impl FakeApi {
         self.objects.lock().unwrap().get(path).cloned()
     }
 
+    /// Removes the object at `path` (as if someone deleted it).
+    pub fn delete(&self, path: &str) {
+        self.objects.lock().unwrap().remove(path);
+    }
+
     pub fn paths(&self) -> Vec<String> {
         self.objects.lock().unwrap().keys().cloned().collect()
     }
