@@ -182,3 +182,74 @@ async fn signatures_verify_against_published_keys_and_follow_key_files() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Sends `message` until the remote MX receives one whose verdicts satisfy `done`.
+async fn send_until(
+    relay: &postern_e2e::Relay,
+    mx: &MockMx,
+    sent: &mut usize,
+    message: &str,
+    done: impl Fn(&[String]) -> bool,
+    auth: &MessageAuthenticator,
+) -> Vec<String> {
+    let start = std::time::Instant::now();
+    loop {
+        send(relay, "alice@example.com", message).await;
+        *sent += 1;
+        let latest = mx.wait_for(*sent, WAIT).await[*sent - 1].text();
+        let verdicts = results(auth, latest.as_bytes()).await;
+        if done(&verdicts) {
+            return verdicts;
+        }
+        assert!(start.elapsed() < WAIT, "still {verdicts:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_domains_file_adds_domains_and_keys_without_a_restart() {
+    let dns = DnsServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (pem, txt) = ed25519_key();
+    let key_file = dir.path().join("example-com.ed.pem");
+    std::fs::write(&key_file, pem).unwrap();
+    dns.txt("ed._domainkey.example.com", &txt);
+    let domains_file = dir.path().join("domains.yaml");
+    std::fs::write(&domains_file, "[]\n").unwrap();
+    let mx = MockMx::accepting().await;
+    let (_nats, relay) = start_standalone(|c| {
+        c.delivery.routes = vec![route_all(&mx.host())];
+        c.domains_file = Some(domains_file.clone());
+        c.reload_interval = "100ms".parse().unwrap();
+    });
+    let auth = authenticator(&dns);
+    let message = "From: Alice <alice@example.com>\r\nTo: rcpt@example.org\r\nSubject: later\r\n\r\nHello\r\n";
+    let mut sent = 0;
+    let verdicts = send_until(&relay, &mx, &mut sent, message, |v| v.is_empty(), &auth).await;
+    assert!(verdicts.is_empty(), "no domain, no signature: {verdicts:?}");
+
+    // The domain and its key arrive as Kubernetes updates a mounted Secret: a new file put in
+    // place at once.
+    let listed = postern_config::DomainConfig::list_to_yaml(&[DomainConfig {
+        name: "example.com".into(),
+        dkim: vec![DkimKeyConfig {
+            selector: "ed".into(),
+            algorithm: DkimAlgorithm::Ed25519,
+            key_file: key_file.clone(),
+        }],
+    }])
+    .unwrap();
+    let staged = dir.path().join("domains.yaml.new");
+    std::fs::write(&staged, listed).unwrap();
+    std::fs::rename(&staged, &domains_file).unwrap();
+    let signed = |v: &[String]| v == ["pass ed"];
+    send_until(&relay, &mx, &mut sent, message, signed, &auth).await;
+
+    // A domains file that does not parse changes nothing: the keys loaded keep signing.
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&staged, "- name: [").unwrap();
+    std::fs::rename(&staged, &domains_file).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let verdicts = send_until(&relay, &mx, &mut sent, message, |_| true, &auth).await;
+    assert_eq!(verdicts, ["pass ed"]);
+}

@@ -150,20 +150,83 @@ fn delivery_scales_on_queue_lag_with_keda_and_on_cpu_without() {
     assert_eq!(hpa["spec"]["metrics"][0]["resource"]["name"], "cpu");
 }
 
+/// The signing Secret's domains file and key files, decoded.
+fn signing(desired: &DesiredRelay) -> (Vec<postern_config::DomainConfig>, Vec<String>) {
+    use base64::Engine;
+    let secret = object(desired, "Secret", "mail-signing");
+    let data = secret["data"].as_object().unwrap();
+    let decode = |v: &serde_json::Value| {
+        base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap())
+            .unwrap()
+    };
+    let domains = String::from_utf8(decode(&data["domains.yaml"])).unwrap();
+    let files = data
+        .keys()
+        .filter(|k| *k != "domains.yaml")
+        .cloned()
+        .collect();
+    (
+        postern_config::DomainConfig::list_from_yaml(&domains).unwrap(),
+        files,
+    )
+}
+
 #[test]
 fn only_active_dkim_keys_sign() {
     let desired = build(&full_inputs()).unwrap();
-    let config = &desired.config;
-    assert_eq!(config.domains.len(), 1);
-    let keys: Vec<&str> = config.domains[0]
+    assert!(desired.config.domains.is_empty());
+    assert_eq!(
+        desired.config.domains_file.as_deref(),
+        Some(std::path::Path::new("/etc/postern/signing/domains.yaml"))
+    );
+    let (domains, files) = signing(&desired);
+    assert_eq!(domains.len(), 1);
+    let keys: Vec<&str> = domains[0]
         .dkim
         .iter()
         .map(|k| k.selector.as_str())
         .collect();
     assert_eq!(keys, ["postern-ed25519-20261101"]);
     assert_eq!(
-        config.domains[0].dkim[0].key_file,
-        std::path::Path::new("/etc/postern/dkim/example-com/postern-ed25519-20261101.pem")
+        domains[0].dkim[0].key_file,
+        std::path::Path::new("/etc/postern/signing/example-com.postern-ed25519-20261101.pem")
+    );
+    assert_eq!(files, ["example-com.postern-ed25519-20261101.pem"]);
+}
+
+#[test]
+fn a_key_activation_or_a_new_domain_changes_no_pod_template() {
+    let before = build(&full_inputs()).unwrap();
+    let mut inputs = full_inputs();
+    // The pending RSA key became active, and a second Domain arrived with a key.
+    inputs.domains[0].1.push(active_key("postern-rsa-20261101"));
+    let mut other = inputs.domains[0].0.clone();
+    other.metadata.name = Some("other-com".into());
+    other.spec.domain = "other.example".into();
+    inputs
+        .domains
+        .push((other, vec![active_key("postern-ed25519-20261102")]));
+    let after = build(&inputs).unwrap();
+
+    for deployment in ["mail-ingress", "mail-delivery"] {
+        assert_eq!(
+            object(&before, "Deployment", deployment)["spec"]["template"],
+            object(&after, "Deployment", deployment)["spec"]["template"],
+            "{deployment}'s pod template changed: its pods would roll"
+        );
+    }
+    assert_eq!(before.config_yaml, after.config_yaml);
+    let (domains, files) = signing(&after);
+    let names: Vec<&str> = domains.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["example.com", "other.example"]);
+    assert_eq!(
+        files,
+        [
+            "example-com.postern-ed25519-20261101.pem",
+            "example-com.postern-rsa-20261101.pem",
+            "other-com.postern-ed25519-20261102.pem"
+        ]
     );
 }
 

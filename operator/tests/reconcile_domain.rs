@@ -174,10 +174,13 @@ async fn keys_sign_only_after_dns_serves_them_and_are_never_overwritten() {
             key_file: dir.path().join(file),
         });
     }
-    let signers = postern_relay::dkim::Signers::load(&[postern_config::DomainConfig {
-        name: "example.com".into(),
-        dkim: keys,
-    }])
+    let signers = postern_relay::dkim::Signers::load(
+        &[postern_config::DomainConfig {
+            name: "example.com".into(),
+            dkim: keys,
+        }],
+        None,
+    )
     .unwrap();
     let signed =
         String::from_utf8(signers.sign(b"From: a@example.com\r\nSubject: x\r\n\r\nhi\r\n"))

@@ -92,7 +92,7 @@ pub fn load_files(config: &Config) -> Result<Loaded, StartError> {
         .as_ref()
         .map(ReloadingCert::load)
         .transpose()?;
-    let signers = Signers::load(&config.domains)?;
+    let signers = Signers::load(&config.domains, config.domains_file.as_deref())?;
     Ok(Loaded {
         users,
         cert,
@@ -124,7 +124,7 @@ pub async fn run(
         false => Loaded {
             users: None,
             cert: None,
-            signers: Signers::load(&[])?,
+            signers: Signers::load(&[], None)?,
         },
     };
 

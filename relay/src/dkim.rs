@@ -1,9 +1,10 @@
 //! DKIM signing at ingress: messages whose From domain has keys are signed once, before they
 //! are queued (relaxed/relaxed, the usual header set, From oversigned). Keys are reloaded when
-//! their files change.
+//! their files change, and so is the domains file (`domainsFile`), which lists domains and keys
+//! outside the config so that they change without a restart.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -52,75 +53,100 @@ struct KeySource {
 
 type Signer = DkimSigner<DkimKey, Done>;
 
-/// The signers of every configured domain.
+/// The signers of every configured domain: those of `domains` in the config, and those of the
+/// domains file, which is read again (with the key files) whenever anything in it changes.
 pub struct Signers {
-    sources: Vec<KeySource>,
-    by_domain: RwLock<HashMap<String, Vec<Arc<Signer>>>>,
-    stamps: RwLock<Vec<Option<SystemTime>>>,
+    configured: Vec<DomainConfig>,
+    domains_file: Option<PathBuf>,
+    loaded: RwLock<LoadedKeys>,
+}
+
+#[derive(Default)]
+struct LoadedKeys {
+    by_domain: HashMap<String, Vec<Arc<Signer>>>,
+    /// Modification times of the domains file and every key file, as last loaded.
+    stamps: Vec<Option<SystemTime>>,
+    keys: usize,
 }
 
 impl std::fmt::Debug for Signers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys = self.loaded.read().map_or(0, |l| l.keys);
         f.debug_struct("Signers")
-            .field("keys", &self.sources.len())
+            .field("keys", &keys)
             .finish_non_exhaustive()
     }
 }
 
 impl Signers {
-    /// Loads every key named in `domains`.
-    pub fn load(domains: &[DomainConfig]) -> Result<Arc<Signers>, DkimError> {
-        let sources: Vec<KeySource> = domains
-            .iter()
-            .enumerate()
-            .flat_map(|(i, domain)| {
-                domain
-                    .dkim
-                    .iter()
-                    .enumerate()
-                    .map(move |(j, key)| KeySource {
-                        field: format!("domains[{i}].dkim[{j}].keyFile"),
-                        domain: domain.name.to_ascii_lowercase(),
-                        selector: key.selector.clone(),
-                        algorithm: key.algorithm,
-                        path: key.key_file.clone(),
-                    })
-            })
-            .collect();
+    /// Loads every key named in `domains` and in `domains_file`.
+    pub fn load(
+        domains: &[DomainConfig],
+        domains_file: Option<&Path>,
+    ) -> Result<Arc<Signers>, DkimError> {
         let signers = Signers {
-            by_domain: RwLock::default(),
-            stamps: RwLock::new(vec![None; sources.len()]),
-            sources,
+            configured: domains.to_vec(),
+            domains_file: domains_file.map(Path::to_path_buf),
+            loaded: RwLock::default(),
         };
         signers.reload()?;
         Ok(Arc::new(signers))
     }
 
-    /// True when no domain has keys.
+    /// True when no domain can ever have keys: none configured and no domains file.
     pub fn is_empty(&self) -> bool {
-        self.sources.is_empty()
+        self.configured.iter().all(|d| d.dkim.is_empty()) && self.domains_file.is_none()
     }
 
-    /// Reloads all keys when any file changed; keeps the current keys when one fails to load.
+    /// The keys to load: the configured ones, then those of the domains file.
+    fn sources(&self) -> Result<Vec<KeySource>, DkimError> {
+        let mut sources = key_sources(&self.configured, "");
+        if let Some(path) = &self.domains_file {
+            let error = |message: String| DkimError {
+                field: "domainsFile".into(),
+                path: path.clone(),
+                message,
+            };
+            let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+            let listed = DomainConfig::list_from_yaml(&text).map_err(|e| error(e.to_string()))?;
+            let prefix = format!("domainsFile {}: ", path.display());
+            sources.extend(key_sources(&listed, &prefix));
+        }
+        Ok(sources)
+    }
+
+    /// Reloads all keys when the domains file or any key file changed; keeps the current keys
+    /// when one fails to load.
     fn reload(&self) -> Result<bool, DkimError> {
-        let now = crate::reload::stamp(self.sources.iter().map(|s| s.path.as_path()));
-        if *self.stamps.read().unwrap_or_else(|e| e.into_inner()) == now && !now.is_empty() {
-            return Ok(false);
+        let before = crate::reload::stamp(self.domains_file.as_deref());
+        let sources = self.sources()?;
+        let mut now = before;
+        now.extend(crate::reload::stamp(
+            sources.iter().map(|s| s.path.as_path()),
+        ));
+        {
+            let loaded = self.loaded.read().unwrap_or_else(|e| e.into_inner());
+            if loaded.stamps == now && !now.is_empty() {
+                return Ok(false);
+            }
         }
         let mut by_domain: HashMap<String, Vec<Arc<Signer>>> = HashMap::new();
-        for source in &self.sources {
+        for source in &sources {
             let signer = signer(source)?;
             by_domain
                 .entry(source.domain.clone())
                 .or_default()
                 .push(Arc::new(signer));
         }
-        *self.by_domain.write().unwrap_or_else(|e| e.into_inner()) = by_domain;
-        *self.stamps.write().unwrap_or_else(|e| e.into_inner()) = now;
+        *self.loaded.write().unwrap_or_else(|e| e.into_inner()) = LoadedKeys {
+            by_domain,
+            stamps: now,
+            keys: sources.len(),
+        };
         Ok(true)
     }
 
-    /// Checks the key files every `interval` until `cancel` fires.
+    /// Checks the domains file and the key files every `interval` until `cancel` fires.
     pub async fn watch(self: Arc<Self>, interval: Duration, cancel: CancellationToken) {
         crate::reload::watch("DKIM keys", interval, cancel, || self.reload()).await;
     }
@@ -157,9 +183,10 @@ impl Signers {
         let Some(domain) = from_domain(message) else {
             return Vec::new();
         };
-        self.by_domain
+        self.loaded
             .read()
             .unwrap_or_else(|e| e.into_inner())
+            .by_domain
             .get(&domain)
             .cloned()
             .unwrap_or_default()
@@ -203,6 +230,27 @@ impl StreamingSignature {
         drop(self.pieces);
         self.done.await.ok().flatten()
     }
+}
+
+/// One source per key of `domains`, its field named as in the config (after `prefix`).
+fn key_sources(domains: &[DomainConfig], prefix: &str) -> Vec<KeySource> {
+    domains
+        .iter()
+        .enumerate()
+        .flat_map(|(i, domain)| {
+            domain
+                .dkim
+                .iter()
+                .enumerate()
+                .map(move |(j, key)| KeySource {
+                    field: format!("{prefix}domains[{i}].dkim[{j}].keyFile"),
+                    domain: domain.name.to_ascii_lowercase(),
+                    selector: key.selector.clone(),
+                    algorithm: key.algorithm,
+                    path: key.key_file.clone(),
+                })
+        })
+        .collect()
 }
 
 fn signer(source: &KeySource) -> Result<Signer, DkimError> {

@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::PostParams;
 use kube::{Api, ResourceExt};
 
-use crate::api::{DkimKeyStatus, Domain};
+use crate::api::{DkimKeyState, DkimKeyStatus, DkimKeyType, Domain};
 use crate::relay::config::{dkim_key_file, dkim_secret_name};
 
 /// Annotation of the key Secret holding the keys' state as JSON.
@@ -32,6 +32,15 @@ pub enum KeyStoreError {
     Conflict { name: String },
     #[error("Secret {name}: {source}")]
     Kube { name: String, source: kube::Error },
+}
+
+/// A key that signs, with its private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveKey {
+    pub selector: String,
+    pub algorithm: DkimKeyType,
+    /// PKCS#8 PEM.
+    pub pem: Vec<u8>,
 }
 
 /// The keys of one Domain as its Secret holds them.
@@ -100,6 +109,22 @@ impl KeyStore {
     /// Keys whose private key is in the Secret, with their state.
     pub fn keys(&self) -> &[DkimKeyStatus] {
         &self.keys
+    }
+
+    /// The active keys with their PEM: what signs.
+    pub fn active(&self) -> Vec<ActiveKey> {
+        self.keys
+            .iter()
+            .filter(|k| k.state == DkimKeyState::Active)
+            .filter_map(|k| {
+                let pem = self.data.get(&dkim_key_file(&k.selector))?;
+                Some(ActiveKey {
+                    selector: k.selector.clone(),
+                    algorithm: k.algorithm,
+                    pem: pem.0.clone(),
+                })
+            })
+            .collect()
     }
 
     /// Selectors the state lists whose private key is gone from the Secret.

@@ -4,7 +4,12 @@
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
-use super::config::{CONFIG_KEY, build_config, dkim_secret_name, hostname, paths, stream_name};
+use postern_config::DomainConfig;
+
+use super::config::{
+    CONFIG_KEY, DOMAINS_KEY, build_config, hostname, paths, signing_domains, signing_key_file,
+    signing_secret_name, stream_name,
+};
 use super::dereference::RelayInputs;
 use crate::api::{DELIVERY_REPLICAS, INGRESS_REPLICAS, Relay, ServiceType, TrafficPolicy};
 use crate::meta::{self, RESTART_HASH, owned_meta};
@@ -47,7 +52,7 @@ pub struct DesiredRelay {
 pub fn build(inputs: &RelayInputs) -> Result<DesiredRelay, BuildError> {
     let relay = &inputs.relay;
     let name = relay.name_any();
-    let config = build_config(relay, &inputs.domains)?;
+    let config = build_config(relay)?;
     let config_yaml = config.to_yaml()?;
     let restart_hash = meta::hash(&[config_yaml.as_bytes(), inputs.secret_digest.as_bytes()]);
     let tls = &relay.spec.ingress.tls;
@@ -98,6 +103,7 @@ pub fn build(inputs: &RelayInputs) -> Result<DesiredRelay, BuildError> {
             format!("{name}-tls"),
         ));
     }
+    objects.push(signing_secret(inputs)?);
     objects.push(ingress_deployment(inputs, &restart_hash, &tls_secret));
     objects.push(delivery_deployment(inputs, &restart_hash));
     objects.push(ingress_service(relay));
@@ -285,6 +291,37 @@ fn ingress_service(relay: &Relay) -> Value {
     json!({ "apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": spec })
 }
 
+/// The signing Secret: the domains file and the active keys of every Domain of the Relay.
+/// Kubernetes updates a mounted Secret in place and the relay reloads it, so a new Domain or
+/// a key activation reaches running pods without a restart.
+fn signing_secret(inputs: &RelayInputs) -> Result<Value, BuildError> {
+    use base64::Engine;
+    let encode = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let domains = DomainConfig::list_to_yaml(&signing_domains(&inputs.domains))?;
+    let mut data = serde_json::Map::new();
+    data.insert(
+        DOMAINS_KEY.into(),
+        Value::String(encode(domains.as_bytes())),
+    );
+    for (domain, keys) in &inputs.domains {
+        for key in keys {
+            data.insert(
+                signing_key_file(domain, &key.selector),
+                Value::String(encode(&key.pem)),
+            );
+        }
+    }
+    let relay = &inputs.relay;
+    Ok(object(
+        relay,
+        "v1",
+        "Secret",
+        signing_secret_name(relay),
+        "ingress",
+        json!({ "type": "Opaque", "data": data }),
+    ))
+}
+
 /// A volume from a Secret, mounted read-only at `path`.
 struct SecretMount {
     volume: String,
@@ -311,16 +348,13 @@ fn ingress_deployment(inputs: &RelayInputs, restart_hash: &str, tls_secret: &str
         });
     }
     nats_mount(relay, &mut mounts);
-    for (i, domain) in inputs.domains.iter().enumerate() {
-        let domain_name = domain.name_any();
-        mounts.push(SecretMount {
-            // Domain names may hold dots, which volume names may not.
-            volume: format!("dkim-{i}"),
-            secret: dkim_secret_name(domain),
-            path: format!("{}/{domain_name}", paths::DKIM_DIR),
-            optional: true,
-        });
-    }
+    // One volume for every domain and key: adding either changes no pod template.
+    mounts.push(SecretMount {
+        volume: "signing".into(),
+        secret: signing_secret_name(relay),
+        path: paths::SIGNING_DIR.into(),
+        optional: false,
+    });
     let ports: Vec<Value> = spec
         .ingress
         .listeners

@@ -10,7 +10,8 @@ use postern_config::{
     Listener, ListenerTls, LogFormat, OutboundTls, Route, Smarthost, TlsConfig,
 };
 
-use crate::api::{DkimKeyState, DkimKeyType, Domain, ListenerTlsMode, OutboundTlsMode, Relay};
+use crate::api::{DkimKeyType, Domain, ListenerTlsMode, OutboundTlsMode, Relay};
+use crate::domain::keystore::ActiveKey;
 
 /// Where the pods mount what the config names.
 pub mod paths {
@@ -20,8 +21,13 @@ pub mod paths {
     pub const USERS_DIR: &str = "/etc/postern/users";
     pub const NATS_DIR: &str = "/etc/postern/nats";
     pub const SMARTHOST_DIR: &str = "/etc/postern/smarthost";
-    pub const DKIM_DIR: &str = "/etc/postern/dkim";
+    /// The signing Secret: the domains file and every active DKIM key.
+    pub const SIGNING_DIR: &str = "/etc/postern/signing";
+    pub const DOMAINS_FILE: &str = "/etc/postern/signing/domains.yaml";
 }
+
+/// Key of the domains file in the signing Secret.
+pub const DOMAINS_KEY: &str = "domains.yaml";
 
 /// Key of the config file in the ConfigMap.
 pub const CONFIG_KEY: &str = "config.yaml";
@@ -71,8 +77,19 @@ pub fn dkim_key_file(selector: &str) -> String {
     format!("{selector}.pem")
 }
 
-/// The relay's configuration. Only Domains' active DKIM keys sign.
-pub fn build_config(relay: &Relay, domains: &[Domain]) -> Result<Config, ConfigError> {
+/// Name of the Secret a Relay's ingress pods read their domains and DKIM keys from.
+pub fn signing_secret_name(relay: &Relay) -> String {
+    format!("{}-signing", relay.name_any())
+}
+
+/// File name of a Domain's key in the signing Secret: `<Domain name>.<selector>.pem`.
+pub fn signing_key_file(domain: &Domain, selector: &str) -> String {
+    format!("{}.{selector}.pem", domain.name_any())
+}
+
+/// The relay's configuration. Domains and their keys are not in it: they are in the domains
+/// file of the signing Secret ([`signing_domains`]), which pods reload without a restart.
+pub fn build_config(relay: &Relay) -> Result<Config, ConfigError> {
     let spec = &relay.spec;
     let mut config = Config {
         hostname: hostname(relay),
@@ -177,7 +194,7 @@ pub fn build_config(relay: &Relay, domains: &[Domain]) -> Result<Config, ConfigE
         config.delivery.retry.max_age = parse_duration("delivery.retry.maxAge", max_age)?;
     }
 
-    config.domains = domains.iter().map(domain_config).collect();
+    config.domains_file = Some(paths::DOMAINS_FILE.into());
     config.admin = AdminConfig {
         address: SocketAddr::from(([0, 0, 0, 0], super::build::ADMIN_PORT)),
     };
@@ -191,26 +208,30 @@ pub fn build_config(relay: &Relay, domains: &[Domain]) -> Result<Config, ConfigE
     Ok(config)
 }
 
-fn domain_config(domain: &Domain) -> DomainConfig {
-    let dir = format!("{}/{}", paths::DKIM_DIR, domain.name_any());
-    let dkim = domain
-        .status
+/// The domains file: each Domain with the active keys its Secret holds.
+pub fn signing_domains(domains: &[(Domain, Vec<ActiveKey>)]) -> Vec<DomainConfig> {
+    domains
         .iter()
-        .flat_map(|s| &s.dkim_keys)
-        .filter(|k| k.state == DkimKeyState::Active)
-        .map(|k| DkimKeyConfig {
-            selector: k.selector.clone(),
-            algorithm: match k.algorithm {
-                DkimKeyType::Ed25519 => DkimAlgorithm::Ed25519,
-                DkimKeyType::Rsa2048 => DkimAlgorithm::Rsa,
-            },
-            key_file: format!("{dir}/{}", dkim_key_file(&k.selector)).into(),
+        .map(|(domain, keys)| DomainConfig {
+            name: domain.spec.domain.to_ascii_lowercase(),
+            dkim: keys
+                .iter()
+                .map(|k| DkimKeyConfig {
+                    selector: k.selector.clone(),
+                    algorithm: match k.algorithm {
+                        DkimKeyType::Ed25519 => DkimAlgorithm::Ed25519,
+                        DkimKeyType::Rsa2048 => DkimAlgorithm::Rsa,
+                    },
+                    key_file: format!(
+                        "{}/{}",
+                        paths::SIGNING_DIR,
+                        signing_key_file(domain, &k.selector)
+                    )
+                    .into(),
+                })
+                .collect(),
         })
-        .collect();
-    DomainConfig {
-        name: domain.spec.domain.to_ascii_lowercase(),
-        dkim,
-    }
+        .collect()
 }
 
 fn outbound_tls(mode: OutboundTlsMode) -> OutboundTls {

@@ -7,6 +7,7 @@ use kube::{Api, Client, ResourceExt};
 
 use super::config::{NATS_CREDS_KEY, SMARTHOST_KEY, USERS_KEY};
 use crate::api::{Domain, Relay, SecretKeyRef};
+use crate::domain::keystore::{ActiveKey, KeyStore, KeyStoreError};
 use crate::meta;
 
 /// CRD whose presence makes delivery autoscale with KEDA on queue lag.
@@ -18,8 +19,9 @@ pub const CERT_MANAGER_CRD: &str = "certificates.cert-manager.io";
 #[derive(Debug, Clone)]
 pub struct RelayInputs {
     pub relay: Relay,
-    /// Domains whose `relayRef` names this Relay, by name.
-    pub domains: Vec<Domain>,
+    /// Domains whose `relayRef` names this Relay, by name, each with the active keys its key
+    /// Secret holds.
+    pub domains: Vec<(Domain, Vec<ActiveKey>)>,
     /// Hash of the Secrets the pods read only at start (users, NATS and smarthost credentials).
     pub secret_digest: String,
     /// The NATS `.creds` file, for provisioning the stream.
@@ -118,10 +120,27 @@ pub async fn dereference(
         .filter(|d| d.spec.relay_ref.name == relay.name_any())
         .collect();
     domains.sort_by_key(|d| d.name_any());
+    let mut signing = Vec::with_capacity(domains.len());
+    for domain in domains {
+        let keys = match KeyStore::read(&secrets, &domain).await {
+            Ok(store) => store.active(),
+            Err(KeyStoreError::Kube { source, .. }) => {
+                return Err(DereferenceError::Kube {
+                    what: "Secret",
+                    source,
+                });
+            }
+            Err(err) => {
+                tracing::warn!(domain = %domain.name_any(), %err, "its keys do not sign");
+                Vec::new()
+            }
+        };
+        signing.push((domain, keys));
+    }
 
     Ok(RelayInputs {
         relay: relay.clone(),
-        domains,
+        domains: signing,
         secret_digest: meta::hash(&parts),
         nats_credentials,
         keda: keda_allowed && crd_exists(client, KEDA_CRD).await?,

@@ -66,7 +66,7 @@ pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action, R
     let has_finalizer = relay.finalizers().iter().any(|f| f == STREAM_FINALIZER);
     if relay.meta().deletion_timestamp.is_some() {
         if has_finalizer {
-            let config = config::build_config(&relay, &[])?;
+            let config = config::build_config(&relay)?;
             let credentials = nats_credentials(&ctx, &relay).await?;
             ctx.queues.delete(&config, credentials.as_deref()).await?;
             ctx.event(

@@ -8,6 +8,7 @@ use k8s_openapi::jiff::Timestamp;
 use postern_operator::api::{
     DkimKeyState, DkimKeyStatus, DkimKeyType, Domain, DomainStatus, Relay,
 };
+use postern_operator::domain::keystore::ActiveKey;
 use postern_operator::relay::dereference::RelayInputs;
 
 pub fn repo() -> PathBuf {
@@ -60,6 +61,16 @@ pub fn domain_with_keys() -> Domain {
     domain
 }
 
+/// An active ed25519 key (its PEM is a placeholder: the build does not parse it).
+pub fn active_key(selector: &str) -> ActiveKey {
+    ActiveKey {
+        selector: selector.into(),
+        algorithm: DkimKeyType::Ed25519,
+        pem: format!("-----BEGIN PRIVATE KEY-----\n{selector}\n-----END PRIVATE KEY-----\n")
+            .into_bytes(),
+    }
+}
+
 /// Inputs of the minimal Relay: no Domains, no KEDA.
 pub fn minimal_inputs() -> RelayInputs {
     RelayInputs {
@@ -77,7 +88,10 @@ pub fn minimal_inputs() -> RelayInputs {
 pub fn full_inputs() -> RelayInputs {
     RelayInputs {
         relay: relay("examples/relay.yaml"),
-        domains: vec![domain_with_keys()],
+        domains: vec![(
+            domain_with_keys(),
+            vec![active_key("postern-ed25519-20261101")],
+        )],
         secret_digest: "users-and-credentials".into(),
         nats_credentials: None,
         keda: true,

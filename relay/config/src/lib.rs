@@ -32,6 +32,11 @@ pub struct Config {
     /// Sending domains and their DKIM keys.
     #[serde(default)]
     pub domains: Vec<DomainConfig>,
+    /// A YAML file listing more sending domains, in the shape of `domains`; it is read again,
+    /// with its key files, whenever it changes (every `reloadInterval`), so domains and keys
+    /// change without a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domains_file: Option<PathBuf>,
     #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]
@@ -40,7 +45,8 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     #[serde(default)]
     pub standalone: StandaloneConfig,
-    /// How often the TLS certificate and DKIM key files are checked and reloaded when changed.
+    /// How often the TLS certificate, the DKIM key files and the domains file are checked and
+    /// reloaded when changed.
     #[serde(default = "default_reload_interval")]
     pub reload_interval: Duration,
     /// How long transactions in progress may run after SIGTERM.
@@ -567,6 +573,7 @@ impl Default for Config {
             ingress: IngressConfig::default(),
             delivery: DeliveryConfig::default(),
             domains: Vec::new(),
+            domains_file: None,
             reload_interval: default_reload_interval(),
             admin: AdminConfig::default(),
             log: LogConfig::default(),
@@ -595,6 +602,18 @@ impl Config {
     /// The YAML form, as the operator writes it into a ConfigMap.
     pub fn to_yaml(&self) -> Result<String, ConfigError> {
         serde_saphyr::to_string(self).map_err(|e| ConfigError::Parse(e.to_string()))
+    }
+}
+
+impl DomainConfig {
+    /// Parses the contents of a domains file (`domainsFile`): a YAML list of domains.
+    pub fn list_from_yaml(text: &str) -> Result<Vec<DomainConfig>, ConfigError> {
+        serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))
+    }
+
+    /// The YAML form of a domains file, as the operator writes it.
+    pub fn list_to_yaml(domains: &[DomainConfig]) -> Result<String, ConfigError> {
+        serde_saphyr::to_string(&domains).map_err(|e| ConfigError::Parse(e.to_string()))
     }
 }
 
