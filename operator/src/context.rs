@@ -21,6 +21,11 @@ pub struct Context {
     pub keda: bool,
     /// Image of relay pods whose Relay names none.
     pub relay_image: String,
+    /// NATS of Relays that name none (`--nats-url`), and its monitoring endpoint.
+    pub nats_url: Option<String>,
+    pub nats_monitoring_endpoint: Option<String>,
+    /// Stream replicas of Relays that set none (`--stream-replicas`).
+    pub stream_replicas: Option<u8>,
     recorder: Recorder,
     clock: Box<dyn Fn() -> Timestamp + Send + Sync>,
     /// When each resource (by uid) last had all its objects applied regardless of hashes.
@@ -61,6 +66,9 @@ impl Context {
             resynced: Mutex::default(),
             keda: true,
             relay_image: crate::relay::build::DEFAULT_IMAGE.to_string(),
+            nats_url: None,
+            nats_monitoring_endpoint: None,
+            stream_replicas: None,
             clock,
         }
     }

@@ -38,6 +38,15 @@ enum Command {
         /// Image of relay pods whose Relay sets no spec.image.
         #[arg(long, default_value = postern_operator::relay::build::DEFAULT_IMAGE)]
         relay_image: String,
+        /// NATS client URL of Relays that set no spec.nats.url (the Helm chart passes its NATS).
+        #[arg(long)]
+        nats_url: Option<String>,
+        /// NATS monitoring endpoint (host:port) KEDA reads for those Relays.
+        #[arg(long, requires = "nats_url")]
+        nats_monitoring_endpoint: Option<String>,
+        /// Stream replicas of Relays that set no spec.nats.streamReplicas (1, 3 or 5).
+        #[arg(long, value_parser = stream_replicas)]
+        stream_replicas: Option<u8>,
         /// Log filter; RUST_LOG overrides it.
         #[arg(long, default_value = "info")]
         log_level: String,
@@ -88,6 +97,9 @@ fn main() -> ExitCode {
             admin_address,
             keda,
             relay_image,
+            nats_url,
+            nats_monitoring_endpoint,
+            stream_replicas,
             log_level,
         } => {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -113,12 +125,24 @@ fn main() -> ExitCode {
                 admin_address,
                 keda: matches!(keda, Keda::Auto),
                 relay_image,
+                nats_url,
+                nats_monitoring_endpoint,
+                stream_replicas,
             };
             match runtime.block_on(postern_operator::run::run(settings)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => fail(err),
             }
         }
+    }
+}
+
+fn stream_replicas(text: &str) -> Result<u8, String> {
+    match text {
+        "1" => Ok(1),
+        "3" => Ok(3),
+        "5" => Ok(5),
+        _ => Err("1, 3 or 5".into()),
     }
 }
 

@@ -35,6 +35,11 @@ pub struct Settings {
     pub keda: bool,
     /// Image of relay pods whose Relay names none.
     pub relay_image: String,
+    /// NATS of Relays that name none, and its monitoring endpoint.
+    pub nats_url: Option<String>,
+    pub nats_monitoring_endpoint: Option<String>,
+    /// Stream replicas of Relays that set none.
+    pub stream_replicas: Option<u8>,
 }
 
 /// Runs until SIGTERM or until another replica takes the lease.
@@ -66,6 +71,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let mut ctx = Context::new(client.clone(), dns);
     ctx.keda = settings.keda;
     ctx.relay_image = settings.relay_image.clone();
+    ctx.nats_url = settings.nats_url.clone();
+    ctx.nats_monitoring_endpoint = settings.nats_monitoring_endpoint.clone();
+    ctx.stream_replicas = settings.stream_replicas;
     let controllers = controllers(client, Arc::new(ctx), metrics.clone());
     tokio::select! {
         () = controllers => {}

@@ -47,6 +47,11 @@ fn values_files() -> Vec<Option<PathBuf>> {
 }
 
 fn render(values: Option<&PathBuf>, sets: &[&str]) -> Vec<Value> {
+    render_for(values, sets, &[])
+}
+
+/// [`render`] for a cluster that serves `api_versions` besides the built-in ones.
+fn render_for(values: Option<&PathBuf>, sets: &[&str], api_versions: &[&str]) -> Vec<Value> {
     let chart = chart();
     let mut args = vec![
         "template",
@@ -61,6 +66,9 @@ fn render(values: Option<&PathBuf>, sets: &[&str]) -> Vec<Value> {
     }
     for set in sets {
         args.extend(["--set", set]);
+    }
+    for api in api_versions {
+        args.extend(["--api-versions", api]);
     }
     let (ok, text) = helm(&args);
     assert!(ok, "helm template failed:\n{text}");
@@ -304,7 +312,11 @@ fn optional_parts_are_off_by_default() {
             "{kind} rendered by default"
         );
     }
-    let objects = render(Some(&chart().join("ci/full-values.yaml")), &[]);
+    let objects = render_for(
+        Some(&chart().join("ci/full-values.yaml")),
+        &[],
+        &["monitoring.coreos.com/v1/ServiceMonitor"],
+    );
     assert_eq!(find(&objects, "ServiceMonitor").len(), 2);
     assert_eq!(find(&objects, "NetworkPolicy").len(), 3);
     let domain = find(&objects, "Domain")[0];
@@ -381,13 +393,69 @@ fn the_install_notes_say_what_to_do_next() {
     };
     let default = notes(&[]);
     assert!(
-        default.contains("url: \"nats://postern-nats.mail.svc:4222\""),
+        default.contains(
+            "A Relay without spec.nats uses nats://postern-nats.mail.svc:4222 with 3 stream replica(s)."
+        ),
         "{default}"
     );
-    assert!(default.contains("streamReplicas: 3"), "{default}");
+    assert!(!default.contains("WARNING"), "{default}");
     assert!(default.contains("Create a Relay"), "{default}");
     assert!(default.contains(".status.records"), "{default}");
     let single = notes(&["nats.replicas=1", "relay.create=true"]);
     assert!(single.contains("get relay mail -w"), "{single}");
     assert!(!single.contains("Create a Relay"), "{single}");
+    // Asked for a ServiceMonitor where nobody serves the API: installed, and told why not.
+    let monitored = notes(&["serviceMonitor.enabled=true"]);
+    assert!(
+        monitored.contains("no ServiceMonitor was created"),
+        "{monitored}"
+    );
+}
+
+#[test]
+fn a_service_monitor_is_rendered_only_where_its_api_is_served() {
+    let without = render(None, &["serviceMonitor.enabled=true"]);
+    assert!(find(&without, "ServiceMonitor").is_empty());
+    let with = render_for(
+        None,
+        &["serviceMonitor.enabled=true"],
+        &["monitoring.coreos.com/v1/ServiceMonitor"],
+    );
+    assert_eq!(find(&with, "ServiceMonitor").len(), 2);
+}
+
+#[test]
+fn the_operator_gives_relays_the_charts_nats() {
+    let args = |sets: &[&str]| -> Vec<String> {
+        let objects = render(None, sets);
+        let operator = find(&objects, "Deployment")
+            .into_iter()
+            .find(|d| d["metadata"]["name"] == "postern-operator")
+            .unwrap()
+            .clone();
+        operator["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect()
+    };
+    let default = args(&[]);
+    for expected in [
+        "--nats-url=nats://postern-nats.postern.svc:4222",
+        "--nats-monitoring-endpoint=postern-nats-headless.postern.svc:8222",
+        "--stream-replicas=3",
+    ] {
+        assert!(default.contains(&expected.to_string()), "{default:?}");
+    }
+    assert!(args(&["nats.replicas=1"]).contains(&"--stream-replicas=1".to_string()));
+    let external = args(&["nats.enabled=false", "nats.url=nats://nats.nats.svc:4222"]);
+    assert!(
+        external.contains(&"--nats-url=nats://nats.nats.svc:4222".to_string()),
+        "{external:?}"
+    );
+    assert!(
+        !external.iter().any(|a| a.starts_with("--stream-replicas")),
+        "{external:?}"
+    );
 }

@@ -47,9 +47,7 @@ impl Harness {
     fn start_with(spec: Value, keda: bool) -> Harness {
         let nats = NatsServer::start();
         let (client, api) = FakeApi::start();
-        let mut spec = spec;
-        spec["nats"]["url"] = json!(nats.url());
-        spec["nats"]["streamReplicas"] = json!(1);
+        // The Relay names no NATS: the operator's (`--nats-url`, `--stream-replicas`) is used.
         api.put(RELAY, json!({
             "apiVersion": "postern.io/v1alpha1", "kind": "Relay",
             "metadata": { "name": "mail", "namespace": "default", "uid": "relay-uid", "generation": 1, "resourceVersion": "1" },
@@ -64,6 +62,8 @@ impl Harness {
             Box::new(move || *now.lock().unwrap()),
         );
         ctx.keda = keda;
+        ctx.nats_url = Some(nats.url());
+        ctx.stream_replicas = Some(1);
         let ctx = Arc::new(ctx);
         Harness {
             api,

@@ -53,6 +53,16 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{/* Monitoring endpoint KEDA reads: nats.monitoringEndpoint, or the chart's headless Service
+(KEDA finds the consumer leader at <server name>.<this host>), or none. */}}
+{{- define "postern.natsMonitoringEndpoint" -}}
+{{- if .Values.nats.monitoringEndpoint }}
+{{- .Values.nats.monitoringEndpoint }}
+{{- else if .Values.nats.enabled }}
+{{- printf "%s-nats-headless.%s.svc:8222" (include "postern.fullname" .) .Release.Namespace }}
+{{- end }}
+{{- end }}
+
 {{/* Security context of every container the chart runs. */}}
 {{- define "postern.containerSecurityContext" -}}
 runAsNonRoot: true

@@ -63,15 +63,17 @@ pub struct RelaySpec {
 }
 
 /// NATS JetStream connection and queue stream.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NatsSpec {
-    /// Client URL of the NATS cluster. Default: `nats://nats:4222`.
-    #[serde(default = "default_nats_url")]
-    #[schemars(regex(pattern = r"^(nats|tls)://[^\s]+$"))]
-    pub url: String,
-    /// NATS monitoring endpoint (`host:port`) read by KEDA's `nats-jetstream` scaler. Default: the
-    /// host of `url` with port 8222.
+    /// Client URL of the NATS cluster. Default: the operator's `--nats-url` (the Helm chart
+    /// passes its own NATS), else `nats://nats:4222`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(nats|tls)://[^\s]+$"), length(max = 2048))]
+    pub url: Option<String>,
+    /// NATS monitoring endpoint (`host:port`) read by KEDA's `nats-jetstream` scaler. Default:
+    /// the operator's `--nats-monitoring-endpoint` when `url` is left out, else the host of `url`
+    /// with port 8222.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monitoring_endpoint: Option<String>,
     /// Secret holding a NATS `.creds` file. Default key: `nats.creds`.
@@ -81,34 +83,30 @@ pub struct NatsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
     pub stream: Option<String>,
-    /// Stream replicas: 1, 3 or 5. Default: 3.
-    #[serde(default = "default_stream_replicas")]
+    /// Stream replicas: 1, 3 or 5. Default: the operator's `--stream-replicas` (the Helm chart
+    /// passes what its NATS can hold), else 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("enum" = [1, 3, 5]))]
-    pub stream_replicas: u8,
+    pub stream_replicas: Option<u8>,
     /// Delete the stream (and any mail still queued) when the Relay is deleted. Default: false,
     /// the stream is kept.
     #[serde(default)]
     pub delete_stream_with_relay: bool,
 }
 
-impl Default for NatsSpec {
-    fn default() -> Self {
-        NatsSpec {
-            url: default_nats_url(),
-            monitoring_endpoint: None,
-            credentials_secret: None,
-            stream: None,
-            stream_replicas: default_stream_replicas(),
-            delete_stream_with_relay: false,
-        }
-    }
-}
+/// NATS URL of a Relay that names none, when the operator was given none either.
+pub const FALLBACK_NATS_URL: &str = "nats://nats:4222";
 
-fn default_nats_url() -> String {
-    "nats://nats:4222".into()
-}
-fn default_stream_replicas() -> u8 {
-    3
+impl NatsSpec {
+    /// The client URL: `url`, else [`FALLBACK_NATS_URL`].
+    pub fn url(&self) -> &str {
+        self.url.as_deref().unwrap_or(FALLBACK_NATS_URL)
+    }
+
+    /// Stream replicas: `streamReplicas`, else 3.
+    pub fn stream_replicas(&self) -> u8 {
+        self.stream_replicas.unwrap_or(3)
+    }
 }
 
 /// Replica bounds of an autoscaled Deployment. Either bound may be left out: a missing `min`

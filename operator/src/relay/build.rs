@@ -207,8 +207,8 @@ pub fn monitoring_endpoint(relay: &Relay) -> String {
     if let Some(endpoint) = &relay.spec.nats.monitoring_endpoint {
         return endpoint.clone();
     }
-    let url = &relay.spec.nats.url;
-    let rest = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+    let url = relay.spec.nats.url();
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let host_port = rest.split(['/', ',']).next().unwrap_or(rest);
     let host_port = host_port.rsplit_once('@').map_or(host_port, |(_, h)| h);
     let host = match host_port.rsplit_once(':') {

@@ -97,7 +97,7 @@ pub fn build_config(relay: &Relay) -> Result<Config, ConfigError> {
     };
 
     let stream = stream_name(relay);
-    config.nats.url = Some(spec.nats.url.clone());
+    config.nats.url = Some(spec.nats.url().to_string());
     config.nats.credentials_file = spec
         .nats
         .credentials_secret
@@ -106,7 +106,7 @@ pub fn build_config(relay: &Relay) -> Result<Config, ConfigError> {
     config.nats.subject_prefix = format!("postern.{}", stream.to_ascii_lowercase());
     config.nats.body_stream = format!("{stream}_BODIES");
     config.nats.stream = stream;
-    config.nats.replicas = usize::from(spec.nats.stream_replicas);
+    config.nats.replicas = usize::from(spec.nats.stream_replicas());
 
     let ingress = &spec.ingress;
     config.ingress.listeners = ingress

@@ -59,8 +59,26 @@ impl ReconcileError {
     }
 }
 
+/// The Relay with what it leaves out that the operator was told (`--nats-url`,
+/// `--nats-monitoring-endpoint`, `--stream-replicas`) filled in.
+pub fn with_operator_defaults(relay: &Relay, ctx: &Context) -> Relay {
+    let mut relay = relay.clone();
+    let nats = &mut relay.spec.nats;
+    if nats.stream_replicas.is_none() {
+        nats.stream_replicas = ctx.stream_replicas;
+    }
+    if nats.url.is_none() && ctx.nats_url.is_some() {
+        nats.url = ctx.nats_url.clone();
+        if nats.monitoring_endpoint.is_none() {
+            nats.monitoring_endpoint = ctx.nats_monitoring_endpoint.clone();
+        }
+    }
+    relay
+}
+
 /// Brings the cluster in line with one Relay.
 pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let relay = Arc::new(with_operator_defaults(&relay, &ctx));
     let namespace = relay.namespace().unwrap_or_else(|| "default".into());
     let relays: Api<Relay> = Api::namespaced(ctx.client.clone(), &namespace);
     let has_finalizer = relay.finalizers().iter().any(|f| f == STREAM_FINALIZER);

@@ -74,12 +74,12 @@ pub fn validate(name: &str, spec: &RelaySpec) -> Result<(), ValidationError> {
             );
         }
     }
-    if ![1, 3, 5].contains(&spec.nats.stream_replicas) {
+    let stream_replicas = spec.nats.stream_replicas();
+    if ![1, 3, 5].contains(&stream_replicas) {
         problem(
             "spec.nats.streamReplicas".into(),
             format!(
-                "{} replicas survive no more failures than one fewer; use 1, 3 or 5",
-                spec.nats.stream_replicas
+                "{stream_replicas} replicas survive no more failures than one fewer; use 1, 3 or 5"
             ),
         );
     }
