@@ -91,7 +91,10 @@ fn pods_are_locked_down_and_drain_before_they_stop() {
     let container = &ingress["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(container["lifecycle"]["preStop"]["sleep"]["seconds"], 5);
     let service = object(&desired, "Service", "mail");
-    assert_eq!(service["spec"]["externalTrafficPolicy"], "Local");
+    assert_eq!(service["spec"]["type"], "ClusterIP");
+    assert!(service["spec"].get("externalTrafficPolicy").is_none());
+    let exposed = object(&build(&full_inputs()).unwrap(), "Service", "mail").clone();
+    assert_eq!(exposed["spec"]["externalTrafficPolicy"], "Local");
     let ports: Vec<(i64, &str)> = service["spec"]["ports"]
         .as_array()
         .unwrap()

@@ -449,3 +449,47 @@ async fn edits_by_others_are_undone_at_the_next_resync() {
         "restored within the resync period"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_relaying_through_a_load_balancer_is_a_warning() {
+    let h = Harness::start(json!({}));
+    h.reconcile().await;
+    let (restricted, reason, message) = h.condition("RelayRestricted");
+    assert_eq!(
+        (restricted.as_str(), reason.as_str()),
+        ("True", "AuthRequiredOutside"),
+        "{message}"
+    );
+    let service = h.api.get(&format!("{NS}/services/mail")).unwrap();
+    assert_eq!(service["spec"]["type"], "ClusterIP");
+
+    let mut relay = h.api.get(RELAY).unwrap();
+    relay["spec"]["ingress"] = json!({
+        "service": { "type": "LoadBalancer" },
+        "allowedNetworks": ["10.0.0.0/8"],
+    });
+    relay["metadata"]["generation"] = json!(2);
+    h.api.put(RELAY, relay);
+    let log = h.reconcile().await;
+    let (restricted, reason, message) = h.condition("RelayRestricted");
+    assert_eq!(
+        (restricted.as_str(), reason.as_str()),
+        ("False", "UnauthenticatedRelayExposed")
+    );
+    assert!(
+        message.contains("10.0.0.0/8 relay without AUTH"),
+        "{message}"
+    );
+    // Said once as a Warning event, and the Relay still works.
+    let events: Vec<Value> = h
+        .api
+        .paths()
+        .iter()
+        .filter(|p| p.contains("/events/"))
+        .map(|p| h.api.get(p).unwrap())
+        .filter(|e| e["reason"] == "UnauthenticatedRelayExposed")
+        .collect();
+    assert_eq!(events.len(), 1, "{log:?}");
+    assert_eq!(events[0]["type"], "Warning");
+    assert_eq!(h.condition("Degraded").0, "False");
+}

@@ -105,3 +105,59 @@ fn stream_replicas_are_one_three_or_five() {
         ["nats"]["properties"]["streamReplicas"];
     assert_eq!(field["enum"], serde_json::json!([1, 3, 5]), "{field}");
 }
+
+#[test]
+fn no_internet_client_relays_without_auth_by_default() {
+    // Default: a ClusterIP Service, in-cluster (private) clients relay.
+    let relay = spec("{}");
+    assert_eq!(
+        relay.ingress.service.type_,
+        postern_operator::api::ServiceType::ClusterIP
+    );
+    assert_eq!(
+        relay.ingress.allowed_networks(),
+        ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fd00::/8"]
+    );
+    assert_eq!(relay.ingress.relay_exposure(), None);
+
+    // Exposed by a load balancer: nobody relays without AUTH unless the spec says so.
+    let exposed = spec("ingress: { service: { type: LoadBalancer } }");
+    assert!(exposed.ingress.allowed_networks().is_empty());
+    assert_eq!(exposed.ingress.relay_exposure(), None);
+
+    // Said so: warned, naming the networks and listeners.
+    let open = spec(
+        "ingress: { service: { type: LoadBalancer, externalTrafficPolicy: Cluster }, allowedNetworks: [10.0.0.0/8] }",
+    );
+    let warning = open.ingress.relay_exposure().unwrap();
+    for part in [
+        "10.0.0.0/8 relay without AUTH on the LoadBalancer Service",
+        "listeners smtp, submission, submissions",
+        "every client arrives from a node address",
+    ] {
+        assert!(warning.contains(part), "{warning}");
+    }
+    // Listeners that read the client address from a PROXY header are not at risk.
+    let proxied = spec(
+        r#"
+ingress:
+  service: { type: LoadBalancer }
+  allowedNetworks: [10.0.0.0/8]
+  listeners: [{ name: smtp, port: 25, proxyProtocol: true }]
+"#,
+    );
+    assert_eq!(proxied.ingress.relay_exposure(), None);
+}
+
+#[test]
+fn a_balancer_said_to_keep_client_addresses_is_not_warned_about() {
+    let kept = spec(
+        "ingress: { service: { type: LoadBalancer, preservesClientAddresses: true }, allowedNetworks: [10.0.0.0/8] }",
+    );
+    assert_eq!(kept.ingress.relay_exposure(), None);
+    // Not with externalTrafficPolicy Cluster: nodes rewrite the address whatever the balancer does.
+    let snat = spec(
+        "ingress: { service: { type: LoadBalancer, preservesClientAddresses: true, externalTrafficPolicy: Cluster }, allowedNetworks: [10.0.0.0/8] }",
+    );
+    assert!(snat.ingress.relay_exposure().is_some());
+}

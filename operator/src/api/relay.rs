@@ -162,12 +162,14 @@ pub struct IngressSpec {
     /// The certificate served by the listeners. Default: a self-signed certificate.
     #[serde(default)]
     pub tls: TlsSpec,
-    /// Client networks (CIDRs) that may relay without AUTH. Default: the private ranges
-    /// 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16 and fd00::/8.
-    #[serde(default = "default_allowed_networks")]
+    /// Client networks (CIDRs) that may relay without AUTH. Default: on a ClusterIP Service
+    /// (in-cluster clients only) the private ranges 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16
+    /// and fd00::/8; on a LoadBalancer or NodePort Service none, so every client authenticates
+    /// (a balancer that rewrites source addresses makes internet clients look private).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64), inner(length(min = 1, max = 64)))]
     #[schemars(extend("x-kubernetes-validations" = [{"rule": "self.all(n, isCIDR(n))", "message": "every entry must be a CIDR such as 10.0.0.0/8"}]))]
-    pub allowed_networks: Vec<String>,
+    pub allowed_networks: Option<Vec<String>>,
     /// Secret holding the users file (`name:<argon2 hash>` lines, made with
     /// `postern hash-password`); enables AUTH. Default key: `users`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -200,7 +202,7 @@ impl Default for IngressSpec {
             service: ServiceSpec::default(),
             listeners: default_listeners(),
             tls: TlsSpec::default(),
-            allowed_networks: default_allowed_networks(),
+            allowed_networks: None,
             users_secret: None,
             sender_domains: Vec::new(),
             trusted_proxies: Vec::new(),
@@ -217,10 +219,53 @@ fn default_cpu_target() -> i32 {
 fn default_max_unavailable() -> i32 {
     1
 }
-fn default_allowed_networks() -> Vec<String> {
-    ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fd00::/8"]
-        .map(String::from)
-        .to_vec()
+/// Networks that relay without AUTH when `allowedNetworks` is left out on a ClusterIP Service.
+pub const PRIVATE_NETWORKS: [&str; 4] =
+    ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fd00::/8"];
+
+impl IngressSpec {
+    /// `allowedNetworks`, or its default for the Service type.
+    pub fn allowed_networks(&self) -> Vec<String> {
+        match (&self.allowed_networks, self.service.type_) {
+            (Some(networks), _) => networks.clone(),
+            (None, ServiceType::ClusterIP) => PRIVATE_NETWORKS.map(String::from).to_vec(),
+            (None, _) => Vec::new(),
+        }
+    }
+
+    /// Why unauthenticated relaying may be open to any internet client, if it may: networks
+    /// may relay without AUTH through a Service reachable from outside, on a listener that
+    /// does not read client addresses from a PROXY header.
+    pub fn relay_exposure(&self) -> Option<String> {
+        let networks = self.allowed_networks();
+        if self.service.type_ == ServiceType::ClusterIP || networks.is_empty() {
+            return None;
+        }
+        let listeners: Vec<&str> = self
+            .listeners
+            .iter()
+            .filter(|l| !l.proxy_protocol)
+            .map(|l| l.name.as_str())
+            .collect();
+        if listeners.is_empty() {
+            return None;
+        }
+        let rewrites = match self.service.external_traffic_policy {
+            TrafficPolicy::Cluster => {
+                "with externalTrafficPolicy Cluster every client arrives from a node address"
+            }
+            TrafficPolicy::Local if self.service.preserves_client_addresses => return None,
+            TrafficPolicy::Local => {
+                "a load balancer that rewrites source addresses makes internet clients arrive from its own addresses (set service.preservesClientAddresses if yours does not)"
+            }
+        };
+        Some(format!(
+            "{} relay without AUTH on the {:?} Service (listeners {}); {rewrites}, which may be in them. Require AUTH (allowedNetworks: []), use proxyProtocol listeners, or a ClusterIP Service",
+            networks.join(", "),
+            self.service.type_,
+            listeners.join(", ")
+        ))
+    }
 }
 fn default_listeners() -> Vec<ListenerSpec> {
     vec![
@@ -233,9 +278,9 @@ fn default_listeners() -> Vec<ListenerSpec> {
 /// Kubernetes Service type of the ingress Service.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
 pub enum ServiceType {
+    #[default]
     ClusterIP,
     NodePort,
-    #[default]
     LoadBalancer,
 }
 
@@ -254,7 +299,8 @@ pub enum TrafficPolicy {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceSpec {
-    /// Default: LoadBalancer.
+    /// Default: ClusterIP (reachable in the cluster only). LoadBalancer or NodePort expose the
+    /// relay outside; see `allowedNetworks` for who may then relay without AUTH.
     #[serde(default, rename = "type")]
     pub type_: ServiceType,
     /// Default: Local (for NodePort and LoadBalancer), so client IPs survive.
@@ -266,6 +312,11 @@ pub struct ServiceSpec {
     /// Source CIDRs allowed through a cloud load balancer.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub load_balancer_source_ranges: Vec<String>,
+    /// The load balancer passes client addresses through unchanged (for example an AWS NLB
+    /// with instance targets and externalTrafficPolicy Local), so `allowedNetworks` on an
+    /// exposed Service means what it says and is not warned about. Default: false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub preserves_client_addresses: bool,
 }
 
 /// TLS mode of a listener.

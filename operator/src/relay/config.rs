@@ -128,7 +128,7 @@ pub fn build_config(relay: &Relay) -> Result<Config, ConfigError> {
         key_file: format!("{}/tls.key", paths::TLS_DIR).into(),
     });
     config.ingress.allowed_networks = ingress
-        .allowed_networks
+        .allowed_networks()
         .iter()
         .map(|n| ipnet::IpNet::from_str(n).map_err(|_| invalid("ingress.allowedNetworks", n)))
         .collect::<Result<_, _>>()?;

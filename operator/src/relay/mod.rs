@@ -142,6 +142,28 @@ pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action, R
         "ReconcileSucceeded",
         "all objects applied".into(),
     );
+    // A warning, not a failure: the spec may be what the user wants (a balancer that keeps
+    // client addresses), but it is said, and an event records each change.
+    match relay.spec.ingress.relay_exposure() {
+        None => set(
+            &mut status,
+            "RelayRestricted",
+            true,
+            "AuthRequiredOutside",
+            if relay.spec.ingress.service.type_ == crate::api::ServiceType::ClusterIP {
+                "the Service is reachable only inside the cluster".into()
+            } else {
+                "clients outside the cluster relay only after AUTH".into()
+            },
+        ),
+        Some(message) => set(
+            &mut status,
+            "RelayRestricted",
+            false,
+            "UnauthenticatedRelayExposed",
+            message,
+        ),
+    }
 
     // Apply.
     let resync = ctx.resync_due(relay.uid().as_deref().unwrap_or_default());

@@ -39,8 +39,9 @@ pub fn validate(name: &str, spec: &RelaySpec) -> Result<(), ValidationError> {
         );
     }
 
+    let allowed = spec.ingress.allowed_networks();
     let networks = [
-        ("allowedNetworks", &spec.ingress.allowed_networks),
+        ("allowedNetworks", &allowed),
         ("trustedProxies", &spec.ingress.trusted_proxies),
     ];
     for (field, list) in networks {
