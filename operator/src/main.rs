@@ -47,6 +47,10 @@ enum Command {
         /// Stream replicas of Relays that set no spec.nats.streamReplicas (1, 3 or 5).
         #[arg(long, value_parser = stream_replicas)]
         stream_replicas: Option<u8>,
+        /// Namespaces whose Relays and Domains the operator reconciles (repeat); none: all.
+        /// With namespaces it needs Roles there only (`postern-operator rbac --watch-namespace`).
+        #[arg(long = "watch-namespace")]
+        watch_namespaces: Vec<String>,
         /// Log filter; RUST_LOG overrides it.
         #[arg(long, default_value = "info")]
         log_level: String,
@@ -61,6 +65,9 @@ enum Command {
         /// Namespace of the Role (the operator's).
         #[arg(long, default_value = "postern-system")]
         namespace: String,
+        /// Namespaces the operator watches (repeat); none: the whole cluster.
+        #[arg(long = "watch-namespace")]
+        watch_namespaces: Vec<String>,
     },
 }
 
@@ -81,8 +88,12 @@ fn main() -> ExitCode {
             }
             Err(err) => fail(err),
         },
-        Command::Rbac { name, namespace } => {
-            for role in postern_operator::rbac::roles(&name, &namespace) {
+        Command::Rbac {
+            name,
+            namespace,
+            watch_namespaces,
+        } => {
+            for role in postern_operator::rbac::roles(&name, &namespace, &watch_namespaces) {
                 match serde_saphyr::to_string(&role) {
                     Ok(yaml) => print!("---\n{yaml}"),
                     Err(err) => return fail(err),
@@ -100,6 +111,7 @@ fn main() -> ExitCode {
             nats_url,
             nats_monitoring_endpoint,
             stream_replicas,
+            watch_namespaces,
             log_level,
         } => {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -128,6 +140,7 @@ fn main() -> ExitCode {
                 nats_url,
                 nats_monitoring_endpoint,
                 stream_replicas,
+                watch_namespaces,
             };
             match runtime.block_on(postern_operator::run::run(settings)) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -13,6 +13,9 @@ pub const APPLIED_HASH: &str = "postern.io/applied-hash";
 /// they read only at start changes.
 pub const RESTART_HASH: &str = "postern.io/restart-hash";
 
+/// Label selector of the objects the operator made.
+pub const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=postern-operator";
+
 /// `app.kubernetes.io` labels of an object owned by `instance`.
 pub fn labels(instance: &str, component: &str) -> BTreeMap<String, String> {
     let mut labels = selector(instance, component);

@@ -1,10 +1,14 @@
 //! Every permission the operator needs, in one place. `postern-operator rbac` prints them as a
-//! ClusterRole (and a Role for the leader-election Lease), which the Helm chart installs.
+//! ClusterRole (and a Role for the leader-election Lease; with `--watch-namespace`, a Role in
+//! each watched namespace instead of cluster-wide rules), which the Helm chart installs.
 
 use serde_json::{Value, json};
 
-/// `(API group, resources, verbs)` the operator uses cluster-wide.
-pub const CLUSTER_RULES: &[(&str, &[&str], &[&str])] = &[
+/// `(API group, resources, verbs)` on namespaced resources, in every namespace the operator
+/// watches: cluster-wide (a ClusterRole) by default, a Role in each of `--watch-namespace`.
+/// Nothing is deleted that owner references collect: only the objects a setting can make
+/// unnecessary (autoscalers, certificates, DNS endpoints) have `delete`.
+pub const RESOURCE_RULES: &[(&str, &[&str], &[&str])] = &[
     (
         "postern.io",
         &["relays", "domains"],
@@ -18,25 +22,23 @@ pub const CLUSTER_RULES: &[(&str, &[&str], &[&str])] = &[
     (
         "",
         &["configmaps", "services", "serviceaccounts"],
-        &["get", "list", "watch", "create", "patch", "delete"],
+        &["get", "list", "watch", "create", "patch"],
     ),
     // DKIM key Secrets are replaced with a resourceVersion precondition (`update`).
     (
         "",
         &["secrets"],
-        &[
-            "get", "list", "watch", "create", "update", "patch", "delete",
-        ],
+        &["get", "list", "watch", "create", "update", "patch"],
     ),
     (
         "apps",
         &["deployments"],
-        &["get", "list", "watch", "create", "patch", "delete"],
+        &["get", "list", "watch", "create", "patch"],
     ),
     (
         "policy",
         &["poddisruptionbudgets"],
-        &["get", "create", "patch", "delete"],
+        &["get", "create", "patch"],
     ),
     (
         "autoscaling",
@@ -58,13 +60,15 @@ pub const CLUSTER_RULES: &[(&str, &[&str], &[&str])] = &[
         &["dnsendpoints"],
         &["get", "create", "patch", "delete"],
     ),
-    (
-        "apiextensions.k8s.io",
-        &["customresourcedefinitions"],
-        &["get"],
-    ),
     ("events.k8s.io", &["events"], &["create", "patch"]),
 ];
+
+/// `(API group, resources, verbs)` on cluster-scoped resources: which optional CRDs exist.
+pub const CLUSTER_RULES: &[(&str, &[&str], &[&str])] = &[(
+    "apiextensions.k8s.io",
+    &["customresourcedefinitions"],
+    &["get"],
+)];
 
 /// `(API group, resources, verbs)` in the operator's own namespace.
 pub const LEASE_RULES: &[(&str, &[&str], &[&str])] = &[(
@@ -73,9 +77,10 @@ pub const LEASE_RULES: &[(&str, &[&str], &[&str])] = &[(
     &["get", "create", "patch", "update"],
 )];
 
-/// True when `verb` on `resource` of `group` is granted cluster-wide.
+/// True when `verb` on `resource` of `group` is granted in a watched namespace (or, for
+/// cluster-scoped resources, cluster-wide).
 pub fn allows(group: &str, resource: &str, verb: &str) -> bool {
-    granted(CLUSTER_RULES, group, resource, verb)
+    granted(RESOURCE_RULES, group, resource, verb) || granted(CLUSTER_RULES, group, resource, verb)
 }
 
 /// True when `verb` on `resource` of `group` is granted in the operator's own namespace
@@ -97,20 +102,39 @@ fn rules(table: &[(&str, &[&str], &[&str])]) -> Vec<Value> {
         .collect()
 }
 
-/// The ClusterRole and the Lease Role, named `name`, the Role in `namespace`.
-pub fn roles(name: &str, namespace: &str) -> Vec<Value> {
-    vec![
+/// The roles named `name`: a ClusterRole, the Lease Role in `namespace`, and, when `watch`
+/// names namespaces, a Role in each of them (the ClusterRole then holds only
+/// [`CLUSTER_RULES`]).
+pub fn roles(name: &str, namespace: &str, watch: &[String]) -> Vec<Value> {
+    let cluster: Vec<Value> = if watch.is_empty() {
+        rules(RESOURCE_RULES)
+            .into_iter()
+            .chain(rules(CLUSTER_RULES))
+            .collect()
+    } else {
+        rules(CLUSTER_RULES)
+    };
+    let mut roles = vec![
         json!({
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRole",
             "metadata": { "name": name },
-            "rules": rules(CLUSTER_RULES),
+            "rules": cluster,
         }),
         json!({
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
-            "metadata": { "name": name, "namespace": namespace },
+            "metadata": { "name": format!("{name}-lease"), "namespace": namespace },
             "rules": rules(LEASE_RULES),
         }),
-    ]
+    ];
+    roles.extend(watch.iter().map(|watched| {
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": { "name": name, "namespace": watched },
+            "rules": rules(RESOURCE_RULES),
+        })
+    }));
+    roles
 }

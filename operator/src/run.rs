@@ -40,6 +40,8 @@ pub struct Settings {
     pub nats_monitoring_endpoint: Option<String>,
     /// Stream replicas of Relays that set none.
     pub stream_replicas: Option<u8>,
+    /// Namespaces to reconcile; empty: all.
+    pub watch_namespaces: Vec<String>,
 }
 
 /// Runs until SIGTERM or until another replica takes the lease.
@@ -74,9 +76,19 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     ctx.nats_url = settings.nats_url.clone();
     ctx.nats_monitoring_endpoint = settings.nats_monitoring_endpoint.clone();
     ctx.stream_replicas = settings.stream_replicas;
-    let controllers = controllers(client, Arc::new(ctx), metrics.clone());
+    let ctx = Arc::new(ctx);
+    let controllers: Vec<_> = if settings.watch_namespaces.is_empty() {
+        vec![controllers(client, None, ctx, metrics.clone())]
+    } else {
+        settings
+            .watch_namespaces
+            .iter()
+            .map(|ns| controllers(client.clone(), Some(ns), ctx.clone(), metrics.clone()))
+            .collect()
+    };
+    let controllers = futures::future::join_all(controllers);
     tokio::select! {
-        () = controllers => {}
+        _ = controllers => {}
         () = shutdown() => tracing::info!("SIGTERM: stopping"),
         _ = async { while *leader.borrow() { if leader.changed().await.is_err() { break; } } } => {
             metrics.leader.set(0);
@@ -86,24 +98,42 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn controllers(client: Client, ctx: Arc<Context>, metrics: Arc<Metrics>) {
-    let relays: Api<Relay> = Api::all(client.clone());
+/// The Relay and Domain controllers for `namespace` (all namespaces when `None`).
+async fn controllers(
+    client: Client,
+    namespace: Option<&str>,
+    ctx: Arc<Context>,
+    metrics: Arc<Metrics>,
+) {
+    fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        match namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let relays: Api<Relay> = api(&client, namespace);
     let relays_for_domains = relays.clone();
-    let domains: Api<Domain> = Api::all(client.clone());
+    let domains: Api<Domain> = api(&client, namespace);
     let config = watcher::Config::default();
+    // Only the Secrets the operator made (DKIM keys): it never caches others' Secrets for this.
+    let owned_secrets = watcher::Config::default().labels(crate::meta::MANAGED_BY_SELECTOR);
     let relay_controller = Controller::new(relays, config.clone());
     let relay_store = relay_controller.store();
     let relay_controller = relay_controller
-        .owns(Api::<Deployment>::all(client.clone()), config.clone())
-        .owns(Api::<Service>::all(client.clone()), config.clone())
-        .owns(Api::<ConfigMap>::all(client.clone()), config.clone())
+        .owns(api::<Deployment>(&client, namespace), config.clone())
+        .owns(api::<Service>(&client, namespace), config.clone())
+        .owns(api::<ConfigMap>(&client, namespace), config.clone())
         .watches(domains.clone(), config.clone(), |domain: Domain| {
             domain
                 .namespace()
                 .map(|ns| ObjectRef::new(&domain.spec.relay_ref.name).within(&ns))
         })
         .watches(
-            Api::<Secret>::all(client.clone()),
+            api::<Secret>(&client, namespace),
             config.clone(),
             move |secret: Secret| {
                 let namespace = secret.namespace();
@@ -134,7 +164,7 @@ async fn controllers(client: Client, ctx: Arc<Context>, metrics: Arc<Metrics>) {
     let domain_store = domain_controller.store();
     // A Relay created, deleted, or becoming ready or not changes its Domains' Ready at once.
     let domain_controller = domain_controller
-        .owns(Api::<Secret>::all(client.clone()), config.clone())
+        .owns(api::<Secret>(&client, namespace), owned_secrets)
         .watches(relays_for_domains, config, move |relay: Relay| {
             domain::domains_of_relay(&domain_store.state(), &relay)
         })

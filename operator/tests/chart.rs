@@ -270,22 +270,65 @@ fn the_chart_installs_the_generated_crds_and_rbac() {
             path.display()
         );
     }
-    let objects = render(None, &[]);
-    let expected = postern_operator::rbac::roles("x", "x");
-    let rules = |kind: &str| find(&objects, kind)[0]["rules"].clone();
+    let rules = |objects: &[Value], kind: &str, name: &str, namespace: Option<&str>| {
+        objects
+            .iter()
+            .find(|o| {
+                o["kind"] == kind
+                    && o["metadata"]["name"] == name
+                    && namespace.is_none_or(|ns| o["metadata"]["namespace"] == ns)
+            })
+            .unwrap_or_else(|| panic!("no {kind} {name}"))["rules"]
+            .clone()
+    };
+    let cluster_wide = render(None, &[]);
+    let expected = postern_operator::rbac::roles("x", "x", &[]);
     assert_eq!(
-        rules("ClusterRole"),
+        rules(&cluster_wide, "ClusterRole", "postern-operator", None),
         expected[0]["rules"],
         "templates/rbac.yaml differs from operator/src/rbac.rs"
     );
     assert_eq!(
-        rules("Role"),
+        rules(&cluster_wide, "Role", "postern-operator-lease", None),
         expected[1]["rules"],
         "templates/rbac.yaml differs from operator/src/rbac.rs"
     );
-    let binding = find(&objects, "ClusterRoleBinding")[0];
-    let account = find(&objects, "ServiceAccount")[0];
-    assert_eq!(binding["subjects"][0]["name"], account["metadata"]["name"]);
+    assert_eq!(find(&cluster_wide, "Role").len(), 1);
+
+    // Namespace-scoped: a Role and RoleBinding in each watched namespace, and a ClusterRole
+    // that only reads CRDs.
+    let watch = ["mail".to_string(), "staging".to_string()];
+    let scoped = render(None, &["operator.watchNamespaces={mail,staging}"]);
+    let expected = postern_operator::rbac::roles("x", "x", &watch);
+    assert_eq!(
+        rules(&scoped, "ClusterRole", "postern-operator", None),
+        expected[0]["rules"]
+    );
+    for ns in &watch {
+        assert_eq!(
+            rules(&scoped, "Role", "postern-operator", Some(ns)),
+            expected[2]["rules"],
+            "Role in {ns}"
+        );
+        assert!(
+            find(&scoped, "RoleBinding")
+                .iter()
+                .any(|b| b["metadata"]["namespace"] == ns.as_str())
+        );
+    }
+    let operator = find(&scoped, "Deployment")
+        .into_iter()
+        .find(|d| d["metadata"]["name"] == "postern-operator")
+        .unwrap();
+    let args = operator["spec"]["template"]["spec"]["containers"][0]["args"].clone();
+    for ns in &watch {
+        assert!(
+            args.as_array()
+                .unwrap()
+                .contains(&json!(format!("--watch-namespace={ns}"))),
+            "{args}"
+        );
+    }
 }
 
 #[test]
