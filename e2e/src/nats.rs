@@ -13,6 +13,8 @@ pub struct NatsServer {
     child: Option<Child>,
     pub port: u16,
     store: tempfile::TempDir,
+    /// The token clients must present, if the server asks for one.
+    token: Option<String>,
 }
 
 /// The nats-server binary: `$POSTERN_NATS_SERVER`, else the one `scripts/tools` installs.
@@ -32,11 +34,21 @@ pub fn nats_server_binary() -> PathBuf {
 impl NatsServer {
     /// Starts a server on a free port with its own storage directory.
     pub fn start() -> NatsServer {
+        NatsServer::start_with(None)
+    }
+
+    /// Starts a server that authorizes clients by `token` only.
+    pub fn start_with_token(token: &str) -> NatsServer {
+        NatsServer::start_with(Some(token.to_string()))
+    }
+
+    fn start_with(token: Option<String>) -> NatsServer {
         let store = tempfile::tempdir().expect("temp dir");
         let mut server = NatsServer {
             child: None,
             port: crate::free_port(),
             store,
+            token,
         };
         server.restart();
         server
@@ -58,7 +70,11 @@ impl NatsServer {
     /// Starts the server again on the same port and storage, and waits until it listens.
     pub fn restart(&mut self) {
         self.kill();
-        let child = Command::new(nats_server_binary())
+        let mut command = Command::new(nats_server_binary());
+        if let Some(token) = &self.token {
+            command.args(["--auth", token]);
+        }
+        let child = command
             .args([
                 "--jetstream",
                 "--addr",

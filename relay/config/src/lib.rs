@@ -64,6 +64,9 @@ pub struct NatsConfig {
     /// A NATS `.creds` file (JWT and NKey seed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_file: Option<PathBuf>,
+    /// A file holding the token of a server that authorizes clients by token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
     /// Name of the JetStream stream holding the queue.
     #[serde(default = "default_stream")]
     pub stream: String,
@@ -537,6 +540,7 @@ impl Default for NatsConfig {
         NatsConfig {
             url: None,
             credentials_file: None,
+            token_file: None,
             stream: default_stream(),
             subject_prefix: default_subject_prefix(),
             body_stream: default_body_stream(),

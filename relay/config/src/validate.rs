@@ -135,6 +135,11 @@ impl Config {
             );
         }
         e.check(
+            !(nats.credentials_file.is_some() && nats.token_file.is_some()),
+            "nats.tokenFile",
+            "give a credentials file or a token file, not both",
+        );
+        e.check(
             is_nats_name(&nats.stream),
             "nats.stream",
             "must be letters, digits, '-' or '_'",
@@ -479,6 +484,8 @@ mod documentation {
         let mut config = Config::default();
         config.nats.url = Some("nats://127.0.0.1:4222".into());
         config.nats.credentials_file = Some("/creds".into());
+        config.nats.token_file = Some("/token".into());
+        config.domains_file = Some("/domains.yaml".into());
         config.ingress.tls = Some(TlsConfig {
             cert_file: "/c".into(),
             key_file: "/k".into(),

@@ -51,6 +51,8 @@ pub enum Submitted {
 pub enum QueueError {
     #[error("nats.credentialsFile: {0}")]
     Credentials(std::io::Error),
+    #[error("nats.tokenFile {path}: {message}")]
+    Token { path: String, message: String },
     #[error("connecting to NATS: {0}")]
     Connect(#[from] async_nats::ConnectError),
     #[error("creating or updating stream {stream}: {source}")]
@@ -132,6 +134,18 @@ impl Queue {
                 .credentials_file(path)
                 .await
                 .map_err(QueueError::Credentials)?;
+        }
+        if let Some(path) = &config.token_file {
+            let error = |message: String| QueueError::Token {
+                path: path.display().to_string(),
+                message,
+            };
+            let token = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+            let token = token.trim();
+            if token.is_empty() {
+                return Err(error("the file is empty".into()));
+            }
+            options = options.token(token.to_string());
         }
         Queue::connect_with(url, config, body_ttl, options).await
     }
