@@ -12,6 +12,35 @@ use kube::{Resource, ResourceExt};
 use crate::domain::verify::TxtLookup;
 use crate::relay::queue::Queues;
 
+/// A key of a Secret in any namespace: where the operator's NATS token is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenSource {
+    pub namespace: String,
+    pub name: String,
+    pub key: String,
+}
+
+impl std::str::FromStr for TokenSource {
+    type Err = String;
+
+    /// `<namespace>/<name>` or `<namespace>/<name>/<key>` (key default `token`).
+    fn from_str(text: &str) -> Result<TokenSource, String> {
+        let parts: Vec<&str> = text.split('/').collect();
+        match parts.as_slice() {
+            [namespace, name] | [namespace, name, _]
+                if !namespace.is_empty() && !name.is_empty() =>
+            {
+                Ok(TokenSource {
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                    key: parts.get(2).map_or("token", |k| k).to_string(),
+                })
+            }
+            _ => Err("expected <namespace>/<secret name>[/<key>]".into()),
+        }
+    }
+}
+
 /// Shared state of the controllers.
 pub struct Context {
     pub client: Client,
@@ -26,6 +55,8 @@ pub struct Context {
     pub nats_monitoring_endpoint: Option<String>,
     /// Stream replicas of Relays that set none (`--stream-replicas`).
     pub stream_replicas: Option<u8>,
+    /// The token of the operator's NATS (`--nats-token-secret`), for Relays that name none.
+    pub nats_token_secret: Option<TokenSource>,
     recorder: Recorder,
     clock: Box<dyn Fn() -> Timestamp + Send + Sync>,
     /// When each resource (by uid) last had all its objects applied regardless of hashes.
@@ -69,6 +100,7 @@ impl Context {
             nats_url: None,
             nats_monitoring_endpoint: None,
             stream_replicas: None,
+            nats_token_secret: None,
             clock,
         }
     }

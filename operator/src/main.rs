@@ -18,43 +18,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Reconcile Relays and Domains in every namespace (one replica leads, the others wait).
-    Run {
-        /// Namespace of the leader-election Lease.
-        #[arg(long, env = "POD_NAMESPACE", default_value = "postern-system")]
-        namespace: String,
-        /// Identity in the Lease.
-        #[arg(long, env = "POD_NAME", default_value = "postern-operator")]
-        identity: String,
-        /// Name server (ip:port) for DNS verification; repeatable. Default: the system's.
-        #[arg(long = "nameserver")]
-        nameservers: Vec<SocketAddr>,
-        /// Address of /healthz, /readyz and /metrics.
-        #[arg(long, default_value = "0.0.0.0:8080")]
-        admin_address: SocketAddr,
-        /// Scale delivery with KEDA on queue lag when KEDA is installed (auto), or never.
-        #[arg(long, value_enum, default_value = "auto")]
-        keda: Keda,
-        /// Image of relay pods whose Relay sets no spec.image.
-        #[arg(long, default_value = postern_operator::relay::build::DEFAULT_IMAGE)]
-        relay_image: String,
-        /// NATS client URL of Relays that set no spec.nats.url (the Helm chart passes its NATS).
-        #[arg(long)]
-        nats_url: Option<String>,
-        /// NATS monitoring endpoint (host:port) KEDA reads for those Relays.
-        #[arg(long, requires = "nats_url")]
-        nats_monitoring_endpoint: Option<String>,
-        /// Stream replicas of Relays that set no spec.nats.streamReplicas (1, 3 or 5).
-        #[arg(long, value_parser = stream_replicas)]
-        stream_replicas: Option<u8>,
-        /// Namespaces whose Relays and Domains the operator reconciles (repeat); none: all.
-        /// With namespaces it needs Roles there only (`postern-operator rbac --watch-namespace`).
-        #[arg(long = "watch-namespace")]
-        watch_namespaces: Vec<String>,
-        /// Log filter; RUST_LOG overrides it.
-        #[arg(long, default_value = "info")]
-        log_level: String,
-    },
+    /// Reconcile Relays and Domains (one replica leads, the others wait).
+    Run(Box<RunArgs>),
     /// Print the Relay and Domain CRDs as YAML.
     Crds,
     /// Print the ClusterRole and the leader-election Role the operator needs, as YAML.
@@ -69,6 +34,48 @@ enum Command {
         #[arg(long = "watch-namespace")]
         watch_namespaces: Vec<String>,
     },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "postern-system")]
+    namespace: String,
+    /// Identity in the Lease.
+    #[arg(long, env = "POD_NAME", default_value = "postern-operator")]
+    identity: String,
+    /// Name server (ip:port) for DNS verification; repeatable. Default: the system's.
+    #[arg(long = "nameserver")]
+    nameservers: Vec<SocketAddr>,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    admin_address: SocketAddr,
+    /// Scale delivery with KEDA on queue lag when KEDA is installed (auto), or never.
+    #[arg(long, value_enum, default_value = "auto")]
+    keda: Keda,
+    /// Image of relay pods whose Relay sets no spec.image.
+    #[arg(long, default_value = postern_operator::relay::build::DEFAULT_IMAGE)]
+    relay_image: String,
+    /// NATS client URL of Relays that set no spec.nats.url (the Helm chart passes its NATS).
+    #[arg(long)]
+    nats_url: Option<String>,
+    /// NATS monitoring endpoint (host:port) KEDA reads for those Relays.
+    #[arg(long, requires = "nats_url")]
+    nats_monitoring_endpoint: Option<String>,
+    /// Secret holding the token of --nats-url's server, as <namespace>/<name>[/<key>]; Relays
+    /// that use that server get a copy.
+    #[arg(long, requires = "nats_url")]
+    nats_token_secret: Option<postern_operator::context::TokenSource>,
+    /// Stream replicas of Relays that set no spec.nats.streamReplicas (1, 3 or 5).
+    #[arg(long, value_parser = stream_replicas)]
+    stream_replicas: Option<u8>,
+    /// Namespaces whose Relays and Domains the operator reconciles (repeat); none: all.
+    /// With namespaces it needs Roles there only (`postern-operator rbac --watch-namespace`).
+    #[arg(long = "watch-namespace")]
+    watch_namespaces: Vec<String>,
+    /// Log filter; RUST_LOG overrides it.
+    #[arg(long, default_value = "info")]
+    log_level: String,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -101,19 +108,21 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Run {
-            namespace,
-            identity,
-            nameservers,
-            admin_address,
-            keda,
-            relay_image,
-            nats_url,
-            nats_monitoring_endpoint,
-            stream_replicas,
-            watch_namespaces,
-            log_level,
-        } => {
+        Command::Run(args) => {
+            let RunArgs {
+                namespace,
+                identity,
+                nameservers,
+                admin_address,
+                keda,
+                relay_image,
+                nats_url,
+                nats_monitoring_endpoint,
+                nats_token_secret,
+                stream_replicas,
+                watch_namespaces,
+                log_level,
+            } = *args;
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log_level));
             tracing_subscriber::fmt()
@@ -139,6 +148,7 @@ fn main() -> ExitCode {
                 relay_image,
                 nats_url,
                 nats_monitoring_endpoint,
+                nats_token_secret,
                 stream_replicas,
                 watch_namespaces,
             };

@@ -70,12 +70,16 @@ pub const CLUSTER_RULES: &[(&str, &[&str], &[&str])] = &[(
     &["get"],
 )];
 
-/// `(API group, resources, verbs)` in the operator's own namespace.
-pub const LEASE_RULES: &[(&str, &[&str], &[&str])] = &[(
-    "coordination.k8s.io",
-    &["leases"],
-    &["get", "create", "patch", "update"],
-)];
+/// `(API group, resources, verbs)` in the operator's own namespace: its Lease, and the token of
+/// the NATS it gives Relays (`--nats-token-secret`).
+pub const OWN_NAMESPACE_RULES: &[(&str, &[&str], &[&str])] = &[
+    (
+        "coordination.k8s.io",
+        &["leases"],
+        &["get", "create", "patch", "update"],
+    ),
+    ("", &["secrets"], &["get"]),
+];
 
 /// True when `verb` on `resource` of `group` is granted in a watched namespace (or, for
 /// cluster-scoped resources, cluster-wide).
@@ -86,7 +90,7 @@ pub fn allows(group: &str, resource: &str, verb: &str) -> bool {
 /// True when `verb` on `resource` of `group` is granted in the operator's own namespace
 /// (cluster-wide rules included).
 pub fn allows_in_own_namespace(group: &str, resource: &str, verb: &str) -> bool {
-    allows(group, resource, verb) || granted(LEASE_RULES, group, resource, verb)
+    allows(group, resource, verb) || granted(OWN_NAMESPACE_RULES, group, resource, verb)
 }
 
 fn granted(table: &[(&str, &[&str], &[&str])], group: &str, resource: &str, verb: &str) -> bool {
@@ -125,7 +129,7 @@ pub fn roles(name: &str, namespace: &str, watch: &[String]) -> Vec<Value> {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
             "metadata": { "name": format!("{name}-lease"), "namespace": namespace },
-            "rules": rules(LEASE_RULES),
+            "rules": rules(OWN_NAMESPACE_RULES),
         }),
     ];
     roles.extend(watch.iter().map(|watched| {

@@ -40,6 +40,8 @@ pub struct Settings {
     pub nats_monitoring_endpoint: Option<String>,
     /// Stream replicas of Relays that set none.
     pub stream_replicas: Option<u8>,
+    /// The token of that NATS.
+    pub nats_token_secret: Option<crate::context::TokenSource>,
     /// Namespaces to reconcile; empty: all.
     pub watch_namespaces: Vec<String>,
 }
@@ -76,6 +78,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     ctx.nats_url = settings.nats_url.clone();
     ctx.nats_monitoring_endpoint = settings.nats_monitoring_endpoint.clone();
     ctx.stream_replicas = settings.stream_replicas;
+    ctx.nats_token_secret = settings.nats_token_secret.clone();
     let ctx = Arc::new(ctx);
     let controllers: Vec<_> = if settings.watch_namespaces.is_empty() {
         vec![controllers(client, None, ctx, metrics.clone())]

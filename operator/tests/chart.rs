@@ -246,6 +246,7 @@ fn the_rendered_nats_config_is_accepted_by_nats_server() {
         std::fs::write(&path, config.replace("/data", dir.path().to_str().unwrap())).unwrap();
         let output = Command::new(postern_e2e::nats::nats_server_binary())
             .env("POD_NAME", "postern-nats-0")
+            .env("NATS_TOKEN", "t")
             .arg("--config")
             .arg(&path)
             .arg("-t")
@@ -257,6 +258,87 @@ fn the_rendered_nats_config_is_accepted_by_nats_server() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_charts_nats_takes_only_clients_with_its_token() {
+    use base64::Engine;
+    let objects = render(None, &["nats.replicas=1"]);
+    let secret = find(&objects, "Secret")
+        .into_iter()
+        .find(|s| s["metadata"]["name"] == "postern-nats-token")
+        .expect("a token Secret")
+        .clone();
+    let token = base64::engine::general_purpose::STANDARD
+        .decode(secret["data"]["token"].as_str().unwrap())
+        .unwrap();
+    let token = String::from_utf8(token).unwrap();
+    assert!(token.len() >= 32, "{token}");
+    // The server reads it from the Secret, the operator is told where it is.
+    let nats = find(&objects, "StatefulSet")[0];
+    let env = nats["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+    assert!(env.contains("postern-nats-token"), "{env}");
+    let operator = find(&objects, "Deployment")
+        .into_iter()
+        .find(|d| d["metadata"]["name"] == "postern-operator")
+        .unwrap();
+    let args = operator["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(
+        args.contains("--nats-token-secret=postern/postern-nats-token"),
+        "{args}"
+    );
+
+    // The rendered config, run on loopback: no token, no connection.
+    let config = find(&objects, "ConfigMap")
+        .into_iter()
+        .find(|c| c["metadata"]["name"] == "postern-nats")
+        .unwrap()["data"]["nats.conf"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (port, http) = (postern_e2e::free_port(), postern_e2e::free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let config = config
+        .replace("/data", dir.path().to_str().unwrap())
+        .replace(
+            "/var/run/nats/nats.pid",
+            dir.path().join("pid").to_str().unwrap(),
+        )
+        .replace("0.0.0.0:4222", &format!("127.0.0.1:{port}"))
+        .replace("0.0.0.0:8222", &format!("127.0.0.1:{http}"));
+    let path = dir.path().join("nats.conf");
+    std::fs::write(&path, config).unwrap();
+    let mut server = Command::new(postern_e2e::nats::nats_server_binary())
+        .env("POD_NAME", "postern-nats-0")
+        .env("NATS_TOKEN", &token)
+        .arg("--config")
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    postern_e2e::nats::wait_for_port(port, std::time::Duration::from_secs(15));
+    let url = format!("nats://127.0.0.1:{port}");
+    let attempt = |options: async_nats::ConnectOptions| {
+        let url = url.clone();
+        async move {
+            let connected = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                let client = options.connect(&url).await?;
+                client.flush().await.map_err(std::io::Error::other)?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(client)
+            })
+            .await;
+            matches!(connected, Ok(Ok(_)))
+        }
+    };
+    let anonymous = attempt(async_nats::ConnectOptions::new()).await;
+    let wrong = attempt(async_nats::ConnectOptions::new().token("guess".into())).await;
+    let right = attempt(async_nats::ConnectOptions::new().token(token.clone())).await;
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(!anonymous, "a client without the token connected");
+    assert!(!wrong, "a client with another token connected");
+    assert!(right, "the token was refused");
 }
 
 #[test]
@@ -349,12 +431,23 @@ fn bad_values_fail_at_install_naming_the_key() {
 #[test]
 fn optional_parts_are_off_by_default() {
     let objects = render(None, &[]);
-    for kind in ["ServiceMonitor", "NetworkPolicy", "Relay", "Domain"] {
+    for kind in ["ServiceMonitor", "Relay", "Domain"] {
         assert!(
             find(&objects, kind).is_empty(),
             "{kind} rendered by default"
         );
     }
+    // The queue is locked by default: only Postern's pods reach NATS.
+    let policies = find(&objects, "NetworkPolicy");
+    assert_eq!(policies.len(), 1);
+    assert_eq!(policies[0]["metadata"]["name"], "postern-nats");
+    assert!(
+        find(
+            &render(None, &["nats.networkPolicy.enabled=false"]),
+            "NetworkPolicy"
+        )
+        .is_empty()
+    );
     let objects = render_for(
         Some(&chart().join("ci/full-values.yaml")),
         &[],

@@ -45,7 +45,15 @@ impl Harness {
     }
 
     fn start_with(spec: Value, keda: bool) -> Harness {
-        let nats = NatsServer::start();
+        Harness::start_on(NatsServer::start(), spec, keda, |_| {})
+    }
+
+    fn start_on(
+        nats: NatsServer,
+        spec: Value,
+        keda: bool,
+        tweak: impl FnOnce(&mut Context),
+    ) -> Harness {
         let (client, api) = FakeApi::start();
         // The Relay names no NATS: the operator's (`--nats-url`, `--stream-replicas`) is used.
         api.put(RELAY, json!({
@@ -64,6 +72,7 @@ impl Harness {
         ctx.keda = keda;
         ctx.nats_url = Some(nats.url());
         ctx.stream_replicas = Some(1);
+        tweak(&mut ctx);
         let ctx = Arc::new(ctx);
         Harness {
             api,
@@ -492,4 +501,60 @@ async fn unauthenticated_relaying_through_a_load_balancer_is_a_warning() {
     assert_eq!(events.len(), 1, "{log:?}");
     assert_eq!(events[0]["type"], "Warning");
     assert_eq!(h.condition("Degraded").0, "False");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_on_the_operators_nats_gets_its_token() {
+    let token = "chart-generated-token";
+    let h = Harness::start_on(
+        NatsServer::start_with_token(token),
+        json!({}),
+        false,
+        |ctx| ctx.nats_token_secret = Some("postern-system/postern-nats-token".parse().unwrap()),
+    );
+    // The operator's token Secret is not there yet: said, naming the flag.
+    h.reconcile().await;
+    let (degraded, reason, message) = h.condition("Degraded");
+    assert_eq!(
+        (degraded.as_str(), reason.as_str()),
+        ("True", "SecretNotFound")
+    );
+    assert!(message.contains("--nats-token-secret"), "{message}");
+
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(token);
+    h.api.put(
+        "/api/v1/namespaces/postern-system/secrets/postern-nats-token",
+        json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "postern-nats-token", "namespace": "postern-system" }, "data": { "token": encoded } }),
+    );
+    h.reconcile().await;
+    assert_eq!(h.condition("Degraded").0, "False");
+    // Copied next to the Relay, mounted by its pods and named in their config.
+    let copy = h.api.get(&format!("{NS}/secrets/mail-nats-token")).unwrap();
+    assert_eq!(copy["data"]["token"], encoded);
+    assert_eq!(copy["metadata"]["ownerReferences"][0]["kind"], "Relay");
+    let config = h.api.get(&format!("{NS}/configmaps/mail-config")).unwrap();
+    let config = config["data"]["config.yaml"].as_str().unwrap();
+    assert!(
+        config.contains("tokenFile: /etc/postern/nats-token/token"),
+        "{config}"
+    );
+    for deployment in ["mail-ingress", "mail-delivery"] {
+        let d = h
+            .api
+            .get(&format!("{APPS}/deployments/{deployment}"))
+            .unwrap();
+        let volumes = d["spec"]["template"]["spec"]["volumes"].to_string();
+        assert!(
+            volumes.contains("mail-nats-token"),
+            "{deployment}: {volumes}"
+        );
+    }
+    // The operator reached the token-protected server: the stream is there.
+    let (ready, reason, message) = h.condition("QueueReady");
+    assert_eq!(
+        (ready.as_str(), reason.as_str()),
+        ("True", "StreamReady"),
+        "{message}"
+    );
 }

@@ -79,6 +79,11 @@ pub struct NatsSpec {
     /// Secret holding a NATS `.creds` file. Default key: `nats.creds`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<SecretKeyRef>,
+    /// Secret holding the token of a NATS server that authorizes clients by token. Default key:
+    /// `token`. Default: when `url` and both Secrets are left out, the token of the operator's
+    /// NATS (`--nats-token-secret`; the Helm chart's), copied into `<relay>-nats-token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret: Option<SecretKeyRef>,
     /// JetStream stream name. Default: `POSTERN_<RELAY>` (upper case, `-` and `.` become `_`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]

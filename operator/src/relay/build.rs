@@ -423,6 +423,14 @@ fn nats_mount(relay: &Relay, mounts: &mut Vec<SecretMount>) {
             optional: false,
         });
     }
+    if let Some(token) = &relay.spec.nats.token_secret {
+        mounts.push(SecretMount {
+            volume: "nats-token".into(),
+            secret: token.name.clone(),
+            path: paths::NATS_TOKEN_DIR.into(),
+            optional: false,
+        });
+    }
 }
 
 struct Workload<'a> {

@@ -20,6 +20,7 @@ pub mod paths {
     pub const TLS_DIR: &str = "/etc/postern/tls";
     pub const USERS_DIR: &str = "/etc/postern/users";
     pub const NATS_DIR: &str = "/etc/postern/nats";
+    pub const NATS_TOKEN_DIR: &str = "/etc/postern/nats-token";
     pub const SMARTHOST_DIR: &str = "/etc/postern/smarthost";
     /// The signing Secret: the domains file and every active DKIM key.
     pub const SIGNING_DIR: &str = "/etc/postern/signing";
@@ -36,6 +37,7 @@ pub const CONSUMER: &str = "postern-delivery";
 /// Default key of each referenced Secret.
 pub const USERS_KEY: &str = "users";
 pub const NATS_CREDS_KEY: &str = "nats.creds";
+pub const NATS_TOKEN_KEY: &str = "token";
 pub const SMARTHOST_KEY: &str = "credentials";
 
 /// The JetStream stream of a relay: `spec.nats.stream`, or `POSTERN_<NAME>`.
@@ -103,6 +105,11 @@ pub fn build_config(relay: &Relay) -> Result<Config, ConfigError> {
         .credentials_secret
         .as_ref()
         .map(|s| format!("{}/{}", paths::NATS_DIR, s.key_or(NATS_CREDS_KEY)).into());
+    config.nats.token_file = spec
+        .nats
+        .token_secret
+        .as_ref()
+        .map(|s| format!("{}/{}", paths::NATS_TOKEN_DIR, s.key_or(NATS_TOKEN_KEY)).into());
     config.nats.subject_prefix = format!("postern.{}", stream.to_ascii_lowercase());
     config.nats.body_stream = format!("{stream}_BODIES");
     config.nats.stream = stream;

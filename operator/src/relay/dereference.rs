@@ -5,7 +5,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 
-use super::config::{NATS_CREDS_KEY, SMARTHOST_KEY, USERS_KEY};
+use super::config::{NATS_CREDS_KEY, NATS_TOKEN_KEY, SMARTHOST_KEY, USERS_KEY};
+use super::queue::NatsAuth;
 use crate::api::{Domain, Relay, SecretKeyRef};
 use crate::domain::keystore::{ActiveKey, KeyStore, KeyStoreError};
 use crate::meta;
@@ -24,8 +25,8 @@ pub struct RelayInputs {
     pub domains: Vec<(Domain, Vec<ActiveKey>)>,
     /// Hash of the Secrets the pods read only at start (users, NATS and smarthost credentials).
     pub secret_digest: String,
-    /// The NATS `.creds` file, for provisioning the stream.
-    pub nats_credentials: Option<String>,
+    /// The NATS `.creds` file or token, for provisioning the stream.
+    pub nats_auth: Option<NatsAuth>,
     /// KEDA's ScaledObject CRD is installed.
     pub keda: bool,
     /// cert-manager's Certificate CRD is installed.
@@ -86,6 +87,11 @@ pub async fn dereference(
             NATS_CREDS_KEY,
         ),
         (
+            "spec.nats.tokenSecret",
+            spec.nats.token_secret.as_ref(),
+            NATS_TOKEN_KEY,
+        ),
+        (
             "spec.delivery.smarthost.credentialsSecret",
             spec.delivery
                 .smarthost
@@ -95,13 +101,11 @@ pub async fn dereference(
         ),
     ];
     let mut contents: Vec<Vec<u8>> = Vec::new();
-    let mut nats_credentials = None;
+    let mut nats_auth = None;
     for (field, reference, default_key) in references {
         if let Some(reference) = reference {
             let content = secret_key(&secrets, field, reference, default_key).await?;
-            if default_key == NATS_CREDS_KEY {
-                nats_credentials = Some(String::from_utf8_lossy(&content).into_owned());
-            }
+            nats_auth = NatsAuth::from_secret(default_key, &content).or(nats_auth);
             contents.push(content);
         }
     }
@@ -142,7 +146,7 @@ pub async fn dereference(
         relay: relay.clone(),
         domains: signing,
         secret_digest: meta::hash(&parts),
-        nats_credentials,
+        nats_auth,
         keda: keda_allowed && crd_exists(client, KEDA_CRD).await?,
         default_image: default_image.to_string(),
         cert_manager: spec.ingress.tls.issuer_ref.is_some()

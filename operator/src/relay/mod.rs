@@ -24,6 +24,7 @@ use crate::conditions;
 use crate::context::Context;
 use crate::meta;
 use dereference::DereferenceError;
+use queue::NatsAuth;
 
 /// Finalizer that deletes the stream when `spec.nats.deleteStreamWithRelay` is set.
 pub const STREAM_FINALIZER: &str = "postern.io/delete-stream";
@@ -60,33 +61,88 @@ impl ReconcileError {
 }
 
 /// The Relay with what it leaves out that the operator was told (`--nats-url`,
-/// `--nats-monitoring-endpoint`, `--stream-replicas`) filled in.
-pub fn with_operator_defaults(relay: &Relay, ctx: &Context) -> Relay {
+/// `--nats-monitoring-endpoint`, `--stream-replicas`, `--nats-token-secret`) filled in, and
+/// whether the operator's NATS token is to be copied into `<relay>-nats-token` for it.
+pub fn with_operator_defaults(relay: &Relay, ctx: &Context) -> (Relay, bool) {
     let mut relay = relay.clone();
+    let token_secret = nats_token_secret_name(&relay);
     let nats = &mut relay.spec.nats;
     if nats.stream_replicas.is_none() {
         nats.stream_replicas = ctx.stream_replicas;
     }
+    let mut copy_token = false;
     if nats.url.is_none() && ctx.nats_url.is_some() {
         nats.url = ctx.nats_url.clone();
         if nats.monitoring_endpoint.is_none() {
             nats.monitoring_endpoint = ctx.nats_monitoring_endpoint.clone();
         }
+        if nats.credentials_secret.is_none()
+            && nats.token_secret.is_none()
+            && ctx.nats_token_secret.is_some()
+        {
+            nats.token_secret = Some(crate::api::SecretKeyRef {
+                name: token_secret,
+                key: None,
+            });
+            copy_token = true;
+        }
     }
-    relay
+    (relay, copy_token)
+}
+
+/// Name of the Secret holding the operator's NATS token in a Relay's namespace.
+pub fn nats_token_secret_name(relay: &Relay) -> String {
+    format!("{}-nats-token", relay.name_any())
+}
+
+/// Copies the token of the operator's NATS (`--nats-token-secret`) into the Relay's namespace,
+/// where its pods can mount it.
+async fn copy_operator_token(ctx: &Context, relay: &Relay) -> Result<(), DereferenceError> {
+    let Some(source) = &ctx.nats_token_secret else {
+        return Ok(());
+    };
+    let kube_error = |source| DereferenceError::Kube {
+        what: "Secret",
+        source,
+    };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &source.namespace);
+    let token = secrets
+        .get_opt(&source.name)
+        .await
+        .map_err(kube_error)?
+        .and_then(|s| s.data)
+        .and_then(|d| d.get(&source.key).cloned())
+        .ok_or_else(|| DereferenceError::SecretNotFound {
+            field: "--nats-token-secret",
+            name: format!("{}/{} (key {})", source.namespace, source.name, source.key),
+        })?;
+    let name = nats_token_secret_name(relay);
+    let copy = Secret {
+        metadata: meta::owned_meta(relay, name, "relay"),
+        type_: Some("Opaque".into()),
+        data: Some([(config::NATS_TOKEN_KEY.to_string(), token)].into()),
+        ..Secret::default()
+    };
+    let namespace = relay.namespace().unwrap_or_else(|| "default".into());
+    match apply::apply_typed(&ctx.client, &namespace, &copy, false).await {
+        Ok(_) => Ok(()),
+        Err(ApplyError::Kube { source, .. }) => Err(kube_error(source)),
+        Err(ApplyError::Malformed) => Ok(()),
+    }
 }
 
 /// Brings the cluster in line with one Relay.
 pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
-    let relay = Arc::new(with_operator_defaults(&relay, &ctx));
+    let (relay, copy_token) = with_operator_defaults(&relay, &ctx);
+    let relay = Arc::new(relay);
     let namespace = relay.namespace().unwrap_or_else(|| "default".into());
     let relays: Api<Relay> = Api::namespaced(ctx.client.clone(), &namespace);
     let has_finalizer = relay.finalizers().iter().any(|f| f == STREAM_FINALIZER);
     if relay.meta().deletion_timestamp.is_some() {
         if has_finalizer {
             let config = config::build_config(&relay)?;
-            let credentials = nats_credentials(&ctx, &relay).await?;
-            ctx.queues.delete(&config, credentials.as_deref()).await?;
+            let auth = nats_auth(&ctx, &relay).await?;
+            ctx.queues.delete(&config, auth.as_ref()).await?;
             ctx.event(
                 &*relay,
                 false,
@@ -112,16 +168,21 @@ pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action, R
     };
 
     // Dereference and validate: failures are the user's to fix, so they go to status.
-    let inputs =
-        match dereference::dereference(&ctx.client, &relay, ctx.keda, &ctx.relay_image).await {
-            Ok(inputs) => inputs,
-            Err(err @ DereferenceError::Kube { .. }) => return Err(err.into()),
-            Err(err) => {
-                degraded(&setter, &mut status, err.reason(), err.to_string());
-                write_status(&ctx, &relays, &relay, &before, status).await?;
-                return Ok(Action::requeue(Duration::from_secs(60)));
-            }
-        };
+    let dereferenced = async {
+        if copy_token {
+            copy_operator_token(&ctx, &relay).await?;
+        }
+        dereference::dereference(&ctx.client, &relay, ctx.keda, &ctx.relay_image).await
+    };
+    let inputs = match dereferenced.await {
+        Ok(inputs) => inputs,
+        Err(err @ DereferenceError::Kube { .. }) => return Err(err.into()),
+        Err(err) => {
+            degraded(&setter, &mut status, err.reason(), err.to_string());
+            write_status(&ctx, &relays, &relay, &before, status).await?;
+            return Ok(Action::requeue(Duration::from_secs(60)));
+        }
+    };
     if let Err(err) = validate::validate(&relay.name_any(), &relay.spec) {
         degraded(&setter, &mut status, "InvalidSpec", err.to_string());
         write_status(&ctx, &relays, &relay, &before, status).await?;
@@ -192,8 +253,11 @@ pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action, R
     // Queue.
     let config = &desired.config;
     status.stream = Some(config.nats.stream.clone());
-    let credentials = inputs.nats_credentials.as_deref();
-    match ctx.queues.provision(config, credentials).await {
+    match ctx
+        .queues
+        .provision(config, inputs.nats_auth.as_ref())
+        .await
+    {
         Ok(lag) => {
             status.queue_lag = Some(lag);
             set(
@@ -487,10 +551,13 @@ async fn certificate(
     })
 }
 
-/// The NATS credentials for deleting the stream; a Secret that is gone means none.
-async fn nats_credentials(ctx: &Context, relay: &Relay) -> Result<Option<String>, ReconcileError> {
-    let Some(reference) = &relay.spec.nats.credentials_secret else {
-        return Ok(None);
+/// The NATS credentials or token for deleting the stream; a Secret that is gone means none.
+async fn nats_auth(ctx: &Context, relay: &Relay) -> Result<Option<NatsAuth>, ReconcileError> {
+    let nats = &relay.spec.nats;
+    let (reference, key) = match (&nats.credentials_secret, &nats.token_secret) {
+        (Some(reference), _) => (reference, config::NATS_CREDS_KEY),
+        (None, Some(reference)) => (reference, config::NATS_TOKEN_KEY),
+        (None, None) => return Ok(None),
     };
     let namespace = relay.namespace().unwrap_or_else(|| "default".into());
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -504,8 +571,8 @@ async fn nats_credentials(ctx: &Context, relay: &Relay) -> Result<Option<String>
             })?;
     Ok(secret
         .and_then(|s| s.data)
-        .and_then(|d| d.get(reference.key_or(config::NATS_CREDS_KEY)).cloned())
-        .map(|v| String::from_utf8_lossy(&v.0).into_owned()))
+        .and_then(|d| d.get(reference.key_or(key)).cloned())
+        .and_then(|v| NatsAuth::from_secret(key, &v.0)))
 }
 
 async fn set_finalizers(

@@ -34,6 +34,36 @@ impl ProvisionError {
     }
 }
 
+/// How the operator authenticates to a Relay's NATS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NatsAuth {
+    /// A `.creds` file (JWT and NKey seed).
+    Credentials(String),
+    /// A token.
+    Token(String),
+}
+
+impl NatsAuth {
+    /// The NATS authentication held by a Secret value read for `key` (the `.creds` key or
+    /// the token key); none for other keys.
+    pub fn from_secret(key: &str, content: &[u8]) -> Option<NatsAuth> {
+        let text = String::from_utf8_lossy(content);
+        match key {
+            super::config::NATS_CREDS_KEY => Some(NatsAuth::Credentials(text.into_owned())),
+            super::config::NATS_TOKEN_KEY => Some(NatsAuth::Token(text.trim().to_string())),
+            _ => None,
+        }
+    }
+
+    fn key(auth: Option<&NatsAuth>) -> String {
+        match auth {
+            None => String::new(),
+            Some(NatsAuth::Credentials(c)) => crate::meta::hash(&[b"creds", c.as_bytes()]),
+            Some(NatsAuth::Token(t)) => crate::meta::hash(&[b"token", t.as_bytes()]),
+        }
+    }
+}
+
 /// NATS connections, one per URL, stream and credentials, kept between reconciles.
 #[derive(Debug, Default)]
 pub struct Queues {
@@ -46,9 +76,9 @@ impl Queues {
     pub async fn provision(
         &self,
         config: &Config,
-        credentials: Option<&str>,
+        auth: Option<&NatsAuth>,
     ) -> Result<u64, ProvisionError> {
-        tokio::time::timeout(PROVISION_TIMEOUT, self.provision_now(config, credentials))
+        tokio::time::timeout(PROVISION_TIMEOUT, self.provision_now(config, auth))
             .await
             .map_err(|_| ProvisionError::Timeout(PROVISION_TIMEOUT))?
     }
@@ -57,9 +87,9 @@ impl Queues {
     pub async fn delete(
         &self,
         config: &Config,
-        credentials: Option<&str>,
+        auth: Option<&NatsAuth>,
     ) -> Result<(), ProvisionError> {
-        let queue = self.queue(config, credentials).await?;
+        let queue = self.queue(config, auth).await?;
         tokio::time::timeout(PROVISION_TIMEOUT, queue.delete())
             .await
             .map_err(|_| ProvisionError::Timeout(PROVISION_TIMEOUT))??;
@@ -69,9 +99,9 @@ impl Queues {
     async fn provision_now(
         &self,
         config: &Config,
-        credentials: Option<&str>,
+        auth: Option<&NatsAuth>,
     ) -> Result<u64, ProvisionError> {
-        let queue = self.queue(config, credentials).await?;
+        let queue = self.queue(config, auth).await?;
         queue.provision().await?;
         let consumer_name = &config.delivery.consumer;
         let mut consumer = queue
@@ -90,14 +120,10 @@ impl Queues {
     async fn queue(
         &self,
         config: &Config,
-        credentials: Option<&str>,
+        auth: Option<&NatsAuth>,
     ) -> Result<Queue, ProvisionError> {
         let url = config.nats.url.clone().unwrap_or_default();
-        let key = format!(
-            "{url}\n{}\n{}",
-            config.nats.stream,
-            crate::meta::hash(&[credentials.unwrap_or_default().as_bytes()])
-        );
+        let key = format!("{url}\n{}\n{}", config.nats.stream, NatsAuth::key(auth));
         let mut connections = self.connections.lock().await;
         if let Some(queue) = connections.get(&key) {
             return Ok(queue.clone());
@@ -105,13 +131,18 @@ impl Queues {
         let mut options = async_nats::ConnectOptions::new()
             .name("postern-operator")
             .connection_timeout(Duration::from_secs(5));
-        if let Some(credentials) = credentials {
-            options = options
-                .credentials(credentials)
-                .map_err(|e| ProvisionError::Connect {
-                    url: url.clone(),
-                    source: QueueError::Credentials(e),
-                })?;
+        match auth {
+            Some(NatsAuth::Credentials(credentials)) => {
+                options =
+                    options
+                        .credentials(credentials)
+                        .map_err(|e| ProvisionError::Connect {
+                            url: url.clone(),
+                            source: QueueError::Credentials(e),
+                        })?;
+            }
+            Some(NatsAuth::Token(token)) => options = options.token(token.clone()),
+            None => {}
         }
         let queue = Queue::connect_with(&url, &config.nats, config.body_ttl(), options)
             .await

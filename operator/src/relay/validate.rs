@@ -75,6 +75,12 @@ pub fn validate(name: &str, spec: &RelaySpec) -> Result<(), ValidationError> {
             );
         }
     }
+    if spec.nats.credentials_secret.is_some() && spec.nats.token_secret.is_some() {
+        problem(
+            "spec.nats.tokenSecret".into(),
+            "give credentialsSecret or tokenSecret, not both".into(),
+        );
+    }
     let stream_replicas = spec.nats.stream_replicas();
     if ![1, 3, 5].contains(&stream_replicas) {
         problem(
