@@ -558,3 +558,94 @@ async fn a_relay_on_the_operators_nats_gets_its_token() {
         "{message}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fields_others_own_survive_the_resync() {
+    let h = Harness::start(json!({}));
+    h.reconcile().await;
+    let deployment = format!("{APPS}/deployments/mail-delivery");
+    // The autoscaler sets replicas (the operator leaves them out); someone annotates.
+    h.api.edit(
+        &deployment,
+        "horizontal-pod-autoscaler",
+        json!({ "spec": { "replicas": 5 } }),
+    );
+    h.api.edit(
+        &deployment,
+        "kubectl-annotate",
+        json!({ "metadata": { "annotations": { "example.com/owner": "mail-team" } } }),
+    );
+    // And someone edits a field the operator owns.
+    h.api.edit(
+        &deployment,
+        "kubectl-edit",
+        json!({ "spec": { "minReadySeconds": 30, "revisionHistoryLimit": 1 } }),
+    );
+    let before = h.api.get(&deployment).unwrap();
+
+    h.advance_minutes(11);
+    h.reconcile().await;
+    let after = h.api.get(&deployment).unwrap();
+    assert_eq!(
+        after["spec"]["replicas"], 5,
+        "the autoscaler's replicas stay"
+    );
+    assert_eq!(
+        after["metadata"]["annotations"]["example.com/owner"],
+        "mail-team"
+    );
+    // Fields only the editor set stay too; what the operator sets is its own again.
+    assert_eq!(after["spec"]["minReadySeconds"], 30);
+    assert_eq!(
+        after["spec"]["template"], before["spec"]["template"],
+        "the pod template did not change"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fake_refuses_an_apply_over_another_managers_field() {
+    use kube::api::{Patch, PatchParams};
+    let (client, api) = FakeApi::start();
+    let config_maps: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(client, "default");
+    let apply = |manager: &str, value: &str| {
+        let body = json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": { "name": "x", "namespace": "default" },
+            "data": { "key": value },
+        });
+        (PatchParams::apply(manager), body)
+    };
+    let (params, body) = apply("postern-operator", "a");
+    config_maps
+        .patch("x", &params, &Patch::Apply(&body))
+        .await
+        .unwrap();
+    // Another manager changing that field without force: 409, nothing changed.
+    let (params, body) = apply("someone-else", "b");
+    let err = config_maps
+        .patch("x", &params, &Patch::Apply(&body))
+        .await
+        .unwrap_err();
+    assert!(postern_operator::apply::is_status(&err, 409), "{err}");
+    assert!(err.to_string().contains(".data.key"), "{err}");
+    assert_eq!(
+        api.get(&format!("{NS}/configmaps/x")).unwrap()["data"]["key"],
+        "a"
+    );
+    // With force it takes the field; the same value is no conflict.
+    let (params, body) = apply("someone-else", "b");
+    config_maps
+        .patch("x", &params.force(), &Patch::Apply(&body))
+        .await
+        .unwrap();
+    assert_eq!(
+        api.get(&format!("{NS}/configmaps/x")).unwrap()["data"]["key"],
+        "b"
+    );
+    let (params, body) = apply("postern-operator", "b");
+    config_maps
+        .patch("x", &params, &Patch::Apply(&body))
+        .await
+        .unwrap();
+}

@@ -7,6 +7,12 @@
 //! new resourceVersion. `write_after_read` makes another writer change an object right after
 //! the reconciler read it. Every request is authorized against the operator's RBAC
 //! (`postern_operator::rbac`): what it does not grant is 403 Forbidden.
+//!
+//! Server-side apply tracks field managers as the API server does (lists are atomic here): an
+//! apply sets the fields it names and removes those its manager set before and no longer names
+//! (unless another manager owns them too), leaves fields of other managers alone, and, without
+//! `force`, is 409 Conflict when it would change a field another manager owns. `edit` changes an
+//! object as another manager (`kubectl scale`, an autoscaler) would.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -27,7 +33,11 @@ pub struct FakeApi {
     raced: Arc<Mutex<Vec<String>>>,
     /// Paths this client's requests to fail, and how.
     failures: Arc<Mutex<BTreeMap<String, Failure>>>,
+    /// Per object path, per field manager, the fields it owns.
+    owners: Arc<Mutex<BTreeMap<String, Owners>>>,
 }
+
+type Owners = BTreeMap<String, std::collections::BTreeSet<String>>;
 
 /// How requests to a path fail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +62,7 @@ impl FakeApi {
         FakeApi {
             objects: self.objects.clone(),
             version: self.version.clone(),
+            owners: self.owners.clone(),
             ..FakeApi::default()
         }
         .serve()
@@ -90,6 +101,20 @@ impl FakeApi {
             }
         });
         (Client::new(service, "default"), self)
+    }
+
+    /// Changes the object at `path` with a JSON merge patch as field manager `manager` would.
+    pub fn edit(&self, path: &str, manager: &str, patch: Value) {
+        let mut objects = self.objects.lock().unwrap();
+        let object = objects.get_mut(path).expect("object to edit");
+        merge(object, &patch);
+        object["metadata"]["resourceVersion"] = json!(self.next_version().to_string());
+        let mut owners = self.owners.lock().unwrap();
+        take_fields(
+            owners.entry(path.into()).or_default(),
+            manager,
+            &leaves(&patch),
+        );
     }
 
     /// From now on, this client's requests to `path` fail with `failure`.
@@ -138,6 +163,14 @@ impl FakeApi {
         let method = request.method().clone();
         let path = request.uri().path().to_string();
         let query = request.uri().query().unwrap_or("").to_string();
+        let param = |name: &str| {
+            query
+                .split('&')
+                .find_map(|p| p.strip_prefix(&format!("{name}=")))
+                .map(String::from)
+        };
+        let manager = param("fieldManager").unwrap_or_else(|| "unknown".into());
+        let force = param("force").as_deref() == Some("true");
         let content_type = request
             .headers()
             .get(http::header::CONTENT_TYPE)
@@ -205,14 +238,28 @@ impl FakeApi {
                 let version = self.next_version();
                 let current = objects.get(&key).cloned();
                 let updated = if content_type.starts_with("application/apply-patch") {
-                    let mut object = body;
-                    if let Some(current) = &current {
-                        if let Some(status) = current.get("status") {
-                            object["status"] = status.clone();
+                    let mut owners = self.owners.lock().unwrap();
+                    let owners = owners.entry(key.clone()).or_default();
+                    match server_side_apply(
+                        current.unwrap_or(json!({})),
+                        &body,
+                        owners,
+                        &manager,
+                        force,
+                    ) {
+                        Ok(object) => object,
+                        Err(conflicts) => {
+                            return status(
+                                StatusCode::CONFLICT,
+                                "Conflict",
+                                &format!(
+                                    "Apply failed with {} conflicts: {}",
+                                    conflicts.len(),
+                                    conflicts.join(", ")
+                                ),
+                            );
                         }
-                        object["metadata"]["uid"] = current["metadata"]["uid"].clone();
                     }
-                    object
                 } else {
                     let Some(mut object) = current else {
                         return status(StatusCode::NOT_FOUND, "NotFound", "not found");
@@ -221,6 +268,12 @@ impl FakeApi {
                         object["status"] = body["status"].clone();
                     } else {
                         merge(&mut object, &body);
+                        let mut owners = self.owners.lock().unwrap();
+                        take_fields(
+                            owners.entry(key.clone()).or_default(),
+                            &manager,
+                            &leaves(&body),
+                        );
                     }
                     object
                 };
@@ -342,6 +395,139 @@ fn is_collection(path: &str) -> bool {
         ["api", _, resource] | ["apis", _, _, resource] => *resource != "namespaces",
         _ => false,
     }
+}
+
+/// Separates the names in a field path (label keys hold dots and slashes).
+const SEP: char = '\u{1f}';
+
+/// Fields the API server tracks no owner for.
+const UNOWNED: [&str; 7] = [
+    "apiVersion",
+    "kind",
+    "metadata\u{1f}name",
+    "metadata\u{1f}namespace",
+    "metadata\u{1f}uid",
+    "metadata\u{1f}resourceVersion",
+    "metadata\u{1f}managedFields",
+];
+
+/// The leaf fields of `value` (objects are walked, lists and scalars are leaves) with their
+/// values, by path; `status` is the status subresource's, not the object's.
+fn leaves(value: &Value) -> BTreeMap<String, Value> {
+    fn walk(value: &Value, path: String, out: &mut BTreeMap<String, Value>) {
+        match value {
+            Value::Object(fields) if !fields.is_empty() => {
+                for (name, child) in fields {
+                    let child_path = if path.is_empty() {
+                        name.clone()
+                    } else {
+                        format!("{path}{SEP}{name}")
+                    };
+                    if child_path != "status" && !UNOWNED.contains(&child_path.as_str()) {
+                        walk(child, child_path, out);
+                    }
+                }
+            }
+            Value::Null => {}
+            leaf => {
+                out.insert(path, leaf.clone());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(value, String::new(), &mut out);
+    out
+}
+
+fn field<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split(SEP).try_fold(value, |v, name| v.get(name))
+}
+
+fn set_field(value: &mut Value, path: &str, leaf: Value) {
+    let mut at = value;
+    for name in path.split(SEP) {
+        if !at.is_object() {
+            *at = json!({});
+        }
+        at = &mut at[name];
+    }
+    *at = leaf;
+}
+
+fn remove_field(value: &mut Value, path: &str) {
+    let (parent, name) = match path.rsplit_once(SEP) {
+        Some((parent, name)) => (parent, name),
+        None => ("", path),
+    };
+    let parent = if parent.is_empty() {
+        Some(value)
+    } else {
+        parent.split('.').try_fold(value, |v, n| v.get_mut(n))
+    };
+    if let Some(Value::Object(fields)) = parent {
+        fields.remove(name);
+    }
+}
+
+/// `manager` now owns `fields`; any other manager that owned one loses it only if its value
+/// changed (shared ownership of equal values is not modelled: the last writer owns).
+fn take_fields(owners: &mut Owners, manager: &str, fields: &BTreeMap<String, Value>) {
+    for (other, owned) in owners.iter_mut() {
+        if other != manager {
+            owned.retain(|f| !fields.contains_key(f));
+        }
+    }
+    owners
+        .entry(manager.into())
+        .or_default()
+        .extend(fields.keys().cloned());
+}
+
+/// Server-side apply of `applied` by `manager` onto `current`: the result, or the conflicts.
+fn server_side_apply(
+    mut current: Value,
+    applied: &Value,
+    owners: &mut Owners,
+    manager: &str,
+    force: bool,
+) -> Result<Value, Vec<String>> {
+    let fields = leaves(applied);
+    let conflicts: Vec<String> = owners
+        .iter()
+        .filter(|(other, _)| other.as_str() != manager)
+        .flat_map(|(other, owned)| {
+            let current = &current;
+            fields
+                .iter()
+                .filter(move |(f, v)| owned.contains(*f) && field(current, f) != Some(*v))
+                .map(move |(f, _)| format!("conflict with {other:?}: .{}", f.replace(SEP, ".")))
+        })
+        .collect();
+    if !conflicts.is_empty() && !force {
+        return Err(conflicts);
+    }
+    let previously = owners.get(manager).cloned().unwrap_or_default();
+    for gone in previously.iter().filter(|f| !fields.contains_key(*f)) {
+        let shared = owners
+            .iter()
+            .any(|(other, owned)| other != manager && owned.contains(gone));
+        if !shared {
+            remove_field(&mut current, gone);
+        }
+    }
+    for (f, v) in &fields {
+        set_field(&mut current, f, v.clone());
+    }
+    for name in ["apiVersion", "kind"] {
+        current[name] = applied[name].clone();
+    }
+    for name in ["name", "namespace"] {
+        if !applied["metadata"][name].is_null() {
+            current["metadata"][name] = applied["metadata"][name].clone();
+        }
+    }
+    owners.insert(manager.into(), fields.keys().cloned().collect());
+    Ok(current)
 }
 
 /// RFC 7386 JSON merge patch.
