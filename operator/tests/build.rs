@@ -291,3 +291,33 @@ fn a_typo_in_an_example_is_caught_by_the_crd_schema() {
     assert!(!ok);
     assert!(report.contains("lagPerReplca"), "{report}");
 }
+
+#[test]
+fn objects_of_other_projects_match_their_published_schemas() {
+    let mut custom = Vec::new();
+    for inputs in [minimal_inputs(), full_inputs()] {
+        let desired = build(&inputs).unwrap();
+        custom.extend(
+            desired
+                .objects
+                .into_iter()
+                .filter(|o| o["kind"] == "Certificate" || o["kind"] == "ScaledObject"),
+        );
+    }
+    let kinds: Vec<&str> = custom.iter().map(|o| o["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["Certificate", "ScaledObject"]);
+    let (ok, report) = validate_third_party(&custom);
+    assert!(ok, "{report}");
+
+    // The check can fail: values of the wrong type or outside an enum are named.
+    let mut broken = custom.clone();
+    broken[0]["spec"]["privateKey"]["algorithm"] = serde_json::json!("DSA");
+    broken[1]["spec"]["minReplicaCount"] = serde_json::json!("1");
+    let (ok, report) = validate_third_party(&broken);
+    assert!(!ok);
+    assert!(report.contains("privateKey/algorithm"), "{report}");
+    assert!(
+        report.contains("minReplicaCount must be integer"),
+        "{report}"
+    );
+}

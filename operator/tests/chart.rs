@@ -557,7 +557,10 @@ fn a_service_monitor_is_rendered_only_where_its_api_is_served() {
         &["serviceMonitor.enabled=true"],
         &["monitoring.coreos.com/v1/ServiceMonitor"],
     );
-    assert_eq!(find(&with, "ServiceMonitor").len(), 2);
+    let monitors = find(&with, "ServiceMonitor");
+    assert_eq!(monitors.len(), 2);
+    let (ok, report) = validate_third_party(monitors);
+    assert!(ok, "{report}");
 }
 
 #[test]

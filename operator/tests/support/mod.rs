@@ -166,3 +166,30 @@ pub fn validate_custom_resources(files: &[PathBuf]) -> (bool, String) {
     );
     (output.status.success(), report)
 }
+
+/// Runs `scripts/validate-third-party` (cert-manager, KEDA and Prometheus Operator schemas) on
+/// `objects`: (accepted, report).
+pub fn validate_third_party<'a>(
+    objects: impl IntoIterator<Item = &'a serde_json::Value>,
+) -> (bool, String) {
+    let objects: Vec<&serde_json::Value> = objects.into_iter().collect();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), serde_json::to_vec(&objects).unwrap()).unwrap();
+    assert!(
+        repo()
+            .join(".tools/node/node_modules/@kubernetes-models")
+            .exists(),
+        "the third-party schemas are missing: run scripts/tools"
+    );
+    let output = std::process::Command::new("node")
+        .arg(repo().join("scripts/validate-third-party"))
+        .arg(file.path())
+        .output()
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), report)
+}
