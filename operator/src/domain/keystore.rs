@@ -16,7 +16,7 @@ use kube::api::PostParams;
 use kube::{Api, ResourceExt};
 
 use crate::api::{DkimKeyState, DkimKeyStatus, DkimKeyType, Domain};
-use crate::relay::config::{dkim_key_file, dkim_secret_name};
+use crate::relay::names::{dkim_key_file, dkim_secret_name};
 
 /// Annotation of the key Secret holding the keys' state as JSON.
 pub const KEYS_ANNOTATION: &str = "postern.io/dkim-keys";

@@ -6,16 +6,15 @@ use serde_json::{Value, json};
 
 use postern_config::DomainConfig;
 
-use super::config::{
-    CONFIG_KEY, DOMAINS_KEY, build_config, hostname, paths, signing_domains, signing_key_file,
+use super::config::{build_config, signing_domains};
+use super::dereference::RelayInputs;
+use super::names::{
+    ADMIN_PORT, CONFIG_KEY, CONSUMER, DOMAINS_KEY, hostname, paths, signing_key_file,
     signing_secret_name, stream_name,
 };
-use super::dereference::RelayInputs;
 use crate::api::{DELIVERY_REPLICAS, INGRESS_REPLICAS, Relay, ServiceType, TrafficPolicy};
 use crate::meta::{self, RESTART_HASH, owned_meta};
 
-/// Port of `/healthz`, `/readyz` and `/metrics` in the pods.
-pub const ADMIN_PORT: u16 = 9090;
 /// Image used when neither `spec.image` nor `--relay-image` names one: the relay of the
 /// operator's own release.
 pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/postern-io/postern:", env!("CARGO_PKG_VERSION"));
@@ -165,7 +164,7 @@ pub fn build(inputs: &RelayInputs) -> Result<DesiredRelay, BuildError> {
                             "natsServerMonitoringEndpoint": monitoring_endpoint(relay),
                             "account": "$G",
                             "stream": stream_name(relay),
-                            "consumer": super::config::CONSUMER,
+                            "consumer": CONSUMER,
                             "lagThreshold": delivery.lag_per_replica.to_string(),
                             "activationLagThreshold": "0",
                         },

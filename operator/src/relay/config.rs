@@ -10,84 +10,12 @@ use postern_config::{
     Listener, ListenerTls, LogFormat, OutboundTls, Route, Smarthost, TlsConfig,
 };
 
+use super::names::{
+    ADMIN_PORT, CONSUMER, NATS_CREDS_KEY, NATS_TOKEN_KEY, SMARTHOST_KEY, USERS_KEY, hostname,
+    paths, signing_key_file, stream_name,
+};
 use crate::api::{DkimKeyType, Domain, ListenerTlsMode, OutboundTlsMode, Relay};
 use crate::domain::keystore::ActiveKey;
-
-/// Where the pods mount what the config names.
-pub mod paths {
-    pub const CONFIG_DIR: &str = "/etc/postern/config";
-    pub const CONFIG_FILE: &str = "/etc/postern/config/config.yaml";
-    pub const TLS_DIR: &str = "/etc/postern/tls";
-    pub const USERS_DIR: &str = "/etc/postern/users";
-    pub const NATS_DIR: &str = "/etc/postern/nats";
-    pub const NATS_TOKEN_DIR: &str = "/etc/postern/nats-token";
-    pub const SMARTHOST_DIR: &str = "/etc/postern/smarthost";
-    /// The signing Secret: the domains file and every active DKIM key.
-    pub const SIGNING_DIR: &str = "/etc/postern/signing";
-    pub const DOMAINS_FILE: &str = "/etc/postern/signing/domains.yaml";
-}
-
-/// Key of the domains file in the signing Secret.
-pub const DOMAINS_KEY: &str = "domains.yaml";
-
-/// Key of the config file in the ConfigMap.
-pub const CONFIG_KEY: &str = "config.yaml";
-/// Durable consumer of the delivery pods.
-pub const CONSUMER: &str = "postern-delivery";
-/// Default key of each referenced Secret.
-pub const USERS_KEY: &str = "users";
-pub const NATS_CREDS_KEY: &str = "nats.creds";
-pub const NATS_TOKEN_KEY: &str = "token";
-pub const SMARTHOST_KEY: &str = "credentials";
-
-/// The JetStream stream of a relay: `spec.nats.stream`, or `POSTERN_<NAME>`.
-pub fn stream_name(relay: &Relay) -> String {
-    relay.spec.nats.stream.clone().unwrap_or_else(|| {
-        let name: String = relay
-            .name_any()
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_uppercase()
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        format!("POSTERN_{name}")
-    })
-}
-
-/// Name in greetings and certificates: `spec.hostname` or `<relay>.<namespace>.svc`.
-pub fn hostname(relay: &Relay) -> String {
-    relay.spec.hostname.clone().unwrap_or_else(|| {
-        format!(
-            "{}.{}.svc",
-            relay.name_any(),
-            relay.namespace().unwrap_or_else(|| "default".into())
-        )
-    })
-}
-
-/// Name of the Secret holding a Domain's DKIM keys.
-pub fn dkim_secret_name(domain: &Domain) -> String {
-    format!("{}-dkim", domain.name_any())
-}
-
-/// File name of a DKIM key in its Secret and in the pods.
-pub fn dkim_key_file(selector: &str) -> String {
-    format!("{selector}.pem")
-}
-
-/// Name of the Secret a Relay's ingress pods read their domains and DKIM keys from.
-pub fn signing_secret_name(relay: &Relay) -> String {
-    format!("{}-signing", relay.name_any())
-}
-
-/// File name of a Domain's key in the signing Secret: `<Domain name>.<selector>.pem`.
-pub fn signing_key_file(domain: &Domain, selector: &str) -> String {
-    format!("{}.{selector}.pem", domain.name_any())
-}
 
 /// The relay's configuration. Domains and their keys are not in it: they are in the domains
 /// file of the signing Secret ([`signing_domains`]), which pods reload without a restart.
@@ -203,7 +131,7 @@ pub fn build_config(relay: &Relay) -> Result<Config, ConfigError> {
 
     config.domains_file = Some(paths::DOMAINS_FILE.into());
     config.admin = AdminConfig {
-        address: SocketAddr::from(([0, 0, 0, 0], super::build::ADMIN_PORT)),
+        address: SocketAddr::from(([0, 0, 0, 0], ADMIN_PORT)),
     };
     config.log.format = LogFormat::Json;
     if let Some(level) = &spec.telemetry.log_level {

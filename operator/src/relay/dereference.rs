@@ -5,7 +5,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 
-use super::config::{NATS_CREDS_KEY, NATS_TOKEN_KEY, SMARTHOST_KEY, USERS_KEY};
+use super::names::{NATS_CREDS_KEY, NATS_TOKEN_KEY, SMARTHOST_KEY, USERS_KEY};
 use super::queue::NatsAuth;
 use crate::api::{Domain, Relay, SecretKeyRef};
 use crate::domain::keystore::{ActiveKey, KeyStore, KeyStoreError};

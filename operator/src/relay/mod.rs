@@ -4,6 +4,7 @@
 pub mod build;
 pub mod config;
 pub mod dereference;
+pub mod names;
 pub mod queue;
 pub mod tls;
 pub mod validate;
@@ -65,7 +66,7 @@ impl ReconcileError {
 /// whether the operator's NATS token is to be copied into `<relay>-nats-token` for it.
 pub fn with_operator_defaults(relay: &Relay, ctx: &Context) -> (Relay, bool) {
     let mut relay = relay.clone();
-    let token_secret = nats_token_secret_name(&relay);
+    let token_secret = names::nats_token_secret_name(&relay);
     let nats = &mut relay.spec.nats;
     if nats.stream_replicas.is_none() {
         nats.stream_replicas = ctx.stream_replicas;
@@ -90,11 +91,6 @@ pub fn with_operator_defaults(relay: &Relay, ctx: &Context) -> (Relay, bool) {
     (relay, copy_token)
 }
 
-/// Name of the Secret holding the operator's NATS token in a Relay's namespace.
-pub fn nats_token_secret_name(relay: &Relay) -> String {
-    format!("{}-nats-token", relay.name_any())
-}
-
 /// Copies the token of the operator's NATS (`--nats-token-secret`) into the Relay's namespace,
 /// where its pods can mount it.
 async fn copy_operator_token(ctx: &Context, relay: &Relay) -> Result<(), DereferenceError> {
@@ -116,11 +112,11 @@ async fn copy_operator_token(ctx: &Context, relay: &Relay) -> Result<(), Derefer
             field: "--nats-token-secret",
             name: format!("{}/{} (key {})", source.namespace, source.name, source.key),
         })?;
-    let name = nats_token_secret_name(relay);
+    let name = names::nats_token_secret_name(relay);
     let copy = Secret {
         metadata: meta::owned_meta(relay, name, "relay"),
         type_: Some("Opaque".into()),
-        data: Some([(config::NATS_TOKEN_KEY.to_string(), token)].into()),
+        data: Some([(names::NATS_TOKEN_KEY.to_string(), token)].into()),
         ..Secret::default()
     };
     let namespace = relay.namespace().unwrap_or_else(|| "default".into());
@@ -453,7 +449,7 @@ async fn certificate(
         })
     };
     if desired.self_signed {
-        let mut names = vec![config::hostname(relay)];
+        let mut names = vec![names::hostname(relay)];
         names.extend(relay.spec.ingress.tls.dns_names.iter().cloned());
         let existing = secrets.get_opt(&desired.tls_secret).await.map_err(read)?;
         if tls::needs_certificate(existing.as_ref(), &names, ctx.now()) {
@@ -555,8 +551,8 @@ async fn certificate(
 async fn nats_auth(ctx: &Context, relay: &Relay) -> Result<Option<NatsAuth>, ReconcileError> {
     let nats = &relay.spec.nats;
     let (reference, key) = match (&nats.credentials_secret, &nats.token_secret) {
-        (Some(reference), _) => (reference, config::NATS_CREDS_KEY),
-        (None, Some(reference)) => (reference, config::NATS_TOKEN_KEY),
+        (Some(reference), _) => (reference, names::NATS_CREDS_KEY),
+        (None, Some(reference)) => (reference, names::NATS_TOKEN_KEY),
         (None, None) => return Ok(None),
     };
     let namespace = relay.namespace().unwrap_or_else(|| "default".into());

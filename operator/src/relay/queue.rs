@@ -49,8 +49,8 @@ impl NatsAuth {
     pub fn from_secret(key: &str, content: &[u8]) -> Option<NatsAuth> {
         let text = String::from_utf8_lossy(content);
         match key {
-            super::config::NATS_CREDS_KEY => Some(NatsAuth::Credentials(text.into_owned())),
-            super::config::NATS_TOKEN_KEY => Some(NatsAuth::Token(text.trim().to_string())),
+            super::names::NATS_CREDS_KEY => Some(NatsAuth::Credentials(text.into_owned())),
+            super::names::NATS_TOKEN_KEY => Some(NatsAuth::Token(text.trim().to_string())),
             _ => None,
         }
     }

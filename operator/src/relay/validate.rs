@@ -108,7 +108,7 @@ pub fn validate(name: &str, spec: &RelaySpec) -> Result<(), ValidationError> {
             );
         }
         let target = listener.target_port();
-        if target == super::build::ADMIN_PORT {
+        if target == super::names::ADMIN_PORT {
             problem(
                 format!("{field}.containerPort"),
                 format!("{target} is the admin port of the pods"),
