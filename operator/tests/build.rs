@@ -7,7 +7,7 @@ mod support;
 
 use std::ffi::OsStr;
 
-use postern_operator::relay::build::{DesiredRelay, build};
+use postern_operator::relay::build::DesiredRelay;
 use serde_json::Value;
 use support::*;
 

@@ -4,7 +4,6 @@
 mod support;
 
 use postern_operator::rbac::{allows, roles};
-use postern_operator::relay::build::build;
 use support::*;
 
 #[test]

@@ -10,7 +10,25 @@ fn spec(yaml: &str) -> RelaySpec {
 
 #[test]
 fn defaults_are_valid() {
-    validate("mail", &spec("{}")).unwrap();
+    let valid = validate("mail", &spec("{}")).unwrap();
+    // What build needs comes parsed: networks, durations, bounds.
+    assert_eq!(valid.allowed_networks.len(), 4);
+    assert_eq!(valid.allowed_networks[0].to_string(), "10.0.0.0/8");
+    assert_eq!(valid.retry_schedule, None);
+    assert_eq!(valid.stream_replicas, 3);
+    let valid = validate(
+        "mail",
+        &spec("delivery: { retry: { schedule: [1m, 2h], maxAge: 3d } }"),
+    )
+    .unwrap();
+    let schedule: Vec<String> = valid
+        .retry_schedule
+        .unwrap()
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+    assert_eq!(schedule, ["1m", "2h"]);
+    assert_eq!(valid.max_age.unwrap().to_string(), "3d");
 }
 
 #[test]
@@ -65,7 +83,11 @@ delivery:
 fn replica_bounds_default_per_field() {
     use postern_operator::api::{DELIVERY_REPLICAS, INGRESS_REPLICAS};
     let relay = spec("delivery: { replicas: { min: 20 } }\ningress: { replicas: { max: 1 } }");
-    validate("mail", &relay).unwrap();
+    let valid = validate("mail", &relay).unwrap();
+    assert_eq!(
+        (valid.delivery_replicas, valid.ingress_replicas),
+        ((20, 20), (1, 1))
+    );
     assert_eq!(relay.delivery.replicas.bounds(DELIVERY_REPLICAS), (20, 20));
     assert_eq!(relay.ingress.replicas.bounds(INGRESS_REPLICAS), (1, 1));
     let relay = spec("delivery: { replicas: { max: 4 } }");

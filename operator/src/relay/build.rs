@@ -12,7 +12,8 @@ use super::names::{
     ADMIN_PORT, CONFIG_KEY, CONSUMER, DOMAINS_KEY, hostname, paths, signing_key_file,
     signing_secret_name, stream_name,
 };
-use crate::api::{DELIVERY_REPLICAS, INGRESS_REPLICAS, Relay, ServiceType, TrafficPolicy};
+use super::validate::ValidSpec;
+use crate::api::{Relay, ServiceType, TrafficPolicy};
 use crate::meta::{self, RESTART_HASH, owned_meta};
 
 /// Image used when neither `spec.image` nor `--relay-image` names one: the relay of the
@@ -48,10 +49,10 @@ pub struct DesiredRelay {
 }
 
 /// Builds every object of the Relay in `inputs`.
-pub fn build(inputs: &RelayInputs) -> Result<DesiredRelay, BuildError> {
+pub fn build(inputs: &RelayInputs, valid: &ValidSpec) -> Result<DesiredRelay, BuildError> {
     let relay = &inputs.relay;
     let name = relay.name_any();
-    let config = build_config(relay)?;
+    let config = build_config(relay, valid)?;
     let config_yaml = config.to_yaml()?;
     let restart_hash = meta::hash(&[config_yaml.as_bytes(), inputs.secret_digest.as_bytes()]);
     let tls = &relay.spec.ingress.tls;
@@ -135,7 +136,7 @@ pub fn build(inputs: &RelayInputs) -> Result<DesiredRelay, BuildError> {
         ));
     }
     let ingress = &relay.spec.ingress;
-    let (min, max) = ingress.replicas.bounds(INGRESS_REPLICAS);
+    let (min, max) = valid.ingress_replicas;
     objects.push(cpu_autoscaler(
         relay,
         "ingress",
@@ -144,7 +145,7 @@ pub fn build(inputs: &RelayInputs) -> Result<DesiredRelay, BuildError> {
         ingress.target_cpu_utilization,
     ));
     let delivery = &relay.spec.delivery;
-    let (min, max) = delivery.replicas.bounds(DELIVERY_REPLICAS);
+    let (min, max) = valid.delivery_replicas;
     let delivery_name = format!("{name}-delivery");
     if inputs.keda {
         objects.push(object(

@@ -2,47 +2,28 @@
 //! between operator and relay is that type, written into the ConfigMap as YAML.
 
 use std::net::SocketAddr;
-use std::str::FromStr;
 
 use kube::ResourceExt;
 use postern_config::{
-    AdminConfig, Config, ConfigError, DkimAlgorithm, DkimKeyConfig, DomainConfig, Duration,
-    Listener, ListenerTls, LogFormat, OutboundTls, Route, Smarthost, TlsConfig,
+    AdminConfig, Config, ConfigError, DkimAlgorithm, DkimKeyConfig, DomainConfig, Listener,
+    ListenerTls, LogFormat, OutboundTls, Route, Smarthost, TlsConfig,
 };
 
 use super::names::{
     ADMIN_PORT, CONSUMER, NATS_CREDS_KEY, NATS_TOKEN_KEY, SMARTHOST_KEY, USERS_KEY, hostname,
     paths, signing_key_file, stream_name,
 };
+use super::validate::ValidSpec;
 use crate::api::{DkimKeyType, Domain, ListenerTlsMode, OutboundTlsMode, Relay};
 use crate::domain::keystore::ActiveKey;
 
-/// The relay's configuration. Domains and their keys are not in it: they are in the domains
-/// file of the signing Secret ([`signing_domains`]), which pods reload without a restart.
-pub fn build_config(relay: &Relay) -> Result<Config, ConfigError> {
+/// The relay's configuration, from a Relay and what validation made of it. Domains and their
+/// keys are not in it: they are in the domains file of the signing Secret
+/// ([`signing_domains`]), which pods reload without a restart.
+pub fn build_config(relay: &Relay, valid: &ValidSpec) -> Result<Config, ConfigError> {
     let spec = &relay.spec;
-    let mut config = Config {
-        hostname: hostname(relay),
-        ..Config::default()
-    };
-
-    let stream = stream_name(relay);
-    config.nats.url = Some(spec.nats.url().to_string());
-    config.nats.credentials_file = spec
-        .nats
-        .credentials_secret
-        .as_ref()
-        .map(|s| format!("{}/{}", paths::NATS_DIR, s.key_or(NATS_CREDS_KEY)).into());
-    config.nats.token_file = spec
-        .nats
-        .token_secret
-        .as_ref()
-        .map(|s| format!("{}/{}", paths::NATS_TOKEN_DIR, s.key_or(NATS_TOKEN_KEY)).into());
-    config.nats.subject_prefix = format!("postern.{}", stream.to_ascii_lowercase());
-    config.nats.body_stream = format!("{stream}_BODIES");
-    config.nats.stream = stream;
-    config.nats.replicas = usize::from(spec.nats.stream_replicas());
-
+    let mut config = queue_config(relay);
+    config.nats.replicas = usize::from(valid.stream_replicas);
     let ingress = &spec.ingress;
     config.ingress.listeners = ingress
         .listeners
@@ -62,21 +43,13 @@ pub fn build_config(relay: &Relay) -> Result<Config, ConfigError> {
         cert_file: format!("{}/tls.crt", paths::TLS_DIR).into(),
         key_file: format!("{}/tls.key", paths::TLS_DIR).into(),
     });
-    config.ingress.allowed_networks = ingress
-        .allowed_networks()
-        .iter()
-        .map(|n| ipnet::IpNet::from_str(n).map_err(|_| invalid("ingress.allowedNetworks", n)))
-        .collect::<Result<_, _>>()?;
+    config.ingress.allowed_networks = valid.allowed_networks.clone();
     config.ingress.users_file = ingress
         .users_secret
         .as_ref()
         .map(|s| format!("{}/{}", paths::USERS_DIR, s.key_or(USERS_KEY)).into());
     config.ingress.sender_domains = ingress.sender_domains.clone();
-    config.ingress.trusted_proxies = ingress
-        .trusted_proxies
-        .iter()
-        .map(|n| ipnet::IpNet::from_str(n).map_err(|_| invalid("ingress.trustedProxies", n)))
-        .collect::<Result<_, _>>()?;
+    config.ingress.trusted_proxies = valid.trusted_proxies.clone();
     let limits = &mut config.ingress.limits;
     if let Some(size) = ingress.limits.max_message_size {
         limits.max_message_size = usize::try_from(size).unwrap_or(usize::MAX);
@@ -117,16 +90,11 @@ pub fn build_config(relay: &Relay) -> Result<Config, ConfigError> {
             .map(|c| format!("{}/{}", paths::SMARTHOST_DIR, c.key_or(SMARTHOST_KEY)).into()),
         tls: s.tls.map_or(OutboundTls::Verify, outbound_tls),
     });
-    if !delivery.retry.schedule.is_empty() {
-        config.delivery.retry.schedule = delivery
-            .retry
-            .schedule
-            .iter()
-            .map(|d| parse_duration("delivery.retry.schedule", d))
-            .collect::<Result<_, _>>()?;
+    if let Some(schedule) = &valid.retry_schedule {
+        config.delivery.retry.schedule = schedule.clone();
     }
-    if let Some(max_age) = &delivery.retry.max_age {
-        config.delivery.retry.max_age = parse_duration("delivery.retry.maxAge", max_age)?;
+    if let Some(max_age) = valid.max_age {
+        config.delivery.retry.max_age = max_age;
     }
 
     config.domains_file = Some(paths::DOMAINS_FILE.into());
@@ -141,6 +109,35 @@ pub fn build_config(relay: &Relay) -> Result<Config, ConfigError> {
     config.telemetry.service_name = format!("postern-{}", relay.name_any());
     config.validate()?;
     Ok(config)
+}
+
+/// The parts of the config that name the queue (host name, NATS and its credentials, stream),
+/// which need no validation: enough to reach the stream, to delete it with the Relay.
+pub fn queue_config(relay: &Relay) -> Config {
+    let spec = &relay.spec;
+    let mut config = Config {
+        hostname: hostname(relay),
+        ..Config::default()
+    };
+    let stream = stream_name(relay);
+    config.nats.url = Some(spec.nats.url().to_string());
+    config.nats.credentials_file = spec
+        .nats
+        .credentials_secret
+        .as_ref()
+        .map(|s| format!("{}/{}", paths::NATS_DIR, s.key_or(NATS_CREDS_KEY)).into());
+    config.nats.token_file = spec
+        .nats
+        .token_secret
+        .as_ref()
+        .map(|s| format!("{}/{}", paths::NATS_TOKEN_DIR, s.key_or(NATS_TOKEN_KEY)).into());
+
+    config.nats.subject_prefix = format!("postern.{}", stream.to_ascii_lowercase());
+    config.nats.body_stream = format!("{stream}_BODIES");
+    config.nats.stream = stream;
+    config.nats.replicas = usize::from(spec.nats.stream_replicas());
+    config.delivery.consumer = CONSUMER.into();
+    config
 }
 
 /// The domains file: each Domain with the active keys its Secret holds.
@@ -176,15 +173,4 @@ fn outbound_tls(mode: OutboundTlsMode) -> OutboundTls {
         OutboundTlsMode::Verify => OutboundTls::Verify,
         OutboundTlsMode::None => OutboundTls::None,
     }
-}
-
-fn parse_duration(field: &str, text: &str) -> Result<Duration, ConfigError> {
-    Duration::from_str(text).map_err(|_| invalid(field, text))
-}
-
-fn invalid(field: &str, value: &str) -> ConfigError {
-    ConfigError::Invalid(vec![postern_config::FieldError {
-        field: field.into(),
-        message: format!("{value:?} is not valid"),
-    }])
 }

@@ -136,7 +136,7 @@ pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action, R
     let has_finalizer = relay.finalizers().iter().any(|f| f == STREAM_FINALIZER);
     if relay.meta().deletion_timestamp.is_some() {
         if has_finalizer {
-            let config = config::build_config(&relay)?;
+            let config = config::queue_config(&relay);
             let auth = nats_auth(&ctx, &relay).await?;
             ctx.queues.delete(&config, auth.as_ref()).await?;
             ctx.event(
@@ -179,12 +179,15 @@ pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action, R
             return Ok(Action::requeue(Duration::from_secs(60)));
         }
     };
-    if let Err(err) = validate::validate(&relay.name_any(), &relay.spec) {
-        degraded(&setter, &mut status, "InvalidSpec", err.to_string());
-        write_status(&ctx, &relays, &relay, &before, status).await?;
-        return Ok(Action::await_change());
-    }
-    let desired = match build::build(&inputs) {
+    let valid = match validate::validate(&relay.name_any(), &relay.spec) {
+        Ok(valid) => valid,
+        Err(err) => {
+            degraded(&setter, &mut status, "InvalidSpec", err.to_string());
+            write_status(&ctx, &relays, &relay, &before, status).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let desired = match build::build(&inputs, &valid) {
         Ok(desired) => desired,
         Err(err) => {
             degraded(&setter, &mut status, "InvalidConfig", err.to_string());

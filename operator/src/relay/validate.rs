@@ -19,8 +19,23 @@ pub struct ValidationError {
 /// Longest Relay name: `<name>-delivery` and `<name>-metrics` must stay DNS labels (63).
 pub const MAX_NAME: usize = 47;
 
+/// What validation parsed and resolved, for the build stage: it parses nothing again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidSpec {
+    /// `ingress.allowedNetworks`, or its default for the Service type.
+    pub allowed_networks: Vec<IpNet>,
+    pub trusted_proxies: Vec<IpNet>,
+    /// `delivery.retry.schedule`; `None` keeps the relay's default.
+    pub retry_schedule: Option<Vec<Duration>>,
+    pub max_age: Option<Duration>,
+    /// `(min, max)` with the defaults filled in.
+    pub ingress_replicas: (i32, i32),
+    pub delivery_replicas: (i32, i32),
+    pub stream_replicas: u8,
+}
+
 /// Checks a Relay's name and spec; the error lists every invalid field.
-pub fn validate(name: &str, spec: &RelaySpec) -> Result<(), ValidationError> {
+pub fn validate(name: &str, spec: &RelaySpec) -> Result<ValidSpec, ValidationError> {
     let mut problems = Vec::new();
     let mut problem = |field: String, message: String| problems.push(format!("{field}: {message}"));
 
@@ -39,21 +54,23 @@ pub fn validate(name: &str, spec: &RelaySpec) -> Result<(), ValidationError> {
         );
     }
 
-    let allowed = spec.ingress.allowed_networks();
-    let networks = [
-        ("allowedNetworks", &allowed),
-        ("trustedProxies", &spec.ingress.trusted_proxies),
-    ];
-    for (field, list) in networks {
-        for (i, network) in list.iter().enumerate() {
-            if IpNet::from_str(network).is_err() {
-                problem(
-                    format!("spec.ingress.{field}[{i}]"),
-                    format!("{network:?} is not a CIDR such as 10.0.0.0/8"),
-                );
-            }
-        }
-    }
+    let mut networks = |field: &str, list: &[String]| -> Vec<IpNet> {
+        list.iter()
+            .enumerate()
+            .filter_map(|(i, network)| match IpNet::from_str(network) {
+                Ok(net) => Some(net),
+                Err(_) => {
+                    problem(
+                        format!("spec.ingress.{field}[{i}]"),
+                        format!("{network:?} is not a CIDR such as 10.0.0.0/8"),
+                    );
+                    None
+                }
+            })
+            .collect()
+    };
+    let allowed_networks = networks("allowedNetworks", &spec.ingress.allowed_networks());
+    let trusted_proxies = networks("trustedProxies", &spec.ingress.trusted_proxies);
     let replicas = [
         (
             "spec.ingress.replicas",
@@ -66,14 +83,16 @@ pub fn validate(name: &str, spec: &RelaySpec) -> Result<(), ValidationError> {
             DELIVERY_REPLICAS,
         ),
     ];
-    for (field, bounds, default) in replicas {
-        let (min, max) = bounds.bounds(default);
+    let mut bounds = Vec::new();
+    for (field, replicas, default) in replicas {
+        let (min, max) = replicas.bounds(default);
         if min < 1 || min > max {
             problem(
                 field.into(),
                 format!("need 1 <= min <= max, got min {min} max {max}"),
             );
         }
+        bounds.push((min, max));
     }
     if spec.nats.credentials_secret.is_some() && spec.nats.token_secret.is_some() {
         problem(
@@ -126,25 +145,24 @@ pub fn validate(name: &str, spec: &RelaySpec) -> Result<(), ValidationError> {
             "at least one listener is needed".into(),
         );
     }
-    let durations = spec
-        .delivery
-        .retry
+    let mut duration = |field: String, text: &str| match Duration::from_str(text) {
+        Ok(duration) => Some(duration),
+        Err(err) => {
+            problem(field, err.to_string());
+            None
+        }
+    };
+    let retry = &spec.delivery.retry;
+    let schedule: Vec<Option<Duration>> = retry
         .schedule
         .iter()
         .enumerate()
-        .map(|(i, d)| (format!("spec.delivery.retry.schedule[{i}]"), d))
-        .chain(
-            spec.delivery
-                .retry
-                .max_age
-                .iter()
-                .map(|d| ("spec.delivery.retry.maxAge".to_string(), d)),
-        );
-    for (field, text) in durations {
-        if let Err(err) = Duration::from_str(text) {
-            problem(field, err.to_string());
-        }
-    }
+        .map(|(i, d)| duration(format!("spec.delivery.retry.schedule[{i}]"), d))
+        .collect();
+    let max_age = retry
+        .max_age
+        .as_ref()
+        .and_then(|d| duration("spec.delivery.retry.maxAge".into(), d));
     for (i, route) in spec.delivery.routes.iter().enumerate() {
         if !is_host_port(&route.host) {
             problem(
@@ -172,11 +190,18 @@ pub fn validate(name: &str, spec: &RelaySpec) -> Result<(), ValidationError> {
             format!("{stream:?} may hold only letters, digits, '_' and '-'"),
         );
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(ValidationError { problems })
+    if !problems.is_empty() {
+        return Err(ValidationError { problems });
     }
+    Ok(ValidSpec {
+        allowed_networks,
+        trusted_proxies,
+        retry_schedule: (!schedule.is_empty()).then(|| schedule.into_iter().flatten().collect()),
+        max_age,
+        ingress_replicas: bounds[0],
+        delivery_replicas: bounds[1],
+        stream_replicas,
+    })
 }
 
 fn is_host_port(text: &str) -> bool {

@@ -71,6 +71,18 @@ pub fn active_key(selector: &str) -> ActiveKey {
     }
 }
 
+/// The validate and build stages, as the reconciler runs them.
+pub fn build(
+    inputs: &RelayInputs,
+) -> Result<postern_operator::relay::build::DesiredRelay, postern_operator::relay::build::BuildError>
+{
+    use kube::ResourceExt;
+    let valid =
+        postern_operator::relay::validate::validate(&inputs.relay.name_any(), &inputs.relay.spec)
+            .unwrap();
+    postern_operator::relay::build::build(inputs, &valid)
+}
+
 /// Inputs of the minimal Relay: no Domains, no KEDA.
 pub fn minimal_inputs() -> RelayInputs {
     RelayInputs {
