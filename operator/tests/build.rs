@@ -11,10 +11,10 @@ use postern_operator::relay::build::DesiredRelay;
 use serde_json::Value;
 use support::*;
 
-fn object<'a>(desired: &'a DesiredRelay, kind: &str, name: &str) -> &'a Value {
+fn object(desired: &DesiredRelay, kind: &str, name: &str) -> Value {
     desired
-        .objects
-        .iter()
+        .values()
+        .into_iter()
         .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
         .unwrap_or_else(|| panic!("no {kind} {name}"))
 }
@@ -22,7 +22,7 @@ fn object<'a>(desired: &'a DesiredRelay, kind: &str, name: &str) -> &'a Value {
 #[test]
 fn minimal_relay_objects() {
     let desired = build(&minimal_inputs()).unwrap();
-    insta::assert_yaml_snapshot!("minimal", desired.objects);
+    insta::assert_yaml_snapshot!("minimal", desired.values());
     assert!(desired.self_signed);
     assert_eq!(
         desired.absent,
@@ -44,7 +44,7 @@ fn minimal_relay_objects() {
 #[test]
 fn full_relay_objects() {
     let desired = build(&full_inputs()).unwrap();
-    insta::assert_yaml_snapshot!("full", desired.objects);
+    insta::assert_yaml_snapshot!("full", desired.values());
     insta::assert_snapshot!("full-config", desired.config_yaml);
     assert!(!desired.self_signed);
 }
@@ -55,7 +55,7 @@ fn every_object_is_owned_by_the_relay() {
         build(&minimal_inputs()).unwrap(),
         build(&full_inputs()).unwrap(),
     ] {
-        for object in &desired.objects {
+        for object in &desired.values() {
             let owners = object["metadata"]["ownerReferences"].as_array().unwrap();
             assert_eq!(owners.len(), 1, "{}", object["kind"]);
             assert_eq!(owners[0]["kind"], "Relay");
@@ -266,7 +266,8 @@ fn built_objects_and_crds_are_valid_for_kubernetes_1_33() {
     let mut files = Vec::new();
     for (name, inputs) in [("minimal", minimal_inputs()), ("full", full_inputs())] {
         let desired = build(&inputs).unwrap();
-        let builtin = desired.objects.iter().filter(|o| !is_custom_kind(o));
+        let values = desired.values();
+        let builtin = values.iter().filter(|o| !is_custom_kind(o));
         files.push(write_stream(dir.path(), &format!("{name}.yaml"), builtin));
     }
     files.push(repo().join("crds/relays.postern.io.yaml"));
@@ -299,7 +300,7 @@ fn objects_of_other_projects_match_their_published_schemas() {
         let desired = build(&inputs).unwrap();
         custom.extend(
             desired
-                .objects
+                .values()
                 .into_iter()
                 .filter(|o| o["kind"] == "Certificate" || o["kind"] == "ScaledObject"),
         );

@@ -11,7 +11,7 @@ fn every_kind_the_operator_writes_is_granted() {
     let mut objects = Vec::new();
     for inputs in [minimal_inputs(), full_inputs()] {
         let desired = build(&inputs).unwrap();
-        objects.extend(desired.objects);
+        objects.extend(desired.values());
         for (api_version, kind, _) in desired.absent {
             objects.push(serde_json::json!({ "apiVersion": api_version, "kind": kind }));
         }

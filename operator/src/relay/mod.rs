@@ -236,10 +236,10 @@ pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action, R
         certificate.2,
     );
     for object in &desired.objects {
-        if object["kind"] == "Certificate" && !inputs.cert_manager {
+        if object.kind() == "Certificate" && !inputs.cert_manager {
             continue;
         }
-        apply::apply(&ctx.client, &namespace, object, resync).await?;
+        apply::apply(&ctx.client, &namespace, &object.to_value(), resync).await?;
     }
     for (api_version, kind, name) in &desired.absent {
         let missing_crd = (kind == "ScaledObject" && !inputs.keda)
