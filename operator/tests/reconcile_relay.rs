@@ -281,11 +281,15 @@ async fn an_invalid_spec_is_reported_with_the_field() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_keeps_the_stream_unless_the_spec_says_otherwise() {
     let h = Harness::start(json!({ "nats": { "deleteStreamWithRelay": true } }));
-    h.reconcile().await;
+    // kube's finalizer helper adds the finalizer and waits for the change it made to come back
+    // through the watch, which runs the reconcile again.
+    let log = h.reconcile().await;
+    assert_eq!(writes(&log), [&format!("PATCH {RELAY}")], "{log:#?}");
     assert_eq!(
         h.api.get(RELAY).unwrap()["metadata"]["finalizers"],
         json!(["postern.io/delete-stream"])
     );
+    h.reconcile().await;
     assert!(h.stream_exists("POSTERN_MAIL").await);
     let mut relay = h.api.get(RELAY).unwrap();
     relay["metadata"]["deletionTimestamp"] = json!("2026-11-28T12:00:00Z");
@@ -295,12 +299,24 @@ async fn deleting_keeps_the_stream_unless_the_spec_says_otherwise() {
         !h.stream_exists("POSTERN_MAIL").await,
         "the stream was deleted"
     );
+    assert!(
+        h.api.get(RELAY).is_none(),
+        "its last finalizer removed, the Relay is gone"
+    );
+
+    // Turned off, the finalizer goes; without the setting nothing holds deletion up and the
+    // stream stays.
+    let h = Harness::start(json!({ "nats": { "deleteStreamWithRelay": true } }));
+    h.reconcile().await;
+    let mut relay = h.api.get(RELAY).unwrap();
+    relay["spec"]["nats"]["deleteStreamWithRelay"] = json!(false);
+    h.api.put(RELAY, relay);
+    h.reconcile().await;
     assert_eq!(
         h.api.get(RELAY).unwrap()["metadata"]["finalizers"],
         json!([])
     );
 
-    // Without the setting, nothing holds deletion up and the stream stays.
     let h = Harness::start(json!({}));
     h.reconcile().await;
     assert!(h.api.get(RELAY).unwrap()["metadata"]["finalizers"].is_null());

@@ -16,6 +16,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::api::{DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
@@ -45,6 +46,19 @@ pub enum ReconcileError {
     Config(#[from] postern_config::ConfigError),
     #[error("deleting the stream: {0}")]
     Stream(#[from] queue::ProvisionError),
+    #[error("stream finalizer: {0}")]
+    Finalizer(Box<kube::runtime::finalizer::Error<ReconcileError>>),
+}
+
+impl From<kube::runtime::finalizer::Error<ReconcileError>> for ReconcileError {
+    /// The error of a stage run by the finalizer helper is that error itself.
+    fn from(err: kube::runtime::finalizer::Error<ReconcileError>) -> Self {
+        use kube::runtime::finalizer::Error;
+        match err {
+            Error::ApplyFailed(err) | Error::CleanupFailed(err) => err,
+            other => ReconcileError::Finalizer(Box::new(other)),
+        }
+    }
 }
 
 impl ReconcileError {
@@ -57,6 +71,7 @@ impl ReconcileError {
             ReconcileError::Certificate(_) => "certificate",
             ReconcileError::Stream(_) => "stream",
             ReconcileError::Config(_) => "config",
+            ReconcileError::Finalizer(_) => "finalizer",
         }
     }
 }
@@ -127,33 +142,59 @@ async fn copy_operator_token(ctx: &Context, relay: &Relay) -> Result<(), Derefer
     }
 }
 
-/// Brings the cluster in line with one Relay.
+/// Brings the cluster in line with one Relay. With `nats.deleteStreamWithRelay`, kube's
+/// finalizer helper holds the Relay's deletion until its stream is deleted; without it nothing
+/// holds deletion up (a finalizer left from the setting being on is removed).
 pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let (relay, copy_token) = with_operator_defaults(&relay, &ctx);
     let relay = Arc::new(relay);
     let namespace = relay.namespace().unwrap_or_else(|| "default".into());
     let relays: Api<Relay> = Api::namespaced(ctx.client.clone(), &namespace);
     let has_finalizer = relay.finalizers().iter().any(|f| f == STREAM_FINALIZER);
-    if relay.meta().deletion_timestamp.is_some() {
-        if has_finalizer {
-            let config = config::queue_config(&relay);
-            let auth = nats_auth(&ctx, &relay).await?;
-            ctx.queues.delete(&config, auth.as_ref()).await?;
-            ctx.event(
-                &*relay,
-                false,
-                "StreamDeleted",
-                format!("deleted stream {}", config.nats.stream),
-            )
-            .await;
-            set_finalizers(&relays, &relay, false).await?;
-        }
+    let deleting = relay.meta().deletion_timestamp.is_some();
+    if relay.spec.nats.delete_stream_with_relay || (has_finalizer && deleting) {
+        return finalizer(&relays, STREAM_FINALIZER, relay, |event| async {
+            match event {
+                FinalizerEvent::Apply(relay) => converge(relay, ctx.clone(), copy_token).await,
+                FinalizerEvent::Cleanup(relay) => delete_stream(&relay, &ctx).await,
+            }
+        })
+        .await
+        .map_err(ReconcileError::from);
+    }
+    if deleting {
         return Ok(Action::await_change());
     }
-    if relay.spec.nats.delete_stream_with_relay != has_finalizer {
-        set_finalizers(&relays, &relay, relay.spec.nats.delete_stream_with_relay).await?;
+    if has_finalizer {
+        remove_stream_finalizer(&relays, &relay).await?;
     }
+    converge(relay, ctx, copy_token).await
+}
 
+/// Deletes the Relay's stream and bodies, as its deletion asks.
+async fn delete_stream(relay: &Relay, ctx: &Context) -> Result<Action, ReconcileError> {
+    let config = config::queue_config(relay);
+    let auth = nats_auth(ctx, relay).await?;
+    ctx.queues.delete(&config, auth.as_ref()).await?;
+    ctx.event(
+        relay,
+        false,
+        "StreamDeleted",
+        format!("deleted stream {}", config.nats.stream),
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
+/// The stages for a Relay that is not being deleted: dereference → validate → build → apply →
+/// status.
+async fn converge(
+    relay: Arc<Relay>,
+    ctx: Arc<Context>,
+    copy_token: bool,
+) -> Result<Action, ReconcileError> {
+    let namespace = relay.namespace().unwrap_or_else(|| "default".into());
+    let relays: Api<Relay> = Api::namespaced(ctx.client.clone(), &namespace);
     let before = relay.status.clone().unwrap_or_default();
     let mut status = before.clone();
     let generation = relay.meta().generation;
@@ -574,20 +615,13 @@ async fn nats_auth(ctx: &Context, relay: &Relay) -> Result<Option<NatsAuth>, Rec
         .and_then(|v| NatsAuth::from_secret(key, &v.0)))
 }
 
-async fn set_finalizers(
-    relays: &Api<Relay>,
-    relay: &Relay,
-    present: bool,
-) -> Result<(), ReconcileError> {
-    let mut finalizers: Vec<String> = relay
+/// Removes the stream finalizer of a Relay whose `deleteStreamWithRelay` was turned off.
+async fn remove_stream_finalizer(relays: &Api<Relay>, relay: &Relay) -> Result<(), ReconcileError> {
+    let finalizers: Vec<&String> = relay
         .finalizers()
         .iter()
         .filter(|f| *f != STREAM_FINALIZER)
-        .cloned()
         .collect();
-    if present {
-        finalizers.push(STREAM_FINALIZER.into());
-    }
     let body = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": relay.resource_version() } });
     let (name, params, patch) = (
         relay.name_any(),

@@ -12,7 +12,10 @@
 //! apply sets the fields it names and removes those its manager set before and no longer names
 //! (unless another manager owns them too), leaves fields of other managers alone, and, without
 //! `force`, is 409 Conflict when it would change a field another manager owns. `edit` changes an
-//! object as another manager (`kubectl scale`, an autoscaler) would.
+//! object as another manager (`kubectl scale`, an autoscaler) would. JSON patches (RFC 6902,
+//! with `test`) are applied as such (kube's finalizer helper sends them); deleting an object
+//! with finalizers only marks it (`deletionTimestamp`), and it goes once its last finalizer is
+//! removed.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -237,7 +240,39 @@ impl FakeApi {
             Method::PATCH => {
                 let version = self.next_version();
                 let current = objects.get(&key).cloned();
-                let updated = if content_type.starts_with("application/apply-patch") {
+                let updated = if content_type.starts_with("application/json-patch") {
+                    let Some(mut object) = current else {
+                        return status(StatusCode::NOT_FOUND, "NotFound", "not found");
+                    };
+                    let ops: json_patch::Patch = match serde_json::from_value(body) {
+                        Ok(ops) => ops,
+                        Err(err) => {
+                            return status(StatusCode::BAD_REQUEST, "BadRequest", &err.to_string());
+                        }
+                    };
+                    // As the API server's JSON patch does, a `test` for null passes on a
+                    // missing path.
+                    let ops = json_patch::Patch(
+                        ops.0
+                            .into_iter()
+                            .filter(|op| match op {
+                                json_patch::PatchOperation::Test(test) => {
+                                    !(test.value.is_null()
+                                        && object.pointer(test.path.as_str()).is_none())
+                                }
+                                _ => true,
+                            })
+                            .collect(),
+                    );
+                    if let Err(err) = json_patch::patch(&mut object, &ops) {
+                        return status(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            "Invalid",
+                            &err.to_string(),
+                        );
+                    }
+                    object
+                } else if content_type.starts_with("application/apply-patch") {
                     let mut owners = self.owners.lock().unwrap();
                     let owners = owners.entry(key.clone()).or_default();
                     match server_side_apply(
@@ -282,7 +317,11 @@ impl FakeApi {
                     updated["metadata"]["uid"] = json!(format!("uid-{version}"));
                 }
                 updated["metadata"]["resourceVersion"] = json!(version.to_string());
-                objects.insert(key, updated.clone());
+                if is_finished(&updated) {
+                    objects.remove(&key);
+                } else {
+                    objects.insert(key, updated.clone());
+                }
                 ok(updated)
             }
             Method::PUT => {
@@ -326,8 +365,14 @@ impl FakeApi {
                 *response.status_mut() = StatusCode::CREATED;
                 response
             }
-            Method::DELETE => match objects.remove(&key) {
-                Some(object) => ok(object),
+            Method::DELETE => match objects.get_mut(&key) {
+                Some(object) if has_finalizers(object) => {
+                    if object["metadata"]["deletionTimestamp"].is_null() {
+                        object["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+                    }
+                    ok(object.clone())
+                }
+                Some(_) => ok(objects.remove(&key).unwrap_or_default()),
                 None => status(StatusCode::NOT_FOUND, "NotFound", "not found"),
             },
             _ => status(
@@ -395,6 +440,17 @@ fn is_collection(path: &str) -> bool {
         ["api", _, resource] | ["apis", _, _, resource] => *resource != "namespaces",
         _ => false,
     }
+}
+
+fn has_finalizers(object: &Value) -> bool {
+    object["metadata"]["finalizers"]
+        .as_array()
+        .is_some_and(|f| !f.is_empty())
+}
+
+/// Marked for deletion and no finalizer left: the API server removes it.
+fn is_finished(object: &Value) -> bool {
+    !object["metadata"]["deletionTimestamp"].is_null() && !has_finalizers(object)
 }
 
 /// Separates the names in a field path (label keys hold dots and slashes).
