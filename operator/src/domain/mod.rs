@@ -2,30 +2,26 @@
 //! verification.
 
 pub mod dkim;
+pub mod keys;
 pub mod keystore;
+pub mod publish;
 pub mod records;
 pub mod verify;
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 
-use crate::api::{
-    DkimKeyState, DkimKeyStatus, DnsProvider, DnsRecord, Domain, DomainStatus, Relay,
-    condition_status,
-};
-use crate::apply::{self, ApplyError};
+use crate::api::{DkimKeyState, DkimKeyStatus, Domain, DomainStatus, Relay, condition_status};
+use crate::apply::ApplyError;
 use crate::conditions;
 use crate::context::Context;
-use crate::relay::dereference::{DereferenceError, crd_exists};
+use crate::relay::dereference::DereferenceError;
 use keystore::KeyStore;
-use verify::Check;
 
 /// CRD of external-dns's DNSEndpoint.
 pub const EXTERNAL_DNS_CRD: &str = "dnsendpoints.externaldns.k8s.io";
@@ -92,32 +88,9 @@ pub async fn reconcile(domain: Arc<Domain>, ctx: Arc<Context>) -> Result<Action,
         )
         .await;
     }
-    // DKIM: promote pending keys DNS already serves, retire and create per the spec.
-    let pending: Vec<DkimKeyStatus> = store
-        .keys()
-        .iter()
-        .filter(|k| k.state == DkimKeyState::Pending)
-        .cloned()
-        .collect();
-    let pending_records: Vec<DnsRecord> = records::records(&domain, &pending)
-        .into_iter()
-        .filter(|r| r.purpose == "dkim")
-        .collect();
-    let seen: BTreeSet<String> = verify::verify(ctx.dns.as_ref(), &pending_records)
-        .await
-        .into_iter()
-        .zip(&pending_records)
-        .filter(|(check, _)| *check == Check::Matches)
-        .filter_map(|(_, record)| record.name.split('.').next().map(String::from))
-        .collect();
-    let plan = match dkim::plan(
-        &domain.spec.dkim,
-        store.keys(),
-        &seen,
-        &store.reserved(),
-        now,
-    ) {
-        Ok(plan) => plan,
+    // Keys: promote pending keys DNS already serves, retire and create per the spec.
+    let keys = match keys::rotate(&ctx, &domain, &mut store, &secrets, now).await? {
+        Ok(keys) => keys,
         Err(err) => {
             set(
                 &mut status,
@@ -132,124 +105,19 @@ pub async fn reconcile(domain: Arc<Domain>, ctx: Arc<Context>) -> Result<Action,
             return Ok(Action::await_change());
         }
     };
-    let mut keys = plan.keys;
-    let mut created = Vec::new();
-    for (selector, algorithm) in plan.create {
-        let generated = dkim::generate(algorithm)?;
-        keys.push(DkimKeyStatus {
-            selector: selector.clone(),
-            algorithm,
-            state: DkimKeyState::Pending,
-            public_key: generated.public_key,
-            created: Time(now),
-            activated: None,
-            retire_at: None,
-        });
-        created.push((selector, generated.pem));
-    }
-    let held = store.keys().to_vec();
-    store.update(keys.clone(), created);
-    // Events only once the Secret holds what they announce.
-    store.write(&secrets, &domain).await?;
-    for key in &keys {
-        let was = held
-            .iter()
-            .find(|k| k.selector == key.selector)
-            .map(|k| k.state);
-        match (was, key.state) {
-            (None, _) => {
-                let message = format!(
-                    "new {} key {}; it signs once DNS serves its record",
-                    key.algorithm.label(),
-                    key.selector
-                );
-                ctx.event(&*domain, false, "DkimKeyCreated", message).await;
-            }
-            (Some(DkimKeyState::Pending), DkimKeyState::Active) => {
-                let message = format!("DNS serves {}; it signs from now on", key.selector);
-                ctx.event(&*domain, false, "DkimKeyActive", message).await;
-            }
-            _ => {}
-        }
-    }
     let resync = ctx.resync_due(domain.uid().as_deref().unwrap_or_default());
 
-    let missing: Vec<&str> = domain
-        .spec
-        .dkim
-        .algorithms
-        .iter()
-        .filter(|a| {
-            !keys
-                .iter()
-                .any(|k| k.algorithm == **a && k.state == DkimKeyState::Active)
-        })
-        .map(|a| a.label())
-        .collect();
     status.active_selectors = selectors(&keys, DkimKeyState::Active);
     status.next_selectors = selectors(&keys, DkimKeyState::Pending);
-    if missing.is_empty() {
-        let message = format!("signing with {}", status.active_selectors.join(", "));
-        set(&mut status, "DkimReady", true, "Signing", message);
-    } else {
-        let message = format!(
-            "no active {} key: selector(s) {} sign once DNS serves their records",
-            missing.join(" or "),
-            status.next_selectors.join(", ")
-        );
-        set(&mut status, "DkimReady", false, "AwaitingDns", message);
-    }
+    let (signing, reason, message) = keys::readiness(&domain, &keys);
+    set(&mut status, "DkimReady", signing, reason, message);
 
     // Records.
     let records = records::records(&domain, &keys);
     status.records = records.clone();
     status.dkim_keys = keys;
-    let endpoint_name = format!("{}-records", domain.name_any());
-    let external_dns = crd_exists(&ctx.client, EXTERNAL_DNS_CRD).await?;
-    match (domain.spec.dns.provider, external_dns) {
-        (DnsProvider::ExternalDns, true) => {
-            apply::apply(
-                &ctx.client,
-                &namespace,
-                &records::dns_endpoint(&domain, &records),
-                resync,
-            )
-            .await?;
-            set(
-                &mut status,
-                "DnsPublished",
-                true,
-                "ExternalDns",
-                format!(
-                    "DNSEndpoint {endpoint_name} carries {} records",
-                    records.len()
-                ),
-            );
-        }
-        (DnsProvider::ExternalDns, false) => {
-            set(&mut status, "DnsPublished", false, "ExternalDnsMissing", "dns.provider is external-dns but the DNSEndpoint CRD is not installed; publish status.records by hand".into());
-        }
-        (DnsProvider::Manual, installed) => {
-            if installed {
-                apply::delete(
-                    &ctx.client,
-                    &namespace,
-                    ("externaldns.k8s.io/v1alpha1", "DNSEndpoint", &endpoint_name),
-                )
-                .await?;
-            }
-            set(
-                &mut status,
-                "DnsPublished",
-                false,
-                "Manual",
-                format!(
-                    "publish the {} records in status.records at your DNS provider",
-                    records.len()
-                ),
-            );
-        }
-    }
+    let (published, reason, message) = publish::publish(&ctx, &domain, &records, resync).await?;
+    set(&mut status, "DnsPublished", published, reason, message);
 
     // Verify. A Domain seen for the first time, or whose records changed, shows them (and that
     // they are being checked) before the lookups, which may take until their timeout.
@@ -269,39 +137,8 @@ pub async fn reconcile(domain: Arc<Domain>, ctx: Arc<Context>) -> Result<Action,
         before = status.clone();
     }
     let checks = verify::verify(ctx.dns.as_ref(), &records).await;
-    let problems: Vec<(String, &'static str)> = records
-        .iter()
-        .zip(&checks)
-        .filter_map(|(record, check)| match check {
-            Check::Matches => None,
-            Check::Missing => Some((format!("{} TXT is missing", record.name), "RecordMissing")),
-            Check::Differs(found) => Some((
-                format!("{} TXT is {found:?}, want {:?}", record.name, record.value),
-                "RecordDiffers",
-            )),
-            Check::Failed(err) => Some((
-                format!("{} TXT lookup failed: {err}", record.name),
-                "LookupFailed",
-            )),
-        })
-        .collect();
-    match problems.first() {
-        None => set(
-            &mut status,
-            "DnsVerified",
-            true,
-            "Verified",
-            format!("DNS serves all {} records", records.len()),
-        ),
-        Some((_, reason)) => {
-            let message = problems
-                .iter()
-                .map(|(m, _)| m.as_str())
-                .collect::<Vec<_>>()
-                .join("; ");
-            set(&mut status, "DnsVerified", false, reason, message);
-        }
-    }
+    let (verified, reason, message) = verify::condition(&records, &checks);
+    set(&mut status, "DnsVerified", verified, reason, message);
 
     set_ready(&setter, &mut status, &domain, relay.as_ref());
     status.observed_generation = generation;

@@ -84,6 +84,41 @@ async fn check(lookup: &dyn TxtLookup, record: &DnsRecord) -> Check {
     }
 }
 
+/// `DnsVerified` from the checks of `records`: which records are missing, differ or failed.
+pub fn condition(records: &[DnsRecord], checks: &[Check]) -> (bool, &'static str, String) {
+    let problems: Vec<(String, &'static str)> = records
+        .iter()
+        .zip(checks)
+        .filter_map(|(record, check)| match check {
+            Check::Matches => None,
+            Check::Missing => Some((format!("{} TXT is missing", record.name), "RecordMissing")),
+            Check::Differs(found) => Some((
+                format!("{} TXT is {found:?}, want {:?}", record.name, record.value),
+                "RecordDiffers",
+            )),
+            Check::Failed(err) => Some((
+                format!("{} TXT lookup failed: {err}", record.name),
+                "LookupFailed",
+            )),
+        })
+        .collect();
+    match problems.first() {
+        None => (
+            true,
+            "Verified",
+            format!("DNS serves all {} records", records.len()),
+        ),
+        Some((_, reason)) => {
+            let message = problems
+                .iter()
+                .map(|(m, _)| m.as_str())
+                .collect::<Vec<_>>()
+                .join("; ");
+            (false, reason, message)
+        }
+    }
+}
+
 fn normalize(value: &str) -> String {
     value
         .split(';')
