@@ -5,6 +5,8 @@ pub mod build;
 pub mod config;
 pub mod dereference;
 pub mod names;
+pub mod nats;
+mod observe;
 pub mod queue;
 pub mod tls;
 pub mod validate;
@@ -26,7 +28,6 @@ use crate::conditions;
 use crate::context::Context;
 use crate::meta;
 use dereference::DereferenceError;
-use queue::NatsAuth;
 
 /// Finalizer that deletes the stream when `spec.nats.deleteStreamWithRelay` is set.
 pub const STREAM_FINALIZER: &str = "postern.io/delete-stream";
@@ -76,77 +77,11 @@ impl ReconcileError {
     }
 }
 
-/// The Relay with what it leaves out that the operator was told (`--nats-url`,
-/// `--nats-monitoring-endpoint`, `--stream-replicas`, `--nats-token-secret`) filled in, and
-/// whether the operator's NATS token is to be copied into `<relay>-nats-token` for it.
-pub fn with_operator_defaults(relay: &Relay, ctx: &Context) -> (Relay, bool) {
-    let mut relay = relay.clone();
-    let token_secret = names::nats_token_secret_name(&relay);
-    let nats = &mut relay.spec.nats;
-    if nats.stream_replicas.is_none() {
-        nats.stream_replicas = ctx.stream_replicas;
-    }
-    let mut copy_token = false;
-    if nats.url.is_none() && ctx.nats_url.is_some() {
-        nats.url = ctx.nats_url.clone();
-        if nats.monitoring_endpoint.is_none() {
-            nats.monitoring_endpoint = ctx.nats_monitoring_endpoint.clone();
-        }
-        if nats.credentials_secret.is_none()
-            && nats.token_secret.is_none()
-            && ctx.nats_token_secret.is_some()
-        {
-            nats.token_secret = Some(crate::api::SecretKeyRef {
-                name: token_secret,
-                key: None,
-            });
-            copy_token = true;
-        }
-    }
-    (relay, copy_token)
-}
-
-/// Copies the token of the operator's NATS (`--nats-token-secret`) into the Relay's namespace,
-/// where its pods can mount it.
-async fn copy_operator_token(ctx: &Context, relay: &Relay) -> Result<(), DereferenceError> {
-    let Some(source) = &ctx.nats_token_secret else {
-        return Ok(());
-    };
-    let kube_error = |source| DereferenceError::Kube {
-        what: "Secret",
-        source,
-    };
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &source.namespace);
-    let token = secrets
-        .get_opt(&source.name)
-        .await
-        .map_err(kube_error)?
-        .and_then(|s| s.data)
-        .and_then(|d| d.get(&source.key).cloned())
-        .ok_or_else(|| DereferenceError::SecretNotFound {
-            field: "--nats-token-secret",
-            name: format!("{}/{} (key {})", source.namespace, source.name, source.key),
-        })?;
-    let name = names::nats_token_secret_name(relay);
-    let copy = Secret {
-        metadata: meta::owned_meta(relay, name, "relay"),
-        type_: Some("Opaque".into()),
-        data: Some([(names::NATS_TOKEN_KEY.to_string(), token)].into()),
-        ..Secret::default()
-    };
-    let namespace = relay.namespace().unwrap_or_else(|| "default".into());
-    match apply::apply_typed(&ctx.client, &namespace, &copy, false).await {
-        Ok(_) => Ok(()),
-        Err(ApplyError::Kube { source, .. }) => Err(kube_error(source)),
-        Err(ApplyError::Malformed) => Ok(()),
-    }
-}
-
 /// Brings the cluster in line with one Relay. With `nats.deleteStreamWithRelay`, kube's
 /// finalizer helper holds the Relay's deletion until its stream is deleted; without it nothing
 /// holds deletion up (a finalizer left from the setting being on is removed).
 pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
-    let (relay, copy_token) = with_operator_defaults(&relay, &ctx);
+    let (relay, copy_token) = nats::with_operator_defaults(&relay, &ctx);
     let relay = Arc::new(relay);
     let namespace = relay.namespace().unwrap_or_else(|| "default".into());
     let relays: Api<Relay> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -174,7 +109,7 @@ pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action, R
 /// Deletes the Relay's stream and bodies, as its deletion asks.
 async fn delete_stream(relay: &Relay, ctx: &Context) -> Result<Action, ReconcileError> {
     let config = config::queue_config(relay);
-    let auth = nats_auth(ctx, relay).await?;
+    let auth = nats::nats_auth(ctx, relay).await?;
     ctx.queues.delete(&config, auth.as_ref()).await?;
     ctx.event(
         relay,
@@ -207,7 +142,7 @@ async fn converge(
     // Dereference and validate: failures are the user's to fix, so they go to status.
     let dereferenced = async {
         if copy_token {
-            copy_operator_token(&ctx, &relay).await?;
+            nats::copy_operator_token(&ctx, &relay).await?;
         }
         dereference::dereference(&ctx.client, &relay, ctx.keda, &ctx.relay_image).await
     };
@@ -333,7 +268,7 @@ async fn converge(
             .get_opt(&format!("{name}-{component}"))
             .await
             .map_err(ReconcileError::Status)?;
-        let (ready_replicas, done) = rollout(deployment.as_ref());
+        let (ready_replicas, done) = observe::rollout(deployment.as_ref());
         if !done {
             rolling_out.push(component);
         }
@@ -346,7 +281,7 @@ async fn converge(
         .get_opt(&name)
         .await
         .map_err(ReconcileError::Status)?;
-    status.endpoints = endpoints(&relay, service.as_ref(), &namespace);
+    status.endpoints = observe::endpoints(&relay, service.as_ref(), &namespace);
     if rolling_out.is_empty() {
         set(
             &mut status,
@@ -428,53 +363,6 @@ fn degraded(setter: &conditions::Setter, status: &mut RelayStatus, reason: &str,
     );
     setter.set(&mut status.conditions, "Ready", false, reason, message);
     status.observed_generation = setter.generation;
-}
-
-/// `(ready replicas, rollout complete)` of a Deployment.
-fn rollout(deployment: Option<&Deployment>) -> (i32, bool) {
-    let Some(deployment) = deployment else {
-        return (0, false);
-    };
-    let Some(status) = &deployment.status else {
-        return (0, false);
-    };
-    let wanted = deployment
-        .spec
-        .as_ref()
-        .and_then(|s| s.replicas)
-        .unwrap_or(1);
-    let ready = status.ready_replicas.unwrap_or(0);
-    let current = status.observed_generation >= deployment.metadata.generation
-        && status.updated_replicas.unwrap_or(0) >= wanted
-        && status.replicas.unwrap_or(0) == status.updated_replicas.unwrap_or(0);
-    (ready, current && ready >= wanted)
-}
-
-/// `host:port` for each listener: load balancer addresses when assigned, else the Service's
-/// cluster DNS name.
-fn endpoints(relay: &Relay, service: Option<&Service>, namespace: &str) -> Vec<String> {
-    let mut hosts: Vec<String> = service
-        .and_then(|s| s.status.as_ref())
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i.hostname.clone().or_else(|| i.ip.clone()))
-        .collect();
-    if hosts.is_empty() {
-        hosts.push(format!("{}.{namespace}.svc", relay.name_any()));
-    }
-    hosts
-        .iter()
-        .flat_map(|host| {
-            relay
-                .spec
-                .ingress
-                .listeners
-                .iter()
-                .map(move |l| format!("{host}:{}", l.port))
-        })
-        .collect()
 }
 
 /// Makes or checks the ingress certificate: `(ready, reason, message)`.
@@ -589,30 +477,6 @@ async fn certificate(
             ),
         )
     })
-}
-
-/// The NATS credentials or token for deleting the stream; a Secret that is gone means none.
-async fn nats_auth(ctx: &Context, relay: &Relay) -> Result<Option<NatsAuth>, ReconcileError> {
-    let nats = &relay.spec.nats;
-    let (reference, key) = match (&nats.credentials_secret, &nats.token_secret) {
-        (Some(reference), _) => (reference, names::NATS_CREDS_KEY),
-        (None, Some(reference)) => (reference, names::NATS_TOKEN_KEY),
-        (None, None) => return Ok(None),
-    };
-    let namespace = relay.namespace().unwrap_or_else(|| "default".into());
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let secret =
-        secrets
-            .get_opt(&reference.name)
-            .await
-            .map_err(|source| DereferenceError::Kube {
-                what: "Secret",
-                source,
-            })?;
-    Ok(secret
-        .and_then(|s| s.data)
-        .and_then(|d| d.get(reference.key_or(key)).cloned())
-        .and_then(|v| NatsAuth::from_secret(key, &v.0)))
 }
 
 /// Removes the stream finalizer of a Relay whose `deleteStreamWithRelay` was turned off.
