@@ -15,6 +15,8 @@ pub struct NatsServer {
     store: tempfile::TempDir,
     /// The token clients must present, if the server asks for one.
     token: Option<String>,
+    /// Certificate and key files, if clients must use TLS.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// The nats-server binary: `$POSTERN_NATS_SERVER`, else the one `scripts/tools` installs.
@@ -34,21 +36,27 @@ pub fn nats_server_binary() -> PathBuf {
 impl NatsServer {
     /// Starts a server on a free port with its own storage directory.
     pub fn start() -> NatsServer {
-        NatsServer::start_with(None)
+        NatsServer::start_with(None, None)
     }
 
     /// Starts a server that authorizes clients by `token` only.
     pub fn start_with_token(token: &str) -> NatsServer {
-        NatsServer::start_with(Some(token.to_string()))
+        NatsServer::start_with(Some(token.to_string()), None)
     }
 
-    fn start_with(token: Option<String>) -> NatsServer {
+    /// Starts a server whose clients must use TLS, with the certificate of `pki`.
+    pub fn start_with_tls(pki: &crate::TestPki) -> NatsServer {
+        NatsServer::start_with(None, Some((pki.cert_file.clone(), pki.key_file.clone())))
+    }
+
+    fn start_with(token: Option<String>, tls: Option<(PathBuf, PathBuf)>) -> NatsServer {
         let store = tempfile::tempdir().expect("temp dir");
         let mut server = NatsServer {
             child: None,
             port: crate::free_port(),
             store,
             token,
+            tls,
         };
         server.restart();
         server
@@ -73,6 +81,14 @@ impl NatsServer {
         let mut command = Command::new(nats_server_binary());
         if let Some(token) = &self.token {
             command.args(["--auth", token]);
+        }
+        if let Some((cert, key)) = &self.tls {
+            command
+                .arg("--tls")
+                .arg("--tlscert")
+                .arg(cert)
+                .arg("--tlskey")
+                .arg(key);
         }
         let child = command
             .args([

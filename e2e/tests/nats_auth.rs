@@ -63,3 +63,45 @@ async fn without_the_right_token_the_relay_is_not_ready_and_says_why() {
     .await;
     relay.wait_readyz(503, Duration::from_secs(1));
 }
+
+#[tokio::test]
+async fn the_relay_reaches_a_tls_only_nats_through_its_ca() {
+    let pki = postern_e2e::TestPki::new();
+    let nats = NatsServer::start_with_tls(&pki);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.crt");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+
+    let mut config = Relay::config(&nats);
+    config.nats.ca_file = Some(ca.clone());
+    let relay = Relay::start(config);
+    Smtp::submit(
+        relay.smtp(),
+        "app@example.com",
+        &["rcpt@example.org"],
+        b"Subject: t\r\n\r\nx\r\n",
+    )
+    .await;
+
+    // Without the authority that signed the server's certificate, the relay takes no mail.
+    let relay = Relay::spawn(&["ingress"], Relay::config(&nats));
+    relay.wait_readyz(503, Duration::from_secs(10));
+    let mut smtp = Smtp::connect(relay.smtp()).await;
+    smtp.reply().await.is(421, "4.3.2");
+
+    // A CA file that is not there fails at start, naming the field.
+    let mut config = Relay::config(&nats);
+    config.nats.ca_file = Some(dir.path().join("missing.crt"));
+    let output = std::process::Command::new(postern_e2e::relay::postern_binary())
+        .args(["check-config", "--files", "--config"])
+        .arg({
+            let file = dir.path().join("postern.yaml");
+            std::fs::write(&file, config.to_yaml().unwrap()).unwrap();
+            file
+        })
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("nats.caFile"), "{stderr}");
+}

@@ -78,8 +78,10 @@ pub struct Loaded {
     signers: Arc<Signers>,
 }
 
-/// Loads the users file and the TLS certificate; `postern check-config --files` uses this too.
+/// Loads the users file, the TLS certificate and the DKIM keys, and checks the NATS files;
+/// `postern check-config --files` uses this too.
 pub fn load_files(config: &Config) -> Result<Loaded, StartError> {
+    crate::queue::check_files(&config.nats)?;
     let users = config
         .ingress
         .users_file

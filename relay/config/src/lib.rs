@@ -67,6 +67,10 @@ pub struct NatsConfig {
     /// A file holding the token of a server that authorizes clients by token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+    /// PEM certificates of the authorities that sign the NATS servers' certificates; with it the
+    /// connection must be TLS, verified against them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
     /// Name of the JetStream stream holding the queue.
     #[serde(default = "default_stream")]
     pub stream: String,
@@ -541,6 +545,7 @@ impl Default for NatsConfig {
             url: None,
             credentials_file: None,
             token_file: None,
+            ca_file: None,
             stream: default_stream(),
             subject_prefix: default_subject_prefix(),
             body_stream: default_body_stream(),

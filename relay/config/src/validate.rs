@@ -485,6 +485,7 @@ mod documentation {
         config.nats.url = Some("nats://127.0.0.1:4222".into());
         config.nats.credentials_file = Some("/creds".into());
         config.nats.token_file = Some("/token".into());
+        config.nats.ca_file = Some("/nats-ca.crt".into());
         config.domains_file = Some("/domains.yaml".into());
         config.ingress.tls = Some(TlsConfig {
             cert_file: "/c".into(),

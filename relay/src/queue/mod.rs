@@ -53,6 +53,8 @@ pub enum QueueError {
     Credentials(std::io::Error),
     #[error("nats.tokenFile {path}: {message}")]
     Token { path: String, message: String },
+    #[error("nats.caFile {path}: {message}")]
+    Tls { path: String, message: String },
     #[error("connecting to NATS: {0}")]
     Connect(#[from] async_nats::ConnectError),
     #[error("creating or updating stream {stream}: {source}")]
@@ -111,6 +113,52 @@ impl std::fmt::Debug for Inner {
     }
 }
 
+/// Checks the files `nats` names (credentials, token, CA) as a connection would read them.
+pub fn check_files(nats: &NatsConfig) -> Result<(), QueueError> {
+    if let Some(path) = &nats.credentials_file {
+        std::fs::metadata(path).map_err(QueueError::Credentials)?;
+    }
+    if let Some(path) = &nats.token_file {
+        read_token(path)?;
+    }
+    if let Some(path) = &nats.ca_file {
+        check_ca(path)?;
+    }
+    Ok(())
+}
+
+/// The token in `nats.tokenFile`, without surrounding whitespace.
+fn read_token(path: &std::path::Path) -> Result<String, QueueError> {
+    let error = |message: String| QueueError::Token {
+        path: path.display().to_string(),
+        message,
+    };
+    let token = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(error("the file is empty".into()));
+    }
+    Ok(token.to_string())
+}
+
+/// `nats.caFile` holds at least one PEM certificate.
+fn check_ca(path: &std::path::Path) -> Result<(), QueueError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let error = |message: String| QueueError::Tls {
+        path: path.display().to_string(),
+        message,
+    };
+    let certificates = CertificateDer::pem_file_iter(path)
+        .map_err(|e| error(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| error(e.to_string()))?;
+    if certificates.is_empty() {
+        return Err(error("holds no PEM certificate".into()));
+    }
+    Ok(())
+}
+
 impl Queue {
     /// Connects to NATS. The connection is made in the background and retried forever, so this
     /// returns at once; [`Queue::is_ready`] tells when the queue can take messages.
@@ -136,16 +184,13 @@ impl Queue {
                 .map_err(QueueError::Credentials)?;
         }
         if let Some(path) = &config.token_file {
-            let error = |message: String| QueueError::Token {
-                path: path.display().to_string(),
-                message,
-            };
-            let token = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
-            let token = token.trim();
-            if token.is_empty() {
-                return Err(error("the file is empty".into()));
-            }
-            options = options.token(token.to_string());
+            options = options.token(read_token(path)?);
+        }
+        if let Some(path) = &config.ca_file {
+            check_ca(path)?;
+            options = options
+                .add_root_certificates(path.clone())
+                .require_tls(true);
         }
         Queue::connect_with(url, config, body_ttl, options).await
     }
