@@ -49,7 +49,9 @@ impl NatsServer {
         NatsServer::start_with(None, Some((pki.cert_file.clone(), pki.key_file.clone())))
     }
 
-    fn start_with(token: Option<String>, tls: Option<(PathBuf, PathBuf)>) -> NatsServer {
+    /// Starts a server that asks clients for `token` and TLS with `tls` (certificate and key
+    /// files), as given.
+    pub fn start_with(token: Option<String>, tls: Option<(PathBuf, PathBuf)>) -> NatsServer {
         let store = tempfile::tempdir().expect("temp dir");
         let mut server = NatsServer {
             child: None,

@@ -12,28 +12,39 @@ use kube::{Resource, ResourceExt};
 use crate::domain::verify::TxtLookup;
 use crate::relay::queue::Queues;
 
-/// A key of a Secret in any namespace: where the operator's NATS token is.
+/// A Secret (and maybe a key of it) in any namespace: where the operator's NATS token or CA
+/// certificate is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenSource {
+pub struct SecretSource {
     pub namespace: String,
     pub name: String,
-    pub key: String,
+    pub key: Option<String>,
 }
 
-impl std::str::FromStr for TokenSource {
+impl SecretSource {
+    /// The key, or `default` when none was given.
+    pub fn key_or<'a>(&'a self, default: &'a str) -> &'a str {
+        self.key.as_deref().unwrap_or(default)
+    }
+}
+
+impl std::str::FromStr for SecretSource {
     type Err = String;
 
-    /// `<namespace>/<name>` or `<namespace>/<name>/<key>` (key default `token`).
-    fn from_str(text: &str) -> Result<TokenSource, String> {
+    /// `<namespace>/<name>` or `<namespace>/<name>/<key>`.
+    fn from_str(text: &str) -> Result<SecretSource, String> {
         let parts: Vec<&str> = text.split('/').collect();
         match parts.as_slice() {
-            [namespace, name] | [namespace, name, _]
-                if !namespace.is_empty() && !name.is_empty() =>
+            [namespace, name, rest @ ..]
+                if !namespace.is_empty() && !name.is_empty() && rest.len() <= 1 =>
             {
-                Ok(TokenSource {
+                Ok(SecretSource {
                     namespace: namespace.to_string(),
                     name: name.to_string(),
-                    key: parts.get(2).map_or("token", |k| k).to_string(),
+                    key: rest
+                        .first()
+                        .filter(|k| !k.is_empty())
+                        .map(|k| k.to_string()),
                 })
             }
             _ => Err("expected <namespace>/<secret name>[/<key>]".into()),
@@ -56,7 +67,9 @@ pub struct Context {
     /// Stream replicas of Relays that set none (`--stream-replicas`).
     pub stream_replicas: Option<u8>,
     /// The token of the operator's NATS (`--nats-token-secret`), for Relays that name none.
-    pub nats_token_secret: Option<TokenSource>,
+    pub nats_token_secret: Option<SecretSource>,
+    /// The CA certificate of the operator's NATS (`--nats-ca-secret`).
+    pub nats_ca_secret: Option<SecretSource>,
     recorder: Recorder,
     clock: Box<dyn Fn() -> Timestamp + Send + Sync>,
     /// When each resource (by uid) last had all its objects applied regardless of hashes.
@@ -101,6 +114,7 @@ impl Context {
             nats_monitoring_endpoint: None,
             stream_replicas: None,
             nats_token_secret: None,
+            nats_ca_secret: None,
             clock,
         }
     }

@@ -65,7 +65,11 @@ struct RunArgs {
     /// Secret holding the token of --nats-url's server, as <namespace>/<name>[/<key>]; Relays
     /// that use that server get a copy.
     #[arg(long, requires = "nats_url")]
-    nats_token_secret: Option<postern_operator::context::TokenSource>,
+    nats_token_secret: Option<postern_operator::context::SecretSource>,
+    /// Secret holding the CA certificate of --nats-url's server, as <namespace>/<name>[/<key>]
+    /// (key default ca.crt); Relays that use that server get a copy and connect over TLS.
+    #[arg(long, requires = "nats_url")]
+    nats_ca_secret: Option<postern_operator::context::SecretSource>,
     /// Stream replicas of Relays that set no spec.nats.streamReplicas (1, 3 or 5).
     #[arg(long, value_parser = stream_replicas)]
     stream_replicas: Option<u8>,
@@ -119,6 +123,7 @@ fn main() -> ExitCode {
                 nats_url,
                 nats_monitoring_endpoint,
                 nats_token_secret,
+                nats_ca_secret,
                 stream_replicas,
                 watch_namespaces,
                 log_level,
@@ -149,6 +154,7 @@ fn main() -> ExitCode {
                 nats_url,
                 nats_monitoring_endpoint,
                 nats_token_secret,
+                nats_ca_secret,
                 stream_replicas,
                 watch_namespaces,
             };

@@ -41,7 +41,9 @@ pub struct Settings {
     /// Stream replicas of Relays that set none.
     pub stream_replicas: Option<u8>,
     /// The token of that NATS.
-    pub nats_token_secret: Option<crate::context::TokenSource>,
+    pub nats_token_secret: Option<crate::context::SecretSource>,
+    /// The CA certificate of that NATS.
+    pub nats_ca_secret: Option<crate::context::SecretSource>,
     /// Namespaces to reconcile; empty: all.
     pub watch_namespaces: Vec<String>,
 }
@@ -79,6 +81,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     ctx.nats_monitoring_endpoint = settings.nats_monitoring_endpoint.clone();
     ctx.stream_replicas = settings.stream_replicas;
     ctx.nats_token_secret = settings.nats_token_secret.clone();
+    ctx.nats_ca_secret = settings.nats_ca_secret.clone();
     let ctx = Arc::new(ctx);
     let controllers: Vec<_> = if settings.watch_namespaces.is_empty() {
         vec![controllers(client, None, ctx, metrics.clone())]

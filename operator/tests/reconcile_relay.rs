@@ -520,13 +520,22 @@ async fn unauthenticated_relaying_through_a_load_balancer_is_a_warning() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_relay_on_the_operators_nats_gets_its_token() {
+async fn a_relay_on_the_operators_nats_gets_its_token_and_ca() {
     let token = "chart-generated-token";
-    let h = Harness::start_on(
-        NatsServer::start_with_token(token),
-        json!({}),
-        false,
-        |ctx| ctx.nats_token_secret = Some("postern-system/postern-nats-token".parse().unwrap()),
+    let pki = postern_e2e::TestPki::new();
+    let nats = NatsServer::start_with(
+        Some(token.into()),
+        Some((pki.cert_file.clone(), pki.key_file.clone())),
+    );
+    let h = Harness::start_on(nats, json!({}), false, |ctx| {
+        ctx.nats_token_secret = Some("postern-system/postern-nats-token".parse().unwrap());
+        ctx.nats_ca_secret = Some("postern-system/postern-nats-tls".parse().unwrap());
+    });
+    use base64::Engine;
+    let ca = base64::engine::general_purpose::STANDARD.encode(&pki.ca_pem);
+    h.api.put(
+        "/api/v1/namespaces/postern-system/secrets/postern-nats-tls",
+        json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "postern-nats-tls", "namespace": "postern-system" }, "data": { "ca.crt": ca } }),
     );
     // The operator's token Secret is not there yet: said, naming the flag.
     h.reconcile().await;
@@ -537,7 +546,6 @@ async fn a_relay_on_the_operators_nats_gets_its_token() {
     );
     assert!(message.contains("--nats-token-secret"), "{message}");
 
-    use base64::Engine;
     let encoded = base64::engine::general_purpose::STANDARD.encode(token);
     h.api.put(
         "/api/v1/namespaces/postern-system/secrets/postern-nats-token",

@@ -84,6 +84,13 @@ pub struct NatsSpec {
     /// NATS (`--nats-token-secret`; the Helm chart's), copied into `<relay>-nats-token`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_secret: Option<SecretKeyRef>,
+    /// Secret holding the certificate of the authority that signs the NATS servers'
+    /// certificates; with it the pods and the operator connect over TLS verified against it.
+    /// Default key: `ca.crt`. Default: when `url` is left out, the operator's
+    /// (`--nats-ca-secret`; the Helm chart's when cert-manager issues its NATS a certificate),
+    /// copied into `<relay>-nats-ca`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret: Option<SecretKeyRef>,
     /// JetStream stream name. Default: `POSTERN_<RELAY>` (upper case, `-` and `.` become `_`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]

@@ -10,8 +10,8 @@ use postern_config::{
 };
 
 use super::names::{
-    ADMIN_PORT, CONSUMER, NATS_CREDS_KEY, NATS_TOKEN_KEY, SMARTHOST_KEY, USERS_KEY, hostname,
-    paths, signing_key_file, stream_name,
+    ADMIN_PORT, CONSUMER, NATS_CA_KEY, NATS_CREDS_KEY, NATS_TOKEN_KEY, SMARTHOST_KEY, USERS_KEY,
+    hostname, paths, signing_key_file, stream_name,
 };
 use super::validate::ValidSpec;
 use crate::api::{DkimKeyType, Domain, ListenerTlsMode, OutboundTlsMode, Relay};
@@ -131,6 +131,11 @@ pub fn queue_config(relay: &Relay) -> Config {
         .token_secret
         .as_ref()
         .map(|s| format!("{}/{}", paths::NATS_TOKEN_DIR, s.key_or(NATS_TOKEN_KEY)).into());
+    config.nats.ca_file = spec
+        .nats
+        .ca_secret
+        .as_ref()
+        .map(|s| format!("{}/{}", paths::NATS_CA_DIR, s.key_or(NATS_CA_KEY)).into());
 
     config.nats.subject_prefix = format!("postern.{}", stream.to_ascii_lowercase());
     config.nats.body_stream = format!("{stream}_BODIES");

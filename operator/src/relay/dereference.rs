@@ -5,8 +5,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 
-use super::names::{NATS_CREDS_KEY, NATS_TOKEN_KEY, SMARTHOST_KEY, USERS_KEY};
-use super::queue::NatsAuth;
+use super::names::{NATS_CA_KEY, NATS_CREDS_KEY, NATS_TOKEN_KEY, SMARTHOST_KEY, USERS_KEY};
+use super::queue::{NatsAccess, NatsAuth};
 use crate::api::{Domain, Relay, SecretKeyRef};
 use crate::domain::keystore::{ActiveKey, KeyStore, KeyStoreError};
 use crate::meta;
@@ -25,8 +25,8 @@ pub struct RelayInputs {
     pub domains: Vec<(Domain, Vec<ActiveKey>)>,
     /// Hash of the Secrets the pods read only at start (users, NATS and smarthost credentials).
     pub secret_digest: String,
-    /// The NATS `.creds` file or token, for provisioning the stream.
-    pub nats_auth: Option<NatsAuth>,
+    /// How the operator reaches NATS (credentials or token, CA), for provisioning the stream.
+    pub nats: NatsAccess,
     /// KEDA's ScaledObject CRD is installed.
     pub keda: bool,
     /// cert-manager's Certificate CRD is installed.
@@ -92,6 +92,11 @@ pub async fn dereference(
             NATS_TOKEN_KEY,
         ),
         (
+            "spec.nats.caSecret",
+            spec.nats.ca_secret.as_ref(),
+            NATS_CA_KEY,
+        ),
+        (
             "spec.delivery.smarthost.credentialsSecret",
             spec.delivery
                 .smarthost
@@ -101,11 +106,15 @@ pub async fn dereference(
         ),
     ];
     let mut contents: Vec<Vec<u8>> = Vec::new();
-    let mut nats_auth = None;
+    let mut nats = NatsAccess::default();
     for (field, reference, default_key) in references {
         if let Some(reference) = reference {
             let content = secret_key(&secrets, field, reference, default_key).await?;
-            nats_auth = NatsAuth::from_secret(default_key, &content).or(nats_auth);
+            if default_key == NATS_CA_KEY {
+                nats.ca = Some(String::from_utf8_lossy(&content).into_owned());
+            } else {
+                nats.auth = NatsAuth::from_secret(default_key, &content).or(nats.auth);
+            }
             contents.push(content);
         }
     }
@@ -146,7 +155,7 @@ pub async fn dereference(
         relay: relay.clone(),
         domains: signing,
         secret_digest: meta::hash(&parts),
-        nats_auth,
+        nats,
         keda: keda_allowed && crd_exists(client, KEDA_CRD).await?,
         default_image: default_image.to_string(),
         cert_manager: spec.ingress.tls.issuer_ref.is_some()

@@ -81,7 +81,7 @@ impl ReconcileError {
 /// finalizer helper holds the Relay's deletion until its stream is deleted; without it nothing
 /// holds deletion up (a finalizer left from the setting being on is removed).
 pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
-    let (relay, copy_token) = nats::with_operator_defaults(&relay, &ctx);
+    let (relay, copies) = nats::with_operator_defaults(&relay, &ctx);
     let relay = Arc::new(relay);
     let namespace = relay.namespace().unwrap_or_else(|| "default".into());
     let relays: Api<Relay> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -90,7 +90,7 @@ pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action, R
     if relay.spec.nats.delete_stream_with_relay || (has_finalizer && deleting) {
         return finalizer(&relays, STREAM_FINALIZER, relay, |event| async {
             match event {
-                FinalizerEvent::Apply(relay) => converge(relay, ctx.clone(), copy_token).await,
+                FinalizerEvent::Apply(relay) => converge(relay, ctx.clone(), copies).await,
                 FinalizerEvent::Cleanup(relay) => delete_stream(&relay, &ctx).await,
             }
         })
@@ -103,14 +103,14 @@ pub async fn reconcile(relay: Arc<Relay>, ctx: Arc<Context>) -> Result<Action, R
     if has_finalizer {
         remove_stream_finalizer(&relays, &relay).await?;
     }
-    converge(relay, ctx, copy_token).await
+    converge(relay, ctx, copies).await
 }
 
 /// Deletes the Relay's stream and bodies, as its deletion asks.
 async fn delete_stream(relay: &Relay, ctx: &Context) -> Result<Action, ReconcileError> {
     let config = config::queue_config(relay);
-    let auth = nats::nats_auth(ctx, relay).await?;
-    ctx.queues.delete(&config, auth.as_ref()).await?;
+    let access = nats::nats_access(ctx, relay).await?;
+    ctx.queues.delete(&config, &access).await?;
     ctx.event(
         relay,
         false,
@@ -126,7 +126,7 @@ async fn delete_stream(relay: &Relay, ctx: &Context) -> Result<Action, Reconcile
 async fn converge(
     relay: Arc<Relay>,
     ctx: Arc<Context>,
-    copy_token: bool,
+    copies: nats::Copies,
 ) -> Result<Action, ReconcileError> {
     let namespace = relay.namespace().unwrap_or_else(|| "default".into());
     let relays: Api<Relay> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -141,9 +141,7 @@ async fn converge(
 
     // Dereference and validate: failures are the user's to fix, so they go to status.
     let dereferenced = async {
-        if copy_token {
-            nats::copy_operator_token(&ctx, &relay).await?;
-        }
+        nats::copy_operator_secrets(&ctx, &relay, copies).await?;
         dereference::dereference(&ctx.client, &relay, ctx.keda, &ctx.relay_image).await
     };
     let inputs = match dereferenced.await {
@@ -228,11 +226,7 @@ async fn converge(
     // Queue.
     let config = &desired.config;
     status.stream = Some(config.nats.stream.clone());
-    match ctx
-        .queues
-        .provision(config, inputs.nats_auth.as_ref())
-        .await
-    {
+    match ctx.queues.provision(config, &inputs.nats).await {
         Ok(lag) => {
             status.queue_lag = Some(lag);
             set(

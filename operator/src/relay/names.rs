@@ -17,6 +17,7 @@ pub mod paths {
     pub const USERS_DIR: &str = "/etc/postern/users";
     pub const NATS_DIR: &str = "/etc/postern/nats";
     pub const NATS_TOKEN_DIR: &str = "/etc/postern/nats-token";
+    pub const NATS_CA_DIR: &str = "/etc/postern/nats-ca";
     pub const SMARTHOST_DIR: &str = "/etc/postern/smarthost";
     /// The signing Secret: the domains file and every active DKIM key.
     pub const SIGNING_DIR: &str = "/etc/postern/signing";
@@ -34,6 +35,7 @@ pub const CONSUMER: &str = "postern-delivery";
 pub const USERS_KEY: &str = "users";
 pub const NATS_CREDS_KEY: &str = "nats.creds";
 pub const NATS_TOKEN_KEY: &str = "token";
+pub const NATS_CA_KEY: &str = "ca.crt";
 pub const SMARTHOST_KEY: &str = "credentials";
 
 /// The JetStream stream of a relay: `spec.nats.stream`, or `POSTERN_<NAME>`.
@@ -83,6 +85,11 @@ pub fn signing_secret_name(relay: &Relay) -> String {
 /// File name of a Domain's key in the signing Secret: `<Domain name>.<selector>.pem`.
 pub fn signing_key_file(domain: &Domain, selector: &str) -> String {
     format!("{}.{selector}.pem", domain.name_any())
+}
+
+/// Name of the Secret holding the operator's NATS CA certificate in a Relay's namespace.
+pub fn nats_ca_secret_name(relay: &Relay) -> String {
+    format!("{}-nats-ca", relay.name_any())
 }
 
 /// Name of the Secret holding the operator's NATS token in a Relay's namespace.

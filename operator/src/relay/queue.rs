@@ -64,6 +64,49 @@ impl NatsAuth {
     }
 }
 
+/// How the operator reaches a Relay's NATS: credentials or a token, and the authority that
+/// signs its certificates when it speaks TLS.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NatsAccess {
+    pub auth: Option<NatsAuth>,
+    /// PEM certificate(s) of the CA.
+    pub ca: Option<String>,
+}
+
+impl NatsAccess {
+    fn key(&self) -> String {
+        let ca = self.ca.as_deref().unwrap_or_default();
+        format!(
+            "{}\n{}",
+            NatsAuth::key(self.auth.as_ref()),
+            crate::meta::hash(&[ca.as_bytes()])
+        )
+    }
+
+    /// A TLS client config that trusts only the CA, if there is one.
+    fn tls(&self) -> Result<Option<rustls::ClientConfig>, String> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let Some(pem) = &self.ca else {
+            return Ok(None);
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for certificate in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            let certificate = certificate.map_err(|e| format!("the NATS CA: {e}"))?;
+            roots
+                .add(certificate)
+                .map_err(|e| format!("the NATS CA: {e}"))?;
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Some(config))
+    }
+}
+
 /// NATS connections, one per URL, stream and credentials, kept between reconciles.
 #[derive(Debug, Default)]
 pub struct Queues {
@@ -76,20 +119,16 @@ impl Queues {
     pub async fn provision(
         &self,
         config: &Config,
-        auth: Option<&NatsAuth>,
+        access: &NatsAccess,
     ) -> Result<u64, ProvisionError> {
-        tokio::time::timeout(PROVISION_TIMEOUT, self.provision_now(config, auth))
+        tokio::time::timeout(PROVISION_TIMEOUT, self.provision_now(config, access))
             .await
             .map_err(|_| ProvisionError::Timeout(PROVISION_TIMEOUT))?
     }
 
     /// Deletes the stream and body buckets of `config`.
-    pub async fn delete(
-        &self,
-        config: &Config,
-        auth: Option<&NatsAuth>,
-    ) -> Result<(), ProvisionError> {
-        let queue = self.queue(config, auth).await?;
+    pub async fn delete(&self, config: &Config, access: &NatsAccess) -> Result<(), ProvisionError> {
+        let queue = self.queue(config, access).await?;
         tokio::time::timeout(PROVISION_TIMEOUT, queue.delete())
             .await
             .map_err(|_| ProvisionError::Timeout(PROVISION_TIMEOUT))??;
@@ -99,9 +138,9 @@ impl Queues {
     async fn provision_now(
         &self,
         config: &Config,
-        auth: Option<&NatsAuth>,
+        access: &NatsAccess,
     ) -> Result<u64, ProvisionError> {
-        let queue = self.queue(config, auth).await?;
+        let queue = self.queue(config, access).await?;
         queue.provision().await?;
         let consumer_name = &config.delivery.consumer;
         let mut consumer = queue
@@ -117,13 +156,9 @@ impl Queues {
         Ok(info.num_pending)
     }
 
-    async fn queue(
-        &self,
-        config: &Config,
-        auth: Option<&NatsAuth>,
-    ) -> Result<Queue, ProvisionError> {
+    async fn queue(&self, config: &Config, access: &NatsAccess) -> Result<Queue, ProvisionError> {
         let url = config.nats.url.clone().unwrap_or_default();
-        let key = format!("{url}\n{}\n{}", config.nats.stream, NatsAuth::key(auth));
+        let key = format!("{url}\n{}\n{}", config.nats.stream, access.key());
         let mut connections = self.connections.lock().await;
         if let Some(queue) = connections.get(&key) {
             return Ok(queue.clone());
@@ -131,7 +166,7 @@ impl Queues {
         let mut options = async_nats::ConnectOptions::new()
             .name("postern-operator")
             .connection_timeout(Duration::from_secs(5));
-        match auth {
+        match &access.auth {
             Some(NatsAuth::Credentials(credentials)) => {
                 options =
                     options
@@ -143,6 +178,16 @@ impl Queues {
             }
             Some(NatsAuth::Token(token)) => options = options.token(token.clone()),
             None => {}
+        }
+        let tls = access.tls().map_err(|message| ProvisionError::Connect {
+            url: url.clone(),
+            source: QueueError::Tls {
+                path: "(spec.nats.caSecret)".into(),
+                message,
+            },
+        })?;
+        if let Some(tls) = tls {
+            options = options.tls_client_config(tls).require_tls(true);
         }
         let queue = Queue::connect_with(&url, &config.nats, config.body_ttl(), options)
             .await

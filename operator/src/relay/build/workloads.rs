@@ -149,6 +149,13 @@ fn nats_mounts(relay: &Relay, mounts: &mut Vec<SecretMount>) {
             path: paths::NATS_TOKEN_DIR,
         });
     }
+    if let Some(ca) = &relay.spec.nats.ca_secret {
+        mounts.push(SecretMount {
+            volume: "nats-ca",
+            secret: ca.name.clone(),
+            path: paths::NATS_CA_DIR,
+        });
+    }
 }
 
 fn port(name: &str, number: u16) -> ContainerPort {
