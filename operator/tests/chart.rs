@@ -341,6 +341,114 @@ async fn the_charts_nats_takes_only_clients_with_its_token() {
     assert!(right, "the token was refused");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_charts_nats_speaks_tls_where_cert_manager_is_installed() {
+    // Without cert-manager: no TLS, and asking for it says what to install.
+    let plain = render(None, &["nats.replicas=1"]);
+    assert!(find(&plain, "Issuer").is_empty());
+    let chart = chart();
+    let (ok, text) = helm(&[
+        "template",
+        "postern",
+        chart.to_str().unwrap(),
+        "--set",
+        "nats.tls.enabled=true",
+    ]);
+    assert!(!ok);
+    assert!(
+        text.contains("nats.tls.enabled=true needs cert-manager"),
+        "{text}"
+    );
+
+    let objects = render_for(
+        None,
+        &["nats.replicas=1"],
+        &[
+            "cert-manager.io/v1/Certificate",
+            "cert-manager.io/v1/Issuer",
+        ],
+    );
+    let issued: Vec<&Value> = objects
+        .iter()
+        .filter(|o| o["apiVersion"] == "cert-manager.io/v1")
+        .collect();
+    assert_eq!(issued.len(), 4, "{issued:?}");
+    let (ok, report) = validate_third_party(issued.iter().copied());
+    assert!(ok, "{report}");
+    let operator = find(&objects, "Deployment")
+        .into_iter()
+        .find(|d| d["metadata"]["name"] == "postern-operator")
+        .unwrap();
+    let args = operator["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(
+        args.contains("--nats-ca-secret=postern/postern-nats-tls/ca.crt"),
+        "{args}"
+    );
+
+    // The rendered config, with certificates of a test CA where cert-manager puts them.
+    let pki = postern_e2e::TestPki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let tls_dir = dir.path().join("tls");
+    std::fs::create_dir(&tls_dir).unwrap();
+    std::fs::copy(&pki.cert_file, tls_dir.join("tls.crt")).unwrap();
+    std::fs::copy(&pki.key_file, tls_dir.join("tls.key")).unwrap();
+    std::fs::write(tls_dir.join("ca.crt"), &pki.ca_pem).unwrap();
+    let config = find(&objects, "ConfigMap")
+        .into_iter()
+        .find(|c| c["metadata"]["name"] == "postern-nats")
+        .unwrap()["data"]["nats.conf"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (port, http) = (postern_e2e::free_port(), postern_e2e::free_port());
+    let config = config
+        .replace("/etc/nats-tls", tls_dir.to_str().unwrap())
+        .replace("/data", dir.path().to_str().unwrap())
+        .replace(
+            "/var/run/nats/nats.pid",
+            dir.path().join("pid").to_str().unwrap(),
+        )
+        .replace("0.0.0.0:4222", &format!("127.0.0.1:{port}"))
+        .replace("0.0.0.0:8222", &format!("127.0.0.1:{http}"));
+    let path = dir.path().join("nats.conf");
+    std::fs::write(&path, config).unwrap();
+    let mut server = Command::new(postern_e2e::nats::nats_server_binary())
+        .env("POD_NAME", "postern-nats-0")
+        .env("NATS_TOKEN", "t")
+        .arg("--config")
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    postern_e2e::nats::wait_for_port(port, std::time::Duration::from_secs(15));
+    let url = format!("nats://127.0.0.1:{port}");
+    let attempt = |options: async_nats::ConnectOptions| {
+        let url = url.clone();
+        async move {
+            let connected = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                let client = options.connect(&url).await?;
+                client.flush().await.map_err(std::io::Error::other)?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(client)
+            })
+            .await;
+            matches!(connected, Ok(Ok(_)))
+        }
+    };
+    let plaintext = attempt(async_nats::ConnectOptions::new().token("t".into())).await;
+    let verified = attempt(
+        async_nats::ConnectOptions::new()
+            .token("t".into())
+            .add_root_certificates(tls_dir.join("ca.crt"))
+            .require_tls(true),
+    )
+    .await;
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(!plaintext, "a client without TLS connected");
+    assert!(verified, "a client trusting the chart's CA was refused");
+}
+
 #[test]
 fn the_chart_installs_the_generated_crds_and_rbac() {
     for (name, yaml) in postern_operator::api::crd_files().unwrap() {

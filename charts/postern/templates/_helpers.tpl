@@ -63,6 +63,17 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{/* "true" when the chart's NATS speaks TLS: nats.tls.enabled is true, or auto and cert-manager
+is installed (it issues the certificates). */}}
+{{- define "postern.natsTls" -}}
+{{- $certManager := .Capabilities.APIVersions.Has "cert-manager.io/v1/Certificate" }}
+{{- $enabled := toString .Values.nats.tls.enabled }}
+{{- if and .Values.nats.enabled (eq $enabled "true") (not $certManager) }}
+{{- fail "nats.tls.enabled=true needs cert-manager (cert-manager.io/v1), which this cluster does not serve: install cert-manager first, or set nats.tls.enabled=auto or false" }}
+{{- end }}
+{{- if and .Values.nats.enabled (or (eq $enabled "true") (and (eq $enabled "auto") $certManager)) }}true{{ end }}
+{{- end }}
+
 {{/* Security context of every container the chart runs. */}}
 {{- define "postern.containerSecurityContext" -}}
 runAsNonRoot: true
