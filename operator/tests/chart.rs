@@ -260,6 +260,74 @@ fn the_rendered_nats_config_is_accepted_by_nats_server() {
     }
 }
 
+/// The chart's NATS, from its rendered `nats.conf`, run on loopback ports with `token` and,
+/// when given, the TLS files of `tls_dir` where cert-manager would mount them.
+struct RenderedNats {
+    server: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl RenderedNats {
+    fn start(objects: &[Value], token: &str, tls_dir: Option<&std::path::Path>) -> RenderedNats {
+        let config = find(objects, "ConfigMap")
+            .into_iter()
+            .find(|c| c["metadata"]["name"] == "postern-nats")
+            .unwrap()["data"]["nats.conf"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let (port, http) = (postern_e2e::free_port(), postern_e2e::free_port());
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config
+            .replace("/data", dir.path().to_str().unwrap())
+            .replace(
+                "/var/run/nats/nats.pid",
+                dir.path().join("pid").to_str().unwrap(),
+            )
+            .replace("0.0.0.0:4222", &format!("127.0.0.1:{port}"))
+            .replace("0.0.0.0:8222", &format!("127.0.0.1:{http}"));
+        if let Some(tls_dir) = tls_dir {
+            config = config.replace("/etc/nats-tls", tls_dir.to_str().unwrap());
+        }
+        let path = dir.path().join("nats.conf");
+        std::fs::write(&path, config).unwrap();
+        let server = Command::new(postern_e2e::nats::nats_server_binary())
+            .env("POD_NAME", "postern-nats-0")
+            .env("NATS_TOKEN", token)
+            .arg("--config")
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        postern_e2e::nats::wait_for_port(port, std::time::Duration::from_secs(15));
+        RenderedNats {
+            server,
+            url: format!("nats://127.0.0.1:{port}"),
+            _dir: dir,
+        }
+    }
+
+    /// Whether a client with `options` connects and gets an answer within 5 s.
+    async fn admits(&self, options: async_nats::ConnectOptions) -> bool {
+        let connected = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            let client = options.connect(&self.url).await?;
+            client.flush().await.map_err(std::io::Error::other)?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(client)
+        })
+        .await;
+        matches!(connected, Ok(Ok(_)))
+    }
+}
+
+impl Drop for RenderedNats {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_charts_nats_takes_only_clients_with_its_token() {
     use base64::Engine;
@@ -289,56 +357,22 @@ async fn the_charts_nats_takes_only_clients_with_its_token() {
     );
 
     // The rendered config, run on loopback: no token, no connection.
-    let config = find(&objects, "ConfigMap")
-        .into_iter()
-        .find(|c| c["metadata"]["name"] == "postern-nats")
-        .unwrap()["data"]["nats.conf"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let (port, http) = (postern_e2e::free_port(), postern_e2e::free_port());
-    let dir = tempfile::tempdir().unwrap();
-    let config = config
-        .replace("/data", dir.path().to_str().unwrap())
-        .replace(
-            "/var/run/nats/nats.pid",
-            dir.path().join("pid").to_str().unwrap(),
-        )
-        .replace("0.0.0.0:4222", &format!("127.0.0.1:{port}"))
-        .replace("0.0.0.0:8222", &format!("127.0.0.1:{http}"));
-    let path = dir.path().join("nats.conf");
-    std::fs::write(&path, config).unwrap();
-    let mut server = Command::new(postern_e2e::nats::nats_server_binary())
-        .env("POD_NAME", "postern-nats-0")
-        .env("NATS_TOKEN", &token)
-        .arg("--config")
-        .arg(&path)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    postern_e2e::nats::wait_for_port(port, std::time::Duration::from_secs(15));
-    let url = format!("nats://127.0.0.1:{port}");
-    let attempt = |options: async_nats::ConnectOptions| {
-        let url = url.clone();
-        async move {
-            let connected = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-                let client = options.connect(&url).await?;
-                client.flush().await.map_err(std::io::Error::other)?;
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(client)
-            })
-            .await;
-            matches!(connected, Ok(Ok(_)))
-        }
-    };
-    let anonymous = attempt(async_nats::ConnectOptions::new()).await;
-    let wrong = attempt(async_nats::ConnectOptions::new().token("guess".into())).await;
-    let right = attempt(async_nats::ConnectOptions::new().token(token.clone())).await;
-    let _ = server.kill();
-    let _ = server.wait();
-    assert!(!anonymous, "a client without the token connected");
-    assert!(!wrong, "a client with another token connected");
-    assert!(right, "the token was refused");
+    let nats = RenderedNats::start(&objects, &token, None);
+    assert!(
+        !nats.admits(async_nats::ConnectOptions::new()).await,
+        "a client without the token connected"
+    );
+    assert!(
+        !nats
+            .admits(async_nats::ConnectOptions::new().token("guess".into()))
+            .await,
+        "a client with another token connected"
+    );
+    assert!(
+        nats.admits(async_nats::ConnectOptions::new().token(token.clone()))
+            .await,
+        "the token was refused"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -393,60 +427,21 @@ async fn the_charts_nats_speaks_tls_where_cert_manager_is_installed() {
     std::fs::copy(&pki.cert_file, tls_dir.join("tls.crt")).unwrap();
     std::fs::copy(&pki.key_file, tls_dir.join("tls.key")).unwrap();
     std::fs::write(tls_dir.join("ca.crt"), &pki.ca_pem).unwrap();
-    let config = find(&objects, "ConfigMap")
-        .into_iter()
-        .find(|c| c["metadata"]["name"] == "postern-nats")
-        .unwrap()["data"]["nats.conf"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let (port, http) = (postern_e2e::free_port(), postern_e2e::free_port());
-    let config = config
-        .replace("/etc/nats-tls", tls_dir.to_str().unwrap())
-        .replace("/data", dir.path().to_str().unwrap())
-        .replace(
-            "/var/run/nats/nats.pid",
-            dir.path().join("pid").to_str().unwrap(),
-        )
-        .replace("0.0.0.0:4222", &format!("127.0.0.1:{port}"))
-        .replace("0.0.0.0:8222", &format!("127.0.0.1:{http}"));
-    let path = dir.path().join("nats.conf");
-    std::fs::write(&path, config).unwrap();
-    let mut server = Command::new(postern_e2e::nats::nats_server_binary())
-        .env("POD_NAME", "postern-nats-0")
-        .env("NATS_TOKEN", "t")
-        .arg("--config")
-        .arg(&path)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    postern_e2e::nats::wait_for_port(port, std::time::Duration::from_secs(15));
-    let url = format!("nats://127.0.0.1:{port}");
-    let attempt = |options: async_nats::ConnectOptions| {
-        let url = url.clone();
-        async move {
-            let connected = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-                let client = options.connect(&url).await?;
-                client.flush().await.map_err(std::io::Error::other)?;
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(client)
-            })
-            .await;
-            matches!(connected, Ok(Ok(_)))
-        }
-    };
-    let plaintext = attempt(async_nats::ConnectOptions::new().token("t".into())).await;
-    let verified = attempt(
-        async_nats::ConnectOptions::new()
-            .token("t".into())
-            .add_root_certificates(tls_dir.join("ca.crt"))
-            .require_tls(true),
-    )
-    .await;
-    let _ = server.kill();
-    let _ = server.wait();
-    assert!(!plaintext, "a client without TLS connected");
-    assert!(verified, "a client trusting the chart's CA was refused");
+    let nats = RenderedNats::start(&objects, "t", Some(&tls_dir));
+    assert!(
+        !nats
+            .admits(async_nats::ConnectOptions::new().token("t".into()))
+            .await,
+        "a client without TLS connected"
+    );
+    let verified = async_nats::ConnectOptions::new()
+        .token("t".into())
+        .add_root_certificates(tls_dir.join("ca.crt"))
+        .require_tls(true);
+    assert!(
+        nats.admits(verified).await,
+        "a client trusting the chart's CA was refused"
+    );
 }
 
 #[test]
