@@ -99,7 +99,7 @@ pub fn minimal_inputs() -> RelayInputs {
 /// Inputs of the example Relay: one Domain, KEDA and cert-manager installed.
 pub fn full_inputs() -> RelayInputs {
     RelayInputs {
-        relay: relay("examples/relay.yaml"),
+        relay: relay("operator/tests/fixtures/relay-full.yaml"),
         domains: vec![(
             domain_with_keys(),
             vec![active_key("postern-ed25519-20261101")],
