@@ -489,3 +489,77 @@ async fn opportunistic_tls_is_used_when_offered() {
         "delivered over TLS ({tls:?}) although the certificate is not trusted"
     );
 }
+
+#[tokio::test]
+async fn mail_waiting_for_a_dead_destination_never_holds_back_mail_that_can_go() {
+    let dead_attempts = Arc::new(AtomicUsize::new(0));
+    let counter = dead_attempts.clone();
+    let dead = MockMx::start(Arc::new(move |_| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        "451 4.3.0 down for the day".into()
+    }))
+    .await;
+    let healthy = MockMx::accepting().await;
+    let (nats, relay) = start_standalone(|c| {
+        c.delivery.routes = vec![
+            postern_config::Route {
+                domain: "dead.example".into(),
+                host: dead.host(),
+                tls: postern_config::OutboundTls::Opportunistic,
+            },
+            route_all(&healthy.host()),
+        ];
+        c.delivery.retry.schedule = vec!["1h".parse().unwrap()];
+        // Three times as many entries wait as the consumer may hand out unacknowledged.
+        c.delivery.max_ack_pending = 20;
+        c.delivery.concurrency = 10;
+    });
+    for i in 0..60 {
+        Smtp::submit(
+            relay.smtp(),
+            "a@example.com",
+            &[&format!("user{i}@dead.example")],
+            b"Subject: waits\r\n\r\nLater.\r\n",
+        )
+        .await;
+    }
+    let start = std::time::Instant::now();
+    while dead_attempts.load(Ordering::SeqCst) < 60 {
+        assert!(
+            start.elapsed() < WAIT,
+            "only {} first attempts",
+            dead_attempts.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Sixty retries wait an hour; a message to a healthy domain goes at once.
+    Smtp::submit(
+        relay.smtp(),
+        "a@example.com",
+        &["b@ok.example"],
+        b"Subject: now\r\n\r\nNow.\r\n",
+    )
+    .await;
+    let delivered = healthy.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(delivered[0].recipients, ["b@ok.example"]);
+
+    // The waiting entries are in the stream, held by no worker and counted by no lag.
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream(STREAM)
+        .await
+        .unwrap()
+        .get_consumer("postern-delivery")
+        .await
+        .unwrap();
+    let info = consumer.info().await.unwrap();
+    assert_eq!((info.num_ack_pending, info.num_pending), (0, 0), "{info:?}");
+    let waiting = nats.entries(STREAM).await;
+    assert_eq!(waiting.len(), 60);
+    assert_eq!(
+        dead_attempts.load(Ordering::SeqCst),
+        60,
+        "no early second attempt"
+    );
+}

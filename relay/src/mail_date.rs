@@ -1,4 +1,5 @@
-//! Dates in the RFC 5322 form used by `Date:` and `Received:` fields.
+//! Dates in the RFC 5322 form used by `Date:` and `Received:` fields, and in the RFC 3339 form
+//! JetStream's message schedules take.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -16,6 +17,17 @@ pub fn rfc5322_date(time: SystemTime) -> String {
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ][(month - 1) as usize];
     format!("{weekday}, {day} {month} {year} {hour:02}:{minute:02}:{second:02} +0000")
+}
+
+/// `2026-11-28T17:23:41.250Z` for `ms` milliseconds since the epoch.
+pub fn rfc3339_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let (hour, minute, second) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{:03}Z",
+        ms % 1000
+    )
 }
 
 /// Proleptic Gregorian date from days since 1970-01-01 (Howard Hinnant's algorithm).
@@ -36,6 +48,13 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn formats_rfc3339_with_milliseconds() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(1_796_491_421_250), "2026-12-05T17:23:41.250Z");
+        assert_eq!(rfc3339_ms(951_782_400_007), "2000-02-29T00:00:00.007Z");
+    }
 
     #[test]
     fn formats_dates() {

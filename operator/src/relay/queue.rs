@@ -144,7 +144,11 @@ impl Queues {
         queue.provision().await?;
         let consumer_name = &config.delivery.consumer;
         let mut consumer = queue
-            .consumer(consumer_name, config.delivery.ack_wait.get())
+            .consumer(
+                consumer_name,
+                config.delivery.ack_wait.get(),
+                config.delivery.max_ack_pending,
+            )
             .await?;
         let info = consumer
             .info()

@@ -289,6 +289,9 @@ pub struct DeliveryConfig {
     /// How long an entry stays with a worker without an acknowledgement before JetStream hands
     /// it to another; attempts in progress renew it every third of this.
     pub ack_wait: Duration,
+    /// Entries handed to workers and not yet acknowledged, across all delivery processes
+    /// (the consumer's `max_ack_pending`). Waiting retries do not count: they are scheduled.
+    pub max_ack_pending: i64,
 }
 
 /// Name servers for delivery.
@@ -315,6 +318,7 @@ impl Default for DeliveryConfig {
             dns: DnsConfig::default(),
             mx_port: 25,
             ack_wait: Duration::secs(60),
+            max_ack_pending: 100_000,
         }
     }
 }

@@ -275,6 +275,11 @@ impl Config {
             "must be greater than zero",
         );
         e.check(
+            delivery.max_ack_pending >= delivery.concurrency as i64,
+            "delivery.maxAckPending",
+            "must be at least delivery.concurrency",
+        );
+        e.check(
             is_nats_name(&delivery.consumer),
             "delivery.consumer",
             "must be letters, digits, '-' or '_'",

@@ -112,7 +112,11 @@ impl Worker {
             if self.queue.is_ready() {
                 match self
                     .queue
-                    .consumer(&self.config.consumer, self.config.ack_wait.get())
+                    .consumer(
+                        &self.config.consumer,
+                        self.config.ack_wait.get(),
+                        self.config.max_ack_pending,
+                    )
                     .await
                 {
                     Ok(consumer) => return Some(consumer),

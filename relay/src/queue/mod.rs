@@ -235,6 +235,9 @@ impl Queue {
             description: Some(
                 "Postern mail queue: one entry per message and destination domain".into(),
             ),
+            // Retries wait as scheduled messages (`<prefix>.wait.…`), which JetStream moves to
+            // the ready subject at their time: nothing fetches or holds them until then.
+            allow_message_schedules: true,
             ..Default::default()
         };
         let stream_error = |stream: &str, source: async_nats::Error| QueueError::Stream {
@@ -413,15 +416,35 @@ impl Queue {
         }
     }
 
-    /// Publishes one entry (a retry holding the remaining recipients) and waits until it is
-    /// stored. `message_id` makes a repeated publish of the same retry a no-op.
+    /// Publishes one entry (a retry holding the remaining recipients) as a message scheduled
+    /// for `envelope.not_before_ms`, and waits until it is stored. Until then it is a message on
+    /// its own subject under `<prefix>.wait.`, which no consumer reads; at its time JetStream
+    /// publishes it to the domain's ready subject and removes the schedule. `message_id` makes
+    /// a repeated publish of the same retry a no-op.
     pub async fn requeue(
         &self,
         envelope: &Envelope,
         inline: &[u8],
         message_id: String,
     ) -> Result<(), EnqueueError> {
-        let entry = self.outgoing(envelope, inline, message_id);
+        let mut entry = self.outgoing(envelope, inline, message_id);
+        if let Some(at) = envelope.not_before_ms {
+            entry.headers.insert(
+                "Nats-Schedule",
+                format!("@at {}", crate::mail_date::rfc3339_ms(at)).as_str(),
+            );
+            entry
+                .headers
+                .insert("Nats-Schedule-Target", entry.subject.as_str());
+            entry.subject = format!(
+                "{}.wait.{}",
+                self.inner.config.subject_prefix,
+                entry.id.replace(
+                    |c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_',
+                    "."
+                )
+            );
+        }
         match publish::publish_all(
             &self.inner.jetstream,
             std::slice::from_ref(&entry),
@@ -489,6 +512,7 @@ impl Queue {
         &self,
         name: &str,
         ack_wait: Duration,
+        max_ack_pending: i64,
     ) -> Result<jetstream::consumer::PullConsumer, QueueError> {
         let config = &self.inner.config;
         let error = |source: async_nats::Error| QueueError::Stream {
@@ -507,7 +531,9 @@ impl Queue {
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
             ack_wait,
             max_deliver: -1,
-            max_ack_pending: 100_000,
+            max_ack_pending,
+            // Ready entries only (`<prefix>.<domain>`); scheduled retries are deeper.
+            filter_subject: format!("{}.*", config.subject_prefix),
             ..Default::default()
         };
         stream
