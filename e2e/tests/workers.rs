@@ -176,3 +176,43 @@ async fn a_slow_attempt_keeps_its_entry_past_the_ack_deadline() {
         "in-progress acknowledgements kept the entry from a second attempt"
     );
 }
+
+// Multi-threaded: the blocking wait for the exit must not stall the scripted MX.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_past_the_shutdown_grace_goes_to_another_process_at_once() {
+    let nats = NatsServer::start();
+    let mx = MockMx::accepting().await;
+    // The first attempt hangs at the end of data far past the stopping process's grace.
+    mx.delay_next_data(Duration::from_secs(30));
+    let ingress = Relay::start(Relay::config(&nats));
+    let process = |grace: &str| {
+        let mut config = Relay::config(&nats);
+        config.delivery.routes = vec![route_all(&mx.host())];
+        config.delivery.ack_wait = "60s".parse().unwrap();
+        config.shutdown_grace = grace.parse().unwrap();
+        let relay = Relay::spawn(&["delivery"], config);
+        relay.wait_ready(Duration::from_secs(20));
+        relay
+    };
+    let mut stopping = process("1s");
+    load(&ingress, 0, 1).await;
+    let start = Instant::now();
+    while mx.total_sessions() == 0 {
+        assert!(start.elapsed() < Duration::from_secs(20), "no attempt");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let taking_over = process("10s");
+    stopping.sigterm();
+    stopping.wait_exit(Duration::from_secs(20)).expect("exits");
+    assert!(stopping.log().contains("released"), "{}", stopping.log());
+    // Long before the 60 s acknowledgement deadline, the other process delivers it.
+    let released = Instant::now();
+    nats.wait_empty(STREAM, Duration::from_secs(10)).await;
+    assert!(released.elapsed() < Duration::from_secs(10));
+    assert!(
+        taking_over.metric("postern_delivery_outcomes_total{result=\"delivered\"}") >= 1.0,
+        "{}",
+        taking_over.log()
+    );
+}

@@ -1,6 +1,7 @@
 //! The delivery worker: pulls entries, attempts them, and settles each recipient's outcome
 //! (delivered, bounced, or requeued for a retry) before acknowledging the entry.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -54,6 +55,7 @@ impl Worker {
         };
         let permits = Arc::new(Semaphore::new(self.config.concurrency));
         let tracker = TaskTracker::new();
+        let in_flight = InFlight::default();
         info!(consumer = %self.config.consumer, concurrency = self.config.concurrency, "delivery started");
         loop {
             let first = tokio::select! {
@@ -88,17 +90,22 @@ impl Worker {
                     break;
                 };
                 let worker = self.clone();
+                let message = Arc::new(message);
+                let held = in_flight.hold(message.clone());
                 tracker.spawn(async move {
                     worker.handle(message).await;
+                    drop(held);
                     drop(permit);
                 });
             }
         }
         tracker.close();
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            // Released now, another process takes them at once instead of after ackWait.
+            let released = in_flight.release().await;
             warn!(
                 remaining = tracker.len(),
-                "shutdown grace elapsed; their entries return to the queue"
+                released, "shutdown grace elapsed; attempts in flight released to other workers"
             );
         }
         info!("delivery stopped");
@@ -130,8 +137,7 @@ impl Worker {
         }
     }
 
-    async fn handle(&self, message: jetstream::Message) {
-        let message = Arc::new(message);
+    async fn handle(&self, message: Arc<jetstream::Message>) {
         if message
             .headers
             .as_ref()
@@ -481,4 +487,47 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Entries this process holds while their attempts run, so that shutdown can hand them back.
+#[derive(Clone, Default)]
+struct InFlight {
+    held: Arc<std::sync::Mutex<HashMap<u64, Arc<jetstream::Message>>>>,
+    next: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// One held entry; dropping it (the attempt ended) forgets it.
+struct Held {
+    id: u64,
+    in_flight: InFlight,
+}
+
+impl InFlight {
+    fn hold(&self, message: Arc<jetstream::Message>) -> Held {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.lock().insert(id, message);
+        Held {
+            id,
+            in_flight: self.clone(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<jetstream::Message>>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// NAKs every entry still held, without delay; returns how many.
+    async fn release(&self) -> usize {
+        let messages: Vec<Arc<jetstream::Message>> = self.lock().drain().map(|(_, m)| m).collect();
+        for message in &messages {
+            let _ = message.ack_with(AckKind::Nak(None)).await;
+        }
+        messages.len()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.in_flight.lock().remove(&self.id);
+    }
 }
