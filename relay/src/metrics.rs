@@ -24,6 +24,7 @@ pub struct Metrics {
     pub enqueue_failures: Family<Labels, Counter>,
     pub enqueue_seconds: Histogram,
     pub delivery_outcomes: Family<Labels, Counter>,
+    pub delivery_dead_letters: Family<Labels, Counter>,
     pub delivery_attempt_seconds: Histogram,
     pub delivery_queue_lag_seconds: Histogram,
     pub pregreet: Family<Labels, Counter>,
@@ -45,6 +46,7 @@ impl Default for Metrics {
             enqueue_failures: Family::default(),
             enqueue_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             delivery_outcomes: Family::default(),
+            delivery_dead_letters: Family::default(),
             delivery_attempt_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
             delivery_queue_lag_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 24)),
             pregreet: Family::default(),
@@ -118,6 +120,11 @@ impl Default for Metrics {
             metrics.delivery_outcomes.clone(),
         );
         r.register(
+            "delivery_dead_letters",
+            "Queue entries moved to the dead-letter stream, by reason: undecodable, no_outcome",
+            metrics.delivery_dead_letters.clone(),
+        );
+        r.register(
             "delivery_attempt_seconds",
             "Time of one delivery attempt, connection to last reply",
             metrics.delivery_attempt_seconds.clone(),
@@ -148,6 +155,13 @@ impl Metrics {
     pub fn outcome(&self, result: &'static str) {
         self.delivery_outcomes
             .get_or_create(&vec![("result", result)])
+            .inc();
+    }
+
+    /// Counts one entry moved to the dead-letter stream.
+    pub fn dead_letter(&self, reason: &'static str) {
+        self.delivery_dead_letters
+            .get_or_create(&vec![("reason", reason)])
             .inc();
     }
 

@@ -148,6 +148,7 @@ impl Queues {
                 consumer_name,
                 config.delivery.ack_wait.get(),
                 config.delivery.max_ack_pending,
+                2 * config.delivery.max_deliveries,
             )
             .await?;
         let info = consumer

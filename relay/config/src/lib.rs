@@ -292,6 +292,9 @@ pub struct DeliveryConfig {
     /// Entries handed to workers and not yet acknowledged, across all delivery processes
     /// (the consumer's `max_ack_pending`). Waiting retries do not count: they are scheduled.
     pub max_ack_pending: i64,
+    /// How often one entry may be handed to a worker without an outcome (an unrecorded result,
+    /// a crash, an entry for a newer Postern) before it moves to the dead-letter stream.
+    pub max_deliveries: i64,
 }
 
 /// Name servers for delivery.
@@ -319,6 +322,7 @@ impl Default for DeliveryConfig {
             mx_port: 25,
             ack_wait: Duration::secs(60),
             max_ack_pending: 100_000,
+            max_deliveries: 20,
         }
     }
 }

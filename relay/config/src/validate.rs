@@ -275,6 +275,11 @@ impl Config {
             "must be greater than zero",
         );
         e.check(
+            delivery.max_deliveries >= 2,
+            "delivery.maxDeliveries",
+            "must be at least 2",
+        );
+        e.check(
             delivery.max_ack_pending >= delivery.concurrency as i64,
             "delivery.maxAckPending",
             "must be at least delivery.concurrency",

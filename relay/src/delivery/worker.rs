@@ -123,6 +123,7 @@ impl Worker {
                         &self.config.consumer,
                         self.config.ack_wait.get(),
                         self.config.max_ack_pending,
+                        2 * self.config.max_deliveries,
                     )
                     .await
                 {
@@ -147,6 +148,12 @@ impl Worker {
             let _ = message.ack_with(AckKind::Term).await;
             return;
         }
+        let delivered = message.info().map_or(1, |info| info.delivered);
+        if delivered > self.config.max_deliveries {
+            let reason = format!("handed to workers {delivered} times without an outcome");
+            self.dead_letter(&message, &reason).await;
+            return;
+        }
         let (envelope, inline) = match entry::decode(&message.payload) {
             Ok((envelope, inline)) => (envelope, message.payload.slice_ref(inline)),
             Err(err @ EntryError::Version(_)) => {
@@ -158,8 +165,8 @@ impl Worker {
                 return;
             }
             Err(err) => {
-                error!(%err, subject = %message.subject, "undecodable queue entry removed");
-                let _ = message.ack_with(AckKind::Term).await;
+                self.dead_letter(&message, &format!("undecodable entry: {err}"))
+                    .await;
                 return;
             }
         };
@@ -191,6 +198,33 @@ impl Worker {
             }
             Err(err) => {
                 warn!(queue_id = %envelope.queue_id, %err, "outcome not recorded; the entry will be attempted again");
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(30))))
+                    .await;
+            }
+        }
+    }
+
+    /// Moves an entry no worker can settle to the dead-letter stream, then removes it; if that
+    /// fails it stays, to be tried again.
+    async fn dead_letter(&self, message: &jetstream::Message, reason: &str) {
+        let moved = self
+            .queue
+            .dead_letter(
+                &message.subject,
+                message.headers.as_ref(),
+                message.payload.clone(),
+                reason,
+            )
+            .await;
+        match moved {
+            Ok(()) => {
+                error!(subject = %message.subject, reason, "queue entry moved to the dead-letter stream");
+                self.metrics.dead_letter(reason_label(reason));
+                let _ = message.ack_with(AckKind::Term).await;
+            }
+            Err(err) => {
+                warn!(subject = %message.subject, %err, reason, "dead-letter failed; the entry stays");
                 let _ = message
                     .ack_with(AckKind::Nak(Some(Duration::from_secs(30))))
                     .await;
@@ -487,6 +521,15 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// The metric label of a dead-letter reason.
+fn reason_label(reason: &str) -> &'static str {
+    if reason.starts_with("undecodable") {
+        "undecodable"
+    } else {
+        "no_outcome"
+    }
 }
 
 /// Entries this process holds while their attempts run, so that shutdown can hand them back.

@@ -249,6 +249,23 @@ impl Queue {
             .create_or_update_stream(wanted)
             .await
             .map_err(|e| stream_error(&config.stream, e.into()))?;
+        let dead = stream::Config {
+            name: dead_letter_stream(config),
+            subjects: vec![format!("{}.>", dead_letter_prefix(config))],
+            storage: stream::StorageType::File,
+            num_replicas: config.replicas,
+            max_age: DEAD_LETTER_AGE,
+            description: Some(
+                "Postern dead letters: queue entries no worker could settle, with the reason"
+                    .into(),
+            ),
+            ..Default::default()
+        };
+        self.inner
+            .jetstream
+            .create_or_update_stream(dead)
+            .await
+            .map_err(|e| stream_error(&dead_letter_stream(config), e.into()))?;
         let bodies = bodies::Bodies::provision(&self.inner.jetstream, config, self.inner.body_ttl)
             .await
             .map_err(|e| stream_error(&config.body_stream, e))?;
@@ -459,6 +476,35 @@ impl Queue {
         }
     }
 
+    /// Moves a queue entry no worker can settle to the dead-letter stream, with `reason` (and
+    /// the entry's subject) in its headers. The caller removes the entry once this returns.
+    pub async fn dead_letter(
+        &self,
+        subject: &str,
+        headers: Option<&async_nats::HeaderMap>,
+        payload: Bytes,
+        reason: &str,
+    ) -> Result<(), EnqueueError> {
+        let mut headers = headers.cloned().unwrap_or_default();
+        headers.insert("Postern-Dead-Reason", reason);
+        headers.insert("Postern-Dead-Subject", subject);
+        let tail = subject
+            .strip_prefix(&format!("{}.", self.inner.config.subject_prefix))
+            .unwrap_or("entry");
+        let target = format!("{}.{tail}", dead_letter_prefix(&self.inner.config));
+        let published = self
+            .inner
+            .jetstream
+            .publish_with_headers(target, headers, payload)
+            .await
+            .map_err(|e| EnqueueError::Publish(e.into()))?;
+        tokio::time::timeout(self.inner.config.ack_timeout.get(), published)
+            .await
+            .map_err(|_| EnqueueError::AckTimeout(self.inner.config.ack_timeout.get()))?
+            .map_err(|e| EnqueueError::Publish(e.into()))?;
+        Ok(())
+    }
+
     /// The body of an entry whose payload after the envelope line is `inline`.
     pub fn content(&self, envelope: &Envelope, inline: Bytes) -> Result<Content, EnqueueError> {
         match &envelope.body {
@@ -513,6 +559,7 @@ impl Queue {
         name: &str,
         ack_wait: Duration,
         max_ack_pending: i64,
+        max_deliver: i64,
     ) -> Result<jetstream::consumer::PullConsumer, QueueError> {
         let config = &self.inner.config;
         let error = |source: async_nats::Error| QueueError::Stream {
@@ -530,7 +577,7 @@ impl Queue {
             description: Some("Postern delivery workers".into()),
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
             ack_wait,
-            max_deliver: -1,
+            max_deliver,
             max_ack_pending,
             // Ready entries only (`<prefix>.<domain>`); scheduled retries are deeper.
             filter_subject: format!("{}.*", config.subject_prefix),
@@ -555,6 +602,7 @@ impl Queue {
         };
         for name in [
             config.stream.clone(),
+            dead_letter_stream(config),
             config.body_stream.clone(),
             format!("OBJ_{}", config.body_stream),
             format!("KV_{}_REFS", config.body_stream),
@@ -570,6 +618,20 @@ impl Queue {
         }
         Ok(())
     }
+}
+
+/// How long dead letters are kept for someone to look at them.
+const DEAD_LETTER_AGE: Duration = Duration::from_secs(30 * 86_400);
+
+/// The stream holding dead letters: `<stream>_DEAD`.
+pub fn dead_letter_stream(config: &NatsConfig) -> String {
+    format!("{}_DEAD", config.stream)
+}
+
+/// Subjects of dead letters: `<prefix>_dead.<the entry's subject after the prefix>`, outside
+/// the queue stream's `<prefix>.>`.
+fn dead_letter_prefix(config: &NatsConfig) -> String {
+    format!("{}_dead", config.subject_prefix)
 }
 
 /// The body key, lineage and token of an entry with a stored body.
