@@ -673,3 +673,41 @@ async fn the_fake_refuses_an_apply_over_another_managers_field() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_counts_ready_waiting_and_dead_mail_apart() {
+    let h = Harness::start(json!({}));
+    h.reconcile().await;
+    let js = async_nats::jetstream::new(async_nats::connect(h.nats.url()).await.unwrap());
+    let publish = |subject: &'static str, schedule: bool| {
+        let js = js.clone();
+        async move {
+            let mut headers = async_nats::HeaderMap::new();
+            if schedule {
+                headers.insert("Nats-Schedule", "@at 2099-01-01T00:00:00Z");
+                headers.insert("Nats-Schedule-Target", "postern.postern_mail.example_org");
+            }
+            js.publish_with_headers(subject, headers, "entry".into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    };
+    publish("postern.postern_mail.example_org", false).await;
+    publish("postern.postern_mail.wait.a.1", true).await;
+    publish("postern.postern_mail.wait.b.1", true).await;
+    publish("postern.postern_mail_dead.example_org", false).await;
+    h.reconcile().await;
+    let status = h.api.get(RELAY).unwrap()["status"].clone();
+    assert_eq!(
+        (
+            &status["queueLag"],
+            &status["queueWaiting"],
+            &status["queueInFlight"],
+            &status["queueDeadLetters"]
+        ),
+        (&json!(1), &json!(2), &json!(0), &json!(1)),
+        "{status}"
+    );
+}

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub delivery_queue_lag_seconds: Histogram,
     pub pregreet: Family<Labels, Counter>,
     pub message_memory_bytes: Gauge,
+    /// The queue by state (`queue::QueueCounts`), as a delivery process last read it.
+    pub queue_entries: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -51,6 +53,7 @@ impl Default for Metrics {
             delivery_queue_lag_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 24)),
             pregreet: Family::default(),
             message_memory_bytes: Gauge::default(),
+            queue_entries: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -120,6 +123,11 @@ impl Default for Metrics {
             metrics.delivery_outcomes.clone(),
         );
         r.register(
+            "queue_entries",
+            "Queue entries by state: ready (due, not handed out), in_flight, waiting (retries scheduled for later), dead_letter",
+            metrics.queue_entries.clone(),
+        );
+        r.register(
             "delivery_dead_letters",
             "Queue entries moved to the dead-letter stream, by reason: undecodable, no_outcome",
             metrics.delivery_dead_letters.clone(),
@@ -156,6 +164,20 @@ impl Metrics {
         self.delivery_outcomes
             .get_or_create(&vec![("result", result)])
             .inc();
+    }
+
+    /// Sets the queue gauges.
+    pub fn queue(&self, counts: &crate::queue::QueueCounts) {
+        for (state, value) in [
+            ("ready", counts.ready),
+            ("in_flight", counts.in_flight),
+            ("waiting", counts.waiting),
+            ("dead_letter", counts.dead_letters),
+        ] {
+            self.queue_entries
+                .get_or_create(&vec![("state", state)])
+                .set(i64::try_from(value).unwrap_or(i64::MAX));
+        }
     }
 
     /// Counts one entry moved to the dead-letter stream.

@@ -29,7 +29,8 @@ pub const DURATION_PATTERN: &str = r"^[0-9]+(ms|s|m|h|d)$";
     printcolumn = r#"{"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name": "Ingress", "type": "integer", "description": "Ready ingress pods", "jsonPath": ".status.ingressReplicas"}"#,
     printcolumn = r#"{"name": "Delivery", "type": "integer", "description": "Ready delivery pods", "jsonPath": ".status.deliveryReplicas"}"#,
-    printcolumn = r#"{"name": "Queue", "type": "integer", "description": "Messages waiting for delivery", "jsonPath": ".status.queueLag"}"#,
+    printcolumn = r#"{"name": "Queue", "type": "integer", "description": "Entries due now, not yet handed to a delivery pod", "jsonPath": ".status.queueLag"}"#,
+    printcolumn = r#"{"name": "Waiting", "type": "integer", "description": "Retries scheduled for later", "jsonPath": ".status.queueWaiting"}"#,
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -606,9 +607,18 @@ pub struct RelayStatus {
     /// Ready delivery pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery_replicas: Option<i32>,
-    /// Messages in the queue not yet handed to a delivery pod.
+    /// Entries due now and not yet handed to a delivery pod (what KEDA scales on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_lag: Option<u64>,
+    /// Retries scheduled for later: stored, but no delivery pod holds or fetches them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_waiting: Option<u64>,
+    /// Entries delivery pods hold, not yet acknowledged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_in_flight: Option<u64>,
+    /// Entries in the dead-letter stream (`<stream>_DEAD`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_dead_letters: Option<u64>,
     /// The JetStream stream holding the queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<String>,

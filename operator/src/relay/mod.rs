@@ -227,8 +227,11 @@ async fn converge(
     let config = &desired.config;
     status.stream = Some(config.nats.stream.clone());
     match ctx.queues.provision(config, &inputs.nats).await {
-        Ok(lag) => {
-            status.queue_lag = Some(lag);
+        Ok(counts) => {
+            status.queue_lag = Some(counts.ready);
+            status.queue_waiting = Some(counts.waiting);
+            status.queue_in_flight = Some(counts.in_flight);
+            status.queue_dead_letters = Some(counts.dead_letters);
             set(
                 &mut status,
                 "QueueReady",
@@ -242,6 +245,9 @@ async fn converge(
         }
         Err(err) => {
             status.queue_lag = None;
+            status.queue_waiting = None;
+            status.queue_in_flight = None;
+            status.queue_dead_letters = None;
             set(
                 &mut status,
                 "QueueReady",

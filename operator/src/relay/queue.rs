@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use postern_config::Config;
-use postern_relay::queue::{Queue, QueueError};
+use postern_relay::queue::{Queue, QueueCounts, QueueError};
 use tokio::sync::Mutex;
 
 /// How long one provisioning round may take before the queue is reported not ready.
@@ -114,13 +114,13 @@ pub struct Queues {
 }
 
 impl Queues {
-    /// Creates or updates the stream, buckets and consumer of `config`; returns the number of
-    /// messages not yet handed to a delivery pod.
+    /// Creates or updates the stream, buckets and consumer of `config`; returns how much of the
+    /// queue is ready, in flight, waiting and dead.
     pub async fn provision(
         &self,
         config: &Config,
         access: &NatsAccess,
-    ) -> Result<u64, ProvisionError> {
+    ) -> Result<QueueCounts, ProvisionError> {
         tokio::time::timeout(PROVISION_TIMEOUT, self.provision_now(config, access))
             .await
             .map_err(|_| ProvisionError::Timeout(PROVISION_TIMEOUT))?
@@ -139,7 +139,7 @@ impl Queues {
         &self,
         config: &Config,
         access: &NatsAccess,
-    ) -> Result<u64, ProvisionError> {
+    ) -> Result<QueueCounts, ProvisionError> {
         let queue = self.queue(config, access).await?;
         queue.provision().await?;
         let consumer_name = &config.delivery.consumer;
@@ -151,14 +151,13 @@ impl Queues {
                 2 * config.delivery.max_deliveries,
             )
             .await?;
-        let info = consumer
-            .info()
+        queue
+            .counts(&mut consumer)
             .await
             .map_err(|e| ProvisionError::Consumer {
                 consumer: consumer_name.clone(),
                 message: e.to_string(),
-            })?;
-        Ok(info.num_pending)
+            })
     }
 
     async fn queue(&self, config: &Config, access: &NatsAccess) -> Result<Queue, ProvisionError> {

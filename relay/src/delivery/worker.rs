@@ -12,7 +12,7 @@ use postern_smtp::{Reply, Status};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::dsn::{FailedRecipient, Report};
 use super::next_hop::{NextHops, RecipientResult, SetupError};
@@ -56,6 +56,10 @@ impl Worker {
         let permits = Arc::new(Semaphore::new(self.config.concurrency));
         let tracker = TaskTracker::new();
         let in_flight = InFlight::default();
+        tokio::spawn(
+            self.clone()
+                .report_counts(consumer.clone(), shutdown.clone()),
+        );
         info!(consumer = %self.config.consumer, concurrency = self.config.concurrency, "delivery started");
         loop {
             let first = tokio::select! {
@@ -201,6 +205,25 @@ impl Worker {
                 let _ = message
                     .ack_with(AckKind::Nak(Some(Duration::from_secs(30))))
                     .await;
+            }
+        }
+    }
+
+    /// Reads how much of the queue is ready, in flight, waiting and dead into the metrics, every
+    /// few seconds until `shutdown`.
+    async fn report_counts(
+        self,
+        mut consumer: jetstream::consumer::PullConsumer,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            match self.queue.counts(&mut consumer).await {
+                Ok(counts) => self.metrics.queue(&counts),
+                Err(err) => debug!(%err, "reading the queue's counts failed"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(COUNTS_EVERY) => {}
             }
         }
     }
@@ -522,6 +545,9 @@ fn now_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+/// How often a delivery process reads the queue's counts for its metrics.
+const COUNTS_EVERY: Duration = Duration::from_secs(5);
 
 /// The metric label of a dead-letter reason.
 fn reason_label(reason: &str) -> &'static str {

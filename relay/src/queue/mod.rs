@@ -476,6 +476,35 @@ impl Queue {
         }
     }
 
+    /// How much of the queue is ready, held by workers, waiting for a retry time, and dead.
+    pub async fn counts(
+        &self,
+        consumer: &mut jetstream::consumer::PullConsumer,
+    ) -> Result<QueueCounts, async_nats::Error> {
+        let config = &self.inner.config;
+        let info = consumer.info().await?.clone();
+        let mut stream = self.inner.jetstream.get_stream(&config.stream).await?;
+        let stored = stream.info().await?.state.messages;
+        let dead_letters = match self
+            .inner
+            .jetstream
+            .get_stream(dead_letter_stream(config))
+            .await
+        {
+            Ok(mut dead) => dead.info().await?.state.messages,
+            Err(_) => 0,
+        };
+        let ready = info.num_pending;
+        let in_flight = u64::try_from(info.num_ack_pending).unwrap_or(0);
+        Ok(QueueCounts {
+            ready,
+            in_flight,
+            // Everything stored that no worker can be handed yet: scheduled retries.
+            waiting: stored.saturating_sub(ready + in_flight),
+            dead_letters,
+        })
+    }
+
     /// Moves a queue entry no worker can settle to the dead-letter stream, with `reason` (and
     /// the entry's subject) in its headers. The caller removes the entry once this returns.
     pub async fn dead_letter(
@@ -618,6 +647,19 @@ impl Queue {
         }
         Ok(())
     }
+}
+
+/// The queue by state: what autoscaling, status and metrics report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueCounts {
+    /// Due now and not yet handed to a worker: what delivery should scale on.
+    pub ready: u64,
+    /// Handed to workers, not yet acknowledged.
+    pub in_flight: u64,
+    /// Retries scheduled for later (and tombstones not yet read).
+    pub waiting: u64,
+    /// In the dead-letter stream.
+    pub dead_letters: u64,
 }
 
 /// How long dead letters are kept for someone to look at them.
