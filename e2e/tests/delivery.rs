@@ -562,4 +562,14 @@ async fn mail_waiting_for_a_dead_destination_never_holds_back_mail_that_can_go()
         60,
         "no early second attempt"
     );
+    // And /metrics tells them apart.
+    postern_e2e::wait_until("the queue counts reported", Duration::from_secs(10), || {
+        relay.metric("postern_queue_entries{state=\"waiting\"}") == 60.0
+    })
+    .await;
+    assert_eq!(relay.metric("postern_queue_entries{state=\"ready\"}"), 0.0);
+    assert_eq!(
+        relay.metric("postern_queue_entries{state=\"in_flight\"}"),
+        0.0
+    );
 }
