@@ -557,6 +557,13 @@ async fn mail_waiting_for_a_dead_destination_never_holds_back_mail_that_can_go()
     assert_eq!((info.num_ack_pending, info.num_pending), (0, 0), "{info:?}");
     let waiting = nats.entries(STREAM).await;
     assert_eq!(waiting.len(), 60);
+    assert!(
+        waiting
+            .iter()
+            .all(|e| e.subject.starts_with("postern.queue.wait.dead_example.")),
+        "{:?}",
+        waiting.iter().map(|e| &e.subject).collect::<Vec<_>>()
+    );
     assert_eq!(
         dead_attempts.load(Ordering::SeqCst),
         60,

@@ -435,7 +435,7 @@ impl Queue {
 
     /// Publishes one entry (a retry holding the remaining recipients) as a message scheduled
     /// for `envelope.not_before_ms`, and waits until it is stored. Until then it is a message on
-    /// its own subject under `<prefix>.wait.`, which no consumer reads; at its time JetStream
+    /// its own subject under `<prefix>.wait.<domain>.`, which no consumer reads; at its time JetStream
     /// publishes it to the domain's ready subject and removes the schedule. `message_id` makes
     /// a repeated publish of the same retry a no-op.
     pub async fn requeue(
@@ -453,9 +453,12 @@ impl Queue {
             entry
                 .headers
                 .insert("Nats-Schedule-Target", entry.subject.as_str());
+            // `<prefix>.wait.<domain>.<id>`: by destination, so waiting mail of one domain can
+            // be found without reading the rest.
             entry.subject = format!(
-                "{}.wait.{}",
+                "{}.wait.{}.{}",
                 self.inner.config.subject_prefix,
+                entry::domain_token(&envelope.domain),
                 entry.id.replace(
                     |c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_',
                     "."
