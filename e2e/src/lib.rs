@@ -25,10 +25,38 @@ pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// A loopback port nothing listens on right now.
+/// Ports handed out by [`free_port`]: below the kernel's ephemeral range (32768 and up), so no
+/// outgoing connection and no `bind(0)` of another process is given one of them.
+const HANDED_OUT: std::ops::Range<u16> = 20_000..32_000;
+
+/// A loopback port for a child process to listen on, that nothing listens on now and that no
+/// other test process is handed while this one runs: each port handed out is held by a lock
+/// file (`flock`, released when the process ends), and the kernel never picks these ports
+/// for sockets of its own choosing.
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a free port");
-    listener.local_addr().expect("local address").port()
+    use std::hash::{BuildHasher, Hasher};
+    static HELD: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("postern-test-ports");
+    std::fs::create_dir_all(&dir).expect("port lock directory");
+    let span = u64::from(HANDED_OUT.end - HANDED_OUT.start);
+    let mut seed = std::collections::hash_map::RandomState::new().build_hasher();
+    seed.write_u32(std::process::id());
+    let start = seed.finish() % span;
+    for offset in 0..span {
+        let port = HANDED_OUT.start + ((start + offset) % span) as u16;
+        let Ok(lock) = std::fs::File::create(dir.join(port.to_string())) else {
+            continue;
+        };
+        if lock.try_lock().is_err() {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        HELD.lock().unwrap_or_else(|e| e.into_inner()).push(lock);
+        return port;
+    }
+    panic!("no free port in {HANDED_OUT:?}");
 }
 
 /// A fresh nats-server and a `postern ingress` on it, with `tweak` applied to the config.
