@@ -113,23 +113,9 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run(args) => {
-            let RunArgs {
-                namespace,
-                identity,
-                nameservers,
-                admin_address,
-                keda,
-                relay_image,
-                nats_url,
-                nats_monitoring_endpoint,
-                nats_token_secret,
-                nats_ca_secret,
-                stream_replicas,
-                watch_namespaces,
-                log_level,
-            } = *args;
+            let args = *args;
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log_level));
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&args.log_level));
             tracing_subscriber::fmt()
                 .json()
                 .with_env_filter(filter)
@@ -144,19 +130,20 @@ fn main() -> ExitCode {
                 Ok(runtime) => runtime,
                 Err(err) => return fail(err),
             };
+            let keda = matches!(args.keda, Keda::Auto);
             let settings = postern_operator::run::Settings {
-                lease_namespace: namespace,
-                identity,
-                nameservers,
-                admin_address,
-                keda: matches!(keda, Keda::Auto),
-                relay_image,
-                nats_url,
-                nats_monitoring_endpoint,
-                nats_token_secret,
-                nats_ca_secret,
-                stream_replicas,
-                watch_namespaces,
+                lease_namespace: args.namespace,
+                identity: args.identity,
+                nameservers: args.nameservers,
+                admin_address: args.admin_address,
+                keda,
+                relay_image: args.relay_image,
+                nats_url: args.nats_url,
+                nats_monitoring_endpoint: args.nats_monitoring_endpoint,
+                nats_token_secret: args.nats_token_secret,
+                nats_ca_secret: args.nats_ca_secret,
+                stream_replicas: args.stream_replicas,
+                watch_namespaces: args.watch_namespaces,
             };
             match runtime.block_on(postern_operator::run::run(settings)) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -224,11 +224,8 @@ fn nats_by_default_and_an_existing_one_when_disabled() {
         relay["spec"]["nats"]["credentialsSecret"],
         json!({ "name": "postern-nats", "key": "nats.creds" })
     );
-    let operator = find(&objects, "Deployment")[0];
-    let args = operator["spec"]["template"]["spec"]["containers"][0]["args"]
-        .as_array()
-        .unwrap();
-    assert!(args.contains(&json!("--keda=disabled")), "{args:?}");
+    let args = operator_args(&objects);
+    assert!(args.contains(&"--keda=disabled".to_string()), "{args:?}");
 }
 
 #[test]
@@ -258,6 +255,20 @@ fn the_rendered_nats_config_is_accepted_by_nats_server() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+}
+
+/// The arguments of the operator's container.
+fn operator_args(objects: &[Value]) -> Vec<String> {
+    let operator = find(objects, "Deployment")
+        .into_iter()
+        .find(|d| d["metadata"]["name"] == "postern-operator")
+        .expect("the operator Deployment");
+    operator["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
 }
 
 /// The chart's NATS, from its rendered `nats.conf`, run on loopback ports with `token` and,
@@ -346,14 +357,10 @@ async fn the_charts_nats_takes_only_clients_with_its_token() {
     let nats = find(&objects, "StatefulSet")[0];
     let env = nats["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
     assert!(env.contains("postern-nats-token"), "{env}");
-    let operator = find(&objects, "Deployment")
-        .into_iter()
-        .find(|d| d["metadata"]["name"] == "postern-operator")
-        .unwrap();
-    let args = operator["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    let args = operator_args(&objects);
     assert!(
-        args.contains("--nats-token-secret=postern/postern-nats-token"),
-        "{args}"
+        args.contains(&"--nats-token-secret=postern/postern-nats-token".to_string()),
+        "{args:?}"
     );
 
     // The rendered config, run on loopback: no token, no connection.
@@ -409,14 +416,10 @@ async fn the_charts_nats_speaks_tls_where_cert_manager_is_installed() {
     assert_eq!(issued.len(), 4, "{issued:?}");
     let (ok, report) = validate_third_party(issued.iter().copied());
     assert!(ok, "{report}");
-    let operator = find(&objects, "Deployment")
-        .into_iter()
-        .find(|d| d["metadata"]["name"] == "postern-operator")
-        .unwrap();
-    let args = operator["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    let args = operator_args(&objects);
     assert!(
-        args.contains("--nats-ca-secret=postern/postern-nats-tls/ca.crt"),
-        "{args}"
+        args.contains(&"--nats-ca-secret=postern/postern-nats-tls/ca.crt".to_string()),
+        "{args:?}"
     );
 
     // The rendered config, with certificates of a test CA where cert-manager puts them.
@@ -501,17 +504,11 @@ fn the_chart_installs_the_generated_crds_and_rbac() {
                 .any(|b| b["metadata"]["namespace"] == ns.as_str())
         );
     }
-    let operator = find(&scoped, "Deployment")
-        .into_iter()
-        .find(|d| d["metadata"]["name"] == "postern-operator")
-        .unwrap();
-    let args = operator["spec"]["template"]["spec"]["containers"][0]["args"].clone();
+    let args = operator_args(&scoped);
     for ns in &watch {
         assert!(
-            args.as_array()
-                .unwrap()
-                .contains(&json!(format!("--watch-namespace={ns}"))),
-            "{args}"
+            args.contains(&format!("--watch-namespace={ns}")),
+            "{args:?}"
         );
     }
 }
@@ -668,20 +665,7 @@ fn a_service_monitor_is_rendered_only_where_its_api_is_served() {
 
 #[test]
 fn the_operator_gives_relays_the_charts_nats() {
-    let args = |sets: &[&str]| -> Vec<String> {
-        let objects = render(None, sets);
-        let operator = find(&objects, "Deployment")
-            .into_iter()
-            .find(|d| d["metadata"]["name"] == "postern-operator")
-            .unwrap()
-            .clone();
-        operator["spec"]["template"]["spec"]["containers"][0]["args"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a.as_str().unwrap().to_string())
-            .collect()
-    };
+    let args = |sets: &[&str]| operator_args(&render(None, sets));
     let default = args(&[]);
     for expected in [
         "--nats-url=nats://postern-nats.postern.svc:4222",

@@ -226,6 +226,14 @@ async fn external_dns_gets_a_dns_endpoint_when_installed() {
     assert_eq!(endpoint["spec"]["endpoints"][0]["recordTTL"], 3600);
 }
 
+/// The spec of a Domain of Relay `mail` that signs with ed25519 only.
+fn ed25519_only() -> Value {
+    json!({
+        "domain": "example.com", "relayRef": { "name": "mail" },
+        "dkim": { "algorithms": ["ed25519"] },
+    })
+}
+
 /// Publishes the records `status` lists, exactly as listed.
 fn publish(dns: &DnsServer, status: &Value) {
     for record in status["records"].as_array().unwrap() {
@@ -293,10 +301,7 @@ async fn a_stale_domain_never_replaces_or_drops_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_concurrent_write_to_the_key_secret_conflicts_and_loses_nothing() {
     let dns = DnsServer::start().await;
-    let (client, api) = start(json!({
-        "domain": "example.com", "relayRef": { "name": "mail" },
-        "dkim": { "algorithms": ["ed25519"] },
-    }));
+    let (client, api) = start(ed25519_only());
     let operator = Operator::new(&client, &dns);
     operator.reconcile(&api, "2026-11-28T12:00:00Z").await;
     assert_eq!(key_files(&api), ["postern-ed25519-20261128.pem"]);
@@ -339,10 +344,7 @@ async fn a_concurrent_write_to_the_key_secret_conflicts_and_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_domain_is_not_ready_while_a_signing_key_is_missing() {
     let dns = DnsServer::start().await;
-    let (client, api) = start(json!({
-        "domain": "example.com", "relayRef": { "name": "mail" },
-        "dkim": { "algorithms": ["ed25519"] },
-    }));
+    let (client, api) = start(ed25519_only());
     let operator = Operator::new(&client, &dns);
     operator.reconcile(&api, "2026-11-28T12:00:00Z").await;
     let status = api.get(DOMAIN).unwrap()["status"].clone();
@@ -376,10 +378,7 @@ async fn a_domain_is_not_ready_while_a_signing_key_is_missing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_that_is_gone_or_not_ready_makes_its_domains_not_ready() {
     let dns = DnsServer::start().await;
-    let (client, api) = start(json!({
-        "domain": "example.com", "relayRef": { "name": "mail" },
-        "dkim": { "algorithms": ["ed25519"] },
-    }));
+    let (client, api) = start(ed25519_only());
     let operator = Operator::new(&client, &dns);
     operator.reconcile(&api, "2026-11-28T12:00:00Z").await;
     publish(&dns, &api.get(DOMAIN).unwrap()["status"]);
@@ -453,10 +452,7 @@ impl domain::verify::TxtLookup for UnansweringDns {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_dns_neither_hides_the_records_nor_holds_the_reconcile() {
-    let (client, api) = start(json!({
-        "domain": "example.com", "relayRef": { "name": "mail" },
-        "dkim": { "algorithms": ["ed25519"] },
-    }));
+    let (client, api) = start(ed25519_only());
     let dns = Arc::new(UnansweringDns {
         api: api.clone(),
         seen: Default::default(),

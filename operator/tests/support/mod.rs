@@ -126,16 +126,8 @@ pub fn run_tool(tool: &str, args: &[&std::ffi::OsStr]) -> String {
         "{} is missing: run scripts/tools",
         path.display()
     );
-    let output = std::process::Command::new(&path)
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "{tool} failed:\n{text}");
+    let (ok, text) = report(std::process::Command::new(&path).args(args));
+    assert!(ok, "{tool} failed:\n{text}");
     text
 }
 
@@ -165,18 +157,23 @@ pub fn assert_valid_for_kubernetes(files: &[PathBuf]) {
 
 /// Runs `scripts/validate-custom-resources` against `crds/`: (accepted, report).
 pub fn validate_custom_resources(files: &[PathBuf]) -> (bool, String) {
-    let output = std::process::Command::new(repo().join(".tools/venv/bin/python"))
-        .arg(repo().join("scripts/validate-custom-resources"))
-        .arg(repo().join("crds"))
-        .args(files)
-        .output()
-        .unwrap();
-    let report = format!(
+    report(
+        std::process::Command::new(repo().join(".tools/venv/bin/python"))
+            .arg(repo().join("scripts/validate-custom-resources"))
+            .arg(repo().join("crds"))
+            .args(files),
+    )
+}
+
+/// Runs `command`: (succeeded, stdout + stderr).
+fn report(command: &mut std::process::Command) -> (bool, String) {
+    let output = command.output().unwrap();
+    let text = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    (output.status.success(), report)
+    (output.status.success(), text)
 }
 
 /// Runs `scripts/validate-third-party` (cert-manager, KEDA and Prometheus Operator schemas) on
@@ -193,15 +190,9 @@ pub fn validate_third_party<'a>(
             .exists(),
         "the third-party schemas are missing: run scripts/tools"
     );
-    let output = std::process::Command::new("node")
-        .arg(repo().join("scripts/validate-third-party"))
-        .arg(file.path())
-        .output()
-        .unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), report)
+    report(
+        std::process::Command::new("node")
+            .arg(repo().join("scripts/validate-third-party"))
+            .arg(file.path()),
+    )
 }
