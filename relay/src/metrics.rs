@@ -31,6 +31,11 @@ pub struct Metrics {
     pub message_memory_bytes: Gauge,
     /// The queue by state (`queue::QueueCounts`), as a delivery process last read it.
     pub queue_entries: Family<Labels, Gauge>,
+    /// Entries put back without an attempt, by why (`backoff`, `rate`, `busy`).
+    pub delivery_postponed: Family<Labels, Counter>,
+    pub destination_backoffs: Counter,
+    pub destination_slowdowns: Counter,
+    pub destinations_in_backoff: Gauge,
 }
 
 impl Default for Metrics {
@@ -54,6 +59,10 @@ impl Default for Metrics {
             pregreet: Family::default(),
             message_memory_bytes: Gauge::default(),
             queue_entries: Family::default(),
+            delivery_postponed: Family::default(),
+            destination_backoffs: Counter::default(),
+            destination_slowdowns: Counter::default(),
+            destinations_in_backoff: Gauge::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -142,6 +151,26 @@ impl Default for Metrics {
             "Time from when an entry became due (accepted, or its retry time) to its attempt",
             metrics.delivery_queue_lag_seconds.clone(),
         );
+        r.register(
+            "delivery_postponed",
+            "Queue entries put back to wait without an attempt, by reason: backoff (destination unreachable), rate, busy (no free connection)",
+            metrics.delivery_postponed.clone(),
+        );
+        r.register(
+            "delivery_destination_backoffs",
+            "Times a destination was put into backoff by this process",
+            metrics.destination_backoffs.clone(),
+        );
+        r.register(
+            "delivery_destination_slowdowns",
+            "Requests to slow down (421 4.7.28, 451 4.7.650 ...) that lowered a destination's limits",
+            metrics.destination_slowdowns.clone(),
+        );
+        r.register(
+            "delivery_destinations_in_backoff",
+            "Destinations in backoff now, as this process sees them",
+            metrics.destinations_in_backoff.clone(),
+        );
         Metrics {
             registry,
             ..metrics
@@ -178,6 +207,13 @@ impl Metrics {
                 .get_or_create(&vec![("state", state)])
                 .set(i64::try_from(value).unwrap_or(i64::MAX));
         }
+    }
+
+    /// Counts one entry put back without an attempt.
+    pub fn postponed(&self, reason: &'static str) {
+        self.delivery_postponed
+            .get_or_create(&vec![("reason", reason)])
+            .inc();
     }
 
     /// Counts one entry moved to the dead-letter stream.

@@ -263,10 +263,22 @@ impl Default for Limits {
 pub struct DeliveryConfig {
     /// Queue entries delivered at the same time by one process.
     pub concurrency: usize,
-    /// Connections one process opens to the same next-hop address at the same time.
+    /// Connections open to one destination at the same time, across all delivery processes
+    /// (unless an entry of `destinations` says otherwise).
     pub connections_per_destination: usize,
     /// Messages sent on one connection before it is closed; it is reused until then.
     pub max_messages_per_connection: usize,
+    /// Messages per time to one destination, across all delivery processes: `100/s`,
+    /// `600/min`, `5000/h`; none when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_per_destination: Option<Rate>,
+    /// Messages that may go at once before `ratePerDestination` spaces them out.
+    pub burst_per_destination: u32,
+    /// Limits for some destinations, the first match applying: each groups every domain and
+    /// MX host it matches into one destination.
+    pub destinations: Vec<DestinationLimits>,
+    /// When a destination as a whole stops being tried.
+    pub backoff: BackoffConfig,
     /// Durable JetStream consumer shared by all delivery processes.
     pub consumer: String,
     /// Name sent with EHLO; `hostname` when absent.
@@ -297,6 +309,113 @@ pub struct DeliveryConfig {
     pub max_deliveries: i64,
 }
 
+/// Limits for the destinations one pattern matches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DestinationLimits {
+    /// `example.com`, `*.google.com` (any name below it) or `*`, matched against the recipient
+    /// domain, each of its MX hosts, and a route's or the smarthost's host.
+    #[serde(rename = "match")]
+    pub pattern: String,
+    /// Connections at the same time across all delivery processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages_per_connection: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<Rate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}
+
+/// When a destination as a whole is left alone for a while.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct BackoffConfig {
+    /// Consecutive failures to reach a destination (connections refused or timed out, 421s,
+    /// 4xx greetings) after which no process connects to it until the backoff ends.
+    pub after_failures: u32,
+    /// The first backoff; each further failure doubles it, up to `max`.
+    pub initial: Duration,
+    pub max: Duration,
+    /// How long a destination that asked to slow down (421 4.7.28, 451 4.7.650 ...) is held
+    /// to half its rate and connections; each further request halves them again.
+    pub slow_down: Duration,
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        BackoffConfig {
+            after_failures: 3,
+            initial: Duration::secs(30),
+            max: Duration::secs(1800),
+            slow_down: Duration::secs(600),
+        }
+    }
+}
+
+/// A number of messages per period, with a burst of as many at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub messages: u32,
+    pub per: std::time::Duration,
+}
+
+impl Rate {
+    /// The time between two messages.
+    pub fn interval(&self) -> std::time::Duration {
+        self.per / self.messages.max(1)
+    }
+}
+
+impl std::str::FromStr for Rate {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Rate, String> {
+        let error = || format!("{text:?} is not a rate such as 10/s, 600/min or 5000/h");
+        let (count, unit) = text.trim().split_once('/').ok_or_else(error)?;
+        let messages: u32 = count.trim().parse().map_err(|_| error())?;
+        let per = match unit.trim() {
+            "s" | "sec" | "second" => 1,
+            "m" | "min" | "minute" => 60,
+            "h" | "hour" => 3600,
+            "d" | "day" => 86_400,
+            _ => return Err(error()),
+        };
+        if messages == 0 {
+            return Err(format!("{text:?}: a rate must allow at least one message"));
+        }
+        Ok(Rate {
+            messages,
+            per: std::time::Duration::from_secs(per),
+        })
+    }
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unit = match self.per.as_secs() {
+            1 => "s",
+            60 => "min",
+            3600 => "h",
+            _ => "d",
+        };
+        write!(f, "{}/{unit}", self.messages)
+    }
+}
+
+impl Serialize for Rate {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Rate, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// Name servers for delivery.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -311,6 +430,10 @@ impl Default for DeliveryConfig {
             concurrency: 100,
             connections_per_destination: 20,
             max_messages_per_connection: 100,
+            rate_per_destination: None,
+            burst_per_destination: 1,
+            destinations: Vec::new(),
+            backoff: BackoffConfig::default(),
             consumer: "postern-delivery".to_string(),
             helo_name: None,
             routes: Vec::new(),

@@ -84,6 +84,11 @@ impl Errors {
     }
 }
 
+/// True for `example.com`, `*.example.com` or `*`.
+fn is_domain_pattern(pattern: &str) -> bool {
+    pattern == "*" || is_hostname(pattern.strip_prefix("*.").unwrap_or(pattern))
+}
+
 /// True for an LDH host name such as `relay.example.com`.
 pub(crate) fn is_hostname(name: &str) -> bool {
     !name.is_empty()
@@ -311,6 +316,44 @@ impl Config {
             "delivery.maxMessagesPerConnection",
             "must be greater than zero",
         );
+        e.check(
+            delivery.burst_per_destination > 0,
+            "delivery.burstPerDestination",
+            "must be greater than zero",
+        );
+        for (i, limits) in delivery.destinations.iter().enumerate() {
+            e.check(
+                limits.burst != Some(0),
+                format!("delivery.destinations[{i}].burst"),
+                "must be greater than zero",
+            );
+            e.check(
+                is_domain_pattern(&limits.pattern),
+                format!("delivery.destinations[{i}].match"),
+                "must be a domain, *.domain or *",
+            );
+            e.check(
+                limits.connections != Some(0),
+                format!("delivery.destinations[{i}].connections"),
+                "must be greater than zero",
+            );
+            e.check(
+                limits.messages_per_connection != Some(0),
+                format!("delivery.destinations[{i}].messagesPerConnection"),
+                "must be greater than zero",
+            );
+        }
+        let backoff = &delivery.backoff;
+        e.check(
+            backoff.after_failures > 0,
+            "delivery.backoff.afterFailures",
+            "must be greater than zero",
+        );
+        e.check(
+            !backoff.initial.get().is_zero() && backoff.initial.get() <= backoff.max.get(),
+            "delivery.backoff.initial",
+            "must be greater than zero and at most delivery.backoff.max",
+        );
         let timeouts = &delivery.timeouts;
         for (name, value) in [
             ("connect", timeouts.connect),
@@ -343,9 +386,8 @@ impl Config {
         }
         for (i, route) in self.delivery.routes.iter().enumerate() {
             let field = format!("delivery.routes[{i}]");
-            let domain = route.domain.strip_prefix("*.").unwrap_or(&route.domain);
             e.check(
-                route.domain == "*" || is_hostname(domain),
+                is_domain_pattern(&route.domain),
                 format!("{field}.domain"),
                 "must be a domain, *.domain or *",
             );

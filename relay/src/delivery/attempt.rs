@@ -143,18 +143,20 @@ impl std::fmt::Debug for Connection {
 }
 
 /// Delivers one message at `target`, on a pooled session when there is one.
+/// A session is closed after `max_messages`.
 pub async fn deliver(
     pool: &Pool,
     target: &Target,
     settings: &Settings,
     outgoing: &Outgoing,
     content: &Content,
+    max_messages: usize,
 ) -> Result<Outcome, AttemptFailure> {
     let key = pool.key(target, settings);
     if let Some(mut connection) = pool.take(&key) {
         match connection.transaction(outgoing, content).await {
             Ok(outcome) => {
-                pool.give_back(key, connection);
+                pool.give_back(key, connection, max_messages);
                 return Ok(outcome);
             }
             // The server may have closed the session just now; a fresh one decides, unless
@@ -170,7 +172,7 @@ pub async fn deliver(
         .transaction(outgoing, content)
         .await
         .map_err(|(failure, _)| failure)?;
-    pool.give_back(key, connection);
+    pool.give_back(key, connection, max_messages);
     Ok(outcome)
 }
 
@@ -492,7 +494,6 @@ fn stage_before_data(stage: Stage) -> bool {
 #[derive(Debug)]
 pub struct Pool {
     idle: Mutex<HashMap<String, Vec<(Connection, Instant)>>>,
-    max_messages: usize,
     max_idle: usize,
     idle_timeout: Duration,
 }
@@ -501,12 +502,11 @@ pub struct Pool {
 const SWEEP: Duration = Duration::from_millis(500);
 
 impl Pool {
-    /// A pool keeping at most `max_idle` sessions per next hop, each for `max_messages`
-    /// messages and `idle_timeout` without use; its sweep runs until the pool is dropped.
-    pub fn start(max_messages: usize, max_idle: usize, idle_timeout: Duration) -> Arc<Pool> {
+    /// A pool keeping at most `max_idle` sessions per next hop, each for `idle_timeout`
+    /// without use; its sweep runs until the pool is dropped.
+    pub fn start(max_idle: usize, idle_timeout: Duration) -> Arc<Pool> {
         let pool = Arc::new(Pool {
             idle: Mutex::default(),
-            max_messages,
             max_idle,
             idle_timeout,
         });
@@ -539,8 +539,8 @@ impl Pool {
     }
 
     /// Keeps a session for the next message, or ends it.
-    fn give_back(&self, key: String, connection: Connection) {
-        if connection.messages >= self.max_messages {
+    fn give_back(&self, key: String, connection: Connection, max_messages: usize) {
+        if connection.messages >= max_messages {
             tokio::spawn(connection.quit());
             return;
         }

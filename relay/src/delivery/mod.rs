@@ -1,6 +1,7 @@
 //! Delivery: taking entries from the queue and handing them to the next hop.
 
 pub mod attempt;
+pub mod destination;
 pub mod dns;
 pub mod dsn;
 pub mod next_hop;

@@ -1,17 +1,17 @@
 //! Next hops: where an entry goes (a route, the smarthost, or its MX hosts in preference
-//! order) and one attempt there, within the per-destination connection cap.
+//! order), the destination that makes it, and one attempt there.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use postern_config::{Config, Route};
+use postern_config::{Config, DeliveryConfig};
 use postern_smtp::client::{Outcome, Outgoing, Source};
 use postern_smtp::{Address, Reply, ReversePath, Status};
-use tokio::sync::Semaphore;
 use tracing::info;
 
 use super::attempt::{self, AttemptFailure, Pool, Settings, Target};
+use super::destination::state::asks_to_slow_down;
+use super::destination::{Destination, Limits, Signal};
 use super::dns::{Dns, DnsSetupError, Exchangers, LookupFailure};
 use super::route;
 use super::tls::{self, CaError};
@@ -43,37 +43,6 @@ fn read_credentials(path: &std::path::Path) -> Result<(String, String), SetupErr
     }
 }
 
-/// Caps the connections one process has open to each next-hop address.
-#[derive(Debug, Clone)]
-struct DestinationSlots {
-    per_destination: usize,
-    open: Arc<std::sync::Mutex<HashMap<String, Arc<Semaphore>>>>,
-}
-
-impl DestinationSlots {
-    fn new(per_destination: usize) -> Self {
-        DestinationSlots {
-            per_destination,
-            open: Arc::default(),
-        }
-    }
-
-    /// Waits for a free connection slot to `address`.
-    async fn acquire(&self, address: &str) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        let semaphore = {
-            let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-            // Forget destinations nobody is connected to, so the map stays small.
-            open.retain(|_, s| {
-                Arc::strong_count(s) > 1 || s.available_permits() < self.per_destination
-            });
-            open.entry(address.to_string())
-                .or_insert_with(|| Arc::new(Semaphore::new(self.per_destination)))
-                .clone()
-        };
-        semaphore.acquire_owned().await.ok()
-    }
-}
-
 /// What happened to one recipient in one attempt.
 #[derive(Debug, Clone)]
 pub struct RecipientResult {
@@ -88,14 +57,38 @@ pub struct RecipientResult {
 /// The next hops of a delivery process and how to reach them.
 #[derive(Debug, Clone)]
 pub struct NextHops {
-    routes: Vec<Route>,
-    mx_port: u16,
+    config: Arc<DeliveryConfig>,
     settings: Settings,
     /// Where mail without a route goes instead of its MX hosts, and how.
     smarthost: Option<(Target, Settings)>,
-    slots: DestinationSlots,
     pool: Arc<Pool>,
     dns: Dns,
+}
+
+/// Where an entry goes on this attempt.
+#[derive(Debug)]
+pub enum Plan {
+    /// Every recipient's reply is known without an attempt (a null MX, a domain that does not
+    /// exist, a lookup that failed).
+    Decided(Vec<RecipientResult>),
+    Go(Box<Hop>),
+}
+
+/// A next hop chosen for an entry, and the destination it belongs to.
+#[derive(Debug, Clone)]
+pub struct Hop {
+    pub destination: Destination,
+    /// The destination's limits for this attempt: its own, lowered while it asked to slow down.
+    pub limits: Limits,
+    targets: Targets,
+}
+
+#[derive(Debug, Clone)]
+enum Targets {
+    /// A route or the smarthost.
+    Fixed(Box<(Target, Settings)>),
+    /// MX hosts in the order to try them.
+    Exchangers(Vec<String>),
 }
 
 impl NextHops {
@@ -129,13 +122,10 @@ impl NextHops {
         };
         let dns = Dns::new(&delivery.dns.nameservers)?;
         Ok(NextHops {
-            routes: delivery.routes.clone(),
-            mx_port: delivery.mx_port,
+            config: Arc::new(delivery.clone()),
             settings,
             smarthost,
-            slots: DestinationSlots::new(delivery.connections_per_destination),
             pool: Pool::start(
-                delivery.max_messages_per_connection,
                 delivery.connections_per_destination,
                 delivery.timeouts.idle.get(),
             ),
@@ -143,27 +133,84 @@ impl NextHops {
         })
     }
 
-    /// One attempt at the entry's next hop: a reply for every recipient.
-    pub async fn attempt(&self, envelope: &Envelope, content: &Content) -> Vec<RecipientResult> {
-        let everyone = |reply: Reply, host: Option<String>, from_server: bool| {
-            envelope
-                .recipients
-                .iter()
-                .map(|r| RecipientResult {
-                    recipient: r.clone(),
-                    reply: reply.clone(),
-                    host: host.clone(),
-                    from_server,
-                })
-                .collect::<Vec<_>>()
+    /// Where the entry goes: its route, the smarthost, or its MX hosts.
+    pub async fn plan(&self, envelope: &Envelope) -> Plan {
+        let everyone = |reply: Reply| Plan::Decided(everyone(envelope, reply, None, false));
+        let fixed = match route::find(&self.config.routes, &envelope.domain) {
+            Some(route) => {
+                let settings = Settings {
+                    tls: route.tls,
+                    ..self.settings.clone()
+                };
+                Some((Target::from_host_port(&route.host), settings))
+            }
+            None => self.smarthost.clone(),
         };
+        if let Some((target, settings)) = fixed {
+            let destination = Destination::of(
+                &self.config,
+                &envelope.domain,
+                std::slice::from_ref(&target.address),
+            );
+            return Plan::Go(Box::new(Hop {
+                limits: destination.limits,
+                destination,
+                targets: Targets::Fixed(Box::new((target, settings))),
+            }));
+        }
+        let seed = ulid::Ulid::new().random() as u64;
+        let hosts = match self.dns.exchangers(&envelope.domain, seed).await {
+            Ok(Exchangers::Hosts(hosts)) => hosts,
+            Ok(Exchangers::Implicit) => vec![envelope.domain.clone()],
+            Ok(Exchangers::Null) => {
+                return everyone(Reply::new(
+                    556,
+                    Status(5, 1, 10),
+                    "Recipient domain has a null MX and accepts no mail",
+                ));
+            }
+            Err(LookupFailure::NxDomain) => {
+                return everyone(Reply::new(
+                    550,
+                    Status(5, 1, 2),
+                    "Recipient domain does not exist",
+                ));
+            }
+            Err(LookupFailure::Temporary(err)) => {
+                return everyone(Reply::new(
+                    451,
+                    Status(4, 4, 3),
+                    format!("MX lookup failed: {err}"),
+                ));
+            }
+        };
+        let destination = Destination::of(&self.config, &envelope.domain, &hosts);
+        Plan::Go(Box::new(Hop {
+            limits: destination.limits,
+            destination,
+            targets: Targets::Exchangers(hosts),
+        }))
+    }
+
+    /// One attempt at `hop` within its limits: a reply for every recipient, and what the attempt
+    /// says about the destination.
+    pub async fn attempt(
+        &self,
+        hop: &Hop,
+        envelope: &Envelope,
+        content: &Content,
+    ) -> (Vec<RecipientResult>, Option<Signal>) {
         let outgoing = match outgoing(envelope, content) {
             Ok(outgoing) => outgoing,
-            Err(reply) => return everyone(reply, None, false),
+            Err(reply) => return (everyone(envelope, reply, None, false), None),
         };
-        let each = |outcome: Outcome, host: String| -> Vec<RecipientResult> {
+        let each = |outcome: Outcome, host: String| {
+            let signal = match outcome.replies.iter().find(|r| asks_to_slow_down(r)) {
+                Some(reply) => Signal::SlowDown(reply.text().to_string()),
+                None => Signal::Reached,
+            };
             let from_server = outcome.source == Source::Server;
-            envelope
+            let results = envelope
                 .recipients
                 .iter()
                 .zip(outcome.replies)
@@ -179,58 +226,35 @@ impl NextHops {
                     host: Some(host.clone()),
                     from_server,
                 })
-                .collect()
+                .collect();
+            (results, Some(signal))
         };
         let failed = |failure: AttemptFailure, host: String| {
-            everyone(failure.reply, Some(host), failure.from_server)
+            let signal = failure_signal(&failure);
+            (
+                everyone(envelope, failure.reply, Some(host), failure.from_server),
+                Some(signal),
+            )
         };
-        let fixed = match route::find(&self.routes, &envelope.domain) {
-            Some(route) => {
-                let settings = Settings {
-                    tls: route.tls,
-                    ..self.settings.clone()
+        let max_messages = hop.limits.messages_per_connection;
+        let hosts = match &hop.targets {
+            Targets::Fixed(fixed) => {
+                let (target, settings) = fixed.as_ref();
+                let sent = attempt::deliver(
+                    &self.pool,
+                    target,
+                    settings,
+                    &outgoing,
+                    content,
+                    max_messages,
+                )
+                .await;
+                return match sent {
+                    Ok(outcome) => each(outcome, target.host.clone()),
+                    Err(failure) => failed(failure, target.host.clone()),
                 };
-                Some((Target::from_host_port(&route.host), settings))
             }
-            None => self.smarthost.clone(),
-        };
-        if let Some((target, settings)) = fixed {
-            let _slot = self.slots.acquire(&target.address).await;
-            return match attempt::deliver(&self.pool, &target, &settings, &outgoing, content).await
-            {
-                Ok(outcome) => each(outcome, target.host),
-                Err(failure) => failed(failure, target.host),
-            };
-        }
-        let seed = ulid::Ulid::new().random() as u64;
-        let hosts = match self.dns.exchangers(&envelope.domain, seed).await {
-            Ok(Exchangers::Hosts(hosts)) => hosts,
-            Ok(Exchangers::Implicit) => vec![envelope.domain.clone()],
-            Ok(Exchangers::Null) => {
-                return everyone(
-                    Reply::new(
-                        556,
-                        Status(5, 1, 10),
-                        "Recipient domain has a null MX and accepts no mail",
-                    ),
-                    None,
-                    false,
-                );
-            }
-            Err(LookupFailure::NxDomain) => {
-                return everyone(
-                    Reply::new(550, Status(5, 1, 2), "Recipient domain does not exist"),
-                    None,
-                    false,
-                );
-            }
-            Err(LookupFailure::Temporary(err)) => {
-                return everyone(
-                    Reply::new(451, Status(4, 4, 3), format!("MX lookup failed: {err}")),
-                    None,
-                    false,
-                );
-            }
+            Targets::Exchangers(hosts) => hosts,
         };
         let mut last = AttemptFailure {
             reply: Reply::new(451, Status(4, 4, 4), "No MX host has an address"),
@@ -239,7 +263,7 @@ impl NextHops {
         };
         let mut last_host = None;
         for host in hosts {
-            let addresses = match self.dns.addresses(&host).await {
+            let addresses = match self.dns.addresses(host).await {
                 Ok(addresses) => addresses,
                 Err(failure) => {
                     let reason = match failure {
@@ -255,31 +279,73 @@ impl NextHops {
                         next_host: true,
                         from_server: false,
                     };
-                    last_host = Some(host);
+                    last_host = Some(host.clone());
                     continue;
                 }
             };
             for ip in addresses {
                 let target = Target {
                     host: host.clone(),
-                    address: SocketAddr::new(ip, self.mx_port).to_string(),
+                    address: SocketAddr::new(ip, self.config.mx_port).to_string(),
                 };
-                let slot = self.slots.acquire(&target.address).await;
-                let result =
-                    attempt::deliver(&self.pool, &target, &self.settings, &outgoing, content).await;
-                drop(slot);
+                let result = attempt::deliver(
+                    &self.pool,
+                    &target,
+                    &self.settings,
+                    &outgoing,
+                    content,
+                    max_messages,
+                )
+                .await;
                 match result {
-                    Ok(outcome) => return each(outcome, host),
+                    Ok(outcome) => return each(outcome, host.clone()),
                     Err(failure) if failure.next_host => {
                         info!(queue_id = %envelope.queue_id, %host, %ip, reply = %failure.reply.text(), "trying the next MX host");
                         last = failure;
                         last_host = Some(host.clone());
                     }
-                    Err(failure) => return failed(failure, host),
+                    Err(failure) => return failed(failure, host.clone()),
                 }
             }
         }
-        everyone(last.reply, last_host, last.from_server)
+        let signal = failure_signal(&last);
+        (
+            everyone(envelope, last.reply, last_host, last.from_server),
+            Some(signal),
+        )
+    }
+}
+
+/// The same reply for every recipient of the entry.
+fn everyone(
+    envelope: &Envelope,
+    reply: Reply,
+    host: Option<String>,
+    from_server: bool,
+) -> Vec<RecipientResult> {
+    envelope
+        .recipients
+        .iter()
+        .map(|r| RecipientResult {
+            recipient: r.clone(),
+            reply: reply.clone(),
+            host: host.clone(),
+            from_server,
+        })
+        .collect()
+}
+
+/// What a failed attempt says about its destination: a request to slow down; no session at
+/// all, or a 421 (the server closing the channel); or a session that worked but a
+/// transaction that did not.
+fn failure_signal(failure: &AttemptFailure) -> Signal {
+    let text = || failure.reply.text().to_string();
+    if asks_to_slow_down(&failure.reply) {
+        Signal::SlowDown(text())
+    } else if failure.next_host || failure.reply.code == 421 {
+        Signal::Unreachable(text())
+    } else {
+        Signal::Reached
     }
 }
 

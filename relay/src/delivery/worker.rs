@@ -14,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use super::destination::{Destination, Destinations, Lease, Limits, Signal};
 use super::dsn::{FailedRecipient, Report};
-use super::next_hop::{NextHops, RecipientResult, SetupError};
+use super::next_hop::{NextHops, Plan, RecipientResult, SetupError};
 use super::retry::{self, Retry};
 use crate::metrics::Metrics;
 use crate::queue::entry::{self, EntryError, Envelope};
@@ -50,25 +51,29 @@ impl Worker {
 
     /// Delivers until `shutdown` fires, then lets attempts in flight finish within `grace`.
     pub async fn run(self, shutdown: CancellationToken, grace: Duration) {
-        let Some(consumer) = self.wait_for_consumer(&shutdown).await else {
+        let Some((consumer, destinations)) = self.wait_for_queue(&shutdown).await else {
             return;
         };
-        let permits = Arc::new(Semaphore::new(self.config.concurrency));
+        // Attempts hold an attempt permit; entries waiting for their destination's connection
+        // hold only an intake permit, so they never keep a healthy destination's mail waiting.
+        let attempts = Arc::new(Semaphore::new(self.config.concurrency));
+        let intake = Arc::new(Semaphore::new(INTAKE_PER_ATTEMPT * self.config.concurrency));
         let tracker = TaskTracker::new();
         let in_flight = InFlight::default();
-        tokio::spawn(
-            self.clone()
-                .report_counts(consumer.clone(), shutdown.clone()),
-        );
+        tokio::spawn(self.clone().report_counts(
+            consumer.clone(),
+            destinations.clone(),
+            shutdown.clone(),
+        ));
         info!(consumer = %self.config.consumer, concurrency = self.config.concurrency, "delivery started");
         loop {
             let first = tokio::select! {
                 () = shutdown.cancelled() => break,
-                permit = permits.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
+                permit = intake.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
             };
             let mut batch_permits = vec![first];
             while batch_permits.len() < MAX_BATCH {
-                match permits.clone().try_acquire_owned() {
+                match intake.clone().try_acquire_owned() {
                     Ok(permit) => batch_permits.push(permit),
                     Err(_) => break,
                 }
@@ -96,8 +101,13 @@ impl Worker {
                 let worker = self.clone();
                 let message = Arc::new(message);
                 let held = in_flight.hold(message.clone());
+                let gate = Gate {
+                    destinations: destinations.clone(),
+                    attempts: attempts.clone(),
+                    shutdown: shutdown.clone(),
+                };
                 tracker.spawn(async move {
-                    worker.handle(message).await;
+                    worker.handle(message, &gate).await;
                     drop(held);
                     drop(permit);
                 });
@@ -113,6 +123,31 @@ impl Worker {
             );
         }
         info!("delivery stopped");
+    }
+
+    /// Waits until the queue is provisioned, then opens the consumer and the destination state.
+    async fn wait_for_queue(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> Option<(jetstream::consumer::PullConsumer, Destinations)> {
+        let consumer = self.wait_for_consumer(shutdown).await?;
+        loop {
+            match Destinations::start(
+                &self.queue,
+                &self.config,
+                self.metrics.clone(),
+                shutdown.clone(),
+            )
+            .await
+            {
+                Ok(destinations) => return Some((consumer, destinations)),
+                Err(err) => warn!(%err, "destination state not ready"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return None,
+                () = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+        }
     }
 
     async fn wait_for_consumer(
@@ -142,7 +177,7 @@ impl Worker {
         }
     }
 
-    async fn handle(&self, message: Arc<jetstream::Message>) {
+    async fn handle(&self, message: Arc<jetstream::Message>, gate: &Gate) {
         if message
             .headers
             .as_ref()
@@ -192,15 +227,21 @@ impl Worker {
                 }
             }
         });
-        let processed = self.process(&envelope, inline).instrument(span).await;
+        let handled = self
+            .admit_and_process(&message, &envelope, inline, gate)
+            .instrument(span)
+            .await;
         keepalive.abort();
-        match processed {
-            Ok(()) => {
+        match handled {
+            Handled::Settled => {
                 if let Err(err) = message.double_ack().await {
                     warn!(queue_id = %envelope.queue_id, %err, "acknowledgement failed; the entry may be delivered again");
                 }
             }
-            Err(err) => {
+            Handled::Released => {
+                let _ = message.ack_with(AckKind::Nak(None)).await;
+            }
+            Handled::Failed(err) => {
                 warn!(queue_id = %envelope.queue_id, %err, "outcome not recorded; the entry will be attempted again");
                 let _ = message
                     .ack_with(AckKind::Nak(Some(Duration::from_secs(30))))
@@ -209,11 +250,157 @@ impl Worker {
         }
     }
 
+    /// Lets the entry through its destination's backoff, rate and connection limit, then
+    /// attempts it and records what the attempt said about the destination. An entry its
+    /// destination cannot take now is put back to wait, without an attempt.
+    async fn admit_and_process(
+        &self,
+        message: &jetstream::Message,
+        envelope: &Envelope,
+        inline: bytes::Bytes,
+        gate: &Gate,
+    ) -> Handled {
+        let mut plan = self.hops.plan(envelope).await;
+        let mut admitted = None;
+        if let Plan::Go(hop) = &mut plan {
+            let destination = &hop.destination;
+            let now = now_ms();
+            if let Some(until) = gate.destinations.backoff(destination, now) {
+                let at = until + jitter_ms(BACKOFF_SPREAD);
+                return self
+                    .postpone(message, envelope, inline, at, None, Postponed::Backoff)
+                    .await;
+            }
+            let limits = gate.destinations.limits(destination, now);
+            if envelope.rate_reserved.as_deref() != Some(destination.id().as_str()) {
+                match gate.destinations.reserve(destination, &limits, now).await {
+                    Ok(at) if at > now + RATE_SLACK_MS => {
+                        let reserved = Some(destination.id());
+                        return self
+                            .postpone(message, envelope, inline, at, reserved, Postponed::Rate)
+                            .await;
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        warn!(destination = %destination.name, %err, "rate not reserved; the entry waits a moment");
+                        let at = now + 1_000 + jitter_ms(1_000);
+                        return self
+                            .postpone(message, envelope, inline, at, None, Postponed::Busy)
+                            .await;
+                    }
+                }
+            }
+            let lease = match self.wait_for_lease(destination, &limits, gate).await {
+                Leased::Got(lease) => lease,
+                Leased::Busy => {
+                    let wait = busy_wait_ms(envelope.postponed);
+                    let at = now_ms() + wait / 2 + jitter_ms(wait);
+                    return self
+                        .postpone(message, envelope, inline, at, None, Postponed::Busy)
+                        .await;
+                }
+                Leased::Shutdown => return Handled::Released,
+            };
+            hop.limits = limits;
+            admitted = Some((destination.clone(), lease));
+        }
+        let Ok(_permit) = gate.attempts.acquire().await else {
+            return Handled::Released;
+        };
+        match self.process(envelope, inline, &plan).await {
+            Ok(signal) => {
+                if let (Some((destination, _)), Some(signal)) = (&admitted, signal) {
+                    gate.destinations
+                        .record(destination, &signal, now_ms())
+                        .await;
+                }
+                Handled::Settled
+            }
+            Err(err) => Handled::Failed(err),
+        }
+    }
+
+    /// A connection lease of `destination`: at once, or after waiting for one without holding
+    /// an attempt permit, as long as few others of this process wait for it too.
+    async fn wait_for_lease(
+        &self,
+        destination: &Destination,
+        limits: &Limits,
+        gate: &Gate,
+    ) -> Leased {
+        let destinations = &gate.destinations;
+        match destinations.lease(destination, limits).await {
+            Ok(Some(lease)) => return Leased::Got(lease),
+            Ok(None) => {}
+            Err(err) => {
+                warn!(destination = %destination.name, %err, "connection lease not taken");
+                return Leased::Busy;
+            }
+        }
+        let Some(_parked) = destinations.park(destination, limits.connections) else {
+            return Leased::Busy;
+        };
+        let until = Instant::now() + PARK_AT_MOST;
+        while Instant::now() < until {
+            tokio::select! {
+                () = gate.shutdown.cancelled() => return Leased::Shutdown,
+                () = destinations.lease_freed(LEASE_POLL) => {}
+            }
+            match destinations.lease(destination, limits).await {
+                Ok(Some(lease)) => return Leased::Got(lease),
+                Ok(None) => {}
+                Err(_) => return Leased::Busy,
+            }
+        }
+        Leased::Busy
+    }
+
+    /// Puts the entry back to wait until `at` without an attempt, then removes it.
+    async fn postpone(
+        &self,
+        message: &jetstream::Message,
+        envelope: &Envelope,
+        inline: bytes::Bytes,
+        at: u64,
+        rate_reserved: Option<String>,
+        why: Postponed,
+    ) -> Handled {
+        let content = match self.queue.content(envelope, inline) {
+            Ok(content) => content,
+            Err(err) => return Handled::Failed(err),
+        };
+        let next = Envelope {
+            not_before_ms: Some(at),
+            rate_reserved,
+            postponed: match why {
+                Postponed::Busy => envelope.postponed.saturating_add(1),
+                Postponed::Backoff | Postponed::Rate => envelope.postponed,
+            },
+            ..envelope.clone()
+        };
+        // The same entry put back twice (two workers, a redelivery) is one entry.
+        let sequence = message.info().map_or(0, |info| info.stream_sequence);
+        let id = format!(
+            "{}.{}.seq{sequence}",
+            envelope.queue_id,
+            entry::domain_token(&envelope.domain)
+        );
+        match self.reschedule(envelope, next, &content, id).await {
+            Ok(()) => {
+                debug!(queue_id = %envelope.queue_id, reason = why.label(), wait_ms = at.saturating_sub(now_ms()), "postponed");
+                self.metrics.postponed(why.label());
+                Handled::Settled
+            }
+            Err(err) => Handled::Failed(err),
+        }
+    }
+
     /// Reads how much of the queue is ready, in flight, waiting and dead into the metrics, every
     /// few seconds until `shutdown`.
     async fn report_counts(
         self,
         mut consumer: jetstream::consumer::PullConsumer,
+        destinations: Destinations,
         shutdown: CancellationToken,
     ) {
         loop {
@@ -221,6 +408,9 @@ impl Worker {
                 Ok(counts) => self.metrics.queue(&counts),
                 Err(err) => debug!(%err, "reading the queue's counts failed"),
             }
+            self.metrics
+                .destinations_in_backoff
+                .set(i64::try_from(destinations.in_backoff(now_ms())).unwrap_or(i64::MAX));
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(COUNTS_EVERY) => {}
@@ -257,7 +447,12 @@ impl Worker {
 
     /// Attempts one entry and records the outcome. An error means nothing durable happened
     /// that the entry's next processing would not redo: the entry is attempted again.
-    async fn process(&self, envelope: &Envelope, inline: bytes::Bytes) -> Result<(), EnqueueError> {
+    async fn process(
+        &self,
+        envelope: &Envelope,
+        inline: bytes::Bytes,
+        plan: &Plan,
+    ) -> Result<Option<Signal>, EnqueueError> {
         let age = Duration::from_millis(now_ms().saturating_sub(envelope.received_at_ms));
         let expired = age >= self.config.retry.max_age.get();
         // A stored body's lineage says whether this entry still carries it.
@@ -265,11 +460,11 @@ impl Worker {
             Ok(None | Some(Lineage::Live | Lineage::Gone)) => {}
             Ok(Some(Lineage::Stale)) => {
                 info!(queue_id = %envelope.queue_id, "entry already processed elsewhere; dropped");
-                return Ok(());
+                return Ok(None);
             }
             Err(_) if expired => {
                 let content = self.queue.content(envelope, inline)?;
-                return self.unreadable(envelope, &content, true).await;
+                return self.unreadable(envelope, &content, true).await.map(|()| None);
             }
             Err(err) => return Err(err),
         }
@@ -279,9 +474,12 @@ impl Worker {
                 // The entry carries the body, but it is not there: it can never be sent.
                 BodyError::Missing(_) | BodyError::Corrupt { .. } => {
                     error!(queue_id = %envelope.queue_id, %err, "message content lost from the queue");
-                    self.unreadable(envelope, &content, false).await
+                    self.unreadable(envelope, &content, false).await.map(|()| None)
                 }
-                BodyError::Nats(_) if expired => self.unreadable(envelope, &content, true).await,
+                BodyError::Nats(_) if expired => self
+                    .unreadable(envelope, &content, true)
+                    .await
+                    .map(|()| None),
                 BodyError::Nats(_) => Err(err.into()),
             };
         }
@@ -291,11 +489,15 @@ impl Worker {
             .delivery_queue_lag_seconds
             .observe(lag.as_secs_f64());
         let started = Instant::now();
-        let results = self.hops.attempt(envelope, &content).await;
+        let (results, signal) = match plan {
+            Plan::Go(hop) => self.hops.attempt(hop, envelope, &content).await,
+            Plan::Decided(results) => (results.clone(), None),
+        };
         self.metrics
             .delivery_attempt_seconds
             .observe(started.elapsed().as_secs_f64());
-        self.settle(envelope, &content, results).await
+        self.settle(envelope, &content, results).await?;
+        Ok(signal)
     }
 
     /// Bounces every recipient of an entry whose content cannot be read: lost from the queue,
@@ -446,18 +648,33 @@ impl Worker {
         attempt: u32,
         when: u64,
     ) -> Result<(), EnqueueError> {
-        let mut next = Envelope {
+        let next = Envelope {
             recipients: deferred.iter().map(|r| r.recipient.clone()).collect(),
             attempts: attempt,
             not_before_ms: Some(when),
+            rate_reserved: None,
+            postponed: 0,
             ..envelope.clone()
         };
+        let id = format!(
+            "{}.{}.retry{attempt}",
+            envelope.queue_id,
+            entry::domain_token(&envelope.domain)
+        );
+        self.reschedule(envelope, next, content, id).await
+    }
+
+    /// Publishes `next` to replace `envelope` (under `id` unless it uses a stored body) and
+    /// hands it the lineage.
+    async fn reschedule(
+        &self,
+        envelope: &Envelope,
+        mut next: Envelope,
+        content: &Content,
+        id: String,
+    ) -> Result<(), EnqueueError> {
         let id = match &mut next.body {
-            BodyRef::Inline { .. } | BodyRef::Object { .. } => format!(
-                "{}.{}.retry{attempt}",
-                envelope.queue_id,
-                entry::domain_token(&envelope.domain)
-            ),
+            BodyRef::Inline { .. } | BodyRef::Object { .. } => id,
             // A fresh token, and an id as unique as it: two workers that processed the same
             // entry publish two retries, and the lineage says which one counts.
             BodyRef::Stored { lineage, token, .. } => {
@@ -544,6 +761,75 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Entries a process holds per attempt it may run: the rest wait for a connection of their
+/// destination, without an attempt permit.
+const INTAKE_PER_ATTEMPT: usize = 2;
+
+/// How long an entry waits in a process for a connection of its destination before it is put
+/// back in the queue.
+const PARK_AT_MOST: Duration = Duration::from_secs(20);
+
+/// How often an entry waiting for a connection looks whether another process gave one back.
+const LEASE_POLL: Duration = Duration::from_millis(500);
+
+/// A rate slot this close is waited for by going now.
+const RATE_SLACK_MS: u64 = 20;
+
+/// Entries of a destination in backoff come back spread over this long after it ends.
+const BACKOFF_SPREAD: u64 = 5_000;
+
+/// How long an entry whose destination had no free connection waits before it is tried
+/// again: doubling with each time, from 1 s up to 5 min.
+fn busy_wait_ms(postponed: u32) -> u64 {
+    1_000u64.saturating_mul(1 << postponed.min(9)).min(300_000)
+}
+
+/// A random delay below `max_ms`.
+fn jitter_ms(max_ms: u64) -> u64 {
+    (ulid::Ulid::new().random() as u64) % max_ms.max(1)
+}
+
+/// What the worker does with an entry it has handled.
+enum Handled {
+    /// Its outcome is recorded (or it was put back to wait): acknowledge it.
+    Settled,
+    /// Handed back at once for another worker (shutdown).
+    Released,
+    /// Nothing durable happened: it is attempted again later.
+    Failed(EnqueueError),
+}
+
+/// Why an entry was put back without an attempt.
+#[derive(Debug, Clone, Copy)]
+enum Postponed {
+    Backoff,
+    Rate,
+    Busy,
+}
+
+impl Postponed {
+    fn label(self) -> &'static str {
+        match self {
+            Postponed::Backoff => "backoff",
+            Postponed::Rate => "rate",
+            Postponed::Busy => "busy",
+        }
+    }
+}
+
+enum Leased {
+    Got(Lease),
+    Busy,
+    Shutdown,
+}
+
+/// What every entry of a running worker goes through before its attempt.
+struct Gate {
+    destinations: Destinations,
+    attempts: Arc<Semaphore>,
+    shutdown: CancellationToken,
 }
 
 /// How often a delivery process reads the queue's counts for its metrics.

@@ -46,6 +46,18 @@ pub struct Envelope {
     pub not_before_ms: Option<u64>,
     /// W3C trace context of the ingress transaction.
     pub traceparent: String,
+    /// The destination (by id) whose rate already gave this entry its slot: it was postponed
+    /// to that slot and goes without asking again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_reserved: Option<String>,
+    /// Times this entry was put back since its last attempt because its destination had no
+    /// free connection; each doubles the next wait.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub postponed: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Who handed the message to Postern.
@@ -175,6 +187,8 @@ mod tests {
             body,
             not_before_ms: None,
             traceparent: "00-0-0-01".into(),
+            rate_reserved: None,
+            postponed: 0,
         }
     }
 

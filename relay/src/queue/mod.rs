@@ -395,6 +395,8 @@ impl Queue {
                     body,
                     not_before_ms: None,
                     traceparent: traceparent.clone(),
+                    rate_reserved: None,
+                    postponed: 0,
                 };
                 self.outgoing(&envelope, &inline, format!("{queue_id}.{index}"))
             })
@@ -585,6 +587,56 @@ impl Queue {
         ))
     }
 
+    /// The buckets destination state lives in, created or updated: one for each destination's
+    /// backoff, slow-down and rate (kept a week after its last change), one for connection
+    /// leases (each gone `lease_ttl` after its holder last renewed it).
+    pub async fn destination_buckets(
+        &self,
+        lease_ttl: Duration,
+    ) -> Result<(jetstream::kv::Store, jetstream::kv::Store), QueueError> {
+        let config = &self.inner.config;
+        let states = self
+            .bucket(
+                destination_bucket(config),
+                DESTINATION_STATE_AGE,
+                "Postern destinations: backoff, slow-down and rate, shared by delivery processes",
+            )
+            .await?;
+        let leases = self
+            .bucket(
+                lease_bucket(config),
+                lease_ttl,
+                "Postern connection leases per destination; a holder renews its own",
+            )
+            .await?;
+        Ok((states, leases))
+    }
+
+    async fn bucket(
+        &self,
+        bucket: String,
+        max_age: Duration,
+        description: &str,
+    ) -> Result<jetstream::kv::Store, QueueError> {
+        let wanted = jetstream::kv::Config {
+            bucket: bucket.clone(),
+            description: description.into(),
+            history: 1,
+            max_age,
+            storage: stream::StorageType::File,
+            num_replicas: self.inner.config.replicas,
+            ..Default::default()
+        };
+        self.inner
+            .jetstream
+            .create_or_update_key_value(wanted)
+            .await
+            .map_err(|e| QueueError::Stream {
+                stream: format!("KV_{bucket}"),
+                source: e.into(),
+            })
+    }
+
     /// The durable pull consumer delivery processes share, created or updated.
     pub async fn consumer(
         &self,
@@ -638,6 +690,8 @@ impl Queue {
             config.body_stream.clone(),
             format!("OBJ_{}", config.body_stream),
             format!("KV_{}_REFS", config.body_stream),
+            format!("KV_{}", destination_bucket(config)),
+            format!("KV_{}", lease_bucket(config)),
         ] {
             if let Err(err) = self.inner.jetstream.delete_stream(&name).await
                 && !missing_is_fine(&err)
@@ -666,6 +720,19 @@ pub struct QueueCounts {
 }
 
 /// How long dead letters are kept for someone to look at them.
+/// How long a destination's state outlives its last change.
+const DESTINATION_STATE_AGE: Duration = Duration::from_secs(7 * 86_400);
+
+/// The bucket of destination states.
+pub fn destination_bucket(config: &NatsConfig) -> String {
+    format!("{}_DESTINATIONS", config.stream)
+}
+
+/// The bucket of connection leases.
+pub fn lease_bucket(config: &NatsConfig) -> String {
+    format!("{}_LEASES", config.stream)
+}
+
 const DEAD_LETTER_AGE: Duration = Duration::from_secs(30 * 86_400);
 
 /// The stream holding dead letters: `<stream>_DEAD`.

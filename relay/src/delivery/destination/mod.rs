@@ -1,0 +1,297 @@
+//! Destinations as state every delivery process shares through NATS KV: whether one is in
+//! backoff or slowed down (watched, so reading it costs nothing), its message rate
+//! (reservations made with compare-and-set) and its connection limit (leases that expire).
+
+mod leases;
+pub mod limits;
+pub mod state;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use futures::StreamExt;
+use postern_config::{BackoffConfig, DeliveryConfig};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+pub use leases::Lease;
+pub use limits::{Destination, Limits};
+pub use state::{Signal, State};
+
+use crate::metrics::Metrics;
+use crate::queue::{Queue, QueueError};
+
+/// A connection lease lives this long after its holder last renewed it.
+pub const LEASE_TTL: Duration = Duration::from_secs(15);
+
+/// Tries of one compare-and-set before giving up for now.
+const CAS_TRIES: usize = 8;
+
+/// Every destination's shared state, as this process sees it.
+#[derive(Clone)]
+pub struct Destinations {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    states: kv::Store,
+    leases: leases::Leases,
+    backoff: BackoffConfig,
+    /// The last state of each destination in the bucket, by id, kept current by a watch.
+    known: Mutex<HashMap<String, State>>,
+    /// Entries of this process waiting for a connection, by destination id.
+    parked: Arc<Mutex<HashMap<String, usize>>>,
+    metrics: Arc<Metrics>,
+}
+
+/// One entry waiting in this process for a connection; dropping it ends the wait.
+#[derive(Debug)]
+pub struct Parked {
+    id: String,
+    parked: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        let mut parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = parked.get_mut(&self.id) {
+            *count -= 1;
+            if *count == 0 {
+                parked.remove(&self.id);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Destinations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Destinations").finish_non_exhaustive()
+    }
+}
+
+impl Destinations {
+    /// Opens the buckets and follows the states in them until `shutdown`.
+    pub async fn start(
+        queue: &Queue,
+        config: &DeliveryConfig,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Result<Destinations, QueueError> {
+        let (states, leases) = queue.destination_buckets(LEASE_TTL).await?;
+        let destinations = Destinations {
+            inner: Arc::new(Inner {
+                states,
+                leases: leases::Leases::start(leases, LEASE_TTL, shutdown.clone()),
+                backoff: config.backoff.clone(),
+                known: Mutex::default(),
+                parked: Arc::default(),
+                metrics,
+            }),
+        };
+        tokio::spawn(destinations.clone().follow(shutdown));
+        Ok(destinations)
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<String, State>> {
+        self.inner.known.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps `known` equal to the bucket's states.
+    async fn follow(self, shutdown: CancellationToken) {
+        loop {
+            let mut watch = match self.inner.states.watch_with_history("state.>").await {
+                Ok(watch) => watch,
+                Err(err) => {
+                    warn!(%err, "watching destination states failed");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            loop {
+                let entry = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    entry = watch.next() => entry,
+                };
+                let Some(Ok(entry)) = entry else { break };
+                let Some(id) = entry.key.strip_prefix("state.") else {
+                    continue;
+                };
+                let state = match entry.operation {
+                    kv::Operation::Put => serde_json::from_slice::<State>(&entry.value).ok(),
+                    kv::Operation::Delete | kv::Operation::Purge => None,
+                };
+                let mut known = self.known();
+                match state {
+                    Some(state) => known.insert(id.to_string(), state),
+                    None => known.remove(id),
+                };
+            }
+        }
+    }
+
+    /// The state of `destination` as last seen.
+    pub fn state(&self, destination: &Destination) -> Option<State> {
+        self.known().get(&destination.id()).cloned()
+    }
+
+    /// Until when `destination` is in backoff, if it is.
+    pub fn backoff(&self, destination: &Destination, now_ms: u64) -> Option<u64> {
+        self.state(destination)?.backoff(now_ms)
+    }
+
+    /// Destinations in backoff now.
+    pub fn in_backoff(&self, now_ms: u64) -> usize {
+        self.known()
+            .values()
+            .filter(|s| s.backoff(now_ms).is_some())
+            .count()
+    }
+
+    /// The limits of `destination` now: halved while it asked to slow down.
+    pub fn limits(&self, destination: &Destination, now_ms: u64) -> Limits {
+        let halvings = self.state(destination).map_or(0, |s| s.halvings(now_ms));
+        destination.limits.halved(halvings)
+    }
+
+    /// When the next message to `destination` may go under its rate (now when it has none);
+    /// the slot is taken.
+    pub async fn reserve(
+        &self,
+        destination: &Destination,
+        limits: &Limits,
+        now_ms: u64,
+    ) -> Result<u64, async_nats::Error> {
+        let Some(rate) = limits.rate else {
+            return Ok(now_ms);
+        };
+        let interval = u64::try_from(rate.interval().as_millis()).unwrap_or(u64::MAX).max(1);
+        let key = format!("rate.{}", destination.id());
+        for _ in 0..CAS_TRIES {
+            let (tat, revision) = match self.inner.states.entry(&key).await? {
+                Some(entry) => (
+                    std::str::from_utf8(&entry.value)
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0),
+                    entry.revision,
+                ),
+                None => (0, 0),
+            };
+            let reservation = state::reserve(tat, now_ms, interval, limits.burst);
+            let written = self
+                .inner
+                .states
+                .update(&key, reservation.next_tat_ms.to_string().into(), revision)
+                .await;
+            match written {
+                Ok(_) => return Ok(reservation.go_at_ms),
+                Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Err("the rate of this destination is contended; try again".into())
+    }
+
+    /// A connection lease of `destination` within `limits`, if one is free now.
+    pub async fn lease(
+        &self,
+        destination: &Destination,
+        limits: &Limits,
+    ) -> Result<Option<Lease>, async_nats::Error> {
+        self.inner
+            .leases
+            .try_acquire(&destination.id(), limits.connections)
+            .await
+    }
+
+    /// A place to wait for a connection of `destination` in this process, unless `at_most`
+    /// entries wait for one already.
+    pub fn park(&self, destination: &Destination, at_most: usize) -> Option<Parked> {
+        let id = destination.id();
+        let mut parked = self.inner.parked.lock().unwrap_or_else(|e| e.into_inner());
+        let count = parked.entry(id.clone()).or_default();
+        if *count >= at_most {
+            return None;
+        }
+        *count += 1;
+        Some(Parked {
+            id,
+            parked: self.inner.parked.clone(),
+        })
+    }
+
+    /// Resolves when a lease may have become free.
+    pub async fn lease_freed(&self, at_most: Duration) {
+        self.inner.leases.freed(at_most).await;
+    }
+
+    /// Records what an attempt said about `destination` for every process; nothing is written
+    /// when nothing changes.
+    pub async fn record(&self, destination: &Destination, signal: &Signal, now_ms: u64) {
+        let id = destination.id();
+        let cached = self
+            .state(destination)
+            .unwrap_or_else(|| State::named(&destination.name));
+        if cached.after(signal, now_ms, &self.inner.backoff).is_none() {
+            return;
+        }
+        let key = format!("state.{id}");
+        for _ in 0..CAS_TRIES {
+            let (current, revision) = match self.inner.states.entry(&key).await {
+                Ok(Some(entry)) if entry.operation == kv::Operation::Put => (
+                    serde_json::from_slice(&entry.value)
+                        .unwrap_or_else(|_| State::named(&destination.name)),
+                    entry.revision,
+                ),
+                Ok(Some(entry)) => (State::named(&destination.name), entry.revision),
+                Ok(None) => (State::named(&destination.name), 0),
+                Err(err) => {
+                    warn!(destination = %destination.name, %err, "destination state not read");
+                    return;
+                }
+            };
+            let Some(next) = current.after(signal, now_ms, &self.inner.backoff) else {
+                return;
+            };
+            let value = serde_json::to_vec(&next).unwrap_or_default();
+            match self.inner.states.update(&key, value.into(), revision).await {
+                Ok(_) => {
+                    self.announce(&current, &next, signal, now_ms);
+                    self.known().insert(id, next);
+                    return;
+                }
+                Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(err) => {
+                    warn!(destination = %destination.name, %err, "destination state not written");
+                    return;
+                }
+            }
+        }
+        debug!(destination = %destination.name, "destination state contended; left as it is");
+    }
+
+    /// Logs and counts a change of state.
+    fn announce(&self, before: &State, after: &State, signal: &Signal, now_ms: u64) {
+        let metrics = &self.inner.metrics;
+        match signal {
+            Signal::Reached if before.backoff_until_ms.is_some() => {
+                info!(destination = %after.name, "destination reachable again; backoff over");
+            }
+            Signal::Unreachable(reason) => {
+                if let Some(until) = after.backoff(now_ms) {
+                    warn!(destination = %after.name, failures = after.failures, backoff_s = (until - now_ms) / 1000, %reason, "destination unreachable; every process leaves it alone until the backoff ends");
+                    metrics.destination_backoffs.inc();
+                }
+            }
+            Signal::SlowDown(reason) => {
+                warn!(destination = %after.name, halvings = after.slow_down, %reason, "destination asked to slow down; its connections and rate are lowered for a while");
+                metrics.destination_slowdowns.inc();
+            }
+            Signal::Reached => {}
+        }
+    }
+}
