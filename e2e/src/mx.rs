@@ -17,6 +17,8 @@ pub struct Delivered {
     pub recipients: Vec<String>,
     /// The DATA bytes exactly as they came over the wire, up to and including `<CRLF>.<CRLF>`.
     pub wire: Vec<u8>,
+    /// When the end of data arrived.
+    pub at: Instant,
 }
 
 impl Delivered {
@@ -327,6 +329,7 @@ impl MockMx {
                         from: from.clone(),
                         recipients: std::mem::take(&mut recipients),
                         wire,
+                        at: Instant::now(),
                     };
                     self.delivered.lock().expect("lock").push(delivered);
                     let next = self.next_delays.lock().expect("lock").pop_front();

@@ -464,7 +464,10 @@ impl Worker {
             }
             Err(_) if expired => {
                 let content = self.queue.content(envelope, inline)?;
-                return self.unreadable(envelope, &content, true).await.map(|()| None);
+                return self
+                    .unreadable(envelope, &content, true)
+                    .await
+                    .map(|()| None);
             }
             Err(err) => return Err(err),
         }
@@ -474,7 +477,9 @@ impl Worker {
                 // The entry carries the body, but it is not there: it can never be sent.
                 BodyError::Missing(_) | BodyError::Corrupt { .. } => {
                     error!(queue_id = %envelope.queue_id, %err, "message content lost from the queue");
-                    self.unreadable(envelope, &content, false).await.map(|()| None)
+                    self.unreadable(envelope, &content, false)
+                        .await
+                        .map(|()| None)
                 }
                 BodyError::Nats(_) if expired => self
                     .unreadable(envelope, &content, true)

@@ -1,7 +1,8 @@
 //! Connection leases: a destination's connection limit as keys `<id>.<slot>` in a NATS KV
 //! bucket whose entries expire unless renewed, so the limit holds across every delivery
 //! process and a dead process's share comes back within the bucket's age. A process keeps a
-//! lease it used a moment longer, so a busy destination costs no KV writes per message.
+//! lease as long as the session it opened may wait in the pool, so open sessions never
+//! outnumber leases and a busy destination costs no KV writes per message.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,8 +12,8 @@ use async_nats::jetstream::kv;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
-/// A lease unused this long goes back to the bucket.
-const LINGER: Duration = Duration::from_secs(1);
+/// How often leases are renewed and given back.
+const MAINTAIN_EVERY: Duration = Duration::from_millis(500);
 
 #[derive(Clone)]
 pub struct Leases {
@@ -23,6 +24,9 @@ struct Inner {
     kv: kv::Store,
     holder: String,
     renew_every: Duration,
+    /// A lease unused this long goes back to the bucket: as long as the session it opened may
+    /// wait idle for the next message, so that open sessions never outnumber leases.
+    linger: Duration,
     held: Mutex<HashMap<String, Held>>,
     /// Signalled whenever a lease of this process is free again.
     freed: Notify,
@@ -67,10 +71,11 @@ impl Inner {
 
 impl Leases {
     /// Leases in `kv`, whose entries live `ttl` after their last write; this process renews
-    /// its own until `shutdown`, then gives them back.
+    /// its own until `shutdown`, then gives them back. One unused for `linger` goes back.
     pub fn start(
         kv: kv::Store,
         ttl: Duration,
+        linger: Duration,
         shutdown: tokio_util::sync::CancellationToken,
     ) -> Leases {
         let leases = Leases {
@@ -78,6 +83,7 @@ impl Leases {
                 kv,
                 holder: ulid::Ulid::new().to_string(),
                 renew_every: ttl / 3,
+                linger,
                 held: Mutex::default(),
                 freed: Notify::new(),
             }),
@@ -87,7 +93,7 @@ impl Leases {
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(LINGER / 2) => maintained.maintain(false).await,
+                    () = tokio::time::sleep(MAINTAIN_EVERY) => maintained.maintain(false).await,
                 }
             }
             maintained.maintain(true).await;
@@ -103,9 +109,9 @@ impl Leases {
     ) -> Result<Option<Lease>, async_nats::Error> {
         let taken: Vec<usize> = {
             let mut held = self.inner.lock();
-            let free = held.iter_mut().find(|(_, h)| {
-                h.destination == destination && !h.in_use && h.slot < limit
-            });
+            let free = held
+                .iter_mut()
+                .find(|(_, h)| h.destination == destination && !h.in_use && h.slot < limit);
             if let Some((key, h)) = free {
                 h.in_use = true;
                 return Ok(Some(self.lease(key.clone())));
@@ -170,7 +176,7 @@ impl Leases {
         {
             let mut held = self.inner.lock();
             held.retain(|key, h| {
-                if all || (!h.in_use && h.idle_since.elapsed() >= LINGER) {
+                if all || (!h.in_use && h.idle_since.elapsed() >= self.inner.linger) {
                     give_back.push((key.clone(), h.revision));
                     false
                 } else {

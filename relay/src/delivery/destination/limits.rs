@@ -64,7 +64,8 @@ impl Destination {
                 },
             },
             None => {
-                let mut sorted: Vec<String> = hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+                let mut sorted: Vec<String> =
+                    hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
                 sorted.sort();
                 sorted.dedup();
                 Destination {
@@ -143,7 +144,10 @@ mod tests {
             Destination::of(
                 &config(),
                 domain,
-                &["aspmx.l.google.com".into(), "alt1.aspmx.l.GOOGLE.com".into()],
+                &[
+                    "aspmx.l.google.com".into(),
+                    "alt1.aspmx.l.GOOGLE.com".into(),
+                ],
             )
         };
         let a = hosted("customer-a.example");
@@ -151,7 +155,10 @@ mod tests {
         assert_eq!(a, b, "one destination for every domain hosted there");
         assert_eq!(a.name, "*.google.com");
         assert_eq!(a.limits.connections, 5);
-        assert_eq!(a.limits.messages_per_connection, 100, "the default where unset");
+        assert_eq!(
+            a.limits.messages_per_connection, 100,
+            "the default where unset"
+        );
         assert_eq!(a.limits.burst, 10);
         assert_eq!(a.id(), b.id());
     }
@@ -166,8 +173,16 @@ mod tests {
 
     #[test]
     fn anything_else_is_its_mx_host_set_in_any_order() {
-        let one = Destination::of(&config(), "a.test", &["mx2.a.test".into(), "mx1.a.test".into()]);
-        let two = Destination::of(&config(), "b.test", &["mx1.a.test".into(), "MX2.a.test".into()]);
+        let one = Destination::of(
+            &config(),
+            "a.test",
+            &["mx2.a.test".into(), "mx1.a.test".into()],
+        );
+        let two = Destination::of(
+            &config(),
+            "b.test",
+            &["mx1.a.test".into(), "MX2.a.test".into()],
+        );
         assert_eq!(one.name, "mx1.a.test,mx2.a.test");
         assert_eq!(one, two);
         assert_eq!(one.limits.connections, 20);
@@ -198,7 +213,10 @@ mod tests {
         assert_eq!(halved.connections, 1);
         assert_eq!(halved.rate.map(|r| r.messages), Some(150));
         assert_eq!(limits.halved(4).connections, 1);
-        let unlimited = Limits { rate: None, ..limits };
+        let unlimited = Limits {
+            rate: None,
+            ..limits
+        };
         assert_eq!(unlimited.halved(1).rate, None);
         assert_eq!(unlimited.halved(1).connections, 2);
         assert_eq!(limits.halved(0), limits);

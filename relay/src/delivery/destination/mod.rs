@@ -26,6 +26,9 @@ use crate::queue::{Queue, QueueError};
 /// A connection lease lives this long after its holder last renewed it.
 pub const LEASE_TTL: Duration = Duration::from_secs(15);
 
+/// A lease outlives the idle session it opened by this much: the pool's sweep closes it first.
+const LEASE_AFTER_IDLE: Duration = Duration::from_secs(1);
+
 /// Tries of one compare-and-set before giving up for now.
 const CAS_TRIES: usize = 8;
 
@@ -83,7 +86,12 @@ impl Destinations {
         let destinations = Destinations {
             inner: Arc::new(Inner {
                 states,
-                leases: leases::Leases::start(leases, LEASE_TTL, shutdown.clone()),
+                leases: leases::Leases::start(
+                    leases,
+                    LEASE_TTL,
+                    config.timeouts.idle.get() + LEASE_AFTER_IDLE,
+                    shutdown.clone(),
+                ),
                 backoff: config.backoff.clone(),
                 known: Mutex::default(),
                 parked: Arc::default(),
@@ -168,7 +176,9 @@ impl Destinations {
         let Some(rate) = limits.rate else {
             return Ok(now_ms);
         };
-        let interval = u64::try_from(rate.interval().as_millis()).unwrap_or(u64::MAX).max(1);
+        let interval = u64::try_from(rate.interval().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
         let key = format!("rate.{}", destination.id());
         for _ in 0..CAS_TRIES {
             let (tat, revision) = match self.inner.states.entry(&key).await? {

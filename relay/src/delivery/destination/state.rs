@@ -124,9 +124,16 @@ pub fn asks_to_slow_down(reply: &Reply) -> bool {
         return true;
     }
     let text = reply.text().to_ascii_lowercase();
-    ["rate limit", "ratelimit", "throttl", "too many", "slow down", "try again later"]
-        .iter()
-        .any(|phrase| text.contains(phrase))
+    [
+        "rate limit",
+        "ratelimit",
+        "throttl",
+        "too many",
+        "slow down",
+        "try again later",
+    ]
+    .iter()
+    .any(|phrase| text.contains(phrase))
 }
 
 /// A generic cell rate reservation: given the theoretical arrival time `tat_ms` of the
@@ -172,7 +179,11 @@ mod tests {
         let mut state = State::named("mx.example.com");
         state = fail(&state, 0);
         state = fail(&state, 1);
-        assert_eq!(state.backoff(2), None, "two failures are not yet a dead destination");
+        assert_eq!(
+            state.backoff(2),
+            None,
+            "two failures are not yet a dead destination"
+        );
         state = fail(&state, 2);
         assert_eq!(state.backoff(3), Some(30_002));
         // A probe after the backoff fails: twice as long, then capped.
@@ -235,8 +246,16 @@ mod tests {
     #[test]
     fn recognises_requests_to_slow_down() {
         let yes = [
-            Reply::new(421, Status(4, 7, 28), "Our system has detected an unusual rate"),
-            Reply::new(451, Status(4, 7, 650), "The mail server has been temporarily rate limited"),
+            Reply::new(
+                421,
+                Status(4, 7, 28),
+                "Our system has detected an unusual rate",
+            ),
+            Reply::new(
+                451,
+                Status(4, 7, 650),
+                "The mail server has been temporarily rate limited",
+            ),
             Reply::new(421, Status(4, 7, 0), "Too many connections from your IP"),
             Reply::new(450, Status(4, 2, 1), "Throttled, try again later"),
         ];
