@@ -49,6 +49,10 @@ delivery:
   routes:
     - { domain: example.com, host: "mx.example.com" }
   smarthost: { host: "relay.example.net:0" }
+  ratePerDestination: "fast"
+  destinations:
+    - { match: "*.google.com", rate: "100/fortnight" }
+    - { match: "mx..example" }
   retry: { schedule: ["1m", "5 minutes"], maxAge: "3w" }
 "#,
         ),
@@ -66,6 +70,9 @@ delivery:
         "spec.delivery.retry.maxAge: invalid duration \"3w\"",
         "spec.delivery.routes[0].host: \"mx.example.com\" is not host:port",
         "spec.delivery.smarthost.host: \"relay.example.net:0\" is not host:port",
+        "spec.delivery.ratePerDestination: \"fast\" is not a rate",
+        "spec.delivery.destinations[0].rate: \"100/fortnight\" is not a rate",
+        "spec.delivery.destinations[1].match: \"mx..example\" is not a domain",
         "metadata.name: \"Mail.Relay\" must be at most 47",
     ] {
         assert!(
@@ -73,7 +80,7 @@ delivery:
             "missing {expected:?} in:\n{problems}"
         );
     }
-    assert_eq!(err.problems.len(), 11, "{problems}");
+    assert_eq!(err.problems.len(), 14, "{problems}");
     let long = "a".repeat(48);
     assert!(validate(&long, &spec("{}")).is_err());
     validate(&"a".repeat(47), &spec("{}")).unwrap();

@@ -474,10 +474,20 @@ pub struct DeliverySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub concurrency: Option<u32>,
-    /// Connections one pod opens to the same next-hop address. Default: 20.
+    /// Connections open to one destination at once, across all delivery pods. Default: 20.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub connections_per_destination: Option<u32>,
+    /// Messages per time to one destination across all delivery pods: `100/s`, `600/min`,
+    /// `5000/h`. Default: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub rate_per_destination: Option<String>,
+    /// Limits for the destinations a pattern matches, the first match applying; a pattern
+    /// groups every domain and MX host it matches into one destination.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub destinations: Vec<DestinationSpec>,
     /// Name sent with EHLO. Default: the hostname.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub helo_name: Option<String>,
@@ -507,6 +517,8 @@ impl Default for DeliverySpec {
             target_cpu_utilization: default_cpu_target(),
             concurrency: None,
             connections_per_destination: None,
+            rate_per_destination: None,
+            destinations: Vec::new(),
             helo_name: None,
             routes: Vec::new(),
             smarthost: None,
@@ -529,6 +541,32 @@ pub enum OutboundTlsMode {
     Required,
     Verify,
     None,
+}
+
+/// Limits for the destinations one pattern matches.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DestinationSpec {
+    /// `example.com`, `*.google.com` (any name below it) or `*`, matched against the recipient
+    /// domain, its MX hosts, and a route's or the smarthost's host.
+    #[serde(rename = "match")]
+    #[schemars(length(min = 1, max = 255))]
+    pub pattern: String,
+    /// Connections at once across all delivery pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub connections: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub messages_per_connection: Option<u32>,
+    /// `100/s`, `600/min`, `5000/h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub rate: Option<String>,
+    /// Messages that may go at once before the rate spaces them out. Default: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub burst: Option<u32>,
 }
 
 /// A fixed next hop.

@@ -72,6 +72,8 @@ pub fn build_config(relay: &Relay, valid: &ValidSpec) -> Result<Config, ConfigEr
     if let Some(n) = delivery.connections_per_destination {
         config.delivery.connections_per_destination = n as usize;
     }
+    config.delivery.rate_per_destination = valid.rate_per_destination;
+    config.delivery.destinations = valid.destinations.clone();
     config.delivery.helo_name = delivery.helo_name.clone();
     config.delivery.routes = delivery
         .routes

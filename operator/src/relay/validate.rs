@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::str::FromStr;
 
 use ipnet::IpNet;
-use postern_config::Duration;
+use postern_config::{DestinationLimits, Duration, Rate};
 
 use crate::api::{DELIVERY_REPLICAS, INGRESS_REPLICAS, RelaySpec};
 
@@ -28,6 +28,10 @@ pub struct ValidSpec {
     /// `delivery.retry.schedule`; `None` keeps the relay's default.
     pub retry_schedule: Option<Vec<Duration>>,
     pub max_age: Option<Duration>,
+    /// `delivery.ratePerDestination`, parsed.
+    pub rate_per_destination: Option<Rate>,
+    /// `delivery.destinations`, parsed.
+    pub destinations: Vec<DestinationLimits>,
     /// `(min, max)` with the defaults filled in.
     pub ingress_replicas: (i32, i32),
     pub delivery_replicas: (i32, i32),
@@ -171,6 +175,42 @@ pub fn validate(name: &str, spec: &RelaySpec) -> Result<ValidSpec, ValidationErr
             );
         }
     }
+    let mut rate = |field: String, text: &str| match text.parse::<Rate>() {
+        Ok(rate) => Some(rate),
+        Err(err) => {
+            problem(field, err);
+            None
+        }
+    };
+    let rate_per_destination = spec
+        .delivery
+        .rate_per_destination
+        .as_deref()
+        .and_then(|r| rate("spec.delivery.ratePerDestination".into(), r));
+    let destinations: Vec<DestinationLimits> = spec
+        .delivery
+        .destinations
+        .iter()
+        .enumerate()
+        .map(|(i, d)| DestinationLimits {
+            pattern: d.pattern.to_ascii_lowercase(),
+            connections: d.connections.map(|n| n as usize),
+            messages_per_connection: d.messages_per_connection.map(|n| n as usize),
+            rate: d
+                .rate
+                .as_deref()
+                .and_then(|r| rate(format!("spec.delivery.destinations[{i}].rate"), r)),
+            burst: d.burst,
+        })
+        .collect();
+    for (i, d) in destinations.iter().enumerate() {
+        if !is_domain_pattern(&d.pattern) {
+            problem(
+                format!("spec.delivery.destinations[{i}].match"),
+                format!("{:?} is not a domain, *.domain or *", d.pattern),
+            );
+        }
+    }
     if let Some(smarthost) = &spec.delivery.smarthost
         && !is_host_port(&smarthost.host)
     {
@@ -198,10 +238,24 @@ pub fn validate(name: &str, spec: &RelaySpec) -> Result<ValidSpec, ValidationErr
         trusted_proxies,
         retry_schedule: (!schedule.is_empty()).then(|| schedule.into_iter().flatten().collect()),
         max_age,
+        rate_per_destination,
+        destinations,
         ingress_replicas: bounds[0],
         delivery_replicas: bounds[1],
         stream_replicas,
     })
+}
+
+/// `example.com`, `*.example.com` or `*`.
+fn is_domain_pattern(pattern: &str) -> bool {
+    let name = pattern.strip_prefix("*.").unwrap_or(pattern);
+    pattern == "*"
+        || (!name.is_empty()
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            }))
 }
 
 fn is_host_port(text: &str) -> bool {
