@@ -698,8 +698,14 @@ async fn status_counts_ready_waiting_and_dead_mail_apart() {
     publish("postern.postern_mail.wait.a.1", true).await;
     publish("postern.postern_mail.wait.b.1", true).await;
     publish("postern.postern_mail_dead.example_org", false).await;
+    // The ready entry has been due for over a second by the time the status is written.
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
     h.reconcile().await;
     let status = h.api.get(RELAY).unwrap()["status"].clone();
+    assert!(
+        status["queueOldestReadySeconds"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
     assert_eq!(
         (
             &status["queueLag"],

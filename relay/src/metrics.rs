@@ -31,6 +31,8 @@ pub struct Metrics {
     pub message_memory_bytes: Gauge,
     /// The queue by state (`queue::QueueCounts`), as a delivery process last read it.
     pub queue_entries: Family<Labels, Gauge>,
+    /// Seconds the oldest ready entry has been due.
+    pub queue_oldest_ready_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Entries put back without an attempt, by why (`backoff`, `rate`, `busy`).
     pub delivery_postponed: Family<Labels, Counter>,
     pub destination_backoffs: Counter,
@@ -59,6 +61,7 @@ impl Default for Metrics {
             pregreet: Family::default(),
             message_memory_bytes: Gauge::default(),
             queue_entries: Family::default(),
+            queue_oldest_ready_seconds: Gauge::default(),
             delivery_postponed: Family::default(),
             destination_backoffs: Counter::default(),
             destination_slowdowns: Counter::default(),
@@ -137,6 +140,11 @@ impl Default for Metrics {
             metrics.queue_entries.clone(),
         );
         r.register(
+            "queue_oldest_ready_seconds",
+            "How long the oldest entry due for delivery has been waiting for a worker",
+            metrics.queue_oldest_ready_seconds.clone(),
+        );
+        r.register(
             "delivery_dead_letters",
             "Queue entries moved to the dead-letter stream, by reason: undecodable, no_outcome",
             metrics.delivery_dead_letters.clone(),
@@ -207,6 +215,8 @@ impl Metrics {
                 .get_or_create(&vec![("state", state)])
                 .set(i64::try_from(value).unwrap_or(i64::MAX));
         }
+        self.queue_oldest_ready_seconds
+            .set(counts.oldest_ready.as_secs_f64());
     }
 
     /// Counts one entry put back without an attempt.

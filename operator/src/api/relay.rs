@@ -657,6 +657,9 @@ pub struct RelayStatus {
     /// Entries in the dead-letter stream (`<stream>_DEAD`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_dead_letters: Option<u64>,
+    /// Seconds the oldest entry due now has waited for a delivery pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_oldest_ready_seconds: Option<u64>,
     /// The JetStream stream holding the queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<String>,

@@ -232,6 +232,7 @@ async fn converge(
             status.queue_waiting = Some(counts.waiting);
             status.queue_in_flight = Some(counts.in_flight);
             status.queue_dead_letters = Some(counts.dead_letters);
+            status.queue_oldest_ready_seconds = Some(counts.oldest_ready.as_secs());
             set(
                 &mut status,
                 "QueueReady",
@@ -248,6 +249,7 @@ async fn converge(
             status.queue_waiting = None;
             status.queue_in_flight = None;
             status.queue_dead_letters = None;
+            status.queue_oldest_ready_seconds = None;
             set(
                 &mut status,
                 "QueueReady",

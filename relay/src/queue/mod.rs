@@ -501,12 +501,33 @@ impl Queue {
         };
         let ready = info.num_pending;
         let in_flight = u64::try_from(info.num_ack_pending).unwrap_or(0);
+        let oldest_ready = if ready == 0 {
+            Duration::ZERO
+        } else {
+            // The next entry the consumer hands out; a retry's message is the one the schedule
+            // published at its time, so its timestamp is when it became due.
+            let next = stream
+                .raw_message_builder()
+                .sequence(info.delivered.stream_sequence + 1)
+                .next_by_subject(format!("{}.*", config.subject_prefix))
+                .send()
+                .await;
+            match next {
+                Ok(message) => {
+                    let due_ns = message.time.unix_timestamp_nanos();
+                    let now_ns = time_now_ns();
+                    Duration::from_nanos(u64::try_from(now_ns - due_ns).unwrap_or(0))
+                }
+                Err(_) => Duration::ZERO,
+            }
+        };
         Ok(QueueCounts {
             ready,
             in_flight,
             // Everything stored that no worker can be handed yet: scheduled retries.
             waiting: stored.saturating_sub(ready + in_flight),
             dead_letters,
+            oldest_ready,
         })
     }
 
@@ -717,9 +738,18 @@ pub struct QueueCounts {
     pub waiting: u64,
     /// In the dead-letter stream.
     pub dead_letters: u64,
+    /// How long the oldest ready entry has been due (since it was accepted, or since its
+    /// retry time): how far delivery is behind. Zero when nothing is ready.
+    pub oldest_ready: Duration,
 }
 
 /// How long dead letters are kept for someone to look at them.
+fn time_now_ns() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128)
+}
+
 /// How long a destination's state outlives its last change.
 const DESTINATION_STATE_AGE: Duration = Duration::from_secs(7 * 86_400);
 
