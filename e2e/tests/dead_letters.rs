@@ -74,20 +74,18 @@ async fn an_undecodable_entry_becomes_a_dead_letter_not_a_loop() {
     drop(ingress);
 }
 
-#[tokio::test]
-async fn an_entry_handed_out_too_often_without_an_outcome_becomes_a_dead_letter() {
-    let nats = NatsServer::start();
-    let mx = MockMx::accepting().await;
-    let ingress = Relay::start(Relay::config(&nats));
+/// Submits one message from `sender`, then takes it from the queue three times and gives it
+/// back, as three workers that died before settling it would.
+async fn handed_out_three_times(nats: &NatsServer, ingress: &Relay, sender: &str) {
     Smtp::submit(
         ingress.smtp(),
-        "a@example.com",
+        sender,
         &["b@example.org"],
-        b"Subject: x\r\n\r\nx\r\n",
+        b"Subject: stuck\r\n\r\nx\r\n",
     )
     .await;
-    // Three workers took it and died before settling it (here: fetched and given back).
-    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client.clone());
     let stream = js.get_stream(STREAM).await.unwrap();
     let consumer: jetstream::consumer::PullConsumer = stream
         .create_consumer(jetstream::consumer::pull::Config {
@@ -112,7 +110,47 @@ async fn an_entry_handed_out_too_often_without_an_outcome_becomes_a_dead_letter(
             .await
             .unwrap();
     }
-    // The fourth time it is not attempted but set aside, with the reason.
+    // The NAKs are out before this connection goes.
+    client.flush().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_entry_handed_out_too_often_without_an_outcome_is_bounced_to_its_sender() {
+    let nats = NatsServer::start();
+    let mx = MockMx::accepting().await;
+    let ingress = Relay::start(Relay::config(&nats));
+    handed_out_three_times(&nats, &ingress, "a@example.com").await;
+    // The fourth time it is not attempted: its sender is told, and nothing loops.
+    let worker = delivery(&nats, &mx);
+    let delivered = mx.wait_for(1, Duration::from_secs(20)).await;
+    assert_eq!(
+        delivered[0].recipients,
+        ["a@example.com"],
+        "only the bounce"
+    );
+    let report = delivered[0].text();
+    assert!(report.contains("Status: 5.3.0"), "{report}");
+    assert!(
+        report.contains("handed to workers 4 times without an outcome"),
+        "{report}"
+    );
+    assert!(report.contains("Subject: stuck"), "{report}");
+    nats.wait_empty(STREAM, Duration::from_secs(10)).await;
+    assert_eq!(mx.delivered().len(), 1);
+    assert_eq!(worker.metric("postern_delivery_given_up_total"), 1.0);
+    assert_eq!(
+        worker.metric("postern_delivery_dead_letters_total{reason=\"no_outcome\"}"),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn a_bounce_handed_out_too_often_becomes_a_dead_letter() {
+    let nats = NatsServer::start();
+    let mx = MockMx::accepting().await;
+    let ingress = Relay::start(Relay::config(&nats));
+    handed_out_three_times(&nats, &ingress, "").await;
+    // From the null sender there is nobody to tell: it is set aside, with the reason.
     let worker = delivery(&nats, &mx);
     let letters = dead_letters(&nats, 1).await;
     assert_eq!(

@@ -36,6 +36,8 @@ pub struct Metrics {
     /// Entries put back without an attempt, by why (`backoff`, `rate`, `busy`).
     pub delivery_postponed: Family<Labels, Counter>,
     pub destination_backoffs: Counter,
+    /// Entries no worker could settle, bounced to their sender instead of set aside.
+    pub gave_up: Counter,
     pub destination_slowdowns: Counter,
     pub destinations_in_backoff: Gauge,
 }
@@ -64,6 +66,7 @@ impl Default for Metrics {
             queue_oldest_ready_seconds: Gauge::default(),
             delivery_postponed: Family::default(),
             destination_backoffs: Counter::default(),
+            gave_up: Counter::default(),
             destination_slowdowns: Counter::default(),
             destinations_in_backoff: Gauge::default(),
             registry: Registry::default(),
@@ -163,6 +166,11 @@ impl Default for Metrics {
             "delivery_postponed",
             "Queue entries put back to wait without an attempt, by reason: backoff (destination unreachable), rate, busy (no free connection)",
             metrics.delivery_postponed.clone(),
+        );
+        r.register(
+            "delivery_given_up",
+            "Entries handed to workers delivery.maxDeliveries times without an outcome, bounced to their sender (those from the null sender become dead letters)",
+            metrics.gave_up.clone(),
         );
         r.register(
             "delivery_destination_backoffs",

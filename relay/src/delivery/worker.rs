@@ -187,12 +187,6 @@ impl Worker {
             let _ = message.ack_with(AckKind::Term).await;
             return;
         }
-        let delivered = message.info().map_or(1, |info| info.delivered);
-        if delivered > self.config.max_deliveries {
-            let reason = format!("handed to workers {delivered} times without an outcome");
-            self.dead_letter(&message, &reason).await;
-            return;
-        }
         let (envelope, inline) = match entry::decode(&message.payload) {
             Ok((envelope, inline)) => (envelope, message.payload.slice_ref(inline)),
             Err(err @ EntryError::Version(_)) => {
@@ -209,6 +203,27 @@ impl Worker {
                 return;
             }
         };
+        let delivered = message.info().map_or(1, |info| info.delivered);
+        if delivered > self.config.max_deliveries {
+            let reason = format!("handed to workers {delivered} times without an outcome");
+            if envelope.sender.is_empty() {
+                // Nobody to tell: set aside for an operator.
+                self.dead_letter(&message, &reason).await;
+                return;
+            }
+            match self.give_up(&envelope, inline, &reason).await {
+                Ok(()) => {
+                    let _ = message.ack_with(AckKind::Term).await;
+                }
+                Err(err) => {
+                    warn!(queue_id = %envelope.queue_id, %err, "bounce not queued; the entry stays");
+                    let _ = message
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(30))))
+                        .await;
+                }
+            }
+            return;
+        }
         let now = now_ms();
         if let Some(not_before) = envelope.not_before_ms.filter(|t| *t > now) {
             let _ = message
@@ -503,6 +518,40 @@ impl Worker {
             .observe(started.elapsed().as_secs_f64());
         self.settle(envelope, &content, results).await?;
         Ok(signal)
+    }
+
+    /// Bounces every recipient of an entry no worker could settle, so its sender knows; the
+    /// entry is then removed.
+    async fn give_up(
+        &self,
+        envelope: &Envelope,
+        inline: bytes::Bytes,
+        reason: &str,
+    ) -> Result<(), EnqueueError> {
+        let content = self.queue.content(envelope, inline)?;
+        let reply = Reply::new(
+            554,
+            Status(5, 3, 0),
+            format!("Delivery given up: the message was {reason}"),
+        );
+        let failed: Vec<FailedRecipient> = envelope
+            .recipients
+            .iter()
+            .map(|recipient| FailedRecipient {
+                recipient: recipient.clone(),
+                reply: reply.clone(),
+                remote_host: None,
+                expired: false,
+            })
+            .collect();
+        error!(queue_id = %envelope.queue_id, reason, "no worker could settle the entry; bounced to its sender");
+        for _ in &failed {
+            self.metrics.outcome("bounced");
+        }
+        self.metrics.gave_up.inc();
+        self.bounce(envelope, &content.prefix(), &failed).await?;
+        self.finish(envelope).await;
+        Ok(())
     }
 
     /// Bounces every recipient of an entry whose content cannot be read: lost from the queue,
