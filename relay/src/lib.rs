@@ -11,6 +11,7 @@ pub mod ingress;
 pub mod mail_date;
 pub mod metrics;
 pub mod queue;
+pub mod queue_admin;
 pub mod reload;
 pub mod standalone;
 pub mod telemetry;

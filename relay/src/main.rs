@@ -9,6 +9,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use postern_config::Config;
 use postern_relay::app::{self, Role};
+use postern_relay::queue::inspect::Selector;
+use postern_relay::queue_admin::{self, Action};
 
 #[derive(Parser)]
 #[command(
@@ -49,11 +51,95 @@ enum Cmd {
     },
     /// Read a password from standard input and print its argon2id hash for the users file.
     HashPassword,
+    /// Look at and change the queue, talking only to the NATS server in `nats.url`. Exit codes:
+    /// 0 done, 1 error, 2 bad arguments, 3 nothing matched, 4 not confirmed (no --yes).
+    Queue {
+        #[arg(long)]
+        config: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: QueueCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueCmd {
+    /// Counts per domain (ready, waiting, held, oldest) and destinations held back.
+    Summary,
+    /// Every entry of one message: place, headers, envelope with attempts and last replies.
+    Show { id: String },
+    /// Make waiting or held mail due now.
+    Retry(Target),
+    /// Keep mail from delivery until it is released.
+    Hold(Target),
+    /// Make held mail due now.
+    Release(Target),
+    /// Return mail to its senders with a 5.0.0 report, and remove it.
+    Bounce {
+        #[command(flatten)]
+        target: Target,
+        /// Confirm; without it nothing changes.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Remove mail without telling anyone.
+    Delete {
+        #[command(flatten)]
+        target: Target,
+        /// Confirm; without it nothing changes.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Entries no worker could settle.
+    DeadLetter {
+        #[command(subcommand)]
+        command: DeadLetterCmd,
+    },
+}
+
+/// Which mail a queue command applies to: one message, one domain, or all.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct Target {
+    /// A queue id (as in the `250 ... queued as` reply and the logs).
+    id: Option<String>,
+    /// Every entry for this recipient domain.
+    #[arg(long)]
+    domain: Option<String>,
+    /// Everything.
+    #[arg(long)]
+    all: bool,
+}
+
+impl Target {
+    fn selector(self) -> Selector {
+        match (self.id, self.domain) {
+            (Some(id), _) => Selector::Id(id),
+            (None, Some(domain)) => Selector::Domain(domain.to_ascii_lowercase()),
+            (None, None) => Selector::All,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum DeadLetterCmd {
+    /// Every dead letter with its reason.
+    List,
+    /// Put dead letters back in the queue.
+    Retry {
+        /// The dead letter's sequence, as `list` shows it.
+        #[arg(required_unless_present = "all")]
+        sequence: Option<u64>,
+        #[arg(long, conflicts_with = "sequence")]
+        all: bool,
+    },
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+    match run(Cli::parse().command) {
+        Ok(code) => code,
         Err(err) => {
             eprintln!("postern: {err:#}");
             ExitCode::FAILURE
@@ -61,8 +147,40 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    let (config, role) = match cli.command {
+fn queue(config: &Path, json: bool, command: QueueCmd) -> anyhow::Result<ExitCode> {
+    let config = load(config)?;
+    let action = match command {
+        QueueCmd::Summary => Action::Summary,
+        QueueCmd::Show { id } => Action::Show(id),
+        QueueCmd::Retry(target) => Action::Retry(target.selector()),
+        QueueCmd::Hold(target) => Action::Hold(target.selector()),
+        QueueCmd::Release(target) => Action::Release(target.selector()),
+        QueueCmd::Bounce { target, yes } => Action::Bounce {
+            selector: target.selector(),
+            yes,
+        },
+        QueueCmd::Delete { target, yes } => Action::Delete {
+            selector: target.selector(),
+            yes,
+        },
+        QueueCmd::DeadLetter {
+            command: DeadLetterCmd::List,
+        } => Action::DeadLetterList,
+        QueueCmd::DeadLetter {
+            command: DeadLetterCmd::Retry { sequence, .. },
+        } => Action::DeadLetterRetry(sequence),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let mut out = std::io::stdout().lock();
+    let outcome = runtime.block_on(queue_admin::run(&config, &action, json, &mut out))?;
+    Ok(ExitCode::from(outcome.code()))
+}
+
+fn run(command: Cmd) -> anyhow::Result<ExitCode> {
+    let (config, role) = match command {
         Cmd::Ingress { config } => (load(&config)?, Role::Ingress),
         Cmd::Delivery { config } => (load(&config)?, Role::Delivery),
         Cmd::Standalone {
@@ -78,7 +196,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 eprintln!("postern: warning: {warning}");
             }
             println!("{}: ok", config.display());
-            return Ok(());
+            return Ok(ExitCode::SUCCESS);
         }
         Cmd::HashPassword => {
             let mut password = String::new();
@@ -91,8 +209,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "{}",
                 postern_relay::users::hash_password(password).map_err(anyhow::Error::msg)?
             );
-            return Ok(());
+            return Ok(ExitCode::SUCCESS);
         }
+        Cmd::Queue {
+            config,
+            json,
+            command,
+        } => return queue(&config, json, command),
     };
     if role != Role::Standalone && config.nats.url.is_none() {
         return Err(app::StartError::MissingNatsUrl.into());
@@ -114,7 +237,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     drop(runtime);
     // After the runtime: the exporter flushes with a blocking HTTP client.
     telemetry.shutdown();
-    result
+    result.map(|()| ExitCode::SUCCESS)
 }
 
 fn load(path: &Path) -> anyhow::Result<Config> {

@@ -1,11 +1,63 @@
 //! RFC 3464 delivery status notifications: the bounce sent to the sender of a message that
 //! could not be delivered to some of its recipients.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use postern_smtp::Reply;
+use tracing::info;
 
 use crate::mail_date::rfc5322_date;
+use crate::queue::entry::Envelope;
+use crate::queue::{ClientFacts, EnqueueError, Queue, Submission, Submitted};
+
+/// Queues the report about `failed` recipients of `envelope` to its sender, as `hostname`;
+/// nothing for the null sender. Returns the report's queue id.
+pub async fn queue_bounce(
+    queue: &Queue,
+    hostname: &str,
+    envelope: &Envelope,
+    original: &[u8],
+    failed: &[FailedRecipient],
+) -> Result<Option<String>, EnqueueError> {
+    let Some((_, domain)) = envelope.sender.rsplit_once('@') else {
+        info!(queue_id = %envelope.queue_id, "no bounce for a message from the null sender");
+        return Ok(None);
+    };
+    let now = SystemTime::now();
+    let report = Report {
+        hostname,
+        queue_id: &envelope.queue_id,
+        sender: &envelope.sender,
+        arrival: UNIX_EPOCH + Duration::from_millis(envelope.received_at_ms),
+        now,
+        recipients: failed,
+        original,
+    };
+    let id = ulid::Ulid::new().to_string();
+    let submission = Submission {
+        queue_id: id.clone(),
+        sender: String::new(),
+        recipients: vec![(envelope.sender.clone(), domain.to_ascii_lowercase())],
+        content: Submitted::Whole(report.to_message()),
+        received_at_ms: now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        client: ClientFacts {
+            address: "127.0.0.1".into(),
+            helo: hostname.to_string(),
+            tls: None,
+            auth_user: None,
+        },
+        // The report needs SMTPUTF8 only to reach a non-ASCII sender address.
+        smtputf8: !envelope.sender.is_ascii(),
+        eight_bit_mime: false,
+        eight_bit: false,
+        traceparent: envelope.traceparent.clone(),
+    };
+    queue.enqueue(submission).await?;
+    info!(queue_id = %envelope.queue_id, bounce_id = %id, to = %envelope.sender, "bounce queued");
+    Ok(Some(id))
+}
 
 /// One recipient the message could not be delivered to.
 #[derive(Debug, Clone)]

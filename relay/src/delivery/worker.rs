@@ -15,15 +15,12 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::destination::{Destination, Destinations, Lease, Limits, Signal};
-use super::dsn::{FailedRecipient, Report};
+use super::dsn::{self, FailedRecipient};
 use super::next_hop::{NextHops, Plan, RecipientResult, SetupError};
 use super::retry::{self, Retry};
 use crate::metrics::Metrics;
-use crate::queue::entry::{self, EntryError, Envelope};
-use crate::queue::{
-    BodyError, BodyRef, ClientFacts, Content, EnqueueError, Lineage, Queue, Submission, Submitted,
-    TOMBSTONE,
-};
+use crate::queue::entry::{self, EntryError, Envelope, LastReply};
+use crate::queue::{BodyError, BodyRef, Content, EnqueueError, Lineage, Queue, TOMBSTONE};
 
 /// Entries fetched in one pull request, at most.
 const MAX_BATCH: usize = 64;
@@ -708,6 +705,16 @@ impl Worker {
             not_before_ms: Some(when),
             rate_reserved: None,
             postponed: 0,
+            last_replies: deferred
+                .iter()
+                .map(|r| LastReply {
+                    recipient: r.recipient.clone(),
+                    host: r.host.clone(),
+                    reply: String::from_utf8_lossy(&r.reply.to_bytes())
+                        .trim_end()
+                        .to_string(),
+                })
+                .collect(),
             ..envelope.clone()
         };
         let id = format!(
@@ -771,42 +778,9 @@ impl Worker {
         original: &[u8],
         failed: &[FailedRecipient],
     ) -> Result<(), EnqueueError> {
-        let Some((_, domain)) = envelope.sender.rsplit_once('@') else {
-            info!(queue_id = %envelope.queue_id, "no bounce for a message from the null sender");
-            return Ok(());
-        };
-        let now = SystemTime::now();
-        let report = Report {
-            hostname: &self.hostname,
-            queue_id: &envelope.queue_id,
-            sender: &envelope.sender,
-            arrival: UNIX_EPOCH + Duration::from_millis(envelope.received_at_ms),
-            now,
-            recipients: failed,
-            original,
-        };
-        let id = ulid::Ulid::new();
-        let submission = Submission {
-            queue_id: id.to_string(),
-            sender: String::new(),
-            recipients: vec![(envelope.sender.clone(), domain.to_ascii_lowercase())],
-            content: Submitted::Whole(report.to_message()),
-            received_at_ms: now_ms(),
-            client: ClientFacts {
-                address: "127.0.0.1".into(),
-                helo: self.hostname.clone(),
-                tls: None,
-                auth_user: None,
-            },
-            // The report needs SMTPUTF8 only to reach a non-ASCII sender address.
-            smtputf8: !envelope.sender.is_ascii(),
-            eight_bit_mime: false,
-            eight_bit: false,
-            traceparent: envelope.traceparent.clone(),
-        };
-        self.queue.enqueue(submission).await?;
-        info!(queue_id = %envelope.queue_id, bounce_id = %id, to = %envelope.sender, "bounce queued");
-        Ok(())
+        dsn::queue_bounce(&self.queue, &self.hostname, envelope, original, failed)
+            .await
+            .map(|_| ())
     }
 }
 

@@ -109,6 +109,15 @@ impl Bodies {
         Ok(Bodies { js, stream, name })
     }
 
+    /// The body stream as it exists, changing nothing (for `postern queue`).
+    pub async fn attach(js: &Context, config: &NatsConfig) -> Result<Bodies, async_nats::Error> {
+        let mut js = js.clone();
+        js.set_timeout(STORAGE_WAIT);
+        let name = config.body_stream.clone();
+        let stream = js.get_stream_no_info(&name).await?;
+        Ok(Bodies { js, stream, name })
+    }
+
     fn subject(&self, key: &str, part: &str) -> String {
         format!("postern.bodies.{}.{key}.{part}", self.name)
     }

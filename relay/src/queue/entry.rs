@@ -54,6 +54,19 @@ pub struct Envelope {
     /// free connection; each doubles the next wait.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub postponed: u32,
+    /// What each recipient got on the last attempt, for `postern queue show`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_replies: Vec<LastReply>,
+}
+
+/// One recipient's reply on an entry's last attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LastReply {
+    pub recipient: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    pub reply: String,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -189,6 +202,7 @@ mod tests {
             traceparent: "00-0-0-01".into(),
             rate_reserved: None,
             postponed: 0,
+            last_replies: Vec::new(),
         }
     }
 

@@ -4,6 +4,7 @@
 pub mod bodies;
 pub mod content;
 pub mod entry;
+pub mod inspect;
 mod legacy;
 mod publish;
 
@@ -113,6 +114,29 @@ impl std::fmt::Debug for Inner {
     }
 }
 
+/// `options` with the credentials, token and CA that `nats` names.
+pub async fn connect_options(
+    nats: &NatsConfig,
+    mut options: async_nats::ConnectOptions,
+) -> Result<async_nats::ConnectOptions, QueueError> {
+    if let Some(path) = &nats.credentials_file {
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(QueueError::Credentials)?;
+    }
+    if let Some(path) = &nats.token_file {
+        options = options.token(read_token(path)?);
+    }
+    if let Some(path) = &nats.ca_file {
+        check_ca(path)?;
+        options = options
+            .add_root_certificates(path.clone())
+            .require_tls(true);
+    }
+    Ok(options)
+}
+
 /// Checks the files `nats` names (credentials, token, CA) as a connection would read them.
 pub fn check_files(nats: &NatsConfig) -> Result<(), QueueError> {
     if let Some(path) = &nats.credentials_file {
@@ -168,7 +192,7 @@ impl Queue {
         config: &NatsConfig,
         body_ttl: Duration,
     ) -> Result<Queue, QueueError> {
-        let mut options = async_nats::ConnectOptions::new()
+        let options = async_nats::ConnectOptions::new()
             .name("postern")
             .retry_on_initial_connect()
             .max_reconnects(None)
@@ -177,21 +201,7 @@ impl Queue {
                 Duration::from_millis((100 * attempt as u64).min(2_000))
             })
             .event_callback(|event| async move { tracing::info!(%event, "nats connection event") });
-        if let Some(path) = &config.credentials_file {
-            options = options
-                .credentials_file(path)
-                .await
-                .map_err(QueueError::Credentials)?;
-        }
-        if let Some(path) = &config.token_file {
-            options = options.token(read_token(path)?);
-        }
-        if let Some(path) = &config.ca_file {
-            check_ca(path)?;
-            options = options
-                .add_root_certificates(path.clone())
-                .require_tls(true);
-        }
+        let options = connect_options(config, options).await?;
         Queue::connect_with(url, config, body_ttl, options).await
     }
 
@@ -269,6 +279,20 @@ impl Queue {
         let bodies = bodies::Bodies::provision(&self.inner.jetstream, config, self.inner.body_ttl)
             .await
             .map_err(|e| stream_error(&config.body_stream, e))?;
+        let _ = self.inner.bodies.set(bodies);
+        Ok(())
+    }
+
+    /// Uses the queue's streams as they are, creating and changing nothing: for tools that
+    /// look at a queue the relay provisioned.
+    pub async fn attach(&self) -> Result<(), QueueError> {
+        let config = &self.inner.config;
+        let bodies = bodies::Bodies::attach(&self.inner.jetstream, config)
+            .await
+            .map_err(|source| QueueError::Stream {
+                stream: config.body_stream.clone(),
+                source,
+            })?;
         let _ = self.inner.bodies.set(bodies);
         Ok(())
     }
@@ -397,6 +421,7 @@ impl Queue {
                     traceparent: traceparent.clone(),
                     rate_reserved: None,
                     postponed: 0,
+                    last_replies: Vec::new(),
                 };
                 self.outgoing(&envelope, &inline, format!("{queue_id}.{index}"))
             })
@@ -656,6 +681,25 @@ impl Queue {
                 stream: format!("KV_{bucket}"),
                 source: e.into(),
             })
+    }
+
+    /// The delivery consumer as it exists, changing nothing.
+    pub async fn existing_consumer(
+        &self,
+        name: &str,
+    ) -> Result<jetstream::consumer::PullConsumer, QueueError> {
+        let config = &self.inner.config;
+        let error = |source: async_nats::Error| QueueError::Stream {
+            stream: config.stream.clone(),
+            source,
+        };
+        let stream = self
+            .inner
+            .jetstream
+            .get_stream(&config.stream)
+            .await
+            .map_err(|e| error(e.into()))?;
+        stream.get_consumer(name).await.map_err(error)
     }
 
     /// The durable pull consumer delivery processes share, created or updated.
