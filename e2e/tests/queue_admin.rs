@@ -246,7 +246,8 @@ async fn dead_letters_are_listed_and_put_back() {
     assert!(list.contains("undecodable entry"), "{list}");
 
     // Put back, it is read again (and, still unreadable, set aside again).
-    let sequence = letters[0]["sequence"].as_u64().unwrap().to_string();
+    let first = letters[0]["sequence"].as_u64().unwrap();
+    let sequence = first.to_string();
     let retried = cli.text(&["dead-letter", "retry", &sequence], 0);
     assert!(
         retried.contains("back on postern.queue.example_org"),
@@ -256,7 +257,7 @@ async fn dead_letters_are_listed_and_put_back() {
     loop {
         let letters = cli.json(&["dead-letter", "list"], 0);
         let letters = letters.as_array().unwrap();
-        if letters.len() == 1 && letters[0]["sequence"].to_string() != sequence {
+        if letters.len() == 1 && letters[0]["sequence"].as_u64() != Some(first) {
             break;
         }
         assert!(start.elapsed() < WAIT, "{letters:?}");
