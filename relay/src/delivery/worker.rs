@@ -319,7 +319,12 @@ impl Worker {
         let Ok(_permit) = gate.attempts.acquire().await else {
             return Handled::Released;
         };
-        match self.process(envelope, inline, &plan).await {
+        let started = Instant::now();
+        let processed = self.process(envelope, inline, &plan).await;
+        if let Some((destination, _)) = &admitted {
+            gate.destinations.timed(destination, started.elapsed());
+        }
+        match processed {
             Ok(signal) => {
                 if let (Some((destination, _)), Some(signal)) = (&admitted, signal) {
                     gate.destinations
@@ -349,7 +354,13 @@ impl Worker {
                 return Leased::Busy;
             }
         }
-        let Some(_parked) = destinations.park(destination, limits.connections) else {
+        let room = destinations.park_capacity(
+            destination,
+            limits,
+            PARK_AT_MOST,
+            INTAKE_PER_ATTEMPT * self.config.concurrency,
+        );
+        let Some(_parked) = destinations.park(destination, room) else {
             return Leased::Busy;
         };
         let until = Instant::now() + PARK_AT_MOST;
@@ -809,9 +820,9 @@ const RATE_SLACK_MS: u64 = 20;
 const BACKOFF_SPREAD: u64 = 5_000;
 
 /// How long an entry whose destination had no free connection waits before it is tried
-/// again: doubling with each time, from 1 s up to 5 min.
+/// again: doubling with each time, from 250 ms up to 5 min.
 fn busy_wait_ms(postponed: u32) -> u64 {
-    1_000u64.saturating_mul(1 << postponed.min(9)).min(300_000)
+    250u64.saturating_mul(1 << postponed.min(11)).min(300_000)
 }
 
 /// A random delay below `max_ms`.

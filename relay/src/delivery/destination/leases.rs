@@ -3,17 +3,30 @@
 //! process and a dead process's share comes back within the bucket's age. A process keeps a
 //! lease as long as the session it opened may wait in the pool, so open sessions never
 //! outnumber leases and a busy destination costs no KV writes per message.
+//!
+//! A process whose mail waits for a destination's connection says so with a key
+//! `want.<id>.<holder>` (renewed while it waits); every process then keeps at most its fair
+//! share of that destination's leases (the limit divided among the processes that want it) and
+//! gives the rest back as soon as they are free, so no process starves another.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::kv;
+use futures::StreamExt;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-/// How often leases are renewed and given back.
+/// How often leases are renewed and given back, and wants announced.
 const MAINTAIN_EVERY: Duration = Duration::from_millis(500);
+
+/// A want not renewed for this long is over (its process died or stopped waiting).
+const WANT_FRESH_MS: u64 = 15_000;
+
+/// How often a process that waits renews its want.
+const WANT_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 pub struct Leases {
@@ -30,11 +43,17 @@ struct Inner {
     held: Mutex<HashMap<String, Held>>,
     /// Signalled whenever a lease of this process is free again.
     freed: Notify,
+    /// Entries of this process waiting for each destination, and when its want was written.
+    waiting_here: Mutex<HashMap<String, (usize, Option<Instant>)>>,
+    /// Other processes waiting for each destination, with when they last said so (ms).
+    waiting_elsewhere: Mutex<HashMap<String, HashMap<String, u64>>>,
 }
 
 struct Held {
     destination: String,
     slot: usize,
+    /// The destination's connection limit when this lease was last taken.
+    limit: usize,
     revision: u64,
     in_use: bool,
     renewed: Instant,
@@ -55,7 +74,7 @@ impl std::fmt::Debug for Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Some(held) = self.inner.lock().get_mut(&self.key) {
+        if let Some(held) = lock(&self.inner.held).get_mut(&self.key) {
             held.in_use = false;
             held.idle_since = Instant::now();
         }
@@ -63,9 +82,58 @@ impl Drop for Lease {
     }
 }
 
+/// One entry of this process waiting for a destination's connection; dropping it ends the wait.
+pub struct Waiting {
+    destination: String,
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Waiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Waiting")
+            .field("destination", &self.destination)
+            .finish()
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Some((count, _)) = lock(&self.inner.waiting_here).get_mut(&self.destination) {
+            *count = count.saturating_sub(1);
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A process's share of `limit` connections when `others` other processes want some too.
+pub fn fair_share(limit: usize, others: usize) -> usize {
+    limit.div_ceil(others + 1).max(1)
+}
+
 impl Inner {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
-        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    /// This process's share of `destination`'s `limit` now.
+    fn share(&self, destination: &str, limit: usize) -> usize {
+        let now = now_ms();
+        let others = lock(&self.waiting_elsewhere)
+            .get(destination)
+            .map_or(0, |holders| {
+                holders
+                    .iter()
+                    .filter(|(holder, at)| {
+                        **holder != self.holder && now.saturating_sub(**at) < WANT_FRESH_MS
+                    })
+                    .count()
+            });
+        fair_share(limit, others)
     }
 }
 
@@ -76,7 +144,7 @@ impl Leases {
         kv: kv::Store,
         ttl: Duration,
         linger: Duration,
-        shutdown: tokio_util::sync::CancellationToken,
+        shutdown: CancellationToken,
     ) -> Leases {
         let leases = Leases {
             inner: Arc::new(Inner {
@@ -86,40 +154,99 @@ impl Leases {
                 linger,
                 held: Mutex::default(),
                 freed: Notify::new(),
+                waiting_here: Mutex::default(),
+                waiting_elsewhere: Mutex::default(),
             }),
         };
         let maintained = leases.clone();
+        let stop = shutdown.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    () = shutdown.cancelled() => break,
+                    () = stop.cancelled() => break,
                     () = tokio::time::sleep(MAINTAIN_EVERY) => maintained.maintain(false).await,
                 }
             }
             maintained.maintain(true).await;
         });
+        tokio::spawn(leases.clone().follow_wants(shutdown));
         leases
     }
 
-    /// A free lease of `destination` among its first `limit` slots, if there is one now.
+    /// Keeps `waiting_elsewhere` up to date with the `want.` keys of the bucket.
+    async fn follow_wants(self, shutdown: CancellationToken) {
+        loop {
+            let mut watch = match self.inner.kv.watch_with_history("want.>").await {
+                Ok(watch) => watch,
+                Err(err) => {
+                    debug!(%err, "watching connection wants failed");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            loop {
+                let entry = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    entry = watch.next() => entry,
+                };
+                let Some(Ok(entry)) = entry else { break };
+                let Some((destination, holder)) = entry
+                    .key
+                    .strip_prefix("want.")
+                    .and_then(|rest| rest.split_once('.'))
+                else {
+                    continue;
+                };
+                let mut elsewhere = lock(&self.inner.waiting_elsewhere);
+                let holders = elsewhere.entry(destination.to_string()).or_default();
+                match entry.operation {
+                    kv::Operation::Put => {
+                        let at = std::str::from_utf8(&entry.value)
+                            .ok()
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(0);
+                        holders.insert(holder.to_string(), at);
+                    }
+                    kv::Operation::Delete | kv::Operation::Purge => {
+                        holders.remove(holder);
+                    }
+                }
+                if holders.is_empty() {
+                    elsewhere.remove(destination);
+                }
+            }
+        }
+    }
+
+    /// A free lease of `destination` among its first `limit` slots, if this process may have
+    /// one more and there is one now.
     pub async fn try_acquire(
         &self,
         destination: &str,
         limit: usize,
     ) -> Result<Option<Lease>, async_nats::Error> {
+        let share = self.inner.share(destination, limit);
         let taken: Vec<usize> = {
-            let mut held = self.inner.lock();
+            let mut held = lock(&self.inner.held);
             let free = held
                 .iter_mut()
                 .find(|(_, h)| h.destination == destination && !h.in_use && h.slot < limit);
             if let Some((key, h)) = free {
                 h.in_use = true;
+                h.limit = limit;
                 return Ok(Some(self.lease(key.clone())));
             }
-            held.values()
+            let mine: Vec<usize> = held
+                .values()
                 .filter(|h| h.destination == destination)
                 .map(|h| h.slot)
-                .collect()
+                .collect();
+            if mine.len() >= share {
+                return Ok(None);
+            }
+            mine
         };
         let start = (ulid::Ulid::new().random() as usize) % limit.max(1);
         for slot in (0..limit).map(|i| (start + i) % limit) {
@@ -135,11 +262,12 @@ impl Leases {
             {
                 Ok(revision) => {
                     let now = Instant::now();
-                    self.inner.lock().insert(
+                    lock(&self.inner.held).insert(
                         key.clone(),
                         Held {
                             destination: destination.to_string(),
                             slot,
+                            limit,
                             revision,
                             in_use: true,
                             renewed: now,
@@ -153,6 +281,26 @@ impl Leases {
             }
         }
         Ok(None)
+    }
+
+    /// Says that an entry of this process waits for a connection of `destination`, until the
+    /// returned guard is dropped.
+    pub fn wait(&self, destination: &str) -> Waiting {
+        lock(&self.inner.waiting_here)
+            .entry(destination.to_string())
+            .or_insert((0, None))
+            .0 += 1;
+        Waiting {
+            destination: destination.to_string(),
+            inner: self.inner.clone(),
+        }
+    }
+
+    /// Entries of this process waiting for `destination` now.
+    pub fn waiting(&self, destination: &str) -> usize {
+        lock(&self.inner.waiting_here)
+            .get(destination)
+            .map_or(0, |(count, _)| *count)
     }
 
     /// Resolves when a lease of this process was given back, or after `at_most` (another
@@ -169,14 +317,25 @@ impl Leases {
     }
 
     /// Renews the leases in use or used a moment ago and gives back the others (all of them
-    /// when `all`).
+    /// when `all`, and those beyond this process's share); announces and withdraws wants.
     async fn maintain(&self, all: bool) {
+        self.announce_wants(all).await;
         let mut give_back = Vec::new();
         let mut renew = Vec::new();
         {
-            let mut held = self.inner.lock();
+            let mut held = lock(&self.inner.held);
+            let mut kept: HashMap<String, usize> = HashMap::new();
+            for h in held.values() {
+                *kept.entry(h.destination.clone()).or_default() += 1;
+            }
             held.retain(|key, h| {
-                if all || (!h.in_use && h.idle_since.elapsed() >= self.inner.linger) {
+                let count = kept.get(&h.destination).copied().unwrap_or(0);
+                let over_share = count > self.inner.share(&h.destination, h.limit);
+                let idle = !h.in_use && (over_share || h.idle_since.elapsed() >= self.inner.linger);
+                if all || idle {
+                    if let Some(c) = kept.get_mut(&h.destination) {
+                        *c -= 1;
+                    }
                     give_back.push((key.clone(), h.revision));
                     false
                 } else {
@@ -203,7 +362,7 @@ impl Leases {
                 .kv
                 .update(&key, self.inner.holder.clone().into(), revision)
                 .await;
-            let mut held = self.inner.lock();
+            let mut held = lock(&self.inner.held);
             match renewed {
                 Ok(revision) => {
                     if let Some(h) = held.get_mut(&key) {
@@ -217,5 +376,51 @@ impl Leases {
                 }
             }
         }
+    }
+
+    /// Writes `want.<destination>.<holder>` for each destination this process waits for (again
+    /// every few seconds), and deletes it once nothing waits (or at shutdown, `all`).
+    async fn announce_wants(&self, all: bool) {
+        let mut write = Vec::new();
+        let mut withdraw = Vec::new();
+        {
+            let mut here = lock(&self.inner.waiting_here);
+            here.retain(|destination, (count, written)| {
+                if *count == 0 || all {
+                    if written.is_some() {
+                        withdraw.push(destination.clone());
+                    }
+                    return *count > 0 && !all;
+                }
+                if written.is_none_or(|at| at.elapsed() >= WANT_EVERY) {
+                    *written = Some(Instant::now());
+                    write.push(destination.clone());
+                }
+                true
+            });
+        }
+        for destination in write {
+            let key = format!("want.{destination}.{}", self.inner.holder);
+            if let Err(err) = self.inner.kv.put(&key, now_ms().to_string().into()).await {
+                debug!(%key, %err, "want not written");
+            }
+        }
+        for destination in withdraw {
+            let key = format!("want.{destination}.{}", self.inner.holder);
+            let _ = self.inner.kv.delete(&key).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fair_share;
+
+    #[test]
+    fn the_limit_is_shared_among_the_processes_that_want_it() {
+        assert_eq!(fair_share(20, 0), 20);
+        assert_eq!(fair_share(20, 1), 10);
+        assert_eq!(fair_share(20, 2), 7);
+        assert_eq!(fair_share(2, 4), 1, "everyone may have one");
     }
 }

@@ -16,12 +16,26 @@ use postern_config::{BackoffConfig, DeliveryConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-pub use leases::Lease;
+pub use leases::{Lease, Waiting};
 pub use limits::{Destination, Limits};
 pub use state::{Signal, State};
 
 use crate::metrics::Metrics;
 use crate::queue::{Queue, QueueError};
+
+/// Entries that may wait for `connections` whose attempts take `pace` seconds: what they get
+/// through within `window`, between `connections` and `most`.
+fn park_capacity(connections: usize, pace: Option<f64>, window: Duration, most: usize) -> usize {
+    let per_connection = match pace {
+        Some(pace) if pace > 0.0 => (window.as_secs_f64() / pace).floor() as usize,
+        Some(_) => most,
+        // Nothing measured yet: as if each took the whole window.
+        None => 1,
+    };
+    connections
+        .saturating_mul(per_connection.max(1))
+        .clamp(connections.min(most), most.max(1))
+}
 
 /// A connection lease lives this long after its holder last renewed it.
 pub const LEASE_TTL: Duration = Duration::from_secs(15);
@@ -44,28 +58,9 @@ struct Inner {
     backoff: BackoffConfig,
     /// The last state of each destination in the bucket, by id, kept current by a watch.
     known: Mutex<HashMap<String, State>>,
-    /// Entries of this process waiting for a connection, by destination id.
-    parked: Arc<Mutex<HashMap<String, usize>>>,
+    /// How long attempts at each destination took lately (seconds, a moving average), by id.
+    timings: Mutex<HashMap<String, f64>>,
     metrics: Arc<Metrics>,
-}
-
-/// One entry waiting in this process for a connection; dropping it ends the wait.
-#[derive(Debug)]
-pub struct Parked {
-    id: String,
-    parked: Arc<Mutex<HashMap<String, usize>>>,
-}
-
-impl Drop for Parked {
-    fn drop(&mut self) {
-        let mut parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = parked.get_mut(&self.id) {
-            *count -= 1;
-            if *count == 0 {
-                parked.remove(&self.id);
-            }
-        }
-    }
 }
 
 impl std::fmt::Debug for Destinations {
@@ -94,7 +89,7 @@ impl Destinations {
                 ),
                 backoff: config.backoff.clone(),
                 known: Mutex::default(),
-                parked: Arc::default(),
+                timings: Mutex::default(),
                 metrics,
             }),
         };
@@ -220,18 +215,40 @@ impl Destinations {
 
     /// A place to wait for a connection of `destination` in this process, unless `at_most`
     /// entries wait for one already.
-    pub fn park(&self, destination: &Destination, at_most: usize) -> Option<Parked> {
+    pub fn park(&self, destination: &Destination, at_most: usize) -> Option<leases::Waiting> {
         let id = destination.id();
-        let mut parked = self.inner.parked.lock().unwrap_or_else(|e| e.into_inner());
-        let count = parked.entry(id.clone()).or_default();
-        if *count >= at_most {
-            return None;
-        }
-        *count += 1;
-        Some(Parked {
-            id,
-            parked: self.inner.parked.clone(),
-        })
+        (self.inner.leases.waiting(&id) < at_most).then(|| self.inner.leases.wait(&id))
+    }
+
+    /// How many entries of this process may wait for `destination`'s connections: as many as
+    /// its connections get through within `window` at the pace its attempts took lately, at
+    /// least one per connection and at most `most`. A slow destination keeps few waiting;
+    /// a fast one waits a moment rather than going back to the queue.
+    pub fn park_capacity(
+        &self,
+        destination: &Destination,
+        limits: &Limits,
+        window: Duration,
+        most: usize,
+    ) -> usize {
+        let pace = self
+            .inner
+            .timings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&destination.id())
+            .copied();
+        park_capacity(limits.connections, pace, window, most)
+    }
+
+    /// Records how long an attempt at `destination` took.
+    pub fn timed(&self, destination: &Destination, took: Duration) {
+        let mut timings = self.inner.timings.lock().unwrap_or_else(|e| e.into_inner());
+        let took = took.as_secs_f64();
+        timings
+            .entry(destination.id())
+            .and_modify(|average| *average = 0.8 * *average + 0.2 * took)
+            .or_insert(took);
     }
 
     /// Resolves when a lease may have become free.
@@ -303,5 +320,33 @@ impl Destinations {
             }
             Signal::Reached => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::park_capacity;
+    use std::time::Duration;
+
+    #[test]
+    fn fast_destinations_keep_many_entries_waiting_slow_ones_few() {
+        let window = Duration::from_secs(20);
+        assert_eq!(
+            park_capacity(2, Some(30.0), window, 200),
+            2,
+            "30 s per message"
+        );
+        assert_eq!(park_capacity(2, Some(5.0), window, 200), 8);
+        assert_eq!(
+            park_capacity(20, Some(0.005), window, 200),
+            200,
+            "capped by the intake"
+        );
+        assert_eq!(
+            park_capacity(20, None, window, 200),
+            20,
+            "unmeasured: one per connection"
+        );
+        assert_eq!(park_capacity(50, None, window, 8), 8);
     }
 }
