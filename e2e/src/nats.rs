@@ -5,7 +5,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use postern_relay::queue::entry::{self, BodyRef, Envelope};
+use postern_queue::entry::{self, BodyRef, Envelope};
 
 /// A nats-server child with JetStream, killed on drop.
 #[derive(Debug)]
@@ -265,7 +265,7 @@ async fn stored_body(
     size: u64,
 ) -> Option<Vec<u8>> {
     let stream = js.get_stream(body_stream).await.ok()?;
-    let subject = format!("postern.bodies.{body_stream}.{key}.data");
+    let subject = postern_queue::names::body_subject(body_stream, key, "data");
     let mut body = Vec::new();
     let mut next = 1;
     while (body.len() as u64) < size {

@@ -70,7 +70,7 @@ impl Relay {
             .args(args)
             .arg("--config")
             .arg(&config_file)
-            .env("RUST_LOG", "info,postern_relay=debug")
+            .env("RUST_LOG", "info,postern_relay=debug,postern_queue=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)

@@ -175,7 +175,7 @@ async fn fifty_megabyte_message_round_trips_byte_exact() {
     let entries = nats.entries(STREAM).await;
     assert_eq!(entries.len(), 2);
     for (index, entry) in entries.iter().enumerate() {
-        let postern_relay::queue::BodyRef::Stored {
+        let postern_queue::BodyRef::Stored {
             key, size, lineage, ..
         } = &entry.envelope.body
         else {

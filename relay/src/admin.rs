@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::queue::Queue;
+use postern_queue::Queue;
 
 /// What the probes report on.
 #[derive(Debug)]

@@ -13,10 +13,10 @@ use crate::delivery::Worker;
 use crate::dkim::Signers;
 use crate::ingress::{self, ListenerContext, Shared};
 use crate::metrics::Metrics;
-use crate::queue::{Queue, QueueError};
 use crate::standalone::{NatsServer, StandaloneError};
 use crate::tls::{ReloadingCert, TlsError};
 use crate::users::{Users, UsersError};
+use postern_queue::{Queue, QueueError};
 
 /// Why the relay could not start. Each message names the config field at fault.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +81,7 @@ pub struct Loaded {
 /// Loads the users file, the TLS certificate and the DKIM keys, and checks the NATS files;
 /// `postern check-config --files` uses this too.
 pub fn load_files(config: &Config) -> Result<Loaded, StartError> {
-    crate::queue::check_files(&config.nats)?;
+    postern_queue::check_files(&config.nats)?;
     let users = config
         .ingress
         .users_file

@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use postern_config::Config;
+use postern_queue::inspect::Selector;
 use postern_relay::app::{self, Role};
-use postern_relay::queue::inspect::Selector;
 use postern_relay::queue_admin::{self, Action};
 
 #[derive(Parser)]

@@ -212,7 +212,7 @@ impl Metrics {
     }
 
     /// Sets the queue gauges.
-    pub fn queue(&self, counts: &crate::queue::QueueCounts) {
+    pub fn queue(&self, counts: &postern_queue::QueueCounts) {
         for (state, value) in [
             ("ready", counts.ready),
             ("in_flight", counts.in_flight),

@@ -9,10 +9,10 @@ use postern_config::Config;
 use postern_smtp::{Reply, Status};
 use serde_json::json;
 
-use crate::delivery::destination::State;
 use crate::delivery::dsn::{self, FailedRecipient};
-use crate::queue::inspect::{self, Change, Found, Place, Selector};
-use crate::queue::{Queue, QueueCounts};
+use postern_queue::destination::State;
+use postern_queue::inspect::{self, Change, Found, Place, Selector};
+use postern_queue::{Queue, QueueCounts};
 
 /// One `postern queue` command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,7 +64,7 @@ pub async fn run(
     let options = async_nats::ConnectOptions::new()
         .name("postern-queue")
         .connection_timeout(Duration::from_secs(5));
-    let options = crate::queue::connect_options(&config.nats, options).await?;
+    let options = postern_queue::connect_options(&config.nats, options).await?;
     let queue = Queue::connect_with(url, &config.nats, Duration::from_secs(1), options).await?;
     queue.attach().await?;
     let admin = Admin {
@@ -326,7 +326,7 @@ impl Admin<'_> {
                         expired: false,
                     })
                     .collect();
-                let (_, inline) = crate::queue::entry::decode(&entry.payload)?;
+                let (_, inline) = postern_queue::entry::decode(&entry.payload)?;
                 dsn::queue_bounce(
                     &self.queue,
                     &self.config.hostname,

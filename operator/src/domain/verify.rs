@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use postern_relay::delivery::dns::{Dns, LookupFailure};
+use postern_dns::{Dns, LookupFailure};
 
 use crate::api::DnsRecord;
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use postern_config::Config;
-use postern_relay::queue::{Queue, QueueCounts, QueueError};
+use postern_queue::{Queue, QueueCounts, QueueError};
 use tokio::sync::Mutex;
 
 /// How long one provisioning round may take before the queue is reported not ready.

@@ -7,6 +7,7 @@ pub mod address;
 pub mod body;
 pub mod client;
 pub mod command;
+pub mod date;
 pub mod dot;
 pub mod proxy;
 pub mod reply;

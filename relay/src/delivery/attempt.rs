@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at};
 
-use crate::queue::Content;
+use postern_queue::Content;
 
 /// Where an attempt goes.
 #[derive(Debug, Clone)]
@@ -375,7 +375,7 @@ impl Connection {
     /// discards what it got.
     async fn send_body(&mut self, content: &Content) -> Result<(), AttemptFailure> {
         self.flush().await?;
-        let unreadable = |err: crate::queue::BodyError| {
+        let unreadable = |err: postern_queue::BodyError| {
             local(4, 3, 0, format!("the queued body could not be read: {err}"))
         };
         let mut reader = content.reader();

@@ -6,9 +6,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use postern_smtp::Reply;
 use tracing::info;
 
-use crate::mail_date::rfc5322_date;
-use crate::queue::entry::Envelope;
-use crate::queue::{ClientFacts, EnqueueError, Queue, Submission, Submitted};
+use postern_queue::entry::Envelope;
+use postern_queue::{ClientFacts, EnqueueError, Queue, Submission, Submitted};
+use postern_smtp::date::rfc5322_date;
 
 /// Queues the report about `failed` recipients of `envelope` to its sender, as `hostname`;
 /// nothing for the null sender. Returns the report's queue id.

@@ -1,8 +1,6 @@
 //! Delivery: taking entries from the queue and handing them to the next hop.
 
 pub mod attempt;
-pub mod destination;
-pub mod dns;
 pub mod dsn;
 pub mod next_hop;
 pub mod retry;

@@ -10,13 +10,13 @@ use postern_smtp::{Address, Reply, ReversePath, Status};
 use tracing::info;
 
 use super::attempt::{self, AttemptFailure, Pool, Settings, Target};
-use super::destination::state::asks_to_slow_down;
-use super::destination::{Destination, Limits, Signal};
-use super::dns::{Dns, DnsSetupError, Exchangers, LookupFailure};
 use super::route;
 use super::tls::{self, CaError};
-use crate::queue::Content;
-use crate::queue::entry::Envelope;
+use postern_dns::{Dns, DnsSetupError, Exchangers, LookupFailure};
+use postern_queue::Content;
+use postern_queue::destination::state::asks_to_slow_down;
+use postern_queue::destination::{Destination, Limits, Signal};
+use postern_queue::entry::Envelope;
 
 /// Why delivery could not start; each message names the config field at fault.
 #[derive(Debug, thiserror::Error)]

@@ -14,13 +14,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use super::destination::{Destination, Destinations, Lease, Limits, Signal};
 use super::dsn::{self, FailedRecipient};
 use super::next_hop::{NextHops, Plan, RecipientResult, SetupError};
 use super::retry::{self, Retry};
 use crate::metrics::Metrics;
-use crate::queue::entry::{self, EntryError, Envelope, LastReply};
-use crate::queue::{BodyError, BodyRef, Content, EnqueueError, Lineage, Queue, TOMBSTONE};
+use postern_queue::destination::{Destination, Destinations, Lease, Limits, Signal, Transition};
+use postern_queue::entry::{self, EntryError, Envelope, LastReply};
+use postern_queue::{BodyError, BodyRef, Content, EnqueueError, Lineage, Queue, TOMBSTONE};
 
 /// Entries fetched in one pull request, at most.
 const MAX_BATCH: usize = 64;
@@ -129,14 +129,7 @@ impl Worker {
     ) -> Option<(jetstream::consumer::PullConsumer, Destinations)> {
         let consumer = self.wait_for_consumer(shutdown).await?;
         loop {
-            match Destinations::start(
-                &self.queue,
-                &self.config,
-                self.metrics.clone(),
-                shutdown.clone(),
-            )
-            .await
-            {
+            match Destinations::start(&self.queue, &self.config, shutdown.clone()).await {
                 Ok(destinations) => return Some((consumer, destinations)),
                 Err(err) => warn!(%err, "destination state not ready"),
             }
@@ -327,9 +320,19 @@ impl Worker {
         match processed {
             Ok(signal) => {
                 if let (Some((destination, _)), Some(signal)) = (&admitted, signal) {
-                    gate.destinations
+                    let transition = gate
+                        .destinations
                         .record(destination, &signal, now_ms())
                         .await;
+                    match transition {
+                        Some(Transition::BackedOff) => {
+                            self.metrics.destination_backoffs.inc();
+                        }
+                        Some(Transition::SlowedDown) => {
+                            self.metrics.destination_slowdowns.inc();
+                        }
+                        Some(Transition::Recovered) | None => {}
+                    }
                 }
                 Handled::Settled
             }

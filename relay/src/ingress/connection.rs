@@ -19,7 +19,7 @@ use super::memory::Reservation;
 use super::received::Trace;
 use super::streaming::Streaming;
 use super::{ListenerContext, Shared};
-use crate::queue::{ClientFacts, EnqueueError, Submission, Submitted};
+use postern_queue::{ClientFacts, EnqueueError, Submission, Submitted};
 
 /// Read size while waiting for commands: small, so idle sessions stay cheap.
 const COMMAND_BUFFER: usize = 4 * 1024;
@@ -286,7 +286,7 @@ impl Connection {
             return;
         }
         let threshold = match self.streaming {
-            Some(_) => crate::queue::bodies::CHUNK,
+            Some(_) => postern_queue::bodies::CHUNK,
             None => self.shared.inline_body_limit + 1,
         };
         if let Some(content) = session.take_content(threshold) {

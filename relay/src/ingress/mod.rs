@@ -22,10 +22,10 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::dkim::Signers;
 use crate::metrics::Metrics;
-use crate::queue::Queue;
 use crate::users::Users;
 use auth::PasswordChecks;
 use memory::MessageMemory;
+use postern_queue::Queue;
 
 /// State shared by every connection of the ingress.
 #[derive(Debug)]

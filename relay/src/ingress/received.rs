@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 use std::time::SystemTime;
 
-use crate::mail_date::rfc5322_date;
+use postern_smtp::date::rfc5322_date;
 
 /// What the Received header says about one transaction.
 #[derive(Debug)]

@@ -5,8 +5,8 @@
 use bytes::Bytes;
 
 use crate::dkim::{Signers, StreamingSignature};
-use crate::queue::bodies::CHUNK;
-use crate::queue::{EnqueueError, Queue, Upload};
+use postern_queue::bodies::CHUNK;
+use postern_queue::{EnqueueError, Queue, Upload};
 
 use super::memory::Reservation;
 

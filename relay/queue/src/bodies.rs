@@ -97,7 +97,7 @@ impl Bodies {
                 "Postern bodies too large to travel inside a queue entry, and the entries using each"
                     .into(),
             ),
-            subjects: vec![format!("postern.bodies.{name}.>")],
+            subjects: vec![crate::names::body_stream_subjects(&name)],
             storage: stream::StorageType::File,
             num_replicas: config.replicas,
             max_age: ttl,
@@ -119,7 +119,7 @@ impl Bodies {
     }
 
     fn subject(&self, key: &str, part: &str) -> String {
-        format!("postern.bodies.{}.{key}.{part}", self.name)
+        crate::names::body_subject(&self.name, key, part)
     }
 
     /// Starts storing the body `key`.
@@ -264,7 +264,7 @@ impl Bodies {
 
     /// Removes a body and its reference set, best effort.
     pub async fn remove(&self, key: &str) {
-        self.purge(&format!("postern.bodies.{}.{key}.>", self.name))
+        self.purge(&crate::names::body_subjects(&self.name, key))
             .await;
     }
 

@@ -12,7 +12,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use super::entry::{self, Envelope};
-use super::{EnqueueError, Queue, dead_letter_stream, destination_bucket};
+use super::names::{self, dead_letter_stream, destination_bucket};
+use super::{EnqueueError, Queue};
 
 /// Which entries a command applies to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,15 +161,12 @@ impl Queue {
     pub async fn find(&self, selector: &Selector) -> Result<Vec<Found>, InspectError> {
         let prefix = self.prefix();
         let filters: Vec<String> = match selector {
-            Selector::Domain(domain) => {
-                let token = entry::domain_token(domain);
-                vec![
-                    format!("{prefix}.{token}"),
-                    format!("{prefix}.wait.{token}.>"),
-                    format!("{prefix}.hold.{token}.>"),
-                ]
-            }
-            Selector::Id(_) | Selector::All => vec![format!("{prefix}.>")],
+            Selector::Domain(domain) => vec![
+                names::ready_subject(prefix, domain),
+                names::wait_filter(prefix, domain),
+                names::hold_filter(prefix, domain),
+            ],
+            Selector::Id(_) | Selector::All => vec![names::queue_subjects(prefix)],
         };
         let stream = self
             .inner
@@ -226,7 +224,7 @@ impl Queue {
             .await
             .map_err(read)?;
         let info = stream
-            .info_with_subjects(format!("{prefix}.>"))
+            .info_with_subjects(names::queue_subjects(&prefix))
             .await
             .map_err(read)?;
         let subjects: Vec<(String, usize)> = info
@@ -257,7 +255,7 @@ impl Queue {
         }
         let now = now_ms();
         for (domain, counts) in domains.iter_mut().filter(|(_, c)| c.ready > 0) {
-            let subject = format!("{prefix}.{}", entry::domain_token(domain));
+            let subject = names::ready_subject(&prefix, domain);
             if let Ok(message) = stream.get_first_raw_message_by_subject(&subject, 1).await {
                 let (_, stored) = millis(message);
                 counts.oldest_ready_seconds = Some(now.saturating_sub(stored) / 1000);
@@ -267,9 +265,7 @@ impl Queue {
     }
 
     /// Every destination's shared state (backoff, slow-down), by name.
-    pub async fn destination_states(
-        &self,
-    ) -> Result<Vec<crate::delivery::destination::State>, InspectError> {
+    pub async fn destination_states(&self) -> Result<Vec<crate::destination::State>, InspectError> {
         let Ok(kv) = self
             .inner
             .jetstream
@@ -320,17 +316,9 @@ impl Queue {
                 headers.append(name.as_str(), value.as_str());
             }
         }
-        let target = format!(
-            "{}.{}",
-            self.prefix(),
-            entry::domain_token(&envelope.domain)
-        );
         if let Some(at) = at {
-            headers.insert(
-                "Nats-Schedule",
-                format!("@at {}", crate::mail_date::rfc3339_ms(at)).as_str(),
-            );
-            headers.insert("Nats-Schedule-Target", target.as_str());
+            let target = names::ready_subject(self.prefix(), &envelope.domain);
+            super::schedule(&mut headers, at, &target);
         }
         let payload = Bytes::from(entry::encode(envelope, Some(&inline)));
         let ack = self
@@ -367,11 +355,7 @@ impl Queue {
             postponed: 0,
             ..envelope.clone()
         };
-        let subject = format!(
-            "{}.{}",
-            self.prefix(),
-            entry::domain_token(&envelope.domain)
-        );
+        let subject = names::ready_subject(self.prefix(), &envelope.domain);
         self.replace(found, &envelope, subject, None).await
     }
 
@@ -380,12 +364,11 @@ impl Queue {
         let Some(envelope) = &found.envelope else {
             return Ok(Change::Taken);
         };
-        let subject = format!(
-            "{}.hold.{}.{}.{}",
+        let subject = names::hold_subject(
             self.prefix(),
-            entry::domain_token(&envelope.domain),
-            envelope.queue_id,
-            found.sequence
+            &envelope.domain,
+            &envelope.queue_id,
+            found.sequence,
         );
         self.replace(found, envelope, subject, None).await
     }

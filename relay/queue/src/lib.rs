@@ -3,9 +3,11 @@
 
 pub mod bodies;
 pub mod content;
+pub mod destination;
 pub mod entry;
 pub mod inspect;
 mod legacy;
+pub mod names;
 mod publish;
 
 use std::sync::{Arc, OnceLock};
@@ -237,7 +239,7 @@ impl Queue {
         let config = &self.inner.config;
         let wanted = stream::Config {
             name: config.stream.clone(),
-            subjects: vec![format!("{}.>", config.subject_prefix)],
+            subjects: vec![names::queue_subjects(&config.subject_prefix)],
             retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,
             num_replicas: config.replicas,
@@ -260,8 +262,8 @@ impl Queue {
             .await
             .map_err(|e| stream_error(&config.stream, e.into()))?;
         let dead = stream::Config {
-            name: dead_letter_stream(config),
-            subjects: vec![format!("{}.>", dead_letter_prefix(config))],
+            name: names::dead_letter_stream(config),
+            subjects: vec![format!("{}.>", names::dead_letter_prefix(config))],
             storage: stream::StorageType::File,
             num_replicas: config.replicas,
             max_age: DEAD_LETTER_AGE,
@@ -275,7 +277,7 @@ impl Queue {
             .jetstream
             .create_or_update_stream(dead)
             .await
-            .map_err(|e| stream_error(&dead_letter_stream(config), e.into()))?;
+            .map_err(|e| stream_error(&names::dead_letter_stream(config), e.into()))?;
         let bodies = bodies::Bodies::provision(&self.inner.jetstream, config, self.inner.body_ttl)
             .await
             .map_err(|e| stream_error(&config.body_stream, e))?;
@@ -449,11 +451,7 @@ impl Queue {
         headers.insert("traceparent", envelope.traceparent.as_str());
         headers.insert("Postern-Queue-Id", envelope.queue_id.as_str());
         publish::Outgoing {
-            subject: format!(
-                "{}.{}",
-                self.inner.config.subject_prefix,
-                entry::domain_token(&envelope.domain)
-            ),
+            subject: names::ready_subject(&self.inner.config.subject_prefix, &envelope.domain),
             headers,
             payload: Bytes::from(entry::encode(envelope, Some(inline))),
             id,
@@ -473,23 +471,11 @@ impl Queue {
     ) -> Result<(), EnqueueError> {
         let mut entry = self.outgoing(envelope, inline, message_id);
         if let Some(at) = envelope.not_before_ms {
-            entry.headers.insert(
-                "Nats-Schedule",
-                format!("@at {}", crate::mail_date::rfc3339_ms(at)).as_str(),
-            );
-            entry
-                .headers
-                .insert("Nats-Schedule-Target", entry.subject.as_str());
-            // `<prefix>.wait.<domain>.<id>`: by destination, so waiting mail of one domain can
-            // be found without reading the rest.
-            entry.subject = format!(
-                "{}.wait.{}.{}",
-                self.inner.config.subject_prefix,
-                entry::domain_token(&envelope.domain),
-                entry.id.replace(
-                    |c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_',
-                    "."
-                )
+            schedule(&mut entry.headers, at, &entry.subject);
+            entry.subject = names::wait_subject(
+                &self.inner.config.subject_prefix,
+                &envelope.domain,
+                &entry.id,
             );
         }
         match publish::publish_all(
@@ -518,7 +504,7 @@ impl Queue {
         let dead_letters = match self
             .inner
             .jetstream
-            .get_stream(dead_letter_stream(config))
+            .get_stream(names::dead_letter_stream(config))
             .await
         {
             Ok(mut dead) => dead.info().await?.state.messages,
@@ -534,7 +520,7 @@ impl Queue {
             let next = stream
                 .raw_message_builder()
                 .sequence(info.delivered.stream_sequence + 1)
-                .next_by_subject(format!("{}.*", config.subject_prefix))
+                .next_by_subject(names::ready_filter(&config.subject_prefix))
                 .send()
                 .await;
             match next {
@@ -571,7 +557,7 @@ impl Queue {
         let tail = subject
             .strip_prefix(&format!("{}.", self.inner.config.subject_prefix))
             .unwrap_or("entry");
-        let target = format!("{}.{tail}", dead_letter_prefix(&self.inner.config));
+        let target = format!("{}.{tail}", names::dead_letter_prefix(&self.inner.config));
         let published = self
             .inner
             .jetstream
@@ -643,14 +629,14 @@ impl Queue {
         let config = &self.inner.config;
         let states = self
             .bucket(
-                destination_bucket(config),
+                names::destination_bucket(config),
                 DESTINATION_STATE_AGE,
                 "Postern destinations: backoff, slow-down and rate, shared by delivery processes",
             )
             .await?;
         let leases = self
             .bucket(
-                lease_bucket(config),
+                names::lease_bucket(config),
                 lease_ttl,
                 "Postern connection leases per destination; a holder renews its own",
             )
@@ -678,7 +664,7 @@ impl Queue {
             .create_or_update_key_value(wanted)
             .await
             .map_err(|e| QueueError::Stream {
-                stream: format!("KV_{bucket}"),
+                stream: names::bucket_stream(&bucket),
                 source: e.into(),
             })
     }
@@ -729,7 +715,7 @@ impl Queue {
             max_deliver,
             max_ack_pending,
             // Ready entries only (`<prefix>.<domain>`); scheduled retries are deeper.
-            filter_subject: format!("{}.*", config.subject_prefix),
+            filter_subject: names::ready_filter(&config.subject_prefix),
             ..Default::default()
         };
         stream
@@ -751,12 +737,12 @@ impl Queue {
         };
         for name in [
             config.stream.clone(),
-            dead_letter_stream(config),
+            names::dead_letter_stream(config),
             config.body_stream.clone(),
-            format!("OBJ_{}", config.body_stream),
-            format!("KV_{}_REFS", config.body_stream),
-            format!("KV_{}", destination_bucket(config)),
-            format!("KV_{}", lease_bucket(config)),
+            names::legacy_body_streams(&config.body_stream)[0].clone(),
+            names::legacy_body_streams(&config.body_stream)[1].clone(),
+            names::bucket_stream(&names::destination_bucket(config)),
+            names::bucket_stream(&names::lease_bucket(config)),
         ] {
             if let Err(err) = self.inner.jetstream.delete_stream(&name).await
                 && !missing_is_fine(&err)
@@ -794,31 +780,20 @@ fn time_now_ns() -> i128 {
         .map_or(0, |d| d.as_nanos() as i128)
 }
 
+/// Makes a message with `headers` a schedule: JetStream publishes it to `target` at `at_ms`
+/// (milliseconds since the epoch) and removes it.
+pub(crate) fn schedule(headers: &mut async_nats::HeaderMap, at_ms: u64, target: &str) {
+    headers.insert(
+        "Nats-Schedule",
+        format!("@at {}", postern_smtp::date::rfc3339_ms(at_ms)).as_str(),
+    );
+    headers.insert("Nats-Schedule-Target", target);
+}
+
 /// How long a destination's state outlives its last change.
 const DESTINATION_STATE_AGE: Duration = Duration::from_secs(7 * 86_400);
 
-/// The bucket of destination states.
-pub fn destination_bucket(config: &NatsConfig) -> String {
-    format!("{}_DESTINATIONS", config.stream)
-}
-
-/// The bucket of connection leases.
-pub fn lease_bucket(config: &NatsConfig) -> String {
-    format!("{}_LEASES", config.stream)
-}
-
 const DEAD_LETTER_AGE: Duration = Duration::from_secs(30 * 86_400);
-
-/// The stream holding dead letters: `<stream>_DEAD`.
-pub fn dead_letter_stream(config: &NatsConfig) -> String {
-    format!("{}_DEAD", config.stream)
-}
-
-/// Subjects of dead letters: `<prefix>_dead.<the entry's subject after the prefix>`, outside
-/// the queue stream's `<prefix>.>`.
-fn dead_letter_prefix(config: &NatsConfig) -> String {
-    format!("{}_dead", config.subject_prefix)
-}
 
 /// The body key, lineage and token of an entry with a stored body.
 fn stored_lineage(envelope: &Envelope) -> Option<(&str, u32, &str)> {

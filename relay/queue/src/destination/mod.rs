@@ -20,8 +20,7 @@ pub use leases::{Lease, Waiting};
 pub use limits::{Destination, Limits};
 pub use state::{Signal, State};
 
-use crate::metrics::Metrics;
-use crate::queue::{Queue, QueueError};
+use crate::{Queue, QueueError};
 
 /// Entries that may wait for `connections` whose attempts take `pace` seconds: what they get
 /// through within `window`, between `connections` and `most`.
@@ -60,7 +59,17 @@ struct Inner {
     known: Mutex<HashMap<String, State>>,
     /// How long attempts at each destination took lately (seconds, a moving average), by id.
     timings: Mutex<HashMap<String, f64>>,
-    metrics: Arc<Metrics>,
+}
+
+/// A change of a destination's state worth counting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// It went into backoff: no process connects to it for a while.
+    BackedOff,
+    /// It asked to slow down, and its limits were lowered.
+    SlowedDown,
+    /// It was reached again after a backoff.
+    Recovered,
 }
 
 impl std::fmt::Debug for Destinations {
@@ -74,7 +83,6 @@ impl Destinations {
     pub async fn start(
         queue: &Queue,
         config: &DeliveryConfig,
-        metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Result<Destinations, QueueError> {
         let (states, leases) = queue.destination_buckets(LEASE_TTL).await?;
@@ -90,7 +98,6 @@ impl Destinations {
                 backoff: config.backoff.clone(),
                 known: Mutex::default(),
                 timings: Mutex::default(),
-                metrics,
             }),
         };
         tokio::spawn(destinations.clone().follow(shutdown));
@@ -257,15 +264,18 @@ impl Destinations {
     }
 
     /// Records what an attempt said about `destination` for every process; nothing is written
-    /// when nothing changes.
-    pub async fn record(&self, destination: &Destination, signal: &Signal, now_ms: u64) {
+    /// when nothing changes. Returns the change worth counting, if any.
+    pub async fn record(
+        &self,
+        destination: &Destination,
+        signal: &Signal,
+        now_ms: u64,
+    ) -> Option<Transition> {
         let id = destination.id();
         let cached = self
             .state(destination)
             .unwrap_or_else(|| State::named(&destination.name));
-        if cached.after(signal, now_ms, &self.inner.backoff).is_none() {
-            return;
-        }
+        cached.after(signal, now_ms, &self.inner.backoff)?;
         let key = format!("state.{id}");
         for _ in 0..CAS_TRIES {
             let (current, revision) = match self.inner.states.entry(&key).await {
@@ -278,48 +288,46 @@ impl Destinations {
                 Ok(None) => (State::named(&destination.name), 0),
                 Err(err) => {
                     warn!(destination = %destination.name, %err, "destination state not read");
-                    return;
+                    return None;
                 }
             };
-            let Some(next) = current.after(signal, now_ms, &self.inner.backoff) else {
-                return;
-            };
+            let next = current.after(signal, now_ms, &self.inner.backoff)?;
             let value = serde_json::to_vec(&next).unwrap_or_default();
             match self.inner.states.update(&key, value.into(), revision).await {
                 Ok(_) => {
-                    self.announce(&current, &next, signal, now_ms);
+                    let transition = announce(&current, &next, signal, now_ms);
                     self.known().insert(id, next);
-                    return;
+                    return transition;
                 }
                 Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
                 Err(err) => {
                     warn!(destination = %destination.name, %err, "destination state not written");
-                    return;
+                    return None;
                 }
             }
         }
         debug!(destination = %destination.name, "destination state contended; left as it is");
+        None
     }
+}
 
-    /// Logs and counts a change of state.
-    fn announce(&self, before: &State, after: &State, signal: &Signal, now_ms: u64) {
-        let metrics = &self.inner.metrics;
-        match signal {
-            Signal::Reached if before.backoff_until_ms.is_some() => {
-                info!(destination = %after.name, "destination reachable again; backoff over");
-            }
-            Signal::Unreachable(reason) => {
-                if let Some(until) = after.backoff(now_ms) {
-                    warn!(destination = %after.name, failures = after.failures, backoff_s = (until - now_ms) / 1000, %reason, "destination unreachable; every process leaves it alone until the backoff ends");
-                    metrics.destination_backoffs.inc();
-                }
-            }
-            Signal::SlowDown(reason) => {
-                warn!(destination = %after.name, halvings = after.slow_down, %reason, "destination asked to slow down; its connections and rate are lowered for a while");
-                metrics.destination_slowdowns.inc();
-            }
-            Signal::Reached => {}
+/// Logs a change of state, and says which it was.
+fn announce(before: &State, after: &State, signal: &Signal, now_ms: u64) -> Option<Transition> {
+    match signal {
+        Signal::Reached if before.backoff_until_ms.is_some() => {
+            info!(destination = %after.name, "destination reachable again; backoff over");
+            Some(Transition::Recovered)
         }
+        Signal::Unreachable(reason) => {
+            let until = after.backoff(now_ms)?;
+            warn!(destination = %after.name, failures = after.failures, backoff_s = (until - now_ms) / 1000, %reason, "destination unreachable; every process leaves it alone until the backoff ends");
+            Some(Transition::BackedOff)
+        }
+        Signal::SlowDown(reason) => {
+            warn!(destination = %after.name, halvings = after.slow_down, %reason, "destination asked to slow down; its connections and rate are lowered for a while");
+            Some(Transition::SlowedDown)
+        }
+        Signal::Reached => None,
     }
 }
 
