@@ -5,6 +5,7 @@ pub mod dsn;
 pub mod next_hop;
 pub mod retry;
 pub mod route;
+pub mod settle;
 pub mod tls;
 mod worker;
 

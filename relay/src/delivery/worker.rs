@@ -16,7 +16,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::dsn::{self, FailedRecipient};
 use super::next_hop::{NextHops, Plan, RecipientResult, SetupError};
-use super::retry::{self, Retry};
+use super::settle::{self, RetryPolicy, Settlement};
 use crate::metrics::Metrics;
 use postern_queue::destination::{Destination, Destinations, Lease, Limits, Signal, Transition};
 use postern_queue::entry::{self, EntryError, Envelope, LastReply};
@@ -627,81 +627,66 @@ impl Worker {
         results: Vec<RecipientResult>,
     ) -> Result<(), EnqueueError> {
         let attempt = envelope.attempts + 1;
-        let mut deferred = Vec::new();
-        let mut failed = Vec::new();
-        for result in results {
-            let host = result.host.as_deref().unwrap_or("-");
-            let reply = result.reply.to_bytes();
-            let reply = String::from_utf8_lossy(&reply);
-            let reply = reply.trim_end();
-            let by = if result.from_server {
-                "server"
-            } else {
-                "postern"
-            };
-            match result.reply.class() {
-                2 => {
-                    info!(queue_id = %envelope.queue_id, rcpt = %result.recipient, host, reply, attempt, "delivered");
-                    self.metrics.outcome("delivered");
-                }
-                5 => {
-                    info!(queue_id = %envelope.queue_id, rcpt = %result.recipient, host, reply, by, attempt, "bounced");
-                    self.metrics.outcome("bounced");
-                    failed.push(FailedRecipient {
-                        remote_host: result.host.filter(|_| result.from_server),
-                        recipient: result.recipient,
-                        reply: result.reply,
-                        expired: false,
-                    });
-                }
-                _ => {
-                    info!(queue_id = %envelope.queue_id, rcpt = %result.recipient, host, reply, by, attempt, "deferred");
-                    deferred.push(result);
-                }
-            }
+        let retry = &self.config.retry;
+        let schedule: Vec<Duration> = retry.schedule.iter().map(|d| d.get()).collect();
+        let policy = RetryPolicy {
+            schedule: &schedule,
+            max_age: retry.max_age.get(),
+        };
+        let jitter = f64::from(ulid::Ulid::new().random() as u32) / f64::from(u32::MAX);
+        let settlement = settle::settle(
+            results,
+            attempt,
+            &policy,
+            envelope.received_at_ms,
+            now_ms(),
+            jitter,
+        );
+        self.log_settlement(envelope, attempt, &settlement);
+        if let Some(when) = settlement.retry_at {
+            self.requeue(envelope, content, &settlement.deferred, attempt, when)
+                .await?;
         }
-        let mut requeued = false;
-        if !deferred.is_empty() {
-            let retry = &self.config.retry;
-            let schedule: Vec<Duration> = retry.schedule.iter().map(|d| d.get()).collect();
-            let jitter = f64::from(ulid::Ulid::new().random() as u32) / f64::from(u32::MAX);
-            match retry::next_attempt(
-                &schedule,
-                retry.max_age.get(),
-                attempt,
-                envelope.received_at_ms,
-                now_ms(),
-                jitter,
-            ) {
-                Retry::At(when) => {
-                    self.requeue(envelope, content, &deferred, attempt, when)
-                        .await?;
-                    requeued = true;
-                    for _ in &deferred {
-                        self.metrics.outcome("deferred");
-                    }
-                }
-                Retry::Expired => {
-                    for result in deferred {
-                        info!(queue_id = %envelope.queue_id, rcpt = %result.recipient, "expired; bouncing");
-                        self.metrics.outcome("expired");
-                        failed.push(FailedRecipient {
-                            remote_host: result.host.filter(|_| result.from_server),
-                            recipient: result.recipient,
-                            reply: result.reply,
-                            expired: true,
-                        });
-                    }
-                }
-            }
+        if !settlement.bounced.is_empty() {
+            self.bounce(envelope, &content.prefix(), &settlement.bounced)
+                .await?;
         }
-        if !failed.is_empty() {
-            self.bounce(envelope, &content.prefix(), &failed).await?;
-        }
-        if !requeued {
+        if settlement.retry_at.is_none() {
             self.finish(envelope).await;
         }
         Ok(())
+    }
+
+    /// One log line and one count per recipient.
+    fn log_settlement(&self, envelope: &Envelope, attempt: u32, settlement: &Settlement) {
+        let text = |reply: &Reply| {
+            String::from_utf8_lossy(&reply.to_bytes())
+                .trim_end()
+                .to_string()
+        };
+        let queue_id = &envelope.queue_id;
+        for r in &settlement.delivered {
+            let (host, reply) = (r.host.as_deref().unwrap_or("-"), text(&r.reply));
+            info!(%queue_id, rcpt = %r.recipient, host, reply, attempt, "delivered");
+            self.metrics.outcome("delivered");
+        }
+        for r in &settlement.deferred {
+            let (host, reply) = (r.host.as_deref().unwrap_or("-"), text(&r.reply));
+            let by = if r.from_server { "server" } else { "postern" };
+            info!(%queue_id, rcpt = %r.recipient, host, reply, by, attempt, "deferred");
+            self.metrics.outcome("deferred");
+        }
+        for f in &settlement.bounced {
+            let reply = text(&f.reply);
+            if f.expired {
+                info!(%queue_id, rcpt = %f.recipient, reply, attempt, "expired; bouncing");
+                self.metrics.outcome("expired");
+            } else {
+                let host = f.remote_host.as_deref().unwrap_or("-");
+                info!(%queue_id, rcpt = %f.recipient, host, reply, attempt, "bounced");
+                self.metrics.outcome("bounced");
+            }
+        }
     }
 
     /// Publishes the retry entry for the deferred recipients and hands it the lineage.
