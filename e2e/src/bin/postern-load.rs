@@ -6,7 +6,9 @@
 //! RSET), as a real client would retry later. `--idle N` instead opens N sessions, greets each
 //! with EHLO, and reports the RSS while they sit idle; `--auth-flood SECONDS` has every session
 //! guess passwords as fast as the server answers. With `--sink`, the sink also checks that every
-//! message arrived whole. See docs/benchmarks.md.
+//! message arrived whole and reports how long each took from its DATA to the sink (delivery
+//! latency). `--waiting N --nats URL` first files N retries for a destination that is never
+//! due, straight into the queue, to measure fresh mail beside them. See docs/benchmarks.md.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,6 +51,13 @@ struct Args {
     /// first message sent to the last one received.
     #[arg(long)]
     sink: Option<SocketAddr>,
+    /// Before the load, put this many entries waiting for a retry an hour ahead into the queue
+    /// at `--nats` (small bodies, recipient domain `waiting.example`).
+    #[arg(long, requires = "nats")]
+    waiting: Option<usize>,
+    /// The NATS server of the relay's queue, for `--waiting` (default stream and prefix).
+    #[arg(long)]
+    nats: Option<String>,
     /// Guess passwords with AUTH PLAIN on every session for this many seconds instead of
     /// sending mail (the listener must offer AUTH without TLS: `allowPlaintextAuth`).
     #[arg(long)]
@@ -57,6 +66,17 @@ struct Args {
 
 /// The last line of every message, so the sink can tell a whole message from a cut one.
 const TRAILER: &[u8] = b"postern-load: end of message\r\n";
+
+/// The header each message carries its send time in (microseconds since the epoch, fixed
+/// width), for the sink to measure delivery latency.
+const SENT: &[u8] = b"X-Load-Sent: ";
+const SENT_DIGITS: usize = 16;
+
+fn micros_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -165,8 +185,10 @@ impl Client {
 
 /// A message of `size` bytes with 76-character lines, terminated for DATA.
 fn message(size: usize) -> Vec<u8> {
-    let mut body =
-        b"From: load@example.com\r\nTo: sink@example.org\r\nSubject: load\r\n\r\n".to_vec();
+    let mut body = b"From: load@example.com\r\nTo: sink@example.org\r\nSubject: load\r\n".to_vec();
+    body.extend_from_slice(SENT);
+    body.extend_from_slice(&[b'0'; SENT_DIGITS]);
+    body.extend_from_slice(b"\r\n\r\n");
     let line = format!("{}\r\n", "x".repeat(76));
     while body.len() + line.len() + TRAILER.len() <= size {
         body.extend_from_slice(line.as_bytes());
@@ -176,7 +198,18 @@ fn message(size: usize) -> Vec<u8> {
     body
 }
 
+/// Writes the send time into a message made by [`message`].
+fn stamp(body: &mut [u8]) {
+    if let Some(at) = find(body, SENT) {
+        let digits = format!("{:0width$}", micros_now(), width = SENT_DIGITS);
+        body[at + SENT.len()..at + SENT.len() + SENT_DIGITS].copy_from_slice(digits.as_bytes());
+    }
+}
+
 async fn load(args: &Args) -> Result<(), Error> {
+    if let (Some(count), Some(url)) = (args.waiting, &args.nats) {
+        preload_waiting(url, count).await?;
+    }
     let received = match args.sink {
         Some(addr) => Some(sink(addr).await?),
         None => None,
@@ -207,9 +240,11 @@ async fn load(args: &Args) -> Result<(), Error> {
                     return latencies;
                 }
             };
+            let mut stamped = body.to_vec();
             while next.fetch_add(1, Ordering::Relaxed) < args.messages {
                 let sent = Instant::now();
-                match client.send_message(&args, &body).await {
+                stamp(&mut stamped);
+                match client.send_message(&args, &stamped).await {
                     Ok(250) => latencies.push(sent.elapsed()),
                     Ok(code) => {
                         *refused
@@ -269,7 +304,7 @@ async fn load(args: &Args) -> Result<(), Error> {
         ms(percentile(0.50)),
         ms(percentile(0.99))
     );
-    if let Some((received, truncated)) = received {
+    if let Some((received, truncated, delivery)) = received {
         let deadline = Instant::now() + Duration::from_secs(900);
         while received.load(Ordering::Relaxed) < latencies.len() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -288,35 +323,122 @@ async fn load(args: &Args) -> Result<(), Error> {
             "end-to-end rate  {:.0} msg/s",
             count as f64 / end_to_end.as_secs_f64()
         );
+        let mut delivery = delivery.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        delivery.sort_unstable();
+        let at = |p: f64| {
+            let index = ((delivery.len() as f64 * p).ceil() as usize).saturating_sub(1);
+            delivery.get(index).copied().unwrap_or_default() as f64 / 1000.0
+        };
+        println!(
+            "delivery latency p50 {:.1} ms, p99 {:.1} ms (DATA sent to received at the sink)",
+            at(0.50),
+            at(0.99)
+        );
     }
     report_rss(&args.pid, "VmHWM", "peak RSS");
     Ok(())
 }
 
 type Counter = Arc<AtomicUsize>;
+/// Delivery latencies seen by the sink, in microseconds.
+type Latencies = Arc<std::sync::Mutex<Vec<u64>>>;
+
+/// Files `count` entries for `waiting.example`, each a retry due an hour from now, into the
+/// default queue stream at `url`, the way delivery files a retry.
+async fn preload_waiting(url: &str, count: usize) -> Result<(), Error> {
+    use postern_queue::entry::{self, BodyRef, ClientFacts, ENVELOPE_VERSION, Envelope};
+    use postern_queue::names;
+    let js = async_nats::jetstream::new(async_nats::connect(url).await?);
+    let started = Instant::now();
+    let at_ms = (micros_now() / 1000) + 3_600_000;
+    let body = b"Subject: waiting\r\n\r\nLater.\r\n";
+    let prefix = postern_config::NatsConfig::default().subject_prefix;
+    let mut acks = std::collections::VecDeque::new();
+    for n in 0..count {
+        let envelope = Envelope {
+            version: ENVELOPE_VERSION,
+            queue_id: format!("WAITING{n:019}"),
+            sender: "load@example.com".into(),
+            domain: "waiting.example".into(),
+            recipients: vec![format!("r{n}@waiting.example")],
+            received_at_ms: micros_now() / 1000,
+            attempts: 1,
+            client: ClientFacts {
+                address: "127.0.0.1".into(),
+                helo: "load.test".into(),
+                tls: None,
+                auth_user: None,
+            },
+            smtputf8: false,
+            eight_bit_mime: false,
+            eight_bit: false,
+            body: BodyRef::Inline {
+                size: body.len() as u64,
+            },
+            not_before_ms: Some(at_ms),
+            traceparent: String::new(),
+            rate_reserved: None,
+            postponed: 0,
+            last_replies: Vec::new(),
+        };
+        let target = names::ready_subject(&prefix, &envelope.domain);
+        let mut headers = async_nats::HeaderMap::new();
+        postern_queue::schedule(&mut headers, at_ms, &target);
+        let subject = names::wait_subject(&prefix, &envelope.domain, &envelope.queue_id);
+        let payload = entry::encode(&envelope, Some(body));
+        acks.push_back(
+            js.publish_with_headers(subject, headers, payload.into())
+                .await?,
+        );
+        if acks.len() >= 2_000 {
+            while let Some(ack) = acks.pop_front() {
+                ack.await?;
+            }
+        }
+    }
+    while let Some(ack) = acks.pop_front() {
+        ack.await?;
+    }
+    println!(
+        "waiting          {count} retries filed in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
 
 /// An SMTP server that accepts everything and counts complete messages, and those that do not
 /// end with the trailer every message of the load has.
-async fn sink(addr: SocketAddr) -> Result<(Counter, Counter), Error> {
+async fn sink(addr: SocketAddr) -> Result<(Counter, Counter, Latencies), Error> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let received = Counter::default();
     let truncated = Counter::default();
-    let counters = (received.clone(), truncated.clone());
+    let latencies = Latencies::default();
+    let counters = (received.clone(), truncated.clone(), latencies.clone());
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let (received, truncated) = (counters.0.clone(), counters.1.clone());
+            let (received, truncated, latencies) =
+                (counters.0.clone(), counters.1.clone(), counters.2.clone());
             tokio::spawn(async move {
-                let _ = sink_session(stream, received, truncated).await;
+                let _ = sink_session(stream, received, truncated, latencies).await;
             });
         }
     });
-    Ok((received, truncated))
+    Ok((received, truncated, latencies))
+}
+
+/// How long ago the message in `data` was sent, by its `X-Load-Sent:` header.
+fn sent_ago(data: &[u8]) -> Option<u64> {
+    let at = find(data, SENT)? + SENT.len();
+    let digits = std::str::from_utf8(data.get(at..at + SENT_DIGITS)?).ok()?;
+    let sent: u64 = digits.parse().ok()?;
+    Some(micros_now().saturating_sub(sent))
 }
 
 async fn sink_session(
     mut stream: TcpStream,
     received: Counter,
     truncated: Counter,
+    latencies: Latencies,
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     stream.write_all(b"220 sink ESMTP\r\n").await?;
@@ -333,6 +455,12 @@ async fn sink_session(
                     Some(end) => {
                         if !buf[..end + 2].ends_with(TRAILER) {
                             truncated.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if let Some(ago) = sent_ago(&buf[..end]) {
+                            latencies
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .push(ago);
                         }
                         buf.drain(..end + 5);
                         in_data = false;

@@ -782,7 +782,7 @@ fn time_now_ns() -> i128 {
 
 /// Makes a message with `headers` a schedule: JetStream publishes it to `target` at `at_ms`
 /// (milliseconds since the epoch) and removes it.
-pub(crate) fn schedule(headers: &mut async_nats::HeaderMap, at_ms: u64, target: &str) {
+pub fn schedule(headers: &mut async_nats::HeaderMap, at_ms: u64, target: &str) {
     headers.insert(
         "Nats-Schedule",
         format!("@at {}", postern_smtp::date::rfc3339_ms(at_ms)).as_str(),

@@ -112,10 +112,17 @@ mod tests {
         let bounced: Vec<_> = s.bounced.iter().map(|f| f.recipient.as_str()).collect();
         assert_eq!(bounced, ["b@x", "d@x"]);
         assert_eq!(s.bounced[0].remote_host.as_deref(), Some("mx.example"));
-        assert_eq!(s.bounced[1].remote_host, None, "Postern's own decision names no host");
+        assert_eq!(
+            s.bounced[1].remote_host, None,
+            "Postern's own decision names no host"
+        );
         assert!(!s.bounced[0].expired);
         assert_eq!(s.deferred[0].recipient, "c@x");
-        assert_eq!(s.retry_at, Some(61_000), "a minute later, jitter in the middle");
+        assert_eq!(
+            s.retry_at,
+            Some(61_000),
+            "a minute later, jitter in the middle"
+        );
     }
 
     #[test]
