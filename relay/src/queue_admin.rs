@@ -316,16 +316,7 @@ impl Admin<'_> {
                     Status(5, 0, 0),
                     "Returned by the mail administrator of this relay",
                 );
-                let failed: Vec<FailedRecipient> = envelope
-                    .recipients
-                    .iter()
-                    .map(|recipient| FailedRecipient {
-                        recipient: recipient.clone(),
-                        reply: reply.clone(),
-                        remote_host: None,
-                        expired: false,
-                    })
-                    .collect();
+                let failed = FailedRecipient::each(&envelope.recipients, &reply, false);
                 let (_, inline) = postern_queue::entry::decode(&entry.payload)?;
                 dsn::queue_bounce(
                     &self.queue,

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::str::FromStr;
 
 use ipnet::IpNet;
-use postern_config::{DestinationLimits, Duration, Rate};
+use postern_config::{DestinationLimits, Duration, Rate, is_domain_pattern};
 
 use crate::api::{DELIVERY_REPLICAS, INGRESS_REPLICAS, RelaySpec};
 
@@ -244,20 +244,6 @@ pub fn validate(name: &str, spec: &RelaySpec) -> Result<ValidSpec, ValidationErr
         delivery_replicas: bounds[1],
         stream_replicas,
     })
-}
-
-/// `example.com`, `*.example.com` or `*`.
-fn is_domain_pattern(pattern: &str) -> bool {
-    let name = pattern.strip_prefix("*.").unwrap_or(pattern);
-    pattern == "*"
-        || (!name.is_empty()
-            && name.split('.').all(|label| {
-                !label.is_empty()
-                    && label.len() <= 63
-                    && label
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            }))
 }
 
 fn is_host_port(text: &str) -> bool {

@@ -14,7 +14,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 pub use duration::{Duration, DurationError};
-pub use validate::{ConfigError, FieldError, Warning};
+pub use validate::{ConfigError, FieldError, Warning, is_domain_pattern};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

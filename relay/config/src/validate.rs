@@ -84,8 +84,8 @@ impl Errors {
     }
 }
 
-/// True for `example.com`, `*.example.com` or `*`.
-fn is_domain_pattern(pattern: &str) -> bool {
+/// True for `example.com`, `*.example.com` or `*`: a route's or a destination's pattern.
+pub fn is_domain_pattern(pattern: &str) -> bool {
     pattern == "*" || is_hostname(pattern.strip_prefix("*.").unwrap_or(pattern))
 }
 

@@ -127,6 +127,22 @@ pub fn domain_of_token(token: &str) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
+/// The first message of `stream` on `filter` at or after sequence `from`, if any: one request,
+/// no consumer.
+async fn next_message(
+    stream: &jetstream::stream::Stream<()>,
+    filter: &str,
+    from: u64,
+) -> Result<Option<jetstream::message::StreamMessage>, InspectError> {
+    match stream.get_first_raw_message_by_subject(filter, from).await {
+        Ok(message) => Ok(Some(message)),
+        Err(err) if err.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
+            Ok(None)
+        }
+        Err(err) => Err(read(err)),
+    }
+}
+
 /// A stored message and when it was stored, in ms since the epoch.
 fn millis(message: jetstream::message::StreamMessage) -> (jetstream::message::StreamMessage, u64) {
     let ms = u64::try_from(message.time.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
@@ -142,6 +158,15 @@ fn now_ms() -> u64 {
 impl Queue {
     fn prefix(&self) -> &str {
         &self.inner.config.subject_prefix
+    }
+
+    /// The queue stream, without asking for its info.
+    async fn stream_no_info(&self) -> Result<jetstream::stream::Stream<()>, InspectError> {
+        self.inner
+            .jetstream
+            .get_stream_no_info(&self.inner.config.stream)
+            .await
+            .map_err(read)
     }
 
     fn place_of(&self, subject: &str) -> Option<Place> {
@@ -168,25 +193,11 @@ impl Queue {
             ],
             Selector::Id(_) | Selector::All => vec![names::queue_subjects(prefix)],
         };
-        let stream = self
-            .inner
-            .jetstream
-            .get_stream_no_info(&self.inner.config.stream)
-            .await
-            .map_err(read)?;
+        let stream = self.stream_no_info().await?;
         let mut found = Vec::new();
         for filter in filters {
             let mut next = 1;
-            loop {
-                let message = match stream.get_first_raw_message_by_subject(&filter, next).await {
-                    Ok(message) => message,
-                    Err(err)
-                        if err.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound =>
-                    {
-                        break;
-                    }
-                    Err(err) => return Err(read(err)),
-                };
+            while let Some(message) = next_message(&stream, &filter, next).await? {
                 next = message.sequence + 1;
                 let (message, stored_ms) = millis(message);
                 let subject = message.subject.to_string();
@@ -329,12 +340,7 @@ impl Queue {
             .map_err(publish)?
             .await
             .map_err(publish)?;
-        let stream = self
-            .inner
-            .jetstream
-            .get_stream_no_info(&self.inner.config.stream)
-            .await
-            .map_err(read)?;
+        let stream = self.stream_no_info().await?;
         match stream.delete_message(found.sequence).await {
             Ok(_) => Ok(Change::Done),
             Err(_) => {
@@ -375,12 +381,7 @@ impl Queue {
 
     /// Removes an entry and releases its body. [`Change::Taken`] when a worker has it.
     pub async fn remove(&self, found: &Found) -> Result<Change, InspectError> {
-        let stream = self
-            .inner
-            .jetstream
-            .get_stream_no_info(&self.inner.config.stream)
-            .await
-            .map_err(read)?;
+        let stream = self.stream_no_info().await?;
         if stream.delete_message(found.sequence).await.is_err() {
             return Ok(Change::Taken);
         }
@@ -402,16 +403,7 @@ impl Queue {
         };
         let mut letters = Vec::new();
         let mut next = 1;
-        loop {
-            let message = match stream.get_first_raw_message_by_subject(">", next).await {
-                Ok(message) => message,
-                Err(err)
-                    if err.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound =>
-                {
-                    break;
-                }
-                Err(err) => return Err(read(err)),
-            };
+        while let Some(message) = next_message(&stream, ">", next).await? {
             next = message.sequence + 1;
             let (message, stored_ms) = millis(message);
             let header = |name: &str| message.headers.get(name).map(|v| v.to_string());

@@ -669,23 +669,33 @@ impl Queue {
             })
     }
 
+    /// An error about the queue stream.
+    fn stream_error(&self, source: async_nats::Error) -> QueueError {
+        QueueError::Stream {
+            stream: self.inner.config.stream.clone(),
+            source,
+        }
+    }
+
+    /// The queue stream.
+    async fn queue_stream(&self) -> Result<jetstream::stream::Stream, QueueError> {
+        self.inner
+            .jetstream
+            .get_stream(&self.inner.config.stream)
+            .await
+            .map_err(|e| self.stream_error(e.into()))
+    }
+
     /// The delivery consumer as it exists, changing nothing.
     pub async fn existing_consumer(
         &self,
         name: &str,
     ) -> Result<jetstream::consumer::PullConsumer, QueueError> {
-        let config = &self.inner.config;
-        let error = |source: async_nats::Error| QueueError::Stream {
-            stream: config.stream.clone(),
-            source,
-        };
-        let stream = self
-            .inner
-            .jetstream
-            .get_stream(&config.stream)
+        let stream = self.queue_stream().await?;
+        stream
+            .get_consumer(name)
             .await
-            .map_err(|e| error(e.into()))?;
-        stream.get_consumer(name).await.map_err(error)
+            .map_err(|e| self.stream_error(e))
     }
 
     /// The durable pull consumer delivery processes share, created or updated.
@@ -697,16 +707,7 @@ impl Queue {
         max_deliver: i64,
     ) -> Result<jetstream::consumer::PullConsumer, QueueError> {
         let config = &self.inner.config;
-        let error = |source: async_nats::Error| QueueError::Stream {
-            stream: config.stream.clone(),
-            source,
-        };
-        let stream = self
-            .inner
-            .jetstream
-            .get_stream(&config.stream)
-            .await
-            .map_err(|e| error(e.into()))?;
+        let stream = self.queue_stream().await?;
         let consumer = jetstream::consumer::pull::Config {
             durable_name: Some(name.to_string()),
             description: Some("Postern delivery workers".into()),
@@ -721,7 +722,7 @@ impl Queue {
         stream
             .create_consumer(consumer)
             .await
-            .map_err(|e| error(e.into()))
+            .map_err(|e| self.stream_error(e.into()))
     }
 
     /// Deletes the queue stream and the body stream (and the buckets of earlier builds), with

@@ -71,6 +71,21 @@ pub struct FailedRecipient {
     pub expired: bool,
 }
 
+impl FailedRecipient {
+    /// Each of `recipients` failed with `reply`, Postern's own (no remote host).
+    pub fn each(recipients: &[String], reply: &Reply, expired: bool) -> Vec<FailedRecipient> {
+        recipients
+            .iter()
+            .map(|recipient| FailedRecipient {
+                recipient: recipient.clone(),
+                reply: reply.clone(),
+                remote_host: None,
+                expired,
+            })
+            .collect()
+    }
+}
+
 /// Everything a bounce says.
 #[derive(Debug, Clone)]
 pub struct Report<'a> {

@@ -545,16 +545,7 @@ impl Worker {
             Status(5, 3, 0),
             format!("Delivery given up: the message was {reason}"),
         );
-        let failed: Vec<FailedRecipient> = envelope
-            .recipients
-            .iter()
-            .map(|recipient| FailedRecipient {
-                recipient: recipient.clone(),
-                reply: reply.clone(),
-                remote_host: None,
-                expired: false,
-            })
-            .collect();
+        let failed = FailedRecipient::each(&envelope.recipients, &reply, false);
         error!(queue_id = %envelope.queue_id, reason, "no worker could settle the entry; bounced to its sender");
         for _ in &failed {
             self.metrics.outcome("bounced");
@@ -600,16 +591,7 @@ impl Worker {
                 .collect();
             return self.settle(envelope, content, results).await;
         }
-        let failed: Vec<FailedRecipient> = envelope
-            .recipients
-            .iter()
-            .map(|recipient| FailedRecipient {
-                recipient: recipient.clone(),
-                reply: reply.clone(),
-                remote_host: None,
-                expired: true,
-            })
-            .collect();
+        let failed = FailedRecipient::each(&envelope.recipients, &reply, true);
         for _ in &failed {
             self.metrics.outcome("expired");
         }

@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::kv;
-use futures::StreamExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -175,49 +174,34 @@ impl Leases {
 
     /// Keeps `waiting_elsewhere` up to date with the `want.` keys of the bucket.
     async fn follow_wants(self, shutdown: CancellationToken) {
-        loop {
-            let mut watch = match self.inner.kv.watch_with_history("want.>").await {
-                Ok(watch) => watch,
-                Err(err) => {
-                    debug!(%err, "watching connection wants failed");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    }
-                }
+        let kv = self.inner.kv.clone();
+        super::follow_keys(&kv, "want.>", &shutdown, |entry| {
+            let Some((destination, holder)) = entry
+                .key
+                .strip_prefix("want.")
+                .and_then(|rest| rest.split_once('.'))
+            else {
+                return;
             };
-            loop {
-                let entry = tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    entry = watch.next() => entry,
-                };
-                let Some(Ok(entry)) = entry else { break };
-                let Some((destination, holder)) = entry
-                    .key
-                    .strip_prefix("want.")
-                    .and_then(|rest| rest.split_once('.'))
-                else {
-                    continue;
-                };
-                let mut elsewhere = lock(&self.inner.waiting_elsewhere);
-                let holders = elsewhere.entry(destination.to_string()).or_default();
-                match entry.operation {
-                    kv::Operation::Put => {
-                        let at = std::str::from_utf8(&entry.value)
-                            .ok()
-                            .and_then(|v| v.parse().ok())
-                            .unwrap_or(0);
-                        holders.insert(holder.to_string(), at);
-                    }
-                    kv::Operation::Delete | kv::Operation::Purge => {
-                        holders.remove(holder);
-                    }
+            let mut elsewhere = lock(&self.inner.waiting_elsewhere);
+            let holders = elsewhere.entry(destination.to_string()).or_default();
+            match entry.operation {
+                kv::Operation::Put => {
+                    let at = std::str::from_utf8(&entry.value)
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    holders.insert(holder.to_string(), at);
                 }
-                if holders.is_empty() {
-                    elsewhere.remove(destination);
+                kv::Operation::Delete | kv::Operation::Purge => {
+                    holders.remove(holder);
                 }
             }
-        }
+            if holders.is_empty() {
+                elsewhere.remove(destination);
+            }
+        })
+        .await;
     }
 
     /// A free lease of `destination` among its first `limit` slots, if this process may have

@@ -110,37 +110,22 @@ impl Destinations {
 
     /// Keeps `known` equal to the bucket's states.
     async fn follow(self, shutdown: CancellationToken) {
-        loop {
-            let mut watch = match self.inner.states.watch_with_history("state.>").await {
-                Ok(watch) => watch,
-                Err(err) => {
-                    warn!(%err, "watching destination states failed");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    }
-                }
+        let states = self.inner.states.clone();
+        follow_keys(&states, "state.>", &shutdown, |entry| {
+            let Some(id) = entry.key.strip_prefix("state.") else {
+                return;
             };
-            loop {
-                let entry = tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    entry = watch.next() => entry,
-                };
-                let Some(Ok(entry)) = entry else { break };
-                let Some(id) = entry.key.strip_prefix("state.") else {
-                    continue;
-                };
-                let state = match entry.operation {
-                    kv::Operation::Put => serde_json::from_slice::<State>(&entry.value).ok(),
-                    kv::Operation::Delete | kv::Operation::Purge => None,
-                };
-                let mut known = self.known();
-                match state {
-                    Some(state) => known.insert(id.to_string(), state),
-                    None => known.remove(id),
-                };
-            }
-        }
+            let state = match entry.operation {
+                kv::Operation::Put => serde_json::from_slice::<State>(&entry.value).ok(),
+                kv::Operation::Delete | kv::Operation::Purge => None,
+            };
+            let mut known = self.known();
+            match state {
+                Some(state) => known.insert(id.to_string(), state),
+                None => known.remove(id),
+            };
+        })
+        .await;
     }
 
     /// The state of `destination` as last seen.
@@ -308,6 +293,36 @@ impl Destinations {
         }
         debug!(destination = %destination.name, "destination state contended; left as it is");
         None
+    }
+}
+
+/// Hands every current entry of `kv` under `filter`, then every change, to `apply` until
+/// `shutdown`; a watch that fails is started again.
+pub(crate) async fn follow_keys(
+    kv: &kv::Store,
+    filter: &str,
+    shutdown: &CancellationToken,
+    mut apply: impl FnMut(kv::Entry),
+) {
+    loop {
+        let mut watch = match kv.watch_with_history(filter).await {
+            Ok(watch) => watch,
+            Err(err) => {
+                warn!(%err, filter, "watching a bucket failed");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        loop {
+            let entry = tokio::select! {
+                () = shutdown.cancelled() => return,
+                entry = watch.next() => entry,
+            };
+            let Some(Ok(entry)) = entry else { break };
+            apply(entry);
+        }
     }
 }
 
