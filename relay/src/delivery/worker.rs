@@ -277,10 +277,10 @@ impl Worker {
                     .await;
             }
             let limits = gate.destinations.limits(destination, now);
-            if envelope.rate_reserved.as_deref() != Some(destination.id().as_str()) {
+            if envelope.rate_reserved.as_deref() != Some(destination.id()) {
                 match gate.destinations.reserve(destination, &limits, now).await {
                     Ok(at) if at > now + RATE_SLACK_MS => {
-                        let reserved = Some(destination.id());
+                        let reserved = Some(destination.id().to_string());
                         return self
                             .postpone(message, envelope, inline, at, reserved, Postponed::Rate)
                             .await;
@@ -370,7 +370,7 @@ impl Worker {
         while Instant::now() < until {
             tokio::select! {
                 () = gate.shutdown.cancelled() => return Leased::Shutdown,
-                () = destinations.lease_freed(LEASE_POLL) => {}
+                () = destinations.lease_freed(destination, LEASE_POLL) => {}
             }
             match destinations.lease(destination, limits).await {
                 Ok(Some(lease)) => return Leased::Got(lease),

@@ -40,8 +40,8 @@ struct Inner {
     /// wait idle for the next message, so that open sessions never outnumber leases.
     linger: Duration,
     held: Mutex<HashMap<String, Held>>,
-    /// Signalled whenever a lease of this process is free again.
-    freed: Notify,
+    /// Per destination: signalled for one waiter when a lease of this process is free again.
+    freed: Mutex<HashMap<String, Arc<Notify>>>,
     /// Entries of this process waiting for each destination, and when its want was written.
     waiting_here: Mutex<HashMap<String, (usize, Option<Instant>)>>,
     /// Other processes waiting for each destination, with when they last said so (ms).
@@ -73,11 +73,14 @@ impl std::fmt::Debug for Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Some(held) = lock(&self.inner.held).get_mut(&self.key) {
+        let destination = lock(&self.inner.held).get_mut(&self.key).map(|held| {
             held.in_use = false;
             held.idle_since = Instant::now();
+            held.destination.clone()
+        });
+        if let Some(destination) = destination {
+            self.inner.notify(&destination).notify_one();
         }
-        self.inner.freed.notify_waiters();
     }
 }
 
@@ -119,6 +122,14 @@ pub fn fair_share(limit: usize, others: usize) -> usize {
 }
 
 impl Inner {
+    /// What waiters for a lease of `destination` wait on.
+    fn notify(&self, destination: &str) -> Arc<Notify> {
+        lock(&self.freed)
+            .entry(destination.to_string())
+            .or_default()
+            .clone()
+    }
+
     /// This process's share of `destination`'s `limit` now.
     fn share(&self, destination: &str, limit: usize) -> usize {
         let now = now_ms();
@@ -152,7 +163,7 @@ impl Leases {
                 renew_every: ttl / 3,
                 linger,
                 held: Mutex::default(),
-                freed: Notify::new(),
+                freed: Mutex::default(),
                 waiting_here: Mutex::default(),
                 waiting_elsewhere: Mutex::default(),
             }),
@@ -287,10 +298,11 @@ impl Leases {
             .map_or(0, |(count, _)| *count)
     }
 
-    /// Resolves when a lease of this process was given back, or after `at_most` (another
-    /// process may have given one back).
-    pub async fn freed(&self, at_most: Duration) {
-        let _ = tokio::time::timeout(at_most, self.inner.freed.notified()).await;
+    /// Resolves when a lease of `destination` this process held is free again (one waiter per
+    /// lease), or after `at_most` (another process may have given one back).
+    pub async fn freed(&self, destination: &str, at_most: Duration) {
+        let notify = self.inner.notify(destination);
+        let _ = tokio::time::timeout(at_most, notify.notified()).await;
     }
 
     fn lease(&self, key: String) -> Lease {
@@ -304,6 +316,8 @@ impl Leases {
     /// when `all`, and those beyond this process's share); announces and withdraws wants.
     async fn maintain(&self, all: bool) {
         self.announce_wants(all).await;
+        // Nobody waits on these any more.
+        lock(&self.inner.freed).retain(|_, notify| Arc::strong_count(notify) > 1);
         let mut give_back = Vec::new();
         let mut renew = Vec::new();
         {

@@ -33,6 +33,8 @@ impl Limits {
 pub struct Destination {
     pub name: String,
     pub limits: Limits,
+    /// A key for NATS KV that names this destination and only it (from its name).
+    id: String,
 }
 
 impl Destination {
@@ -52,9 +54,9 @@ impl Destination {
                 .any(|name| matches(&limits.pattern, host_of(name)))
         });
         match matched {
-            Some(limits) => Destination {
-                name: limits.pattern.clone(),
-                limits: Limits {
+            Some(limits) => Destination::named(
+                limits.pattern.clone(),
+                Limits {
                     connections: limits.connections.unwrap_or(defaults.connections),
                     messages_per_connection: limits
                         .messages_per_connection
@@ -62,25 +64,27 @@ impl Destination {
                     rate: limits.rate.or(defaults.rate),
                     burst: limits.burst.unwrap_or(defaults.burst),
                 },
-            },
+            ),
             None => {
                 let mut sorted: Vec<String> =
                     hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
                 sorted.sort();
                 sorted.dedup();
-                Destination {
-                    name: sorted.join(","),
-                    limits: defaults,
-                }
+                Destination::named(sorted.join(","), defaults)
             }
         }
     }
 
     /// A key for NATS KV that names this destination and only it.
-    pub fn id(&self) -> String {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn named(name: String, limits: Limits) -> Destination {
         use sha2::{Digest, Sha256};
-        let digest = Sha256::digest(self.name.as_bytes());
-        digest[..10].iter().map(|b| format!("{b:02x}")).collect()
+        let digest = Sha256::digest(name.as_bytes());
+        let id = digest[..10].iter().map(|b| format!("{b:02x}")).collect();
+        Destination { name, limits, id }
     }
 }
 

@@ -130,7 +130,7 @@ impl Destinations {
 
     /// The state of `destination` as last seen.
     pub fn state(&self, destination: &Destination) -> Option<State> {
-        self.known().get(&destination.id()).cloned()
+        self.known().get(destination.id()).cloned()
     }
 
     /// Until when `destination` is in backoff, if it is.
@@ -201,7 +201,7 @@ impl Destinations {
     ) -> Result<Option<Lease>, async_nats::Error> {
         self.inner
             .leases
-            .try_acquire(&destination.id(), limits.connections)
+            .try_acquire(destination.id(), limits.connections)
             .await
     }
 
@@ -209,7 +209,7 @@ impl Destinations {
     /// entries wait for one already.
     pub fn park(&self, destination: &Destination, at_most: usize) -> Option<leases::Waiting> {
         let id = destination.id();
-        (self.inner.leases.waiting(&id) < at_most).then(|| self.inner.leases.wait(&id))
+        (self.inner.leases.waiting(id) < at_most).then(|| self.inner.leases.wait(id))
     }
 
     /// How many entries of this process may wait for `destination`'s connections: as many as
@@ -228,7 +228,7 @@ impl Destinations {
             .timings
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&destination.id())
+            .get(destination.id())
             .copied();
         park_capacity(limits.connections, pace, window, most)
     }
@@ -238,14 +238,14 @@ impl Destinations {
         let mut timings = self.inner.timings.lock().unwrap_or_else(|e| e.into_inner());
         let took = took.as_secs_f64();
         timings
-            .entry(destination.id())
+            .entry(destination.id().to_string())
             .and_modify(|average| *average = 0.8 * *average + 0.2 * took)
             .or_insert(took);
     }
 
-    /// Resolves when a lease may have become free.
-    pub async fn lease_freed(&self, at_most: Duration) {
-        self.inner.leases.freed(at_most).await;
+    /// Resolves when a lease of `destination` may have become free.
+    pub async fn lease_freed(&self, destination: &Destination, at_most: Duration) {
+        self.inner.leases.freed(destination.id(), at_most).await;
     }
 
     /// Records what an attempt said about `destination` for every process; nothing is written
@@ -256,7 +256,7 @@ impl Destinations {
         signal: &Signal,
         now_ms: u64,
     ) -> Option<Transition> {
-        let id = destination.id();
+        let id = destination.id().to_string();
         let cached = self
             .state(destination)
             .unwrap_or_else(|| State::named(&destination.name));
