@@ -298,7 +298,8 @@ impl Worker {
             let lease = match self.wait_for_lease(destination, &limits, gate).await {
                 Leased::Got(lease) => lease,
                 Leased::Busy => {
-                    let wait = busy_wait_ms(envelope.postponed);
+                    let pace = gate.destinations.pace(destination);
+                    let wait = busy_wait_ms(envelope.postponed, pace);
                     let at = now_ms() + wait / 2 + jitter_ms(wait);
                     return self
                         .postpone(message, envelope, inline, at, None, Postponed::Busy)
@@ -790,9 +791,15 @@ const RATE_SLACK_MS: u64 = 20;
 const BACKOFF_SPREAD: u64 = 5_000;
 
 /// How long an entry whose destination had no free connection waits before it is tried
-/// again: doubling with each time, from 250 ms up to 5 min.
-fn busy_wait_ms(postponed: u32) -> u64 {
-    250u64.saturating_mul(1 << postponed.min(11)).min(300_000)
+/// again: doubling with each time, from 250 ms, or from the time an attempt there takes when
+/// that is longer (`pace`, seconds), up to 5 min. A slow destination's mail thus comes back
+/// about when a connection can take it, not over and over before.
+fn busy_wait_ms(postponed: u32, pace: Option<f64>) -> u64 {
+    let pace_ms = pace.map_or(0, |p| (p * 1000.0) as u64);
+    250u64
+        .max(pace_ms)
+        .saturating_mul(1 << postponed.min(11))
+        .min(300_000)
 }
 
 /// A random delay below `max_ms`.
@@ -893,5 +900,19 @@ impl InFlight {
 impl Drop for Held {
     fn drop(&mut self) {
         self.in_flight.lock().remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::busy_wait_ms;
+
+    #[test]
+    fn mail_for_a_busy_destination_comes_back_later_each_time_and_no_sooner_than_its_pace() {
+        assert_eq!(busy_wait_ms(0, None), 250);
+        assert_eq!(busy_wait_ms(2, Some(0.01)), 1_000);
+        assert_eq!(busy_wait_ms(0, Some(5.0)), 5_000, "a 5 s destination");
+        assert_eq!(busy_wait_ms(1, Some(5.0)), 10_000);
+        assert_eq!(busy_wait_ms(30, Some(30.0)), 300_000, "at most 5 min");
     }
 }

@@ -223,14 +223,17 @@ impl Destinations {
         window: Duration,
         most: usize,
     ) -> usize {
-        let pace = self
-            .inner
+        park_capacity(limits.connections, self.pace(destination), window, most)
+    }
+
+    /// How long attempts at `destination` took lately, in seconds, if any finished here.
+    pub fn pace(&self, destination: &Destination) -> Option<f64> {
+        self.inner
             .timings
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(destination.id())
-            .copied();
-        park_capacity(limits.connections, pace, window, most)
+            .copied()
     }
 
     /// Records how long an attempt at `destination` took.
