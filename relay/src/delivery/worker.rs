@@ -298,7 +298,7 @@ impl Worker {
             let lease = match self.wait_for_lease(destination, &limits, gate).await {
                 Leased::Got(lease) => lease,
                 Leased::Busy => {
-                    let pace = gate.destinations.pace(destination);
+                    let pace = gate.destinations.pace_at_least(destination);
                     let wait = busy_wait_ms(envelope.postponed, pace);
                     let at = now_ms() + wait / 2 + jitter_ms(wait);
                     return self
@@ -314,6 +314,9 @@ impl Worker {
             return Handled::Released;
         };
         let started = Instant::now();
+        if let Some((destination, _)) = &admitted {
+            gate.destinations.begins(destination);
+        }
         let processed = self.process(envelope, inline, &plan).await;
         if let Some((destination, _)) = &admitted {
             gate.destinations.timed(destination, started.elapsed());

@@ -58,7 +58,16 @@ struct Inner {
     /// The last state of each destination in the bucket, by id, kept current by a watch.
     known: Mutex<HashMap<String, State>>,
     /// How long attempts at each destination took lately (seconds, a moving average), by id.
-    timings: Mutex<HashMap<String, f64>>,
+    timings: Mutex<HashMap<String, Timing>>,
+}
+
+/// How long attempts at one destination take in this process.
+#[derive(Debug, Clone, Copy, Default)]
+struct Timing {
+    /// A moving average of finished attempts, in seconds.
+    average: Option<f64>,
+    /// When the first attempt began, while none has finished.
+    first_began: Option<std::time::Instant>,
 }
 
 /// A change of a destination's state worth counting.
@@ -226,24 +235,46 @@ impl Destinations {
         park_capacity(limits.connections, self.pace(destination), window, most)
     }
 
-    /// How long attempts at `destination` took lately, in seconds, if any finished here.
-    pub fn pace(&self, destination: &Destination) -> Option<f64> {
+    fn timing(&self, destination: &Destination) -> Timing {
         self.inner
             .timings
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(destination.id())
             .copied()
+            .unwrap_or_default()
+    }
+
+    /// How long attempts at `destination` took lately, in seconds, if any finished here.
+    pub fn pace(&self, destination: &Destination) -> Option<f64> {
+        self.timing(destination).average
+    }
+
+    /// At least how long an attempt at `destination` takes, in seconds: its pace, or while
+    /// none has finished, how long the first one has been running.
+    pub fn pace_at_least(&self, destination: &Destination) -> Option<f64> {
+        let timing = self.timing(destination);
+        timing
+            .average
+            .or_else(|| timing.first_began.map(|t| t.elapsed().as_secs_f64()))
+    }
+
+    /// Notes that an attempt at `destination` begins.
+    pub fn begins(&self, destination: &Destination) {
+        let mut timings = self.inner.timings.lock().unwrap_or_else(|e| e.into_inner());
+        let timing = timings.entry(destination.id().to_string()).or_default();
+        if timing.average.is_none() && timing.first_began.is_none() {
+            timing.first_began = Some(std::time::Instant::now());
+        }
     }
 
     /// Records how long an attempt at `destination` took.
     pub fn timed(&self, destination: &Destination, took: Duration) {
         let mut timings = self.inner.timings.lock().unwrap_or_else(|e| e.into_inner());
         let took = took.as_secs_f64();
-        timings
-            .entry(destination.id().to_string())
-            .and_modify(|average| *average = 0.8 * *average + 0.2 * took)
-            .or_insert(took);
+        let timing = timings.entry(destination.id().to_string()).or_default();
+        timing.average = Some(timing.average.map_or(took, |a| 0.8 * a + 0.2 * took));
+        timing.first_began = None;
     }
 
     /// Resolves when a lease of `destination` may have become free.
