@@ -392,7 +392,15 @@ async fn sessions_are_reused_up_to_the_message_cap() {
     .await;
     let (nats, relay) = start_standalone(|c| {
         c.delivery.routes = vec![route_all(&mx.host())];
-        c.delivery.max_messages_per_connection = 4;
+        // The default for other destinations; example.org's own limit is 4.
+        c.delivery.max_messages_per_connection = 100;
+        c.delivery.destinations = vec![postern_config::DestinationLimits {
+            pattern: "example.org".into(),
+            connections: None,
+            messages_per_connection: Some(4),
+            rate: None,
+            burst: None,
+        }];
     });
     let mut s = Smtp::greeted(relay.smtp()).await;
     s.ehlo("client.test").await;
@@ -418,6 +426,15 @@ async fn sessions_are_reused_up_to_the_message_cap() {
         2,
         "8 messages on sessions of at most 4"
     );
+    // Another destination keeps the default: 5 messages on one more session.
+    for i in 0..5 {
+        s.send_mail("", &[&format!("r{i}@other.example")], b"Subject: reuse\r\n\r\nx\r\n")
+            .await
+            .is(250, "2.0.0");
+        nats.wait_empty(STREAM, WAIT).await;
+    }
+    assert_eq!(mx.transactions(), 13);
+    assert_eq!(mx.total_sessions(), 3);
 }
 
 #[tokio::test]

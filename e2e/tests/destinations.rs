@@ -266,3 +266,50 @@ async fn a_request_to_slow_down_lowers_the_destination_s_limits() {
     );
     assert!(relay.log().contains("asked to slow down"));
 }
+
+#[tokio::test]
+async fn a_killed_process_s_connection_comes_back_to_the_others_when_its_lease_expires() {
+    let nats = NatsServer::start();
+    let mx = MockMx::accepting().await;
+    // The first message's end of data is answered only after a minute: its process holds the
+    // destination's one connection all that time.
+    mx.set_data_delay(Duration::from_secs(60));
+    let tweak = |c: &mut Config| {
+        c.delivery.routes = vec![route_all(&mx.host())];
+        c.delivery.ack_wait = "2s".parse().unwrap();
+        c.delivery.destinations = vec![DestinationLimits {
+            connections: Some(1),
+            ..limits("one.example")
+        }];
+    };
+    let ingress = Relay::start(Relay::config(&nats));
+    let mut first = delivery(&nats, tweak);
+    send(&ingress, 1, "one.example").await;
+    postern_e2e::wait_until("the first session", Duration::from_secs(10), || {
+        mx.delivered().len() == 1
+    })
+    .await;
+    let second = delivery(&nats, tweak);
+    first.kill();
+    mx.set_data_delay(Duration::ZERO);
+    let killed = Instant::now();
+    Smtp::submit(
+        ingress.smtp(),
+        "a@example.com",
+        &["second@one.example"],
+        b"Subject: second\r\n\r\nHello.\r\n",
+    )
+    .await;
+    // The dead process's lease still counts: nobody connects until it expires (10 to 15 s
+    // after the kill: it was renewed every 5 s and lives 15 s).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(mx.total_sessions(), 1, "the limit of one held after the kill");
+    // Then the other process has it, and delivers both (the killed one's entry came back).
+    let delivered = mx.wait_for(3, Duration::from_secs(30)).await;
+    println!("connection back {:?} after the kill", killed.elapsed());
+    let mut recipients: Vec<String> = delivered.iter().flat_map(|d| d.recipients.clone()).collect();
+    recipients.sort();
+    recipients.dedup();
+    assert_eq!(recipients, ["second@one.example", "user0@one.example"], "both messages");
+    assert!(second.metric("postern_delivery_outcomes_total{result=\"delivered\"}") >= 2.0);
+}
