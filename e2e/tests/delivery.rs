@@ -428,9 +428,13 @@ async fn sessions_are_reused_up_to_the_message_cap() {
     );
     // Another destination keeps the default: 5 messages on one more session.
     for i in 0..5 {
-        s.send_mail("", &[&format!("r{i}@other.example")], b"Subject: reuse\r\n\r\nx\r\n")
-            .await
-            .is(250, "2.0.0");
+        s.send_mail(
+            "",
+            &[&format!("r{i}@other.example")],
+            b"Subject: reuse\r\n\r\nx\r\n",
+        )
+        .await
+        .is(250, "2.0.0");
         nats.wait_empty(STREAM, WAIT).await;
     }
     assert_eq!(mx.transactions(), 13);

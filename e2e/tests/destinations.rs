@@ -303,13 +303,24 @@ async fn a_killed_process_s_connection_comes_back_to_the_others_when_its_lease_e
     // The dead process's lease still counts: nobody connects until it expires (10 to 15 s
     // after the kill: it was renewed every 5 s and lives 15 s).
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(mx.total_sessions(), 1, "the limit of one held after the kill");
+    assert_eq!(
+        mx.total_sessions(),
+        1,
+        "the limit of one held after the kill"
+    );
     // Then the other process has it, and delivers both (the killed one's entry came back).
     let delivered = mx.wait_for(3, Duration::from_secs(30)).await;
     println!("connection back {:?} after the kill", killed.elapsed());
-    let mut recipients: Vec<String> = delivered.iter().flat_map(|d| d.recipients.clone()).collect();
+    let mut recipients: Vec<String> = delivered
+        .iter()
+        .flat_map(|d| d.recipients.clone())
+        .collect();
     recipients.sort();
     recipients.dedup();
-    assert_eq!(recipients, ["second@one.example", "user0@one.example"], "both messages");
+    assert_eq!(
+        recipients,
+        ["second@one.example", "user0@one.example"],
+        "both messages"
+    );
     assert!(second.metric("postern_delivery_outcomes_total{result=\"delivered\"}") >= 2.0);
 }
