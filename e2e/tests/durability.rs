@@ -1,5 +1,6 @@
 //! The hand-off to JetStream: never a 250 without an acknowledgement, recovery after NATS
-//! outages, large bodies through the object store, and a graceful drain on SIGTERM.
+//! outages, large bodies through the object store, a graceful drain on SIGTERM, and waiting
+//! retries that outlive their delivery process and the server.
 
 #![allow(clippy::unwrap_used)] // a test that cannot set up may panic
 
@@ -305,4 +306,72 @@ async fn the_stream_is_created_or_brought_back_to_the_configured_settings() {
         .await
         .is(250, "2.0.0");
     assert_eq!(nats.entries(STREAM).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_waiting_retry_survives_a_killed_delivery_process_and_a_nats_restart() {
+    use postern_e2e::{MockMx, NatsServer, Relay, route_all};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let tries = Arc::new(AtomicUsize::new(0));
+    let counter = tries.clone();
+    let mx = MockMx::start(Arc::new(move |_| {
+        if counter.fetch_add(1, Ordering::SeqCst) == 0 {
+            "451 4.3.0 try again later".into()
+        } else {
+            "250 2.1.5 ok".into()
+        }
+    }))
+    .await;
+    let mut nats = NatsServer::start();
+    let ingress = Relay::start(Relay::config(&nats));
+    let delivery = |nats: &NatsServer| {
+        let mut config = Relay::config(nats);
+        config.delivery.routes = vec![route_all(&mx.host())];
+        config.delivery.retry.schedule = vec!["6s".parse().unwrap()];
+        let relay = Relay::spawn(&["delivery"], config);
+        relay.wait_ready(Duration::from_secs(20));
+        relay
+    };
+    let mut first = delivery(&nats);
+    Smtp::submit(ingress.smtp(), "a@example.com", &["b@example.org"], MESSAGE).await;
+    let start = Instant::now();
+    while tries.load(Ordering::SeqCst) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no first attempt"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Once the retry waits as a schedule, its delivery process and then the server go down.
+    loop {
+        let entries = nats.entries(STREAM).await;
+        if entries.len() == 1 && entries[0].subject.starts_with("postern.queue.wait.") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "no retry filed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.kill();
+    nats.restart();
+    let entries = nats.entries(STREAM).await;
+    assert_eq!(entries.len(), 1, "the waiting retry is stored");
+    assert!(
+        entries[0].subject.starts_with("postern.queue.wait."),
+        "{}",
+        entries[0].subject
+    );
+    assert_eq!(entries[0].envelope.attempts, 1);
+    let _second = delivery(&nats);
+    let delivered = mx.wait_for(1, Duration::from_secs(30)).await;
+    assert_eq!(delivered[0].recipients, ["b@example.org"]);
+    assert!(
+        start.elapsed() >= Duration::from_secs(5),
+        "delivered at its retry time, not before ({:?})",
+        start.elapsed()
+    );
+    nats.wait_empty(STREAM, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(tries.load(Ordering::SeqCst), 2, "one retry, once");
+    drop(ingress);
 }
