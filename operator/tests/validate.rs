@@ -53,6 +53,7 @@ delivery:
   destinations:
     - { match: "*.google.com", rate: "100/fortnight" }
     - { match: "mx..example" }
+  backoff: { initial: "soon", slowDown: "2h", max: "10s" }
   retry: { schedule: ["1m", "5 minutes"], maxAge: "3w" }
 "#,
         ),
@@ -73,6 +74,8 @@ delivery:
         "spec.delivery.ratePerDestination: \"fast\" is not a rate",
         "spec.delivery.destinations[0].rate: \"100/fortnight\" is not a rate",
         "spec.delivery.destinations[1].match: \"mx..example\" is not a domain",
+        "spec.delivery.backoff.initial: invalid duration \"soon\"",
+        "spec.delivery.backoff.initial: 30s is longer than backoff.max 10s",
         "metadata.name: \"Mail.Relay\" must be at most 47",
     ] {
         assert!(
@@ -80,7 +83,7 @@ delivery:
             "missing {expected:?} in:\n{problems}"
         );
     }
-    assert_eq!(err.problems.len(), 14, "{problems}");
+    assert_eq!(err.problems.len(), 16, "{problems}");
     let long = "a".repeat(48);
     assert!(validate(&long, &spec("{}")).is_err());
     validate(&"a".repeat(47), &spec("{}")).unwrap();

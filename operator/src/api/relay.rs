@@ -500,6 +500,9 @@ pub struct DeliverySpec {
     /// When temporary failures are retried.
     #[serde(default)]
     pub retry: RetrySpec,
+    /// When a destination as a whole is left alone for a while.
+    #[serde(default)]
+    pub backoff: BackoffSpec,
     /// CPU and memory of each delivery pod. Default: requests 100m / 128Mi, memory limit 512Mi.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
@@ -523,6 +526,7 @@ impl Default for DeliverySpec {
             routes: Vec::new(),
             smarthost: None,
             retry: RetrySpec::default(),
+            backoff: BackoffSpec::default(),
             resources: None,
             max_unavailable: default_max_unavailable(),
         }
@@ -611,6 +615,28 @@ pub struct RetrySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub max_age: Option<String>,
+}
+
+/// When every delivery pod leaves a destination alone.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackoffSpec {
+    /// Consecutive failures to reach a destination before its backoff. Default: 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub after_failures: Option<u32>,
+    /// The first backoff, doubled by each failed probe. Default: 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub initial: Option<String>,
+    /// The longest backoff. Default: 30m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub max: Option<String>,
+    /// How long a destination that asked to slow down keeps halved limits. Default: 10m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub slow_down: Option<String>,
 }
 
 /// Logs and traces.

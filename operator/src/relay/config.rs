@@ -74,6 +74,7 @@ pub fn build_config(relay: &Relay, valid: &ValidSpec) -> Result<Config, ConfigEr
     }
     config.delivery.rate_per_destination = valid.rate_per_destination;
     config.delivery.destinations = valid.destinations.clone();
+    config.delivery.backoff = valid.backoff.clone();
     config.delivery.helo_name = delivery.helo_name.clone();
     config.delivery.routes = delivery
         .routes

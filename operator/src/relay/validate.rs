@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::str::FromStr;
 
 use ipnet::IpNet;
-use postern_config::{DestinationLimits, Duration, Rate, is_domain_pattern};
+use postern_config::{BackoffConfig, DestinationLimits, Duration, Rate, is_domain_pattern};
 
 use crate::api::{DELIVERY_REPLICAS, INGRESS_REPLICAS, RelaySpec};
 
@@ -32,6 +32,8 @@ pub struct ValidSpec {
     pub rate_per_destination: Option<Rate>,
     /// `delivery.destinations`, parsed.
     pub destinations: Vec<DestinationLimits>,
+    /// `delivery.backoff` over the relay's defaults.
+    pub backoff: BackoffConfig,
     /// `(min, max)` with the defaults filled in.
     pub ingress_replicas: (i32, i32),
     pub delivery_replicas: (i32, i32),
@@ -167,6 +169,32 @@ pub fn validate(name: &str, spec: &RelaySpec) -> Result<ValidSpec, ValidationErr
         .max_age
         .as_ref()
         .and_then(|d| duration("spec.delivery.retry.maxAge".into(), d));
+    let mut backoff = BackoffConfig::default();
+    let wanted = &spec.delivery.backoff;
+    if let Some(n) = wanted.after_failures {
+        backoff.after_failures = n;
+    }
+    for (name, text, target) in [
+        ("initial", &wanted.initial, &mut backoff.initial),
+        ("max", &wanted.max, &mut backoff.max),
+        ("slowDown", &wanted.slow_down, &mut backoff.slow_down),
+    ] {
+        if let Some(parsed) = text
+            .as_deref()
+            .and_then(|t| duration(format!("spec.delivery.backoff.{name}"), t))
+        {
+            *target = parsed;
+        }
+    }
+    if backoff.initial.get() > backoff.max.get() {
+        problem(
+            "spec.delivery.backoff.initial".into(),
+            format!(
+                "{} is longer than backoff.max {}",
+                backoff.initial, backoff.max
+            ),
+        );
+    }
     for (i, route) in spec.delivery.routes.iter().enumerate() {
         if !is_host_port(&route.host) {
             problem(
@@ -240,6 +268,7 @@ pub fn validate(name: &str, spec: &RelaySpec) -> Result<ValidSpec, ValidationErr
         max_age,
         rate_per_destination,
         destinations,
+        backoff,
         ingress_replicas: bounds[0],
         delivery_replicas: bounds[1],
         stream_replicas,
