@@ -271,3 +271,37 @@ async fn standalone_runs_and_restarts_its_own_nats_server() {
         "nats-server stopped with postern"
     );
 }
+
+#[tokio::test]
+async fn nats_url_takes_several_seeds_in_check_config_and_at_start() {
+    let nats = NatsServer::start();
+    // The first seed answers nothing; the client goes on to the next.
+    let seeds = format!("nats://127.0.0.1:{},{}", free_port(), nats.url());
+    let check = postern(
+        &["check-config"],
+        Some(&format!("nats: {{ url: \"{seeds}\" }}\n")),
+    );
+    assert!(check.status.success(), "{}", stderr(&check));
+    let bad = postern(
+        &["check-config"],
+        Some("nats: { url: \"nats://127.0.0.1:4222,nats://127.0.0.1:x\" }\n"),
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        stderr(&bad).contains("nats.url: \"nats://127.0.0.1:x\""),
+        "{}",
+        stderr(&bad)
+    );
+
+    let mut config = Relay::config(&nats);
+    config.nats.url = Some(seeds);
+    let relay = Relay::start(config);
+    Smtp::submit(
+        relay.smtp(),
+        "a@example.com",
+        &["b@example.org"],
+        b"Subject: seeds\r\n\r\nx\r\n",
+    )
+    .await;
+    assert_eq!(nats.entries(STREAM).await.len(), 1);
+}

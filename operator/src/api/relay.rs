@@ -67,7 +67,8 @@ pub struct RelaySpec {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NatsSpec {
-    /// Client URL of the NATS cluster. Default: the operator's `--nats-url` (the Helm chart
+    /// Client URL of the NATS cluster, or several seeds separated by commas
+    /// (`nats://a:4222,nats://b:4222`). Default: the operator's `--nats-url` (the Helm chart
     /// passes its own NATS), else `nats://nats:4222`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^(nats|tls)://[^\s]+$"), length(max = 2048))]

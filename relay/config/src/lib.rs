@@ -58,7 +58,8 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NatsConfig {
-    /// `nats://host:port`; absent in standalone mode, which starts its own server.
+    /// `nats://host:port`, or several such seeds separated by commas; absent in standalone
+    /// mode, which starts its own server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// A NATS `.creds` file (JWT and NKey seed).
@@ -646,6 +647,15 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+/// The seeds of a `nats.url`: one URL, or several separated by commas (as NATS clients take
+/// them), each trimmed.
+pub fn nats_seeds(url: &str) -> Vec<&str> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|seed| !seed.is_empty())
+        .collect()
 }
 
 /// The local nats-server that `postern standalone` runs when `nats.url` is absent.

@@ -84,6 +84,32 @@ impl Errors {
     }
 }
 
+/// True for one seed of `nats.url`: a scheme NATS clients speak, optional credentials, a host,
+/// and an optional numeric port.
+fn is_nats_seed(seed: &str) -> bool {
+    let Some(rest) = ["nats://", "tls://", "ws://", "wss://"]
+        .iter()
+        .find_map(|scheme| seed.strip_prefix(scheme))
+    else {
+        return false;
+    };
+    let rest = rest.split('/').next().unwrap_or(rest);
+    let host_port = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let (host, port) = match host_port.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((host, rest)) if rest.is_empty() || rest.starts_with(':') => {
+                (host, rest.strip_prefix(':'))
+            }
+            _ => return false,
+        },
+        None => match host_port.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (host_port, None),
+        },
+    };
+    !host.is_empty() && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0))
+}
+
 /// True for `example.com`, `*.example.com` or `*`: a route's or a destination's pattern.
 pub fn is_domain_pattern(pattern: &str) -> bool {
     pattern == "*" || is_hostname(pattern.strip_prefix("*.").unwrap_or(pattern))
@@ -130,14 +156,17 @@ impl Config {
 
         let nats = &self.nats;
         if let Some(url) = &nats.url {
-            let scheme_ok = ["nats://", "tls://", "ws://", "wss://"]
-                .iter()
-                .any(|s| url.starts_with(s));
-            e.check(
-                scheme_ok,
-                "nats.url",
-                "must start with nats://, tls://, ws:// or wss://",
-            );
+            let seeds = crate::nats_seeds(url);
+            e.check(!seeds.is_empty(), "nats.url", "must name a NATS server");
+            for seed in seeds {
+                e.check(
+                    is_nats_seed(seed),
+                    "nats.url",
+                    format!(
+                        "{seed:?} must be nats://, tls://, ws:// or wss:// with a host and an optional port, several separated by commas"
+                    ),
+                );
+            }
         }
         e.check(
             !(nats.credentials_file.is_some() && nats.token_file.is_some()),
@@ -451,6 +480,36 @@ mod tests {
 
     fn errors(yaml: &str) -> String {
         Config::from_yaml(yaml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn nats_url_takes_a_list_of_seeds_and_names_a_bad_one() {
+        for ok in [
+            "nats://a:4222",
+            "nats://a:4222,nats://b:4223",
+            "tls://user:pass@nats.example:4222, nats://[::1]:4222",
+            "nats://nats",
+        ] {
+            let yaml = format!("nats: {{ url: \"{ok}\" }}");
+            Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        let message = errors("nats: { url: \"nats://a:1,nats://b:x\" }");
+        assert!(message.contains("nats.url"), "{message}");
+        assert!(message.contains("\"nats://b:x\""), "{message}");
+        for bad in [
+            "nats://a:0",
+            "http://a:4222",
+            ",",
+            "nats://:4222",
+            "nats://[::1:4222",
+        ] {
+            let yaml = format!("nats: {{ url: \"{bad}\" }}");
+            assert!(Config::from_yaml(&yaml).is_err(), "{bad} accepted");
+        }
+        assert_eq!(
+            crate::nats_seeds(" nats://a:1 ,nats://b:2,"),
+            ["nats://a:1", "nats://b:2"]
+        );
     }
 
     #[test]

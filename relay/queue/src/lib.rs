@@ -60,6 +60,8 @@ pub enum QueueError {
     Tls { path: String, message: String },
     #[error("connecting to NATS: {0}")]
     Connect(#[from] async_nats::ConnectError),
+    #[error("nats.url {seed:?}: {message}")]
+    Url { seed: String, message: String },
     #[error("creating or updating stream {stream}: {source}")]
     Stream {
         stream: String,
@@ -215,7 +217,17 @@ impl Queue {
         body_ttl: Duration,
         options: async_nats::ConnectOptions,
     ) -> Result<Queue, QueueError> {
-        let client = options.connect(url).await?;
+        let seeds = postern_config::nats_seeds(url)
+            .into_iter()
+            .map(|seed| {
+                seed.parse::<async_nats::ServerAddr>()
+                    .map_err(|e| QueueError::Url {
+                        seed: seed.to_string(),
+                        message: e.to_string(),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let client = options.connect(seeds.as_slice()).await?;
         let jetstream = jetstream::new(client.clone());
         Ok(Queue {
             inner: Arc::new(Inner {
