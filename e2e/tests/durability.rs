@@ -46,6 +46,28 @@ async fn nats_outage_gives_451_and_unready_then_recovers_without_restart() {
     assert_eq!(recipients, ["b@example.org", "c@example.org"]);
 }
 
+#[tokio::test]
+async fn a_nats_server_that_stops_answering_makes_the_pod_unready() {
+    // The connection stays up (the server is stopped, not gone), as with a cluster that lost
+    // its quorum: nothing can be stored, so Kubernetes should route clients elsewhere.
+    let (nats, relay) = start_relay(|_| {});
+    relay.wait_readyz(200, Duration::from_secs(10));
+    nats.pause(true);
+    let paused = Instant::now();
+    relay.wait_readyz(503, Duration::from_secs(8));
+    println!(
+        "unready {:?} after the server stopped answering",
+        paused.elapsed()
+    );
+    assert_eq!(
+        relay.http_status("/healthz"),
+        Some(200),
+        "alive all the same"
+    );
+    nats.pause(false);
+    relay.wait_readyz(200, Duration::from_secs(10));
+}
+
 /// A session that has sent a message to two domains, all but its final dot.
 async fn two_domain_message_but_its_end(relay: &postern_e2e::Relay) -> Smtp {
     let mut s = Smtp::greeted(relay.smtp()).await;

@@ -46,6 +46,11 @@ async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
             StatusCode::SERVICE_UNAVAILABLE,
             "queue not ready: NATS disconnected or stream not provisioned\n",
         )
+    } else if !health.queue.can_take() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "queue not answering: the stream did not answer for 3s (no quorum, or NATS not responding)\n",
+        )
     } else {
         (StatusCode::OK, "ready\n")
     }

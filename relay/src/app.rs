@@ -159,6 +159,10 @@ pub async fn run(
         let (queue, cancel) = (queue.clone(), background.clone());
         async move { queue.provision_until_ready(cancel).await }
     });
+    tokio::spawn({
+        let (queue, cancel) = (queue.clone(), background.clone());
+        async move { queue.watch_health(cancel).await }
+    });
 
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health {

@@ -107,6 +107,8 @@ struct Inner {
     /// The body stream; set once the queue is provisioned.
     bodies: OnceLock<bodies::Bodies>,
     body_ttl: Duration,
+    /// When the stream last answered (a probe or a stored entry), ms since the epoch.
+    answered_ms: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Inner {
@@ -236,8 +238,46 @@ impl Queue {
                 config: config.clone(),
                 bodies: OnceLock::new(),
                 body_ttl,
+                answered_ms: Default::default(),
             }),
         })
+    }
+
+    /// True when the queue can take a message now: connected, provisioned, and the stream
+    /// answered within the last few seconds (a cluster without quorum, or a server that
+    /// stopped answering, is not).
+    pub fn can_take(&self) -> bool {
+        let answered = self
+            .inner
+            .answered_ms
+            .load(std::sync::atomic::Ordering::Acquire);
+        self.is_ready() && now_ms().saturating_sub(answered) < ANSWERED_WITHIN.as_millis() as u64
+    }
+
+    fn answered(&self) {
+        self.inner
+            .answered_ms
+            .store(now_ms(), std::sync::atomic::Ordering::Release);
+    }
+
+    /// Asks the stream for its info every second until `cancel`, so that [`Queue::can_take`]
+    /// knows whether it answers.
+    pub async fn watch_health(&self, cancel: tokio_util::sync::CancellationToken) {
+        loop {
+            if self.is_ready() {
+                // Getting the stream asks its leader for the stream's info.
+                let probe = self.inner.jetstream.get_stream(&self.inner.config.stream);
+                match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+                    Ok(Ok(_)) => self.answered(),
+                    Ok(Err(err)) => tracing::debug!(%err, "the queue stream did not answer"),
+                    Err(_) => tracing::debug!("the queue stream did not answer in time"),
+                }
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(PROBE_EVERY) => {}
+            }
+        }
     }
 
     /// True when NATS is connected and the stream exists.
@@ -442,7 +482,10 @@ impl Queue {
             .collect();
         match publish::publish_all(&self.inner.jetstream, &entries, config.ack_timeout.get()).await
         {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                self.answered();
+                Ok(())
+            }
             Err((error, leftovers)) => {
                 publish::clean_up(
                     &self.inner.jetstream,
@@ -791,6 +834,18 @@ fn time_now_ns() -> i128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i128)
+}
+
+/// How recently the stream must have answered for the queue to take messages.
+const ANSWERED_WITHIN: Duration = Duration::from_secs(3);
+/// How often, and how patiently, the stream is asked.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Makes a message with `headers` a schedule: JetStream publishes it to `target` at `at_ms`
