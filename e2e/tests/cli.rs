@@ -305,3 +305,36 @@ async fn nats_url_takes_several_seeds_in_check_config_and_at_start() {
     .await;
     assert_eq!(nats.entries(STREAM).await.len(), 1);
 }
+
+#[tokio::test]
+async fn standalone_syncs_every_message_when_asked() {
+    let data = tempfile::tempdir().unwrap();
+    let placeholder = NatsServer::start();
+    let mut config: Config = Relay::config(&placeholder);
+    drop(placeholder);
+    config.nats.url = None;
+    config.standalone.nats_server = nats_server_binary();
+    config.standalone.data_dir = data.path().join("jetstream");
+    config.standalone.nats_port = free_port();
+    config.standalone.sync = postern_config::Sync::Always;
+    let relay = Relay::spawn(&["standalone"], config);
+    relay.wait_ready(Duration::from_secs(20));
+    let written = std::fs::read_to_string(data.path().join("jetstream/nats-server.conf")).unwrap();
+    assert!(written.contains("sync_interval: always"), "{written}");
+    Smtp::submit(
+        relay.smtp(),
+        "a@example.com",
+        &["b@example.org"],
+        b"Subject: synced\r\n\r\nx\r\n",
+    )
+    .await;
+    assert!(relay.log().contains("sync=always"), "{}", relay.log());
+
+    let bad = postern(&["check-config"], Some("standalone: { sync: sometimes }\n"));
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        stderr(&bad).contains("neither always nor a duration"),
+        "{}",
+        stderr(&bad)
+    );
+}

@@ -51,7 +51,7 @@ impl NatsServer {
             child,
         };
         server.wait_listening().await?;
-        info!(port = config.nats_port, data_dir = %config.data_dir.display(), "nats-server started");
+        info!(port = config.nats_port, data_dir = %config.data_dir.display(), sync = %config.sync, "nats-server started");
         Ok(server)
     }
 
@@ -117,18 +117,29 @@ impl NatsServer {
     }
 }
 
+/// The server's config file: its store and when it syncs (address and port are flags, so that
+/// `ps` shows them).
+pub fn server_config(config: &StandaloneConfig) -> String {
+    let sync = match config.sync {
+        postern_config::Sync::Always => "always".to_string(),
+        postern_config::Sync::Every(every) => format!("\"{}s\"", every.get().as_secs().max(1)),
+    };
+    format!(
+        "server_name: postern-standalone\njetstream {{\n  store_dir: {:?}\n  sync_interval: {sync}\n}}\n",
+        config.data_dir.display().to_string(),
+    )
+}
+
 fn spawn(config: &StandaloneConfig) -> Result<Child, StandaloneError> {
+    let file = config.data_dir.join("nats-server.conf");
+    std::fs::write(&file, server_config(config)).map_err(|source| StandaloneError::DataDir {
+        path: file.clone(),
+        source,
+    })?;
     let mut child = Command::new(&config.nats_server)
-        .args([
-            "--jetstream",
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &config.nats_port.to_string(),
-            "--store_dir",
-        ])
-        .arg(&config.data_dir)
-        .args(["--server_name", "postern-standalone"])
+        .arg("--config")
+        .arg(&file)
+        .args(["--addr", "127.0.0.1", "--port", &config.nats_port.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -147,4 +158,22 @@ fn spawn(config: &StandaloneConfig) -> Result<Child, StandaloneError> {
         });
     }
     Ok(child)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_server_config_says_when_jetstream_syncs() {
+        let mut config = StandaloneConfig {
+            data_dir: "/var/lib/postern".into(),
+            ..StandaloneConfig::default()
+        };
+        let default = server_config(&config);
+        assert!(default.contains("store_dir: \"/var/lib/postern\""), "{default}");
+        assert!(default.contains("sync_interval: \"120s\""), "{default}");
+        config.sync = postern_config::Sync::Always;
+        assert!(server_config(&config).contains("sync_interval: always"));
+    }
 }

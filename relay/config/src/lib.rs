@@ -668,6 +668,52 @@ pub struct StandaloneConfig {
     pub data_dir: PathBuf,
     /// Client port on 127.0.0.1.
     pub nats_port: u16,
+    /// When JetStream writes what it stored to disk (fsync): `always`, before each
+    /// acknowledgement, so a 250 survives a power loss; or an interval (nats-server's default,
+    /// `2m`), faster, so a power loss can take what was accepted since the last sync.
+    pub sync: Sync,
+}
+
+/// When nats-server syncs JetStream files to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sync {
+    /// Before every acknowledgement.
+    Always,
+    /// Every so often.
+    Every(Duration),
+}
+
+impl Default for Sync {
+    fn default() -> Self {
+        Sync::Every(Duration::secs(120))
+    }
+}
+
+impl std::fmt::Display for Sync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Sync::Always => f.write_str("always"),
+            Sync::Every(every) => write!(f, "{every}"),
+        }
+    }
+}
+
+impl Serialize for Sync {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Sync {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Sync, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if text == "always" {
+            return Ok(Sync::Always);
+        }
+        text.parse::<Duration>()
+            .map(Sync::Every)
+            .map_err(|_| serde::de::Error::custom(format!("{text:?} is neither always nor a duration such as 2m")))
+    }
 }
 
 impl Default for StandaloneConfig {
@@ -676,6 +722,7 @@ impl Default for StandaloneConfig {
             nats_server: "nats-server".into(),
             data_dir: "data".into(),
             nats_port: 4222,
+            sync: Sync::default(),
         }
     }
 }

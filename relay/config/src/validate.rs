@@ -443,6 +443,13 @@ impl Config {
             "standalone.natsPort",
             "must be a port number",
         );
+        if let crate::Sync::Every(every) = self.standalone.sync {
+            e.check(
+                !every.get().is_zero(),
+                "standalone.sync",
+                "must be always or a duration greater than zero",
+            );
+        }
         e.check(
             !self.shutdown_grace.get().is_zero(),
             "shutdownGrace",
