@@ -230,14 +230,25 @@ fn nats_by_default_and_an_existing_one_when_disabled() {
 
 #[test]
 fn the_rendered_nats_config_is_accepted_by_nats_server() {
-    for sets in [vec![], vec!["nats.replicas=1"]] {
+    for sets in [
+        vec![],
+        vec!["nats.replicas=1"],
+        vec!["nats.jetstream.syncInterval=always"],
+        vec!["nats.jetstream.syncInterval=30s"],
+    ] {
         let objects = render(None, &sets);
         let config_map = find(&objects, "ConfigMap")
             .into_iter()
             .find(|c| c["metadata"]["name"] == "postern-nats")
             .unwrap();
         let config = config_map["data"]["nats.conf"].as_str().unwrap();
-        assert_eq!(config.contains("routes"), sets.is_empty(), "{config}");
+        let clustered = !sets.contains(&"nats.replicas=1");
+        assert_eq!(config.contains("routes"), clustered, "{config}");
+        match sets.first().and_then(|s| s.strip_prefix("nats.jetstream.syncInterval=")) {
+            Some("always") => assert!(config.contains("sync_interval: always"), "{config}"),
+            Some(every) => assert!(config.contains(&format!("sync_interval: \"{every}\"")), "{config}"),
+            None => assert!(!config.contains("sync_interval"), "{config}"),
+        }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nats.conf");
         std::fs::write(&path, config.replace("/data", dir.path().to_str().unwrap())).unwrap();
