@@ -244,9 +244,15 @@ fn the_rendered_nats_config_is_accepted_by_nats_server() {
         let config = config_map["data"]["nats.conf"].as_str().unwrap();
         let clustered = !sets.contains(&"nats.replicas=1");
         assert_eq!(config.contains("routes"), clustered, "{config}");
-        match sets.first().and_then(|s| s.strip_prefix("nats.jetstream.syncInterval=")) {
+        match sets
+            .first()
+            .and_then(|s| s.strip_prefix("nats.jetstream.syncInterval="))
+        {
             Some("always") => assert!(config.contains("sync_interval: always"), "{config}"),
-            Some(every) => assert!(config.contains(&format!("sync_interval: \"{every}\"")), "{config}"),
+            Some(every) => assert!(
+                config.contains(&format!("sync_interval: \"{every}\"")),
+                "{config}"
+            ),
             None => assert!(!config.contains("sync_interval"), "{config}"),
         }
         let dir = tempfile::tempdir().unwrap();

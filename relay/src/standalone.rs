@@ -139,7 +139,12 @@ fn spawn(config: &StandaloneConfig) -> Result<Child, StandaloneError> {
     let mut child = Command::new(&config.nats_server)
         .arg("--config")
         .arg(&file)
-        .args(["--addr", "127.0.0.1", "--port", &config.nats_port.to_string()])
+        .args([
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            &config.nats_port.to_string(),
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -171,7 +176,10 @@ mod tests {
             ..StandaloneConfig::default()
         };
         let default = server_config(&config);
-        assert!(default.contains("store_dir: \"/var/lib/postern\""), "{default}");
+        assert!(
+            default.contains("store_dir: \"/var/lib/postern\""),
+            "{default}"
+        );
         assert!(default.contains("sync_interval: \"120s\""), "{default}");
         config.sync = postern_config::Sync::Always;
         assert!(server_config(&config).contains("sync_interval: always"));

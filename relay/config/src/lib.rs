@@ -710,9 +710,11 @@ impl<'de> Deserialize<'de> for Sync {
         if text == "always" {
             return Ok(Sync::Always);
         }
-        text.parse::<Duration>()
-            .map(Sync::Every)
-            .map_err(|_| serde::de::Error::custom(format!("{text:?} is neither always nor a duration such as 2m")))
+        text.parse::<Duration>().map(Sync::Every).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "{text:?} is neither always nor a duration such as 2m"
+            ))
+        })
     }
 }
 
