@@ -28,6 +28,17 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// `postern check-config` refuses `yaml` with exit code 1, saying `expected`.
+fn check_config_refuses(yaml: &str, expected: &str) {
+    let refused = postern(&["check-config"], Some(yaml));
+    assert_eq!(refused.status.code(), Some(1), "{yaml}");
+    assert!(
+        stderr(&refused).contains(expected),
+        "{yaml}: {}",
+        stderr(&refused)
+    );
+}
+
 #[test]
 fn check_config_accepts_a_valid_file_and_names_bad_fields() {
     let ok = postern(
@@ -37,15 +48,9 @@ fn check_config_accepts_a_valid_file_and_names_bad_fields() {
     assert!(ok.status.success(), "{}", stderr(&ok));
     assert!(String::from_utf8_lossy(&ok.stdout).ends_with(": ok\n"));
 
-    let bad = postern(
-        &["check-config"],
-        Some("ingress:\n  limits: { maxRecipients: 0 }\n"),
-    );
-    assert_eq!(bad.status.code(), Some(1));
-    assert!(
-        stderr(&bad).contains("ingress.limits.maxRecipients: must be greater than zero"),
-        "{}",
-        stderr(&bad)
+    check_config_refuses(
+        "ingress:\n  limits: { maxRecipients: 0 }\n",
+        "ingress.limits.maxRecipients: must be greater than zero",
     );
 
     let unknown = postern(&["check-config"], Some("ingress:\n  listners: []\n"));
@@ -160,6 +165,19 @@ fn hash_password_prints_an_argon2id_hash() {
     assert!(known && verifier.verify(b"s3cret", &mut Vec::new()));
 }
 
+/// A `postern standalone` config whose own nats-server keeps its store under `data` and listens
+/// on `nats_port`.
+fn standalone_config(data: &std::path::Path, nats_port: u16) -> Config {
+    let placeholder = NatsServer::start();
+    let mut config: Config = Relay::config(&placeholder);
+    drop(placeholder);
+    config.nats.url = None;
+    config.standalone.nats_server = nats_server_binary();
+    config.standalone.data_dir = data.join("jetstream");
+    config.standalone.nats_port = nats_port;
+    config
+}
+
 /// Finds the pid of the nats-server child listening on `port`.
 fn nats_pid(port: u16) -> Option<i32> {
     std::fs::read_dir("/proc")
@@ -183,13 +201,7 @@ async fn standalone_runs_and_restarts_its_own_nats_server() {
     let closed = free_port();
     let data = tempfile::tempdir().unwrap();
     let nats_port = free_port();
-    let placeholder = NatsServer::start();
-    let mut config: Config = Relay::config(&placeholder);
-    drop(placeholder);
-    config.nats.url = None;
-    config.standalone.nats_server = nats_server_binary();
-    config.standalone.data_dir = data.path().join("jetstream");
-    config.standalone.nats_port = nats_port;
+    let mut config = standalone_config(data.path(), nats_port);
     config.delivery.routes = vec![
         Route {
             domain: "held.example".into(),
@@ -282,15 +294,9 @@ async fn nats_url_takes_several_seeds_in_check_config_and_at_start() {
         Some(&format!("nats: {{ url: \"{seeds}\" }}\n")),
     );
     assert!(check.status.success(), "{}", stderr(&check));
-    let bad = postern(
-        &["check-config"],
-        Some("nats: { url: \"nats://127.0.0.1:4222,nats://127.0.0.1:x\" }\n"),
-    );
-    assert_eq!(bad.status.code(), Some(1));
-    assert!(
-        stderr(&bad).contains("nats.url: \"nats://127.0.0.1:x\""),
-        "{}",
-        stderr(&bad)
+    check_config_refuses(
+        "nats: { url: \"nats://127.0.0.1:4222,nats://127.0.0.1:x\" }\n",
+        "nats.url: \"nats://127.0.0.1:x\"",
     );
 
     let mut config = Relay::config(&nats);
@@ -309,13 +315,7 @@ async fn nats_url_takes_several_seeds_in_check_config_and_at_start() {
 #[tokio::test]
 async fn standalone_syncs_every_message_when_asked() {
     let data = tempfile::tempdir().unwrap();
-    let placeholder = NatsServer::start();
-    let mut config: Config = Relay::config(&placeholder);
-    drop(placeholder);
-    config.nats.url = None;
-    config.standalone.nats_server = nats_server_binary();
-    config.standalone.data_dir = data.path().join("jetstream");
-    config.standalone.nats_port = free_port();
+    let mut config = standalone_config(data.path(), free_port());
     config.standalone.sync = postern_config::Sync::Always;
     let relay = Relay::spawn(&["standalone"], config);
     relay.wait_ready(Duration::from_secs(20));
@@ -330,11 +330,8 @@ async fn standalone_syncs_every_message_when_asked() {
     .await;
     assert!(relay.log().contains("sync=always"), "{}", relay.log());
 
-    let bad = postern(&["check-config"], Some("standalone: { sync: sometimes }\n"));
-    assert_eq!(bad.status.code(), Some(1));
-    assert!(
-        stderr(&bad).contains("neither always nor a duration"),
-        "{}",
-        stderr(&bad)
+    check_config_refuses(
+        "standalone: { sync: sometimes }\n",
+        "neither always nor a duration",
     );
 }
