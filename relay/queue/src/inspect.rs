@@ -4,7 +4,7 @@
 //! that a failure in between leaves an entry twice, never none.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream;
@@ -13,7 +13,7 @@ use futures::StreamExt;
 
 use super::entry::{self, Envelope};
 use super::names::{self, dead_letter_stream, destination_bucket};
-use super::{EnqueueError, Queue};
+use super::{EnqueueError, Queue, now_ms};
 
 /// Which entries a command applies to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,12 +147,6 @@ async fn next_message(
 fn millis(message: jetstream::message::StreamMessage) -> (jetstream::message::StreamMessage, u64) {
     let ms = u64::try_from(message.time.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
     (message, ms)
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Queue {

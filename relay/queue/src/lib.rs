@@ -580,9 +580,9 @@ impl Queue {
                 .await;
             match next {
                 Ok(message) => {
-                    let due_ns = message.time.unix_timestamp_nanos();
-                    let now_ns = time_now_ns();
-                    Duration::from_nanos(u64::try_from(now_ns - due_ns).unwrap_or(0))
+                    let due_ms = message.time.unix_timestamp_nanos() / 1_000_000;
+                    let due_ms = u64::try_from(due_ms).unwrap_or(0);
+                    Duration::from_millis(now_ms().saturating_sub(due_ms))
                 }
                 Err(_) => Duration::ZERO,
             }
@@ -829,20 +829,14 @@ pub struct QueueCounts {
     pub oldest_ready: Duration,
 }
 
-/// How long dead letters are kept for someone to look at them.
-fn time_now_ns() -> i128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i128)
-}
-
 /// How recently the stream must have answered for the queue to take messages.
 const ANSWERED_WITHIN: Duration = Duration::from_secs(3);
 /// How often, and how patiently, the stream is asked.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-fn now_ms() -> u64 {
+/// Milliseconds since the Unix epoch: the unit of every time in the queue's entries and state.
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -861,6 +855,7 @@ pub fn schedule(headers: &mut async_nats::HeaderMap, at_ms: u64, target: &str) {
 /// How long a destination's state outlives its last change.
 const DESTINATION_STATE_AGE: Duration = Duration::from_secs(7 * 86_400);
 
+/// How long dead letters are kept for someone to look at them.
 const DEAD_LETTER_AGE: Duration = Duration::from_secs(30 * 86_400);
 
 /// The body key, lineage and token of an entry with a stored body.

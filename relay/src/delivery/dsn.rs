@@ -39,9 +39,7 @@ pub async fn queue_bounce(
         sender: String::new(),
         recipients: vec![(envelope.sender.clone(), domain.to_ascii_lowercase())],
         content: Submitted::Whole(report.to_message()),
-        received_at_ms: now
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
+        received_at_ms: postern_queue::now_ms(),
         client: ClientFacts {
             address: "127.0.0.1".into(),
             helo: hostname.to_string(),

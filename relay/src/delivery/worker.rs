@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
@@ -20,7 +20,7 @@ use super::settle::{self, RetryPolicy, Settlement};
 use crate::metrics::Metrics;
 use postern_queue::destination::{Destination, Destinations, Lease, Limits, Signal, Transition};
 use postern_queue::entry::{self, EntryError, Envelope, LastReply};
-use postern_queue::{BodyError, BodyRef, Content, EnqueueError, Lineage, Queue, TOMBSTONE};
+use postern_queue::{BodyError, BodyRef, Content, EnqueueError, Lineage, Queue, TOMBSTONE, now_ms};
 
 /// Entries fetched in one pull request, at most.
 const MAX_BATCH: usize = 64;
@@ -767,13 +767,6 @@ impl Worker {
             .await
             .map(|_| ())
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Entries a process holds per attempt it may run: the rest wait for a connection of their
