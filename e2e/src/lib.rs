@@ -1,7 +1,8 @@
 //! Process-level test harness for Postern.
 //!
-//! Tests start a real `nats-server` and a real `postern` process on free loopback ports and
-//! talk SMTP to it over real TCP and TLS. Build the binary first (`cargo build --bin postern`)
+//! Tests start a real `nats-server` and a real `postern` process, each binding loopback port 0
+//! and reporting the port it got (nats-server's ports file, postern's `--ready-file`), and talk
+//! SMTP to it over real TCP and TLS. Build the binary first (`cargo build --bin postern`)
 //! and install nats-server with `scripts/tools`; the README's test command does both.
 
 pub mod dns;
@@ -25,38 +26,39 @@ pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Ports handed out by [`free_port`]: below the kernel's ephemeral range (32768 and up), so no
-/// outgoing connection and no `bind(0)` of another process is given one of them.
-const HANDED_OUT: std::ops::Range<u16> = 20_000..32_000;
+/// A loopback port that refuses connections and that nothing else can take while this is held:
+/// a socket bound to `127.0.0.1:0` that does not listen (the kernel answers a connection to it
+/// with a reset, as to a closed port). [`ClosedPort::listen`] opens it on the same port, for a
+/// destination that comes up later. Processes under test bind port 0 themselves and report what
+/// they bound; this is for ports a test needs to know before anything listens on them.
+#[derive(Debug)]
+pub struct ClosedPort(tokio::net::TcpSocket);
 
-/// A loopback port for a child process to listen on, that nothing listens on now and that no
-/// other test process is handed while this one runs: each port handed out is held by a lock
-/// file (`flock`, released when the process ends), and the kernel never picks these ports
-/// for sockets of its own choosing.
-pub fn free_port() -> u16 {
-    use std::hash::{BuildHasher, Hasher};
-    static HELD: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
-    let dir = std::env::temp_dir().join("postern-test-ports");
-    std::fs::create_dir_all(&dir).expect("port lock directory");
-    let span = u64::from(HANDED_OUT.end - HANDED_OUT.start);
-    let mut seed = std::collections::hash_map::RandomState::new().build_hasher();
-    seed.write_u32(std::process::id());
-    let start = seed.finish() % span;
-    for offset in 0..span {
-        let port = HANDED_OUT.start + ((start + offset) % span) as u16;
-        let Ok(lock) = std::fs::File::create(dir.join(port.to_string())) else {
-            continue;
-        };
-        if lock.try_lock().is_err() {
-            continue;
-        }
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
-            continue;
-        }
-        HELD.lock().unwrap_or_else(|e| e.into_inner()).push(lock);
-        return port;
+impl ClosedPort {
+    /// Reserves a port.
+    pub fn new() -> ClosedPort {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("binding 127.0.0.1:0");
+        ClosedPort(socket)
     }
-    panic!("no free port in {HANDED_OUT:?}");
+
+    /// The port number.
+    pub fn port(&self) -> u16 {
+        self.0.local_addr().expect("bound address").port()
+    }
+
+    /// Starts listening on it (inside a Tokio runtime).
+    pub fn listen(self) -> tokio::net::TcpListener {
+        self.0.listen(1024).expect("listening on the reserved port")
+    }
+}
+
+impl Default for ClosedPort {
+    fn default() -> Self {
+        ClosedPort::new()
+    }
 }
 
 /// A fresh nats-server and a `postern ingress` on it, with `tweak` applied to the config.

@@ -97,9 +97,9 @@ impl MockMx {
         MockMx::serve(listener, script)
     }
 
-    /// An MX on a given port (to come up after a delivery attempt found it closed).
-    pub async fn start_on(port: u16, script: RcptScript) -> MockMx {
-        MockMx::start_at(SocketAddr::from(([127, 0, 0, 1], port)), script).await
+    /// An MX on a reserved port (to come up after a delivery attempt found it closed).
+    pub fn start_on(port: crate::ClosedPort, script: RcptScript) -> MockMx {
+        MockMx::serve(port.listen(), script)
     }
 
     /// An MX on a given loopback address, such as 127.0.0.2:2525 for a second MX host.

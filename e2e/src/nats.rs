@@ -55,7 +55,7 @@ impl NatsServer {
         let store = tempfile::tempdir().expect("temp dir");
         let mut server = NatsServer {
             child: None,
-            port: crate::free_port(),
+            port: 0,
             store,
             token,
             tls,
@@ -77,7 +77,10 @@ impl NatsServer {
         }
     }
 
-    /// Starts the server again on the same port and storage, and waits until it listens.
+    /// Starts the server again on the same port and storage, and waits until it listens. The
+    /// first start lets the server choose its port (`--port -1`) and reads it from the ports
+    /// file it writes once listening; later starts take that port again, so that clients
+    /// reconnect to it.
     pub fn restart(&mut self) {
         self.kill();
         let mut command = Command::new(nats_server_binary());
@@ -92,22 +95,31 @@ impl NatsServer {
                 .arg("--tlskey")
                 .arg(key);
         }
+        let ports = self.store.path().join("ports");
+        let _ = std::fs::remove_dir_all(&ports);
+        std::fs::create_dir_all(&ports).expect("ports file directory");
+        let port = match self.port {
+            0 => "-1".to_string(),
+            port => port.to_string(),
+        };
         let child = command
-            .args([
-                "--jetstream",
-                "--addr",
-                "127.0.0.1",
-                "--port",
-                &self.port.to_string(),
-                "--store_dir",
-            ])
-            .arg(self.store.path())
+            .args(["--jetstream", "--addr", "127.0.0.1", "--port", &port])
+            .arg("--ports_file_dir")
+            .arg(&ports)
+            .arg("--store_dir")
+            .arg(self.store.path().join("store"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("starting nats-server");
         self.child = Some(child);
-        wait_for_port(self.port, Duration::from_secs(15));
+        let bound = wait_for_ports_file(&ports, Duration::from_secs(15));
+        assert!(
+            self.port == 0 || self.port == bound,
+            "nats-server came back on {bound}, not {}",
+            self.port
+        );
+        self.port = bound;
     }
 
     /// Every entry in the queue stream, in order.
@@ -310,14 +322,17 @@ impl QueueEntry {
     }
 }
 
-/// Waits until something accepts connections on the loopback port.
-pub fn wait_for_port(port: u16, limit: Duration) {
+/// The client port nats-server names in the ports file it writes into `dir` once it listens.
+pub fn wait_for_ports_file(dir: &std::path::Path, limit: Duration) -> u16 {
     let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    loop {
+        if let Some(port) = postern_relay::standalone::read_ports_file(dir) {
+            return port;
+        }
         assert!(
             start.elapsed() < limit,
-            "nothing listening on port {port} after {limit:?}"
+            "nats-server wrote no ports file within {limit:?}"
         );
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(10));
     }
 }

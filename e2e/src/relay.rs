@@ -7,14 +7,17 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use postern_config::{Config, Listener, ListenerTls};
+use postern_relay::app::Bound;
 
-use crate::nats::{NatsServer, wait_for_port};
+use crate::nats::NatsServer;
 
 /// A running `postern` process, killed on drop. Its log is printed when a test fails.
 #[derive(Debug)]
 pub struct Relay {
     child: Option<Child>,
     pub config: Config,
+    /// What the process bound, from its `--ready-file`.
+    pub bound: Bound,
     dir: tempfile::TempDir,
 }
 
@@ -38,8 +41,8 @@ pub fn postern_binary() -> PathBuf {
 }
 
 impl Relay {
-    /// A config for `nats` with one plaintext listener and the admin endpoint on free ports,
-    /// relaying for 127.0.0.0/8.
+    /// A config for `nats` with one plaintext listener and the admin endpoint on port 0 (the
+    /// process binds free ports and reports them), relaying for 127.0.0.0/8.
     pub fn config(nats: &NatsServer) -> Config {
         let mut config = Config {
             hostname: "relay.test".into(),
@@ -47,7 +50,7 @@ impl Relay {
         };
         config.nats.url = Some(nats.url());
         config.ingress.listeners = vec![listener(ListenerTls::None)];
-        config.admin.address = SocketAddr::from(([127, 0, 0, 1], crate::free_port()));
+        config.admin.address = SocketAddr::from(([127, 0, 0, 1], 0));
         config.shutdown_grace = postern_config::Duration::secs(10);
         config
     }
@@ -59,10 +62,12 @@ impl Relay {
         relay
     }
 
-    /// Starts `postern <args> --config FILE` and waits until every listener accepts connections.
+    /// Starts `postern <args> --config FILE --ready-file FILE` and waits until the process has
+    /// bound every listener and said where.
     pub fn spawn(args: &[&str], config: Config) -> Relay {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_file = dir.path().join("postern.yaml");
+        let ready_file = dir.path().join("ready.json");
         std::fs::write(&config_file, config.to_yaml().expect("config serializes"))
             .expect("writing config");
         let log = std::fs::File::create(dir.path().join("postern.log")).expect("log file");
@@ -70,35 +75,68 @@ impl Relay {
             .args(args)
             .arg("--config")
             .arg(&config_file)
+            .arg("--ready-file")
+            .arg(&ready_file)
             .env("RUST_LOG", "info,postern_relay=debug,postern_queue=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
             .spawn()
             .expect("starting postern");
-        let relay = Relay {
+        let mut relay = Relay {
             child: Some(child),
             config,
+            bound: Bound {
+                smtp: Vec::new(),
+                admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+                nats: String::new(),
+            },
             dir,
         };
-        if args.first() == Some(&"delivery") {
-            wait_for_port(relay.config.admin.address.port(), Duration::from_secs(20));
-        } else {
-            for listener in &relay.config.ingress.listeners {
-                wait_for_port(listener.address.port(), Duration::from_secs(20));
-            }
-        }
+        relay.bound = relay.wait_bound(&ready_file, Duration::from_secs(20));
         relay
+    }
+
+    /// Reads the ready file once the process wrote it, panicking with the log if it exits first.
+    fn wait_bound(&mut self, ready_file: &std::path::Path, limit: Duration) -> Bound {
+        let start = Instant::now();
+        loop {
+            if let Ok(json) = std::fs::read(ready_file) {
+                return serde_json::from_slice(&json)
+                    .expect("ready file holds the bound addresses");
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "postern exited with {status} before it was ready\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                start.elapsed() < limit,
+                "postern bound nothing within {limit:?}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// The first SMTP listener.
     pub fn smtp(&self) -> SocketAddr {
-        self.config.ingress.listeners[0].address
+        self.bound.smtp[0]
     }
 
     /// The SMTP listener at `index`.
     pub fn listener(&self, index: usize) -> SocketAddr {
-        self.config.ingress.listeners[index].address
+        self.bound.smtp[index]
+    }
+
+    /// The admin endpoint.
+    pub fn admin(&self) -> SocketAddr {
+        self.bound.admin
     }
 
     /// Waits until `/readyz` answers 200.
@@ -127,7 +165,7 @@ impl Relay {
 
     /// The whole HTTP response of a GET on the admin endpoint.
     pub fn http_get(&self, path: &str) -> Option<String> {
-        let mut stream = std::net::TcpStream::connect(self.config.admin.address).ok()?;
+        let mut stream = std::net::TcpStream::connect(self.admin()).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
         write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
         let mut response = String::new();
@@ -221,10 +259,10 @@ impl Drop for Relay {
     }
 }
 
-/// A listener on a free loopback port.
+/// A listener on loopback port 0: the process binds a free port and reports it.
 pub fn listener(tls: ListenerTls) -> Listener {
     Listener {
-        address: SocketAddr::from(([127, 0, 0, 1], crate::free_port())),
+        address: SocketAddr::from(([127, 0, 0, 1], 0)),
         tls,
         allow_plaintext_auth: false,
         proxy_protocol: false,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use postern_config::{Config, Route};
 use postern_e2e::nats::{nats_server_binary, queue_entries};
 use postern_e2e::relay::postern_binary;
-use postern_e2e::{MockMx, NatsServer, Relay, ReplyExt, STREAM, Smtp, free_port};
+use postern_e2e::{ClosedPort, MockMx, NatsServer, Relay, ReplyExt, STREAM, Smtp};
 
 fn postern(args: &[&str], config: Option<&str>) -> Output {
     let file = tempfile::NamedTempFile::new().unwrap();
@@ -87,10 +87,12 @@ fn check_config_accepts_a_valid_file_and_names_bad_fields() {
 
 #[test]
 fn ingress_refuses_to_start_before_binding_anything() {
-    let smtp = free_port();
-    let admin = free_port();
+    // Holding the SMTP port turns a bind that came too early into a different error; the admin
+    // endpoint is bound after the listeners.
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let smtp = held.local_addr().unwrap().port();
     let base = format!(
-        "nats: {{ url: \"nats://127.0.0.1:1\" }}\ningress: {{ listeners: [ {{ address: \"127.0.0.1:{smtp}\" }} ] }}\nadmin: {{ address: \"127.0.0.1:{admin}\" }}\n"
+        "nats: {{ url: \"nats://127.0.0.1:1\" }}\ningress: {{ listeners: [ {{ address: \"127.0.0.1:{smtp}\" }} ] }}\nadmin: {{ address: \"127.0.0.1:0\" }}\n"
     );
     let cases = [
         (
@@ -114,8 +116,6 @@ fn ingress_refuses_to_start_before_binding_anything() {
         ),
     ];
     for (yaml, message) in cases {
-        // Holding the SMTP port would turn a late bind into a different error.
-        let _held = TcpListener::bind(("127.0.0.1", smtp)).unwrap();
         let out = postern(&["ingress"], Some(&yaml));
         assert_eq!(out.status.code(), Some(1), "{yaml}");
         assert!(
@@ -123,12 +123,7 @@ fn ingress_refuses_to_start_before_binding_anything() {
             "expected {message:?} in {}",
             stderr(&out)
         );
-        assert!(
-            TcpListener::bind(("127.0.0.1", admin)).is_ok(),
-            "admin port left bound"
-        );
     }
-    let _held = TcpListener::bind(("127.0.0.1", smtp)).unwrap();
     let standalone = base.replace(
         "nats: { url: \"nats://127.0.0.1:1\" }",
         "standalone: { natsServer: /nonexistent/nats-server }",
@@ -166,20 +161,22 @@ fn hash_password_prints_an_argon2id_hash() {
 }
 
 /// A `postern standalone` config whose own nats-server keeps its store under `data` and listens
-/// on `nats_port`.
-fn standalone_config(data: &std::path::Path, nats_port: u16) -> Config {
+/// on a port it chooses.
+fn standalone_config(data: &std::path::Path) -> Config {
     let placeholder = NatsServer::start();
     let mut config: Config = Relay::config(&placeholder);
     drop(placeholder);
     config.nats.url = None;
     config.standalone.nats_server = nats_server_binary();
     config.standalone.data_dir = data.join("jetstream");
-    config.standalone.nats_port = nats_port;
+    config.standalone.nats_port = 0;
     config
 }
 
-/// Finds the pid of the nats-server child listening on `port`.
-fn nats_pid(port: u16) -> Option<i32> {
+/// Finds the pid of the nats-server child of a standalone config with `data`, and the port
+/// argument it was started with.
+fn nats_pid(data: &std::path::Path) -> Option<(i32, String)> {
+    let conf = data.join("jetstream/nats-server.conf");
     std::fs::read_dir("/proc")
         .ok()?
         .flatten()
@@ -190,22 +187,22 @@ fn nats_pid(port: u16) -> Option<i32> {
             let is_ours = args.first()?.ends_with(b"nats-server")
                 && args
                     .windows(2)
-                    .any(|w| w[0] == b"--port" && w[1] == port.to_string().as_bytes());
-            is_ours.then_some(pid)
+                    .any(|w| w[0] == b"--config" && w[1] == conf.as_os_str().as_encoded_bytes());
+            let port = args.windows(2).find(|w| w[0] == b"--port")?[1];
+            is_ours.then(|| (pid, String::from_utf8_lossy(port).into_owned()))
         })
 }
 
 #[tokio::test]
 async fn standalone_runs_and_restarts_its_own_nats_server() {
     let mx = MockMx::accepting().await;
-    let closed = free_port();
+    let closed = ClosedPort::new();
     let data = tempfile::tempdir().unwrap();
-    let nats_port = free_port();
-    let mut config = standalone_config(data.path(), nats_port);
+    let mut config = standalone_config(data.path());
     config.delivery.routes = vec![
         Route {
             domain: "held.example".into(),
-            host: format!("127.0.0.1:{closed}"),
+            host: format!("127.0.0.1:{}", closed.port()),
             tls: Default::default(),
         },
         postern_e2e::route_all(&mx.host()),
@@ -231,7 +228,8 @@ async fn standalone_runs_and_restarts_its_own_nats_server() {
     )
     .await
     .is(250, "2.0.0");
-    let url = format!("nats://127.0.0.1:{nats_port}");
+    let url = relay.bound.nats.clone();
+    let nats_port = url.rsplit_once(':').unwrap().1.to_string();
     let held = || async {
         queue_entries(&url, STREAM)
             .await
@@ -251,7 +249,8 @@ async fn standalone_runs_and_restarts_its_own_nats_server() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let pid = nats_pid(nats_port).expect("standalone started nats-server");
+    let (pid, asked) = nats_pid(data.path()).expect("standalone started nats-server");
+    assert_eq!(asked, "-1", "natsPort 0 lets nats-server choose");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
@@ -259,7 +258,9 @@ async fn standalone_runs_and_restarts_its_own_nats_server() {
     .unwrap();
     relay.wait_readyz(503, Duration::from_secs(10));
     relay.wait_ready(Duration::from_secs(30));
-    assert_ne!(nats_pid(nats_port), Some(pid), "a new nats-server runs");
+    let (restarted, port) = nats_pid(data.path()).expect("a nats-server runs again");
+    assert_ne!(restarted, pid, "a new nats-server runs");
+    assert_eq!(port, nats_port, "it came back on the port it chose first");
     assert_eq!(held().await, 1, "the queued entry survived the restart");
     s.send_mail(
         "a@example.com",
@@ -279,7 +280,7 @@ async fn standalone_runs_and_restarts_its_own_nats_server() {
             .success()
     );
     assert!(
-        nats_pid(nats_port).is_none(),
+        nats_pid(data.path()).is_none(),
         "nats-server stopped with postern"
     );
 }
@@ -288,7 +289,8 @@ async fn standalone_runs_and_restarts_its_own_nats_server() {
 async fn nats_url_takes_several_seeds_in_check_config_and_at_start() {
     let nats = NatsServer::start();
     // The first seed answers nothing; the client goes on to the next.
-    let seeds = format!("nats://127.0.0.1:{},{}", free_port(), nats.url());
+    let closed = ClosedPort::new();
+    let seeds = format!("nats://127.0.0.1:{},{}", closed.port(), nats.url());
     let check = postern(
         &["check-config"],
         Some(&format!("nats: {{ url: \"{seeds}\" }}\n")),
@@ -315,7 +317,7 @@ async fn nats_url_takes_several_seeds_in_check_config_and_at_start() {
 #[tokio::test]
 async fn standalone_syncs_every_message_when_asked() {
     let data = tempfile::tempdir().unwrap();
-    let mut config = standalone_config(data.path(), free_port());
+    let mut config = standalone_config(data.path());
     config.standalone.sync = postern_config::Sync::Always;
     let relay = Relay::spawn(&["standalone"], config);
     relay.wait_ready(Duration::from_secs(20));
@@ -334,4 +336,24 @@ async fn standalone_syncs_every_message_when_asked() {
         "standalone: { sync: sometimes }\n",
         "neither always nor a duration",
     );
+}
+
+#[tokio::test]
+async fn the_ready_file_names_the_ports_the_kernel_chose() {
+    let nats = NatsServer::start();
+    let mut config = Relay::config(&nats);
+    config.ingress.listeners.push(postern_e2e::relay::listener(
+        postern_config::ListenerTls::None,
+    ));
+    let relay = Relay::start(config);
+    let bound = &relay.bound;
+    assert_eq!(bound.smtp.len(), 2, "{bound:?}");
+    assert_ne!(bound.smtp[0], bound.smtp[1]);
+    for address in &bound.smtp {
+        assert_ne!(address.port(), 0);
+        Smtp::greeted(*address).await;
+    }
+    assert_ne!(bound.admin.port(), 0);
+    assert_eq!(relay.http_status("/healthz"), Some(200));
+    assert_eq!(bound.nats, nats.url());
 }

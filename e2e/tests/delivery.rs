@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use postern_e2e::mx::RcptScript;
-use postern_e2e::{MockMx, ReplyExt, STREAM, Smtp, free_port, route_all, start_standalone};
+use postern_e2e::{ClosedPort, MockMx, ReplyExt, STREAM, Smtp, route_all, start_standalone};
 use postern_smtp::body::is_clean;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -212,9 +212,9 @@ async fn expiry_bounces_with_4_4_7() {
 
 #[tokio::test]
 async fn unreachable_host_is_retried_until_it_answers() {
-    let port = free_port();
+    let port = ClosedPort::new();
     let (nats, relay) = start_standalone(|c| {
-        c.delivery.routes = vec![route_all(&format!("127.0.0.1:{port}"))];
+        c.delivery.routes = vec![route_all(&format!("127.0.0.1:{}", port.port()))];
         fast_retries(c);
     });
     Smtp::submit(
@@ -233,7 +233,7 @@ async fn unreachable_host_is_retried_until_it_answers() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mx = MockMx::start_on(port, Arc::new(|_| "250 2.1.5 ok".into())).await;
+    let mx = MockMx::start_on(port, Arc::new(|_| "250 2.1.5 ok".into()));
     let delivered = mx.wait_for(1, WAIT).await;
     assert_eq!(delivered[0].recipients, ["b@example.org"]);
     nats.wait_empty(STREAM, WAIT).await;

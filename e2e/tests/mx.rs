@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use postern_e2e::{DnsServer, MockMx, STREAM, Smtp, free_port, start_standalone};
+use postern_e2e::{DnsServer, MockMx, STREAM, Smtp, start_standalone};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -15,17 +15,19 @@ fn ip(text: &str) -> IpAddr {
     text.parse().unwrap()
 }
 
-/// DNS with the sender's domain pointing at `bounces` on 127.0.0.9.
-async fn dns_with_sender_domain(port: u16) -> (DnsServer, MockMx) {
+/// DNS with the sender's domain pointing at `bounces` on 127.0.0.9, and the port it got, on
+/// which every MX of the test listens (each on its own loopback address).
+async fn dns_with_sender_domain() -> (DnsServer, MockMx, u16) {
     let dns = DnsServer::start().await;
     let bounces = MockMx::start_at(
-        SocketAddr::from(([127, 0, 0, 9], port)),
+        SocketAddr::from(([127, 0, 0, 9], 0)),
         Arc::new(|_| "250 ok".into()),
     )
     .await;
     dns.mx("example.com", 10, "mx.example.com");
     dns.address("mx.example.com", ip("127.0.0.9"));
-    (dns, bounces)
+    let port = bounces.addr.port();
+    (dns, bounces, port)
 }
 
 fn relay_using(dns: &DnsServer, port: u16) -> (postern_e2e::NatsServer, postern_e2e::Relay) {
@@ -49,10 +51,9 @@ async fn send(relay: &postern_e2e::Relay, to: &str) {
 
 #[tokio::test]
 async fn preferred_mx_gets_the_message_and_a_refusing_one_is_skipped() {
-    let port = free_port();
-    let (dns, _bounces) = dns_with_sender_domain(port).await;
+    let (dns, _bounces, port) = dns_with_sender_domain().await;
     let primary = MockMx::start_at(
-        SocketAddr::from(([127, 0, 0, 1], port)),
+        SocketAddr::from(([127, 0, 0, 8], port)),
         Arc::new(|_| "250 ok".into()),
     )
     .await;
@@ -63,7 +64,7 @@ async fn preferred_mx_gets_the_message_and_a_refusing_one_is_skipped() {
     .await;
     dns.mx("example.org", 10, "mx1.example.org");
     dns.mx("example.org", 20, "mx2.example.org");
-    dns.address("mx1.example.org", ip("127.0.0.1"));
+    dns.address("mx1.example.org", ip("127.0.0.8"));
     dns.address("mx2.example.org", ip("127.0.0.3"));
     // For example.net the preferred host refuses connections (nothing listens on 127.0.0.2).
     dns.mx("example.net", 5, "dead.example.net");
@@ -87,8 +88,7 @@ async fn preferred_mx_gets_the_message_and_a_refusing_one_is_skipped() {
 
 #[tokio::test]
 async fn implicit_mx_uses_the_domain_address() {
-    let port = free_port();
-    let (dns, _bounces) = dns_with_sender_domain(port).await;
+    let (dns, _bounces, port) = dns_with_sender_domain().await;
     let mx = MockMx::start_at(
         SocketAddr::from(([127, 0, 0, 4], port)),
         Arc::new(|_| "250 ok".into()),
@@ -106,8 +106,7 @@ async fn implicit_mx_uses_the_domain_address() {
 
 #[tokio::test]
 async fn null_mx_and_nxdomain_bounce_with_their_status() {
-    let port = free_port();
-    let (dns, bounces) = dns_with_sender_domain(port).await;
+    let (dns, bounces, port) = dns_with_sender_domain().await;
     dns.mx("nomail.example", 0, ".");
     let (nats, relay) = relay_using(&dns, port);
     send(&relay, "d@nomail.example").await;
@@ -143,8 +142,7 @@ async fn null_mx_and_nxdomain_bounce_with_their_status() {
 
 #[tokio::test]
 async fn servfail_defers_until_dns_answers() {
-    let port = free_port();
-    let (dns, _bounces) = dns_with_sender_domain(port).await;
+    let (dns, _bounces, port) = dns_with_sender_domain().await;
     dns.servfail("flaky.example");
     let (nats, relay) = relay_using(&dns, port);
     send(&relay, "f@flaky.example").await;
@@ -175,8 +173,7 @@ async fn servfail_defers_until_dns_answers() {
 
 #[tokio::test]
 async fn a_4xx_greeting_passes_the_attempt_to_the_next_mx() {
-    let port = free_port();
-    let (dns, _bounces) = dns_with_sender_domain(port).await;
+    let (dns, _bounces, port) = dns_with_sender_domain().await;
     let busy = MockMx::start_at(
         SocketAddr::from(([127, 0, 0, 6], port)),
         Arc::new(|_| "250 ok".into()),

@@ -305,16 +305,18 @@ impl RenderedNats {
             .as_str()
             .unwrap()
             .to_string();
-        let (port, http) = (postern_e2e::free_port(), postern_e2e::free_port());
         let dir = tempfile::tempdir().unwrap();
+        let ports = dir.path().join("ports");
+        std::fs::create_dir(&ports).unwrap();
         let mut config = config
             .replace("/data", dir.path().to_str().unwrap())
             .replace(
                 "/var/run/nats/nats.pid",
                 dir.path().join("pid").to_str().unwrap(),
             )
-            .replace("0.0.0.0:4222", &format!("127.0.0.1:{port}"))
-            .replace("0.0.0.0:8222", &format!("127.0.0.1:{http}"));
+            .replace("0.0.0.0:4222", "127.0.0.1:-1")
+            .replace("0.0.0.0:8222", "127.0.0.1:-1")
+            + &format!("\nports_file_dir: {:?}\n", ports.to_str().unwrap());
         if let Some(tls_dir) = tls_dir {
             config = config.replace("/etc/nats-tls", tls_dir.to_str().unwrap());
         }
@@ -329,7 +331,8 @@ impl RenderedNats {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        postern_e2e::nats::wait_for_port(port, std::time::Duration::from_secs(15));
+        let port =
+            postern_e2e::nats::wait_for_ports_file(&ports, std::time::Duration::from_secs(15));
         RenderedNats {
             server,
             url: format!("nats://127.0.0.1:{port}"),

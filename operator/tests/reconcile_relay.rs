@@ -332,7 +332,8 @@ async fn deleting_keeps_the_stream_unless_the_spec_says_otherwise() {
 async fn an_unreachable_nats_is_reported_not_fatal() {
     let h = Harness::start(json!({}));
     let mut relay = h.api.get(RELAY).unwrap();
-    relay["spec"]["nats"]["url"] = json!(format!("nats://127.0.0.1:{}", postern_e2e::free_port()));
+    let closed = postern_e2e::ClosedPort::new();
+    relay["spec"]["nats"]["url"] = json!(format!("nats://127.0.0.1:{}", closed.port()));
     h.api.put(RELAY, relay);
     h.reconcile().await;
     let (ready, reason, _) = h.condition("QueueReady");

@@ -1,5 +1,6 @@
 //! Wiring: everything `postern ingress` and `postern standalone` start, and the shutdown.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -102,12 +103,53 @@ pub fn load_files(config: &Config) -> Result<Loaded, StartError> {
     })
 }
 
-/// Runs until `shutdown` fires, then drains sessions within `shutdownGrace`.
-pub async fn run(
-    config: Config,
-    role: Role,
+/// The addresses a started relay listens on, as bound: a port of 0 in the config becomes the
+/// port the kernel chose. `--ready-file` writes this as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Bound {
+    /// One address per `ingress.listeners[]` entry, in order (none for `postern delivery`).
+    pub smtp: Vec<SocketAddr>,
+    /// The admin endpoint (`/healthz`, `/readyz`, `/metrics`).
+    pub admin: SocketAddr,
+    /// The NATS server the queue is on: `nats.url`, or the supervised nats-server's URL.
+    pub nats: String,
+}
+
+/// A started relay: everything is bound and serving.
+#[derive(Debug)]
+pub struct Running {
+    bound: Bound,
     shutdown: CancellationToken,
-) -> Result<(), StartError> {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// What it listens on.
+    pub fn bound(&self) -> &Bound {
+        &self.bound
+    }
+
+    /// Waits until `shutdown` fires, then closes the listeners, drains the sessions within
+    /// `shutdownGrace`, lets delivery put back what it holds and stops the nats-server it
+    /// supervises.
+    pub async fn drain_on(self, shutdown: CancellationToken) {
+        shutdown.cancelled().await;
+        self.drain().await;
+    }
+
+    /// Starts the shutdown now and waits until it is complete.
+    pub async fn drain(self) {
+        self.shutdown.cancel();
+        if let Err(err) = self.task.await {
+            warn!(%err, "the relay's main task ended abnormally");
+        }
+    }
+}
+
+/// Starts the relay of `role`: loads the files, connects to (or starts) NATS and binds every
+/// listener; any of these failing fails the start, naming the config field. Returns once it
+/// serves.
+pub async fn start(config: Config, role: Role) -> Result<Running, StartError> {
     if role != Role::Standalone && config.nats.url.is_none() {
         return Err(StartError::MissingNatsUrl);
     }
@@ -149,12 +191,18 @@ pub async fn run(
     } else {
         Vec::new()
     };
+    let admin_error = |source| StartError::Admin {
+        address: config.admin.address,
+        source,
+    };
     let admin_listener = tokio::net::TcpListener::bind(config.admin.address)
         .await
-        .map_err(|source| StartError::Admin {
-            address: config.admin.address,
-            source,
-        })?;
+        .map_err(admin_error)?;
+    let bound = Bound {
+        smtp: listeners.iter().map(|bound| bound.address).collect(),
+        admin: admin_listener.local_addr().map_err(admin_error)?,
+        nats: url,
+    };
     tokio::spawn({
         let (queue, cancel) = (queue.clone(), background.clone());
         async move { queue.provision_until_ready(cancel).await }
@@ -175,7 +223,7 @@ pub async fn run(
         health.clone(),
         background.clone(),
     ));
-    info!(address = %config.admin.address, "admin endpoint bound");
+    info!(address = %bound.admin, "admin endpoint bound");
 
     let acceptor = cert.as_ref().map(ReloadingCert::server_config);
     let reload = config.reload_interval.get();
@@ -185,6 +233,7 @@ pub async fn run(
     if !signers.is_empty() {
         tokio::spawn(signers.clone().watch(reload, background.clone()));
     }
+    let shutdown = CancellationToken::new();
     let delivery = match role.delivery() {
         true => {
             let worker = Worker::new(&config, queue.clone(), metrics.clone())?;
@@ -201,10 +250,10 @@ pub async fn run(
     );
     let sessions = TaskTracker::new();
     let mut accept_loops = Vec::new();
-    for (socket, listener) in listeners {
-        let context = Arc::new(ListenerContext::new(&config, &listener, has_users));
+    for listener in listeners {
+        let context = Arc::new(ListenerContext::new(&config, &listener.config, has_users));
         accept_loops.push(tokio::spawn(ingress::serve(
-            socket,
+            listener.socket,
             context,
             shared.clone(),
             shutdown.clone(),
@@ -213,33 +262,43 @@ pub async fn run(
     }
     info!(hostname = %config.hostname, ?role, "postern started");
 
-    shutdown.cancelled().await;
-    info!(grace = %config.shutdown_grace, "shutting down: no new connections, draining sessions");
-    // Listening sockets close first, so once /readyz says 503 no connection is accepted.
-    for accept_loop in accept_loops {
-        let _ = accept_loop.await;
-    }
-    health.draining.store(true, Ordering::Release);
-    sessions.close();
-    if tokio::time::timeout(config.shutdown_grace.get(), sessions.wait())
-        .await
-        .is_err()
-    {
-        warn!(
-            remaining = sessions.len(),
-            "shutdown grace elapsed; closing the remaining sessions"
-        );
-    }
-    if let Some(delivery) = delivery {
-        let _ = delivery.await;
-    }
-    background.cancel();
-    let _ = admin_task.await;
-    if let Some(task) = nats_task {
-        let _ = task.await;
-    }
-    info!("shutdown complete");
-    Ok(())
+    let grace = config.shutdown_grace;
+    let task = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            info!(%grace, "shutting down: no new connections, draining sessions");
+            // Listening sockets close first, so once /readyz says 503 no connection is accepted.
+            for accept_loop in accept_loops {
+                let _ = accept_loop.await;
+            }
+            health.draining.store(true, Ordering::Release);
+            sessions.close();
+            if tokio::time::timeout(grace.get(), sessions.wait())
+                .await
+                .is_err()
+            {
+                warn!(
+                    remaining = sessions.len(),
+                    "shutdown grace elapsed; closing the remaining sessions"
+                );
+            }
+            if let Some(delivery) = delivery {
+                let _ = delivery.await;
+            }
+            background.cancel();
+            let _ = admin_task.await;
+            if let Some(task) = nats_task {
+                let _ = task.await;
+            }
+            info!("shutdown complete");
+        }
+    });
+    Ok(Running {
+        bound,
+        shutdown,
+        task,
+    })
 }
 
 /// Cancels the returned token on SIGTERM or SIGINT.

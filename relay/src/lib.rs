@@ -1,6 +1,6 @@
 //! Postern's relay: SMTP ingress, the JetStream queue hand-off and the admin endpoint.
 //!
-//! The binary `postern` only parses arguments and calls [`app::run`]; everything else lives
+//! The binary `postern` only parses arguments and calls [`app::start`]; everything else lives
 //! here, where tests reach it.
 
 pub mod admin;

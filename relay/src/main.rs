@@ -29,17 +29,23 @@ enum Cmd {
     Ingress {
         #[arg(long)]
         config: PathBuf,
+        #[command(flatten)]
+        ready: Ready,
     },
     /// Run delivery workers against the NATS server in `nats.url`.
     Delivery {
         #[arg(long)]
         config: PathBuf,
+        #[command(flatten)]
+        ready: Ready,
     },
     /// Run ingress and delivery on one machine, with a local nats-server when `nats.url` is absent.
     Standalone {
         /// Without it, the built-in defaults (SMTP on 127.0.0.1:2525).
         #[arg(long)]
         config: Option<PathBuf>,
+        #[command(flatten)]
+        ready: Ready,
     },
     /// Check a config file and exit: 0 when valid, 1 with the field at fault when not.
     CheckConfig {
@@ -97,6 +103,16 @@ enum QueueCmd {
         #[command(subcommand)]
         command: DeadLetterCmd,
     },
+}
+
+/// Where a started relay says what it bound.
+#[derive(clap::Args)]
+struct Ready {
+    /// Once every listener is bound, write the bound addresses here as JSON
+    /// (`{"smtp": [...], "admin": "...", "nats": "..."}`): with port 0 in the config, the ports the
+    /// kernel chose. Written whole (through a rename), so a reader never sees half of it.
+    #[arg(long, value_name = "PATH")]
+    ready_file: Option<PathBuf>,
 }
 
 /// Which mail a queue command applies to: one message, one domain, or all.
@@ -180,13 +196,17 @@ fn queue(config: &Path, json: bool, command: QueueCmd) -> anyhow::Result<ExitCod
 }
 
 fn run(command: Cmd) -> anyhow::Result<ExitCode> {
-    let (config, role) = match command {
-        Cmd::Ingress { config } => (load(&config)?, Role::Ingress),
-        Cmd::Delivery { config } => (load(&config)?, Role::Delivery),
+    let (config, role, ready) = match command {
+        Cmd::Ingress { config, ready } => (load(&config)?, Role::Ingress, ready),
+        Cmd::Delivery { config, ready } => (load(&config)?, Role::Delivery, ready),
         Cmd::Standalone {
             config: Some(config),
-        } => (load(&config)?, Role::Standalone),
-        Cmd::Standalone { config: None } => (Config::default(), Role::Standalone),
+            ready,
+        } => (load(&config)?, Role::Standalone, ready),
+        Cmd::Standalone {
+            config: None,
+            ready,
+        } => (Config::default(), Role::Standalone, ready),
         Cmd::CheckConfig { config, files } => {
             let loaded = load(&config)?;
             if files {
@@ -230,14 +250,25 @@ fn run(command: Cmd) -> anyhow::Result<ExitCode> {
     };
     let result = runtime.block_on(async {
         let shutdown = app::shutdown_on_signals().context("installing signal handlers")?;
-        app::run(config, role, shutdown)
-            .await
-            .map_err(anyhow::Error::from)
+        let running = app::start(config, role).await?;
+        if let Some(path) = &ready.ready_file {
+            write_ready_file(path, running.bound())?;
+        }
+        running.drain_on(shutdown).await;
+        anyhow::Ok(())
     });
     drop(runtime);
     // After the runtime: the exporter flushes with a blocking HTTP client.
     telemetry.shutdown();
     result.map(|()| ExitCode::SUCCESS)
+}
+
+fn write_ready_file(path: &Path, bound: &app::Bound) -> anyhow::Result<()> {
+    let partial = path.with_extension("partial");
+    let json = serde_json::to_vec(bound).context("encoding the bound addresses")?;
+    std::fs::write(&partial, json)
+        .and_then(|()| std::fs::rename(&partial, path))
+        .with_context(|| format!("--ready-file {}", path.display()))
 }
 
 fn load(path: &Path) -> anyhow::Result<Config> {

@@ -29,6 +29,8 @@ pub enum StandaloneError {
     Exited(std::process::ExitStatus, u16),
     #[error("nats-server did not accept connections on 127.0.0.1:{0} within 15s")]
     NotListening(u16),
+    #[error("nats-server did not say which port it chose for standalone.natsPort 0 within 15s")]
+    NoPortChosen,
 }
 
 /// A supervised nats-server child.
@@ -36,6 +38,9 @@ pub enum StandaloneError {
 pub struct NatsServer {
     config: StandaloneConfig,
     child: Child,
+    /// The client port: `natsPort`, or the one the server chose for 0, kept across restarts so
+    /// that clients reconnect to it.
+    port: u16,
 }
 
 impl NatsServer {
@@ -45,23 +50,43 @@ impl NatsServer {
             path: config.data_dir.clone(),
             source,
         })?;
-        let child = spawn(config)?;
+        let child = spawn(config, config.nats_port)?;
         let mut server = NatsServer {
             config: config.clone(),
             child,
+            port: config.nats_port,
         };
+        if server.port == 0 {
+            server.port = server.chosen_port().await?;
+        }
         server.wait_listening().await?;
-        info!(port = config.nats_port, data_dir = %config.data_dir.display(), sync = %config.sync, "nats-server started");
+        info!(port = server.port, data_dir = %config.data_dir.display(), sync = %config.sync, "nats-server started");
         Ok(server)
     }
 
     /// The client URL of the server.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.config.nats_port)
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The port a server started with `--port -1` chose, from the file it writes into
+    /// `--ports_file_dir` once it listens.
+    async fn chosen_port(&mut self) -> Result<u16, StandaloneError> {
+        let dir = ports_dir(&self.config);
+        for _ in 0..300 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(StandaloneError::Exited(status, 0));
+            }
+            if let Some(port) = read_ports_file(&dir) {
+                return Ok(port);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(StandaloneError::NoPortChosen)
     }
 
     async fn wait_listening(&mut self) -> Result<(), StandaloneError> {
-        let port = self.config.nats_port;
+        let port = self.port;
         for _ in 0..300 {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(StandaloneError::Exited(status, port));
@@ -85,7 +110,7 @@ impl NatsServer {
                 status = self.child.wait() => {
                     error!(status = ?status.ok(), "nats-server exited; restarting it");
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    match spawn(&self.config) {
+                    match spawn(&self.config, self.port) {
                         Ok(child) => self.child = child,
                         Err(err) => {
                             error!(%err, "nats-server could not be restarted");
@@ -130,21 +155,52 @@ pub fn server_config(config: &StandaloneConfig) -> String {
     )
 }
 
-fn spawn(config: &StandaloneConfig) -> Result<Child, StandaloneError> {
+/// Where a server asked to choose its port says which one it chose.
+fn ports_dir(config: &StandaloneConfig) -> PathBuf {
+    config.data_dir.join("ports")
+}
+
+/// The client port in the `<executable>_<pid>.ports` file nats-server writes
+/// (`{"nats":["nats://127.0.0.1:PORT"]}`), if one is there.
+pub fn read_ports_file(dir: &std::path::Path) -> Option<u16> {
+    #[derive(serde::Deserialize)]
+    struct Ports {
+        nats: Vec<String>,
+    }
+    std::fs::read_dir(dir).ok()?.flatten().find_map(|entry| {
+        let text = std::fs::read_to_string(entry.path()).ok()?;
+        let ports: Ports = serde_json::from_str(&text).ok()?;
+        ports.nats.first()?.rsplit_once(':')?.1.parse().ok()
+    })
+}
+
+/// Starts nats-server on `port`; on 0 it chooses one and writes it to [`ports_dir`].
+fn spawn(config: &StandaloneConfig, port: u16) -> Result<Child, StandaloneError> {
+    let data_dir_error = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| StandaloneError::DataDir { path, source }
+    };
     let file = config.data_dir.join("nats-server.conf");
-    std::fs::write(&file, server_config(config)).map_err(|source| StandaloneError::DataDir {
-        path: file.clone(),
-        source,
-    })?;
-    let mut child = Command::new(&config.nats_server)
+    std::fs::write(&file, server_config(config)).map_err(data_dir_error(&file))?;
+    let mut command = Command::new(&config.nats_server);
+    command
         .arg("--config")
         .arg(&file)
-        .args([
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &config.nats_port.to_string(),
-        ])
+        .args(["--addr", "127.0.0.1"]);
+    if port == 0 {
+        let dir = ports_dir(config);
+        match std::fs::remove_dir_all(&dir) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                return Err(data_dir_error(&dir)(err));
+            }
+            _ => {}
+        }
+        std::fs::create_dir_all(&dir).map_err(data_dir_error(&dir))?;
+        command.args(["--port", "-1", "--ports_file_dir"]).arg(&dir);
+    } else {
+        command.args(["--port", &port.to_string()]);
+    }
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -183,5 +239,19 @@ mod tests {
         assert!(default.contains("sync_interval: \"120s\""), "{default}");
         config.sync = postern_config::Sync::Always;
         assert!(server_config(&config).contains("sync_interval: always"));
+    }
+
+    #[test]
+    fn the_chosen_port_comes_from_the_ports_file() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_ports_file(dir.path()), None);
+        std::fs::write(dir.path().join("nats-server_1.ports"), "{\"nats\":[").unwrap();
+        assert_eq!(read_ports_file(dir.path()), None, "a file half written");
+        std::fs::write(
+            dir.path().join("nats-server_1.ports"),
+            r#"{"nats":["nats://127.0.0.1:41613"],"monitoring":["http://127.0.0.1:8222"]}"#,
+        )
+        .unwrap();
+        assert_eq!(read_ports_file(dir.path()), Some(41613));
     }
 }

@@ -666,7 +666,7 @@ pub struct StandaloneConfig {
     pub nats_server: PathBuf,
     /// JetStream storage directory.
     pub data_dir: PathBuf,
-    /// Client port on 127.0.0.1.
+    /// Client port on 127.0.0.1; 0 lets nats-server choose one.
     pub nats_port: u16,
     /// When JetStream writes what it stored to disk (fsync): `always`, before each
     /// acknowledgement, so a 250 survives a power loss; or an interval (nats-server's default,

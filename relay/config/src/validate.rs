@@ -220,8 +220,9 @@ impl Config {
         let mut seen = HashSet::new();
         for (i, listener) in ingress.listeners.iter().enumerate() {
             let field = format!("ingress.listeners[{i}]");
+            // Port 0 binds a port of the kernel's choosing, a different one each time.
             e.check(
-                seen.insert(listener.address),
+                listener.address.port() == 0 || seen.insert(listener.address),
                 format!("{field}.address"),
                 "is listed twice",
             );
@@ -438,11 +439,6 @@ impl Config {
             "must be greater than zero",
         );
 
-        e.check(
-            self.standalone.nats_port > 0,
-            "standalone.natsPort",
-            "must be a port number",
-        );
         if let crate::Sync::Every(every) = self.standalone.sync {
             e.check(
                 !every.get().is_zero(),

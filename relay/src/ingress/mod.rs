@@ -264,9 +264,7 @@ async fn refuse(mut stream: tokio::net::TcpStream) {
 
 /// Binds every configured listener with the configured backlog, naming the field of one that
 /// fails.
-pub async fn bind(
-    config: &Config,
-) -> Result<Vec<(TcpListener, postern_config::Listener)>, BindError> {
+pub async fn bind(config: &Config) -> Result<Vec<BoundListener>, BindError> {
     let mut bound = Vec::new();
     for (i, listener) in config.ingress.listeners.iter().enumerate() {
         let error = |source| BindError {
@@ -284,10 +282,24 @@ pub async fn bind(
         let socket = socket
             .listen(config.ingress.listen_backlog)
             .map_err(error)?;
-        info!(address = %listener.address, tls = ?listener.tls, backlog = config.ingress.listen_backlog, "SMTP listener bound");
-        bound.push((socket, listener.clone()));
+        let address = socket.local_addr().map_err(error)?;
+        info!(%address, tls = ?listener.tls, backlog = config.ingress.listen_backlog, "SMTP listener bound");
+        bound.push(BoundListener {
+            socket,
+            address,
+            config: listener.clone(),
+        });
     }
     Ok(bound)
+}
+
+/// A listening socket of `ingress.listeners[]`.
+#[derive(Debug)]
+pub struct BoundListener {
+    pub socket: TcpListener,
+    /// What it is bound to: the configured address, with the port the kernel chose for 0.
+    pub address: SocketAddr,
+    pub config: postern_config::Listener,
 }
 
 /// A listening socket that could not be bound.
