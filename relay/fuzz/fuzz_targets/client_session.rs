@@ -10,17 +10,9 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use postern_smtp::client::{Client, ClientConfig, ClientEvent, Outgoing, StartTls, Timeouts};
-use postern_smtp::{Address, ReversePath};
 
 fn outgoing() -> Outgoing {
-    let address = |text| Address::parse(text).expect("a valid address");
-    Outgoing {
-        from: ReversePath::Mailbox(address("a@example.com")),
-        recipients: vec![address("b@example.org"), address("c@example.org")],
-        size: 100,
-        smtputf8: false,
-        eight_bit: false,
-    }
+    postern_smtp::testing::outgoing(&["b@example.org", "c@example.org"], 100)
 }
 
 fuzz_target!(|input: &[u8]| {

@@ -21,20 +21,15 @@ const MAX_RECIPIENTS: usize = 3;
 
 fn config(policy: BareLineEndings) -> SessionConfig {
     SessionConfig {
-        hostname: "relay.test".into(),
         max_message_size: MAX_SIZE,
         max_recipients: MAX_RECIPIENTS,
-        max_errors: 5,
-        max_auth_failures: 3,
         max_received: 5,
         bare_line_endings: policy,
         starttls: true,
         auth: true,
         plaintext_auth: true,
-        sender_domains: vec![],
-        command_timeout: Duration::from_secs(300),
-        data_timeout: Duration::from_secs(180),
         min_data_rate: 64,
+        ..postern_smtp::testing::session_config()
     }
 }
 

@@ -308,7 +308,10 @@ impl Client {
             return;
         }
         let awaited = self.expect.front().is_some_and(|p| p.sent_at.is_some());
-        if self.violation.is_none() {
+        // Bytes to an idle session are judged whole by the next event: a 421 closing it is
+        // allowed at any time (RFC 5321 §3.8).
+        let idle = self.expect.is_empty() && !self.sending_body;
+        if self.violation.is_none() && !idle {
             if self.sending_body {
                 self.violation = Some("it replied before the message was sent".into());
             } else if !awaited {
@@ -490,7 +493,7 @@ impl Client {
             }
             let Some(&front) = self.expect.front() else {
                 if !self.parser.is_empty() {
-                    return self.violated("it sent a reply when none was due");
+                    return self.unsolicited();
                 }
                 return ClientEvent::Ready;
             };
@@ -720,6 +723,18 @@ impl Client {
         self.expect
             .front()
             .map_or(Stage::Rset, |p| Stage::from(p.expect))
+    }
+
+    /// A reply to an idle session: the server closing it with 421 ends the session as the
+    /// server's refusal; anything else is a violation.
+    fn unsolicited(&mut self) -> ClientEvent {
+        match self.parser.next_reply() {
+            Ok(Some(reply)) if reply.code == 421 => {
+                let stage = self.stage();
+                self.fail(stage, reply, FailureKind::Refused)
+            }
+            _ => self.violated("it sent a reply when none was due"),
+        }
     }
 
     fn violated(&mut self, what: &str) -> ClientEvent {

@@ -12,6 +12,8 @@ pub mod dot;
 pub mod proxy;
 pub mod reply;
 pub mod server;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use address::{Address, AddressError, ReversePath};
 pub use body::BareLineEndings;

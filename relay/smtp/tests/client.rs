@@ -11,7 +11,6 @@ use postern_smtp::client::{
     Timeouts,
 };
 use postern_smtp::dot::dot_stuff;
-use postern_smtp::{Address, ReversePath};
 use proptest::prelude::*;
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -74,16 +73,7 @@ impl Run {
 }
 
 fn outgoing(recipients: &[&str]) -> Outgoing {
-    Outgoing {
-        from: ReversePath::Mailbox(Address::parse("a@example.com").unwrap()),
-        recipients: recipients
-            .iter()
-            .map(|r| Address::parse(r).unwrap())
-            .collect(),
-        size: 10,
-        smtputf8: false,
-        eight_bit: false,
-    }
+    postern_smtp::testing::outgoing(recipients, 10)
 }
 
 fn codes(event: ClientEvent) -> Vec<u16> {

@@ -7,28 +7,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use postern_smtp::{
-    AuthOutcome, BareLineEndings, Event, Peer, QueueUnavailable, Reply, Session, SessionConfig,
-    Status,
+    AuthOutcome, Event, Peer, QueueUnavailable, Reply, Session, SessionConfig, Status,
 };
 
 const SECOND: Duration = Duration::from_secs(1);
 
 fn config() -> SessionConfig {
     SessionConfig {
-        hostname: "relay.test".into(),
         max_message_size: 1000,
-        max_recipients: 2,
-        max_errors: 5,
-        max_auth_failures: 3,
-        max_received: 50,
-        bare_line_endings: BareLineEndings::Normalize,
         starttls: true,
         auth: true,
-        plaintext_auth: false,
-        sender_domains: vec![],
-        command_timeout: 300 * SECOND,
-        data_timeout: 180 * SECOND,
-        min_data_rate: 1024,
+        ..postern_smtp::testing::session_config()
     }
 }
 

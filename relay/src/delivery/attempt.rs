@@ -1,6 +1,7 @@
 //! Sessions with next hops: connect, greet, STARTTLS and AUTH once, then one transaction per
-//! message, driving the sans-IO client over TCP or TLS. The client owns the reply deadlines;
-//! this adapter sleeps until them. Open sessions wait in a [`Pool`] for the next message to
+//! message, driving the sans-IO client over any stream (TCP, or an in-memory one in tests) and
+//! TLS on it. Dialing is apart ([`dial`]); the client owns the reply deadlines and this adapter
+//! sleeps until them. Open sessions wait in a [`Pool`] for the next message to
 //! the same next hop, swept so that an idle one is closed on time and a peer's close noticed.
 
 use std::collections::HashMap;
@@ -78,12 +79,12 @@ impl AttemptFailure {
 }
 
 /// The socket of a session: plaintext until STARTTLS.
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+enum Stream<S> {
+    Plain(S),
+    Tls(Box<tokio_rustls::client::TlsStream<S>>),
 }
 
-impl AsyncRead for Stream {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Stream<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -96,7 +97,7 @@ impl AsyncRead for Stream {
     }
 }
 
-impl AsyncWrite for Stream {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Stream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -124,9 +125,9 @@ impl AsyncWrite for Stream {
 }
 
 /// An open session, ready for a transaction.
-pub struct Connection {
+pub struct Connection<S = TcpStream> {
     client: Client,
-    stream: Stream,
+    stream: Stream<S>,
     /// Writing one piece of the body, or the commands.
     write_limit: Duration,
     /// Messages sent on this session so far.
@@ -134,7 +135,7 @@ pub struct Connection {
     buf: Vec<u8>,
 }
 
-impl std::fmt::Debug for Connection {
+impl<S> std::fmt::Debug for Connection<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connection")
             .field("messages", &self.messages)
@@ -183,15 +184,38 @@ async fn open(target: &Target, settings: &Settings) -> Result<Connection, Attemp
         OutboundTls::Required | OutboundTls::Verify => StartTls::Required,
         OutboundTls::None => StartTls::Never,
     };
-    match connect(target, settings, starttls).await {
+    let tcp = dial(target, &settings.timeouts).await?;
+    match start(tcp, target, settings, starttls).await {
         Err(AttemptError::Handshake(err)) if settings.tls == OutboundTls::Opportunistic => {
             tracing::info!(host = %target.host, %err, "TLS handshake failed; retrying in plaintext");
-            connect(target, settings, StartTls::Never)
+            let tcp = dial(target, &settings.timeouts).await?;
+            start(tcp, target, settings, StartTls::Never)
                 .await
                 .map_err(AttemptError::into_failure)
         }
         other => other.map_err(AttemptError::into_failure),
     }
+}
+
+/// Opens a TCP connection to the target within the connect timeout.
+async fn dial(target: &Target, t: &DeliveryTimeouts) -> Result<TcpStream, AttemptFailure> {
+    let tcp = match timeout(t.connect.get(), TcpStream::connect(&target.address)).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(err)) => {
+            return Err(unreachable(format!(
+                "connection to {} failed: {err}",
+                target.address
+            )));
+        }
+        Err(_) => {
+            return Err(unreachable(format!(
+                "connection to {} timed out",
+                target.address
+            )));
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
 }
 
 /// An attempt's failure, keeping TLS handshake failures apart for the plaintext retry.
@@ -213,29 +237,15 @@ impl AttemptError {
     }
 }
 
-/// Connects and runs the session up to its first transaction.
-async fn connect(
+/// Runs the session on a connected `stream` up to its first transaction: greeting, EHLO,
+/// STARTTLS and AUTH.
+async fn start<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
     target: &Target,
     settings: &Settings,
     starttls: StartTls,
-) -> Result<Connection, AttemptError> {
+) -> Result<Connection<S>, AttemptError> {
     let t = &settings.timeouts;
-    let tcp = match timeout(t.connect.get(), TcpStream::connect(&target.address)).await {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(err)) => {
-            return Err(Other(unreachable(format!(
-                "connection to {} failed: {err}",
-                target.address
-            ))));
-        }
-        Err(_) => {
-            return Err(Other(unreachable(format!(
-                "connection to {} timed out",
-                target.address
-            ))));
-        }
-    };
-    let _ = tcp.set_nodelay(true);
     let client = Client::new(
         ClientConfig {
             helo_name: settings.helo_name.clone(),
@@ -252,7 +262,7 @@ async fn connect(
     );
     let mut connection = Connection {
         client,
-        stream: Stream::Plain(tcp),
+        stream: Stream::Plain(stream),
         write_limit: t.data_block.get(),
         messages: 0,
         buf: vec![0u8; 8 * 1024],
@@ -263,7 +273,7 @@ async fn connect(
             ClientEvent::Ready => return Ok(connection),
             ClientEvent::StartTls => {
                 connection.flush().await.map_err(Other)?;
-                let Stream::Plain(tcp) = connection.stream else {
+                let Stream::Plain(plain) = connection.stream else {
                     return Err(Other(local(
                         4,
                         5,
@@ -279,7 +289,7 @@ async fn connect(
                 };
                 let connector = tokio_rustls::TlsConnector::from(config);
                 // One deadline for the whole handshake, however slowly its records come.
-                let tls = match timeout(t.command.get(), connector.connect(name, tcp)).await {
+                let tls = match timeout(t.command.get(), connector.connect(name, plain)).await {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(err)) => return Err(Handshake(err)),
                     Err(_) => {
@@ -317,7 +327,7 @@ async fn connect(
     }
 }
 
-impl Connection {
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// Sends one message and returns every recipient's reply. The session is ready for another
     /// message afterwards (an RSET is sent first when the transaction was aborted). A failure
     /// comes with the stage it happened at.
@@ -578,7 +588,7 @@ impl Pool {
     }
 }
 
-impl Connection {
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// True while the server has neither closed nor sent anything: a look at the socket that
     /// never waits. Whatever it read is dropped with the connection.
     fn peer_is_quiet(&mut self) -> bool {
@@ -628,4 +638,105 @@ fn unreachable(text: String) -> AttemptFailure {
 /// Failures before MAIL: the host did not take the session, so another MX may.
 fn before_session(stage: Stage) -> bool {
     matches!(stage, Stage::Greeting | Stage::Ehlo | Stage::StartTls)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The adapter over an in-memory stream, against the ingress server session on the other
+    //! end: the same code that runs over TCP and TLS, without a socket.
+    #![allow(clippy::unwrap_used)] // a test that cannot set up may panic
+
+    use super::*;
+    use postern_smtp::testing::outgoing;
+    use postern_smtp::{BareLineEndings, Event, Peer, Session, SessionConfig};
+
+    /// Serves one session on `stream` and sends every message it would queue to `queued`.
+    async fn ingress_session(
+        mut stream: tokio::io::DuplexStream,
+        queued: tokio::sync::mpsc::UnboundedSender<postern_smtp::Message>,
+    ) {
+        let config = SessionConfig {
+            hostname: "mx.test".into(),
+            max_recipients: 1,
+            bare_line_endings: BareLineEndings::Reject,
+            ..postern_smtp::testing::session_config()
+        };
+        let peer = Peer {
+            relay_allowed: true,
+            tls: false,
+        };
+        let mut session = Session::new(Arc::new(config), peer, Instant::now());
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let event = session.next_event();
+            for reply in session.take_replies() {
+                stream.write_all(&reply.to_bytes()).await.unwrap();
+            }
+            match event {
+                Event::NeedInput => match stream.read(&mut buf).await {
+                    Ok(n) if n > 0 => session.receive(&buf[..n], Instant::now()),
+                    _ => return,
+                },
+                Event::Message(message) => {
+                    queued.send(*message).unwrap();
+                    session.message_result(Ok("QID".into()), Instant::now());
+                }
+                Event::Close => return,
+                event => panic!("unexpected {event:?}"),
+            }
+        }
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            helo_name: "relay.test".into(),
+            tls: OutboundTls::None,
+            verified: super::super::tls::any_certificate(),
+            auth: None,
+            timeouts: DeliveryTimeouts::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn two_transactions_on_one_session_over_an_in_memory_stream() {
+        let (ours, theirs) = tokio::io::duplex(1024);
+        let (queued, mut received) = tokio::sync::mpsc::unbounded_channel();
+        let server = tokio::spawn(ingress_session(theirs, queued));
+        let target = Target::from_host_port("mx.test:25");
+        let Ok(mut connection) = start(ours, &target, &settings(), StartTls::Never).await else {
+            panic!("the session did not start");
+        };
+        // Larger than the duplex buffer, so the body goes out in several writes; a line that
+        // starts with a dot is stuffed on the way and unstuffed by the server.
+        let body: Vec<u8> = [
+            &b"Subject: in memory\r\n\r\n.dot\r\n"[..],
+            &b"line\r\n".repeat(500),
+        ]
+        .concat();
+        let content = Content::whole(bytes::Bytes::from(body.clone()));
+        let outcome = connection
+            .transaction(
+                &outgoing(&["b@example.org", "c@example.org"], body.len()),
+                &content,
+            )
+            .await
+            .unwrap();
+        let codes: Vec<u16> = outcome.replies.iter().map(|r| r.code).collect();
+        assert_eq!(
+            codes,
+            [250, 452],
+            "one recipient per message on this server"
+        );
+        assert_eq!(received.recv().await.unwrap().body, body);
+
+        let outcome = connection
+            .transaction(&outgoing(&["d@example.org"], body.len()), &content)
+            .await
+            .unwrap();
+        assert_eq!(outcome.replies[0].code, 250);
+        let second = received.recv().await.unwrap();
+        assert_eq!(second.recipients[0].to_string(), "d@example.org");
+        connection.quit().await;
+        server.await.unwrap();
+    }
 }

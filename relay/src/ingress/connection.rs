@@ -1,5 +1,6 @@
-//! Drives one [`Session`] over a socket: reads until the session's deadline, the TLS upgrade,
-//! AUTH, message memory, streaming large messages to the body stream, and queueing.
+//! Drives one [`Session`] over a stream (a TCP socket, TLS on it, or anything else that reads
+//! and writes): reads until the session's deadline, the TLS upgrade, AUTH, message memory,
+//! streaming large messages to the body stream, and queueing.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,7 +9,6 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use postern_config::PregreetAction;
 use postern_smtp::{AuthOutcome, Event, Message, Peer, QueueUnavailable, Reply, Session, Status};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::timeout_at;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
@@ -66,7 +66,10 @@ impl Connection {
     }
 
     /// Serves the connection until it closes.
-    pub(super) async fn run(mut self, mut stream: TcpStream) -> std::io::Result<()> {
+    pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+        mut self,
+        mut stream: S,
+    ) -> std::io::Result<()> {
         let result = self.serve(&mut stream).await;
         if let Some(streaming) = self.streaming.take() {
             streaming.abort().await;
@@ -74,7 +77,10 @@ impl Connection {
         result
     }
 
-    async fn serve(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        stream: &mut S,
+    ) -> std::io::Result<()> {
         let relay_allowed = self.shared.relay_allowed(self.peer.ip());
         if self.listener.implicit_tls {
             let mut tls = Box::pin(self.handshake(stream)).await?;
@@ -85,10 +91,16 @@ impl Connection {
             Box::pin(self.drive(&mut session, tls)).await?;
             return Ok(());
         }
-        if !self.ready(&mut *stream).await? || !self.greeting_awaited(stream).await? {
+        if !self.ready(&mut *stream).await? {
             return Ok(());
         }
+        let Some(early) = self.greeting_awaited(stream).await? else {
+            return Ok(());
+        };
         let mut session = self.session(relay_allowed, false);
+        if !early.is_empty() {
+            session.receive(&early, Instant::now());
+        }
         if let Outcome::StartTls(stream) = self.drive(&mut session, &mut *stream).await? {
             let tls = Box::pin(self.handshake(stream)).await?;
             session.tls_started(Instant::now());
@@ -126,16 +138,19 @@ impl Connection {
     }
 
     /// RFC 5321 §3.1: the client waits for the greeting. One that talks first is counted and,
-    /// unless configured otherwise, refused.
-    async fn greeting_awaited(&self, stream: &mut TcpStream) -> std::io::Result<bool> {
+    /// unless configured otherwise, refused. Returns what it said early (to be read after the
+    /// greeting when only counted), or `None` when the connection ends here.
+    async fn greeting_awaited<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        stream: &mut S,
+    ) -> std::io::Result<Option<Vec<u8>>> {
         let pregreet = &self.shared.pregreet;
-        let mut probe = [0u8; 1];
-        let early = match tokio::time::timeout(pregreet.wait.get(), stream.peek(&mut probe)).await {
-            Ok(Ok(n)) => n > 0,
-            Ok(Err(_)) | Err(_) => false,
-        };
-        if !early {
-            return Ok(true);
+        let mut early = Vec::with_capacity(COMMAND_BUFFER);
+        match tokio::time::timeout(pregreet.wait.get(), stream.read_buf(&mut early)).await {
+            Err(_) => return Ok(Some(early)),
+            // Closed or failed before the greeting: nobody to greet.
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok(None),
+            Ok(Ok(_)) => {}
         }
         let action = match pregreet.action {
             PregreetAction::Reject => "reject",
@@ -148,7 +163,7 @@ impl Connection {
             .inc();
         info!(peer = %self.peer, action, "client talked before the greeting");
         if pregreet.action == PregreetAction::Count {
-            return Ok(true);
+            return Ok(Some(early));
         }
         let reply = Reply::new(
             554,
@@ -157,7 +172,7 @@ impl Connection {
         );
         stream.write_all(&reply.to_bytes()).await?;
         let _ = stream.shutdown().await;
-        Ok(false)
+        Ok(None)
     }
 
     async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
