@@ -250,3 +250,73 @@ async fn connection_caps_answer_421() {
         1.0
     );
 }
+
+/// The ingress adapter is not tied to TCP: the same code serves a session over an in-memory
+/// stream, and the message reaches the real queue.
+#[tokio::test]
+async fn the_adapter_serves_a_session_over_an_in_memory_stream() {
+    use postern_relay::ingress::{self, ListenerContext, Shared};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    let nats = postern_e2e::NatsServer::start();
+    let config = postern_e2e::Relay::config(&nats);
+    let queue = postern_queue::Queue::connect(&nats.url(), &config.nats, config.body_ttl())
+        .await
+        .unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let (queue, cancel) = (queue.clone(), cancel.clone());
+        async move { queue.provision_until_ready(cancel).await }
+    });
+    postern_e2e::wait_until(
+        "the queue is ready",
+        std::time::Duration::from_secs(10),
+        || queue.is_ready(),
+    )
+    .await;
+    let signers = postern_relay::dkim::Signers::load(&[], None).unwrap();
+    let metrics = std::sync::Arc::new(postern_relay::metrics::Metrics::default());
+    let shared = Shared::new(&config, queue, None, None, signers, metrics).unwrap();
+    let context = ListenerContext::new(&config, &config.ingress.listeners[0], false);
+
+    let (ours, theirs) = tokio::io::duplex(4096);
+    let peer = "127.0.0.1:40000".parse().unwrap();
+    let served = tokio::spawn(ingress::serve_connection(
+        std::sync::Arc::new(shared),
+        std::sync::Arc::new(context),
+        cancel.clone(),
+        theirs,
+        peer,
+    ));
+    let (read, mut write) = tokio::io::split(ours);
+    let mut lines = BufReader::new(read).lines();
+    let mut reply = async || lines.next_line().await.unwrap().unwrap();
+    assert!(reply().await.starts_with("220 relay.test"));
+    write
+        .write_all(
+            b"HELO memory.test\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n",
+        )
+        .await
+        .unwrap();
+    for expected in ["250 ", "250 2.1.0", "250 2.1.5", "354 "] {
+        let line = reply().await;
+        assert!(line.starts_with(expected), "{line}");
+    }
+    write
+        .write_all(b"Subject: in memory\r\n\r\nx\r\n.\r\nQUIT\r\n")
+        .await
+        .unwrap();
+    assert!(reply().await.starts_with("250 2.0.0"));
+    assert!(reply().await.starts_with("221 2.0.0"));
+    served.await.unwrap();
+    let entries = nats.entries(STREAM).await;
+    assert_eq!(entries.len(), 1);
+    assert!(
+        entries[0]
+            .text()
+            .starts_with("Received: from memory.test ([127.0.0.1])"),
+        "{}",
+        entries[0].text()
+    );
+    cancel.cancel();
+}

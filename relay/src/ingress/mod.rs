@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use ipnet::IpNet;
 use postern_config::{Config, Limits, ListenerTls, Pregreet};
 use postern_smtp::{BareLineEndings, SessionConfig};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -241,6 +241,19 @@ async fn session(
     peer: SocketAddr,
     guard: CapGuard,
 ) {
+    serve_connection(shared, context, shutdown, stream, peer).await;
+    drop(guard);
+}
+
+/// Serves one SMTP connection from `peer` on any stream (a TCP socket from a listener, or an
+/// in-memory one in tests) until it closes, counting it in the session metrics.
+pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: Arc<Shared>,
+    context: Arc<ListenerContext>,
+    shutdown: CancellationToken,
+    stream: S,
+    peer: SocketAddr,
+) {
     shared.metrics.connections.inc();
     shared.metrics.sessions.inc();
     let connection = connection::Connection::new(shared.clone(), context, peer, shutdown);
@@ -252,7 +265,6 @@ async fn session(
         debug!(%peer, %err, "connection ended with an error");
     }
     shared.metrics.sessions.dec();
-    drop(guard);
 }
 
 async fn refuse(mut stream: tokio::net::TcpStream) {
