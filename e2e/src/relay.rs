@@ -2,6 +2,7 @@
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -71,7 +72,10 @@ impl Relay {
         std::fs::write(&config_file, config.to_yaml().expect("config serializes"))
             .expect("writing config");
         let log = std::fs::File::create(dir.path().join("postern.log")).expect("log file");
+        // Its own process group, so that dropping it also ends the nats-server that
+        // `standalone` supervises, which a SIGKILL of postern alone would leave running.
         let child = Command::new(postern_binary())
+            .process_group(0)
             .args(args)
             .arg("--config")
             .arg(&config_file)
@@ -250,6 +254,10 @@ impl Relay {
 impl Drop for Relay {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                let group = nix::unistd::Pid::from_raw(-pid);
+                let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
