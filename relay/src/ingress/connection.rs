@@ -101,6 +101,8 @@ impl Connection {
         if !early.is_empty() {
             session.receive(&early, Instant::now());
         }
+        // Not held for the rest of the session: an idle session keeps no buffer.
+        drop(early);
         if let Outcome::StartTls(stream) = self.drive(&mut session, &mut *stream).await? {
             let tls = Box::pin(self.handshake(stream)).await?;
             session.tls_started(Instant::now());
@@ -145,7 +147,9 @@ impl Connection {
         stream: &mut S,
     ) -> std::io::Result<Option<Vec<u8>>> {
         let pregreet = &self.shared.pregreet;
-        let mut early = Vec::with_capacity(COMMAND_BUFFER);
+        // Empty until a client talks first: a read into it takes a few bytes (what a polite
+        // client never sends), and the rest stays in the socket for the session to read.
+        let mut early = Vec::new();
         match tokio::time::timeout(pregreet.wait.get(), stream.read_buf(&mut early)).await {
             Err(_) => return Ok(Some(early)),
             // Closed or failed before the greeting: nobody to greet.
