@@ -12,11 +12,15 @@ use postern_queue::entry::{self, BodyRef, Envelope};
 pub struct NatsServer {
     child: Option<Child>,
     pub port: u16,
+    /// Port of the monitoring endpoint (`/varz`, `/jsz`), chosen again at every start.
+    pub monitoring_port: u16,
     store: tempfile::TempDir,
     /// The token clients must present, if the server asks for one.
     token: Option<String>,
     /// Certificate and key files, if clients must use TLS.
     tls: Option<(PathBuf, PathBuf)>,
+    /// JetStream's `sync_interval` (`always` or a duration), if not nats-server's default.
+    sync: Option<String>,
 }
 
 /// The nats-server binary: `$POSTERN_NATS_SERVER`, else the one `scripts/tools` installs.
@@ -49,16 +53,32 @@ impl NatsServer {
         NatsServer::start_with(None, Some((pki.cert_file.clone(), pki.key_file.clone())))
     }
 
+    /// Starts a server whose JetStream syncs as `sync` says (`always` or a duration such as
+    /// `10s`), set in a config file as in production.
+    pub fn start_syncing(sync: &str) -> NatsServer {
+        NatsServer::start_from(None, None, Some(sync.to_string()))
+    }
+
     /// Starts a server that asks clients for `token` and TLS with `tls` (certificate and key
     /// files), as given.
     pub fn start_with(token: Option<String>, tls: Option<(PathBuf, PathBuf)>) -> NatsServer {
+        NatsServer::start_from(token, tls, None)
+    }
+
+    fn start_from(
+        token: Option<String>,
+        tls: Option<(PathBuf, PathBuf)>,
+        sync: Option<String>,
+    ) -> NatsServer {
         let store = tempfile::tempdir().expect("temp dir");
         let mut server = NatsServer {
             child: None,
             port: 0,
+            monitoring_port: 0,
             store,
             token,
             tls,
+            sync,
         };
         server.restart();
         server
@@ -67,6 +87,11 @@ impl NatsServer {
     /// The client URL.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The monitoring endpoint as `host:port`, as a Relay's `nats.monitoringEndpoint` names it.
+    pub fn monitoring_endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.monitoring_port)
     }
 
     /// Kills the server (SIGKILL), keeping its storage.
@@ -84,6 +109,12 @@ impl NatsServer {
     pub fn restart(&mut self) {
         self.kill();
         let mut command = Command::new(nats_server_binary());
+        if let Some(sync) = &self.sync {
+            let file = self.store.path().join("nats-server.conf");
+            std::fs::write(&file, format!("jetstream {{ sync_interval: {sync} }}\n"))
+                .expect("writing the nats-server config");
+            command.arg("--config").arg(file);
+        }
         if let Some(token) = &self.token {
             command.args(["--auth", token]);
         }
@@ -104,6 +135,7 @@ impl NatsServer {
         };
         let child = command
             .args(["--jetstream", "--addr", "127.0.0.1", "--port", &port])
+            .args(["--http_port", "-1"])
             .arg("--ports_file_dir")
             .arg(&ports)
             .arg("--store_dir")
@@ -120,6 +152,8 @@ impl NatsServer {
             self.port
         );
         self.port = bound;
+        self.monitoring_port =
+            monitoring_port(&ports).expect("the ports file names the monitoring port");
     }
 
     /// Every entry in the queue stream, in order.
@@ -320,6 +354,20 @@ impl QueueEntry {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+}
+
+/// The monitoring port nats-server names in the ports file it wrote into `dir`.
+fn monitoring_port(dir: &std::path::Path) -> Option<u16> {
+    std::fs::read_dir(dir).ok()?.flatten().find_map(|entry| {
+        let text = std::fs::read_to_string(entry.path()).ok()?;
+        let ports: serde_json::Value = serde_json::from_str(&text).ok()?;
+        ports["monitoring"][0]
+            .as_str()?
+            .rsplit_once(':')?
+            .1
+            .parse()
+            .ok()
+    })
 }
 
 /// The client port nats-server names in the ports file it writes into `dir` once it listens.

@@ -209,6 +209,14 @@ fn nats_by_default_and_an_existing_one_when_disabled() {
         "postern-nats-headless.postern.svc:8222"
     );
 
+    // The Relay requires what the chart's NATS was told to do, and the operator checks it.
+    assert_eq!(relay["spec"]["nats"].get("sync"), None);
+    let syncing = render(
+        None,
+        &["relay.create=true", "nats.jetstream.syncInterval=always"],
+    );
+    assert_eq!(find(&syncing, "Relay")[0]["spec"]["nats"]["sync"], "always");
+
     let external = chart().join("ci/external-nats-values.yaml");
     let objects = render(Some(&external), &[]);
     assert!(find(&objects, "StatefulSet").is_empty());

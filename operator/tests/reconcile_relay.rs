@@ -71,6 +71,7 @@ impl Harness {
         );
         ctx.keda = keda;
         ctx.nats_url = Some(nats.url());
+        ctx.nats_monitoring_endpoint = Some(nats.monitoring_endpoint());
         ctx.stream_replicas = Some(1);
         tweak(&mut ctx);
         let ctx = Arc::new(ctx);
@@ -717,4 +718,120 @@ async fn status_counts_ready_waiting_and_dead_mail_apart() {
         (&json!(1), &json!(2), &json!(0), &json!(1)),
         "{status}"
     );
+}
+
+/// Warning events about a Relay with `reason`.
+fn warnings(h: &Harness, reason: &str) -> usize {
+    h.api
+        .paths()
+        .iter()
+        .filter(|p| p.contains("/events/"))
+        .map(|p| h.api.get(p).unwrap())
+        .filter(|e| e["reason"] == reason && e["type"] == "Warning")
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_sync_setting_is_reported_and_held_against_the_spec() {
+    // nats-server's default: fsync every two minutes.
+    let h = Harness::start(json!({}));
+    h.reconcile().await;
+    let (durable, reason, message) = h.condition("QueueDurable");
+    assert_eq!((durable.as_str(), reason.as_str()), ("True", "NotRequired"));
+    assert!(message.contains("syncs every 2m"), "{message}");
+    assert!(message.contains("in the last 2m"), "{message}");
+    assert_eq!(h.relay().status.unwrap().nats_sync.as_deref(), Some("2m"));
+
+    // Requiring a sync before every acknowledgement: the servers do not, and it is said.
+    let mut relay = h.api.get(RELAY).unwrap();
+    relay["spec"]["nats"] = json!({ "sync": "always" });
+    relay["metadata"]["generation"] = json!(2);
+    h.api.put(RELAY, relay);
+    h.reconcile().await;
+    let (durable, reason, message) = h.condition("QueueDurable");
+    assert_eq!(
+        (durable.as_str(), reason.as_str()),
+        ("False", "SyncWeakerThanRequired")
+    );
+    assert!(
+        message.starts_with("spec.nats.sync requires always, but ")
+            && message.contains(&format!(
+                "(127.0.0.1:{}) syncs every 2m",
+                h.nats.monitoring_port
+            )),
+        "{message}"
+    );
+    assert_eq!(warnings(&h, "SyncWeakerThanRequired"), 1);
+    // Mail still flows: the Relay is not degraded by it.
+    assert_eq!(h.condition("Degraded").0, "False");
+    assert_eq!(h.condition("QueueReady").0, "True");
+
+    // An interval the servers keep to.
+    let mut relay = h.api.get(RELAY).unwrap();
+    relay["spec"]["nats"] = json!({ "sync": "5m" });
+    relay["metadata"]["generation"] = json!(3);
+    h.api.put(RELAY, relay);
+    h.reconcile().await;
+    let (durable, reason, _) = h.condition("QueueDurable");
+    assert_eq!(
+        (durable.as_str(), reason.as_str()),
+        ("True", "SyncAsRequired")
+    );
+
+    // One a minute is more than these servers do.
+    let mut relay = h.api.get(RELAY).unwrap();
+    relay["spec"]["nats"] = json!({ "sync": "1m" });
+    relay["metadata"]["generation"] = json!(4);
+    h.api.put(RELAY, relay);
+    h.reconcile().await;
+    let (durable, _, message) = h.condition("QueueDurable");
+    assert_eq!(durable, "False", "{message}");
+    assert!(
+        message.starts_with("spec.nats.sync requires 1m"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_that_sync_always_meet_every_requirement() {
+    let h = Harness::start_on(
+        NatsServer::start_syncing("always"),
+        json!({ "nats": { "sync": "always" } }),
+        true,
+        |_| {},
+    );
+    h.reconcile().await;
+    let (durable, reason, message) = h.condition("QueueDurable");
+    assert_eq!(
+        (durable.as_str(), reason.as_str()),
+        ("True", "SyncAsRequired"),
+        "{message}"
+    );
+    assert!(message.contains("survives a power loss"), "{message}");
+    assert_eq!(
+        h.relay().status.unwrap().nats_sync.as_deref(),
+        Some("always")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_monitoring_endpoint_leaves_durability_unknown() {
+    let closed = postern_e2e::ClosedPort::new();
+    let endpoint = format!("127.0.0.1:{}", closed.port());
+    let h = Harness::start(json!({ "nats": { "sync": "always", "monitoringEndpoint": endpoint } }));
+    h.reconcile().await;
+    let (durable, reason, message) = h.condition("QueueDurable");
+    assert_eq!(
+        (durable.as_str(), reason.as_str()),
+        ("Unknown", "MonitoringUnreachable")
+    );
+    assert!(
+        message.starts_with(&format!(
+            "cannot check spec.nats.sync always: GET http://{endpoint}/varz: "
+        )),
+        "{message}"
+    );
+    assert_eq!(h.relay().status.unwrap().nats_sync, None);
+    // The queue itself is fine.
+    assert_eq!(h.condition("QueueReady").0, "True");
 }

@@ -1,6 +1,7 @@
 //! The validate stage names every invalid field.
 #![allow(clippy::unwrap_used)]
 
+use postern_config::{Duration, Sync};
 use postern_operator::api::RelaySpec;
 use postern_operator::relay::validate::validate;
 
@@ -136,6 +137,35 @@ fn stream_replicas_are_one_three_or_five() {
     let field = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
         ["nats"]["properties"]["streamReplicas"];
     assert_eq!(field["enum"], serde_json::json!([1, 3, 5]), "{field}");
+}
+
+#[test]
+fn sync_is_always_or_a_duration_above_zero() {
+    for (sync, problem) in [
+        (
+            "0s",
+            "spec.nats.sync: must be always or a duration greater than zero",
+        ),
+        (
+            "sometimes",
+            "spec.nats.sync: \"sometimes\" is neither always nor a duration such as 2m",
+        ),
+    ] {
+        let err = validate("mail", &spec(&format!("nats: {{ sync: {sync} }}"))).unwrap_err();
+        assert_eq!(err.problems, [problem]);
+    }
+    for (sync, parsed) in [
+        ("always", Sync::Always),
+        ("10s", Sync::Every(Duration::secs(10))),
+    ] {
+        let valid = validate("mail", &spec(&format!("nats: {{ sync: {sync} }}"))).unwrap();
+        assert_eq!(valid.sync, Some(parsed));
+    }
+    assert_eq!(validate("mail", &spec("{}")).unwrap().sync, None);
+    let crd = serde_json::to_value(&postern_operator::api::crds()[0]).unwrap();
+    let field = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+        ["nats"]["properties"]["sync"];
+    assert_eq!(field["pattern"], "^(always|[0-9]+(ms|s|m|h|d))$", "{field}");
 }
 
 #[test]

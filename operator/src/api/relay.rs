@@ -14,6 +14,9 @@ use super::SecretKeyRef;
 /// Pattern of a duration in Postern's notation (`250ms`, `30s`, `5m`, `4h`, `5d`).
 pub const DURATION_PATTERN: &str = r"^[0-9]+(ms|s|m|h|d)$";
 
+/// Pattern of `nats.sync`: `always` or a duration.
+pub const SYNC_PATTERN: &str = r"^(always|[0-9]+(ms|s|m|h|d))$";
+
 /// A Postern mail relay: SMTP ingress pods that queue mail in NATS JetStream and delivery pods
 /// that send it on.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -102,6 +105,17 @@ pub struct NatsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("enum" = [1, 3, 5]))]
     pub stream_replicas: Option<u8>,
+    /// What the NATS servers must do before JetStream acknowledges a message (and so before
+    /// ingress answers 250): `always` (fsync each message: it survives a power loss of every
+    /// server) or the longest interval between fsyncs they may use (nats-server's default is
+    /// `2m`). The operator does not configure the servers (the Helm chart's
+    /// `nats.jetstream.syncInterval` does); it reads the setting of every server behind
+    /// `monitoringEndpoint` (`/varz`), reports the weakest in `status.natsSync`, and sets
+    /// `QueueDurable` False, naming both, when it is weaker than this. Default: nothing is
+    /// required; the setting is reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = SYNC_PATTERN))]
+    pub sync: Option<String>,
     /// Delete the stream (and any mail still queued) when the Relay is deleted. Default: false,
     /// the stream is kept.
     #[serde(default)]
@@ -659,7 +673,8 @@ pub struct RelayStatus {
     /// The generation these conditions describe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Ready, Progressing, Degraded, QueueReady and CertificateReady.
+    /// Ready, Progressing, Degraded, QueueReady, QueueDurable, CertificateReady and
+    /// RelayRestricted.
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// Where clients connect: the Service's load balancer addresses or cluster DNS name, with
@@ -690,4 +705,8 @@ pub struct RelayStatus {
     /// The JetStream stream holding the queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<String>,
+    /// When the NATS servers fsync what JetStream stored, as read from their monitoring
+    /// endpoint: `always` or the interval; the weakest when they differ.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats_sync: Option<String>,
 }

@@ -4,6 +4,7 @@
 pub mod build;
 pub mod config;
 pub mod dereference;
+mod durability;
 pub mod names;
 pub mod nats;
 mod observe;
@@ -259,6 +260,20 @@ async fn converge(
             );
         }
     }
+
+    // What a 250 is worth: the servers' fsync setting against spec.nats.sync.
+    let observed = durability::observe(&build::monitoring_endpoint(&relay)).await;
+    let verdict = durability::judge(valid.sync, &observed);
+    status.nats_sync = verdict.observed.map(|sync| sync.to_string());
+    conditions::set_status(
+        &mut status.conditions,
+        "QueueDurable",
+        verdict.status,
+        verdict.reason,
+        verdict.message,
+        generation,
+        now,
+    );
 
     // Observe the workloads.
     let name = relay.name_any();

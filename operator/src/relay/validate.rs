@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::str::FromStr;
 
 use ipnet::IpNet;
-use postern_config::{BackoffConfig, DestinationLimits, Duration, Rate, is_domain_pattern};
+use postern_config::{BackoffConfig, DestinationLimits, Duration, Rate, Sync, is_domain_pattern};
 
 use crate::api::{DELIVERY_REPLICAS, INGRESS_REPLICAS, RelaySpec};
 
@@ -38,6 +38,8 @@ pub struct ValidSpec {
     pub ingress_replicas: (i32, i32),
     pub delivery_replicas: (i32, i32),
     pub stream_replicas: u8,
+    /// `nats.sync`, parsed.
+    pub sync: Option<Sync>,
 }
 
 /// Checks a Relay's name and spec; the error lists every invalid field.
@@ -115,6 +117,24 @@ pub fn validate(name: &str, spec: &RelaySpec) -> Result<ValidSpec, ValidationErr
             ),
         );
     }
+    let sync = spec
+        .nats
+        .sync
+        .as_deref()
+        .and_then(|text| match Sync::from_str(text) {
+            Ok(Sync::Every(every)) if every.get().is_zero() => {
+                problem(
+                    "spec.nats.sync".into(),
+                    "must be always or a duration greater than zero".into(),
+                );
+                None
+            }
+            Ok(sync) => Some(sync),
+            Err(err) => {
+                problem("spec.nats.sync".into(), err.to_string());
+                None
+            }
+        });
     let mut names = BTreeSet::new();
     let mut ports = BTreeSet::new();
     let mut targets = BTreeSet::new();
@@ -272,6 +292,7 @@ pub fn validate(name: &str, spec: &RelaySpec) -> Result<ValidSpec, ValidationErr
         ingress_replicas: bounds[0],
         delivery_replicas: bounds[1],
         stream_replicas,
+        sync,
     })
 }
 

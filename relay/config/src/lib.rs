@@ -704,17 +704,41 @@ impl Serialize for Sync {
     }
 }
 
-impl<'de> Deserialize<'de> for Sync {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Sync, D::Error> {
-        let text = String::deserialize(deserializer)?;
+impl Sync {
+    /// True when syncing like this loses no more than `required` allows: `always` meets
+    /// everything, an interval meets any interval as long or longer.
+    pub fn meets(self, required: Sync) -> bool {
+        match (self, required) {
+            (Sync::Always, _) => true,
+            (Sync::Every(_), Sync::Always) => false,
+            (Sync::Every(every), Sync::Every(limit)) => every <= limit,
+        }
+    }
+}
+
+/// A sync setting that is neither `always` nor a duration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is neither always nor a duration such as 2m")]
+pub struct SyncError(String);
+
+impl std::str::FromStr for Sync {
+    type Err = SyncError;
+
+    fn from_str(text: &str) -> Result<Sync, SyncError> {
         if text == "always" {
             return Ok(Sync::Always);
         }
-        text.parse::<Duration>().map(Sync::Every).map_err(|_| {
-            serde::de::Error::custom(format!(
-                "{text:?} is neither always nor a duration such as 2m"
-            ))
-        })
+        text.parse::<Duration>()
+            .map(Sync::Every)
+            .map_err(|_| SyncError(text.to_string()))
+    }
+}
+
+impl<'de> Deserialize<'de> for Sync {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Sync, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -868,4 +892,23 @@ fn default_service_name() -> String {
 }
 fn default_shutdown_grace() -> Duration {
     Duration::secs(25)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Duration, Sync};
+
+    #[test]
+    fn always_meets_every_requirement_and_an_interval_only_longer_ones() {
+        let every = |secs| Sync::Every(Duration::secs(secs));
+        assert!(Sync::Always.meets(Sync::Always));
+        assert!(Sync::Always.meets(every(1)));
+        assert!(!every(1).meets(Sync::Always));
+        assert!(every(10).meets(every(10)));
+        assert!(every(10).meets(every(60)));
+        assert!(!every(60).meets(every(10)));
+        assert_eq!("always".parse(), Ok(Sync::Always));
+        assert_eq!("2m".parse(), Ok(every(120)));
+        assert!("sometimes".parse::<Sync>().is_err());
+    }
 }
