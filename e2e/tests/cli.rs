@@ -176,11 +176,18 @@ fn standalone_config(data: &std::path::Path) -> Config {
 /// Finds the pid of the nats-server child of a standalone config with `data`, and the port
 /// argument it was started with.
 fn nats_pid(data: &std::path::Path) -> Option<(i32, String)> {
+    nats_pids(data).into_iter().next()
+}
+
+/// Every nats-server running with the config file of a standalone config with `data`.
+fn nats_pids(data: &std::path::Path) -> Vec<(i32, String)> {
     let conf = data.join("jetstream/nats-server.conf");
-    std::fs::read_dir("/proc")
-        .ok()?
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    processes
         .flatten()
-        .find_map(|entry| {
+        .filter_map(|entry| {
             let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
             let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
             let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
@@ -191,6 +198,46 @@ fn nats_pid(data: &std::path::Path) -> Option<(i32, String)> {
             let port = args.windows(2).find(|w| w[0] == b"--port")?[1];
             is_ours.then(|| (pid, String::from_utf8_lossy(port).into_owned()))
         })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_standalone_killed_at_once_has_its_nats_server_stopped_by_the_next_start() {
+    let mx = MockMx::accepting().await;
+    let data = tempfile::tempdir().unwrap();
+    let mut config = standalone_config(data.path());
+    config.delivery.routes = vec![postern_e2e::route_all(&mx.host())];
+    let mut first = Relay::spawn(&["standalone"], config.clone());
+    first.wait_ready(Duration::from_secs(20));
+    let (orphan, _) = nats_pid(data.path()).expect("standalone started nats-server");
+    // SIGKILL to postern alone, as the OOM killer sends it: it cannot stop its child.
+    first.kill();
+    assert_eq!(
+        nats_pids(data.path()),
+        [(orphan, "-1".to_string())],
+        "the server outlived postern"
+    );
+
+    let second = Relay::spawn(&["standalone"], config);
+    second.wait_ready(Duration::from_secs(30));
+    let running = nats_pids(data.path());
+    assert_eq!(running.len(), 1, "one server on the store: {running:?}");
+    assert_ne!(running[0].0, orphan, "the leftover was stopped");
+    assert!(
+        second
+            .log()
+            .contains("a nats-server left by an earlier postern standalone still runs"),
+        "{}",
+        second.log()
+    );
+    Smtp::submit(
+        second.smtp(),
+        "a@example.com",
+        &["b@example.org"],
+        b"Subject: after\r\n\r\nx\r\n",
+    )
+    .await;
+    mx.wait_for(1, Duration::from_secs(20)).await;
 }
 
 #[tokio::test]

@@ -50,6 +50,7 @@ impl NatsServer {
             path: config.data_dir.clone(),
             source,
         })?;
+        stop_leftover(config).await;
         let child = spawn(config, config.nats_port)?;
         let mut server = NatsServer {
             config: config.clone(),
@@ -142,17 +143,89 @@ impl NatsServer {
     }
 }
 
-/// The server's config file: its store and when it syncs (address and port are flags, so that
-/// `ps` shows them).
+/// The server's config file: its store, when it syncs and where it writes its pid (address and
+/// port are flags, so that `ps` shows them).
 pub fn server_config(config: &StandaloneConfig) -> String {
     let sync = match config.sync {
         postern_config::Sync::Always => "always".to_string(),
         postern_config::Sync::Every(every) => format!("\"{}s\"", every.get().as_secs().max(1)),
     };
     format!(
-        "server_name: postern-standalone\njetstream {{\n  store_dir: {:?}\n  sync_interval: {sync}\n}}\n",
+        "server_name: postern-standalone\npid_file: {:?}\njetstream {{\n  store_dir: {:?}\n  sync_interval: {sync}\n}}\n",
+        pid_file(config).display().to_string(),
         config.data_dir.display().to_string(),
     )
+}
+
+/// The server's config file in the data directory.
+fn config_file(config: &StandaloneConfig) -> PathBuf {
+    config.data_dir.join("nats-server.conf")
+}
+
+/// Where the server writes its pid, so that a later start can find it.
+fn pid_file(config: &StandaloneConfig) -> PathBuf {
+    config.data_dir.join("nats-server.pid")
+}
+
+/// Stops a nats-server that an earlier `postern standalone` on this data directory left running
+/// (a SIGKILLed postern cannot stop its child): two servers on one store would both write it,
+/// and a fixed `natsPort` would be taken. The pid file names the candidate; only a live process
+/// started with this data directory's config file is stopped, so a reused pid is left alone.
+async fn stop_leftover(config: &StandaloneConfig) {
+    let Some(pid) = std::fs::read_to_string(pid_file(config))
+        .ok()
+        .and_then(|text| text.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    let file = config_file(config);
+    if !runs_config(pid, &file) {
+        return;
+    }
+    warn!(
+        pid,
+        data_dir = %config.data_dir.display(),
+        "a nats-server left by an earlier postern standalone still runs on this data directory; stopping it"
+    );
+    let target = nix::unistd::Pid::from_raw(pid);
+    for (signal, patience) in [
+        (nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10)),
+        (nix::sys::signal::Signal::SIGKILL, Duration::from_secs(5)),
+    ] {
+        let _ = nix::sys::signal::kill(target, signal);
+        let deadline = tokio::time::Instant::now() + patience;
+        while runs_config(pid, &file) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if !runs_config(pid, &file) {
+            info!(pid, "the earlier nats-server stopped");
+            return;
+        }
+    }
+    error!(pid, "the earlier nats-server did not stop");
+}
+
+/// True when process `pid` is alive and was started with `--config` naming `file` (read from
+/// `/proc`; a zombie has no command line, so it counts as stopped).
+fn runs_config(pid: i32, file: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    let Ok(cmdline) = std::fs::read(proc.join("cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    let Some(named) = args.windows(2).find(|w| w[0] == b"--config").map(|w| w[1]) else {
+        return false;
+    };
+    let named = std::path::Path::new(std::ffi::OsStr::from_bytes(named));
+    let named = match std::fs::read_link(proc.join("cwd")) {
+        Ok(cwd) => cwd.join(named),
+        Err(_) => named.to_path_buf(),
+    };
+    match (named.canonicalize(), file.canonicalize()) {
+        (Ok(named), Ok(file)) => named == file,
+        _ => false,
+    }
 }
 
 /// Where a server asked to choose its port says which one it chose.
@@ -180,7 +253,7 @@ fn spawn(config: &StandaloneConfig, port: u16) -> Result<Child, StandaloneError>
         let path = path.to_path_buf();
         move |source| StandaloneError::DataDir { path, source }
     };
-    let file = config.data_dir.join("nats-server.conf");
+    let file = config_file(config);
     std::fs::write(&file, server_config(config)).map_err(data_dir_error(&file))?;
     let mut command = Command::new(&config.nats_server);
     command
@@ -237,8 +310,35 @@ mod tests {
             "{default}"
         );
         assert!(default.contains("sync_interval: \"120s\""), "{default}");
+        assert!(
+            default.contains("pid_file: \"/var/lib/postern/nats-server.pid\""),
+            "{default}"
+        );
         config.sync = postern_config::Sync::Always;
         assert!(server_config(&config).contains("sync_interval: always"));
+    }
+
+    #[test]
+    fn only_a_process_started_with_the_config_file_counts_as_a_leftover() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("nats-server.conf");
+        std::fs::write(&file, "").unwrap();
+        let this = i32::try_from(std::process::id()).unwrap();
+        assert!(!runs_config(this, &file), "this test process");
+        // Named relative to the process's working directory, as `dataDir: data` gives it.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30; :", "sh", "--config", "nats-server.conf"])
+            .current_dir(dir.path())
+            .spawn()
+            .unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        let other = dir.path().join("other.conf");
+        std::fs::write(&other, "").unwrap();
+        assert!(runs_config(pid, &file));
+        assert!(!runs_config(pid, &other));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!runs_config(pid, &file), "a process that is gone");
     }
 
     #[test]
