@@ -334,7 +334,15 @@ mod tests {
         let pid = i32::try_from(child.id()).unwrap();
         let other = dir.path().join("other.conf");
         std::fs::write(&other, "").unwrap();
-        assert!(runs_config(pid, &file));
+        // The kernel lets the parent go on before the new program's command line is set up.
+        let started = std::time::Instant::now();
+        while !runs_config(pid, &file) {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the child never showed its command line"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert!(!runs_config(pid, &other));
         child.kill().unwrap();
         child.wait().unwrap();
