@@ -320,6 +320,7 @@ mod tests {
 
     #[test]
     fn only_a_process_started_with_the_config_file_counts_as_a_leftover() {
+        use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("nats-server.conf");
         std::fs::write(&file, "").unwrap();
@@ -329,6 +330,7 @@ mod tests {
         let mut child = std::process::Command::new("sh")
             .args(["-c", "sleep 30; :", "sh", "--config", "nats-server.conf"])
             .current_dir(dir.path())
+            .process_group(0)
             .spawn()
             .unwrap();
         let pid = i32::try_from(child.id()).unwrap();
@@ -344,7 +346,12 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert!(!runs_config(pid, &other));
-        child.kill().unwrap();
+        // The whole group, so that the shell's sleep goes too.
+        nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
         child.wait().unwrap();
         assert!(!runs_config(pid, &file), "a process that is gone");
     }

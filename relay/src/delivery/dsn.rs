@@ -1,5 +1,7 @@
 //! RFC 3464 delivery status notifications: the bounce sent to the sender of a message that
-//! could not be delivered to some of its recipients.
+//! could not be delivered to some of its recipients. A report about a UTF-8 address, or
+//! returning UTF-8 header fields, uses RFC 6533's `message/global-delivery-status` and
+//! `message/global-headers`.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -34,11 +36,14 @@ pub async fn queue_bounce(
         original,
     };
     let id = ulid::Ulid::new().to_string();
+    let message = report.to_message();
+    // UTF-8 in the report (addresses, the returned header fields) needs an 8BITMIME path.
+    let eight_bit = !message.is_ascii();
     let submission = Submission {
         queue_id: id.clone(),
         sender: String::new(),
         recipients: vec![(envelope.sender.clone(), domain.to_ascii_lowercase())],
-        content: Submitted::Whole(report.to_message()),
+        content: Submitted::Whole(message),
         received_at_ms: postern_queue::now_ms(),
         client: ClientFacts {
             address: "127.0.0.1".into(),
@@ -48,8 +53,8 @@ pub async fn queue_bounce(
         },
         // The report needs SMTPUTF8 only to reach a non-ASCII sender address.
         smtputf8: !envelope.sender.is_ascii(),
-        eight_bit_mime: false,
-        eight_bit: false,
+        eight_bit_mime: eight_bit,
+        eight_bit,
         traceparent: envelope.traceparent.clone(),
     };
     queue.enqueue(submission).await?;
@@ -103,6 +108,20 @@ impl Report<'_> {
     /// The whole report message, CRLF line endings, ready to be queued from `<>`.
     pub fn to_message(&self) -> Vec<u8> {
         let boundary = format!("=_postern_{}", self.queue_id);
+        let status = self.status_fields();
+        let headers = header_section(self.original);
+        // RFC 6533 §6: UTF-8 in the status fields (an address, a host, a reply) needs the
+        // global status type, UTF-8 in the returned header fields the global headers type.
+        let status_type = if status.is_ascii() {
+            "delivery-status"
+        } else {
+            "global-delivery-status"
+        };
+        let headers_type = if headers.is_ascii() {
+            "text/rfc822-headers"
+        } else {
+            "message/global-headers"
+        };
         let mut m = String::new();
         let mut line = |text: &str| {
             m.push_str(text);
@@ -122,63 +141,144 @@ impl Report<'_> {
         line("Auto-Submitted: auto-replied");
         line("MIME-Version: 1.0");
         line(&format!(
-            "Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\""
+            "Content-Type: multipart/report; report-type={status_type};\r\n\tboundary=\"{boundary}\""
         ));
         line("");
         line("This is a MIME-encapsulated message.");
         line("");
-        line(&format!("--{boundary}"));
-        line("Content-Type: text/plain; charset=utf-8");
-        line("");
-        line(&format!("This is the mail system at {}.", self.hostname));
-        line("");
-        line("Your message could not be delivered to one or more recipients.");
-        line("");
+        let mut message = m.into_bytes();
+        push_part(
+            &mut message,
+            &boundary,
+            "text/plain; charset=utf-8",
+            self.explanation().as_bytes(),
+        );
+        push_part(
+            &mut message,
+            &boundary,
+            &format!("message/{status_type}"),
+            status.as_bytes(),
+        );
+        push_part(&mut message, &boundary, headers_type, headers);
+        message.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        message
+    }
+
+    /// The first part, for people.
+    fn explanation(&self) -> String {
+        let mut text = format!(
+            "This is the mail system at {}.\r\n\r\nYour message could not be delivered to one or more recipients.\r\n\r\n",
+            self.hostname
+        );
         for failed in self.recipients {
             let by = failed
                 .remote_host
                 .as_deref()
                 .map(|h| format!(" host {h} said:"))
                 .unwrap_or_default();
-            line(&format!(
-                "<{}>:{by} {}",
+            text.push_str(&format!(
+                "<{}>:{by} {}\r\n",
                 failed.recipient,
                 reply_text(&failed.reply)
             ));
             if failed.expired {
-                line("    (gave up: the message was queued for too long)");
+                text.push_str("    (gave up: the message was queued for too long)\r\n");
             }
         }
-        line("");
-        line(&format!("--{boundary}"));
-        line("Content-Type: message/delivery-status");
-        line("");
-        line(&format!("Reporting-MTA: dns; {}", self.hostname));
-        line(&format!("X-Postern-Queue-ID: {}", self.queue_id));
-        line(&format!("Arrival-Date: {}", rfc5322_date(self.arrival)));
+        text
+    }
+
+    /// The RFC 3464 fields: per message, then a block per recipient.
+    fn status_fields(&self) -> String {
+        let mut fields = format!(
+            "Reporting-MTA: dns; {}\r\nX-Postern-Queue-ID: {}\r\nArrival-Date: {}\r\n",
+            self.hostname,
+            self.queue_id,
+            rfc5322_date(self.arrival)
+        );
         for failed in self.recipients {
-            line("");
-            line(&format!("Final-Recipient: rfc822; {}", failed.recipient));
-            line("Action: failed");
-            line(&format!("Status: {}", status(failed)));
+            fields.push_str(&format!(
+                "\r\nFinal-Recipient: {}\r\nAction: failed\r\nStatus: {}\r\n",
+                recipient_field(&failed.recipient),
+                status(failed)
+            ));
             if let Some(host) = &failed.remote_host {
-                line(&format!("Remote-MTA: dns; {host}"));
-                line(&format!(
-                    "Diagnostic-Code: smtp; {}",
+                fields.push_str(&format!(
+                    "Remote-MTA: dns; {host}\r\nDiagnostic-Code: smtp; {}\r\n",
                     reply_text(&failed.reply)
                 ));
             }
-            line(&format!("Last-Attempt-Date: {}", rfc5322_date(self.now)));
+            fields.push_str(&format!(
+                "Last-Attempt-Date: {}\r\n",
+                rfc5322_date(self.now)
+            ));
         }
-        line("");
-        line(&format!("--{boundary}"));
-        line("Content-Type: text/rfc822-headers");
-        line("");
-        let mut message = m.into_bytes();
-        message.extend_from_slice(header_section(self.original));
-        message.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-        message
+        fields
     }
+}
+
+/// Appends one MIME part after its boundary line. A body that is not ASCII goes
+/// quoted-printable (RFC 6533 lets the global types be encoded), so the report stays 7-bit
+/// and reaches a sender whose server lacks 8BITMIME.
+fn push_part(message: &mut Vec<u8>, boundary: &str, content_type: &str, body: &[u8]) {
+    message
+        .extend_from_slice(format!("--{boundary}\r\nContent-Type: {content_type}\r\n").as_bytes());
+    if body.is_ascii() {
+        message.extend_from_slice(b"\r\n");
+        message.extend_from_slice(body);
+    } else {
+        message.extend_from_slice(b"Content-Transfer-Encoding: quoted-printable\r\n\r\n");
+        message.extend_from_slice(quoted_printable(body).as_bytes());
+    }
+    message.extend_from_slice(b"\r\n");
+}
+
+/// RFC 2045 §6.7 quoted-printable of CRLF-terminated lines: printable ASCII as it is (but
+/// `=`), everything else as `=XX`, a space or tab before a line end encoded, lines wrapped with
+/// soft breaks under 76 characters.
+fn quoted_printable(body: &[u8]) -> String {
+    let mut out = String::with_capacity(body.len() * 2);
+    for (i, line) in body.split(|&b| b == b'\n').enumerate() {
+        if i > 0 {
+            out.push_str("\r\n");
+        }
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let mut width = 0;
+        for (j, &byte) in line.iter().enumerate() {
+            let last = j + 1 == line.len();
+            let literal = matches!(byte, b'!'..=b'<' | b'>'..=b'~')
+                || (matches!(byte, b' ' | b'\t') && !last);
+            let encoded = if literal {
+                char::from(byte).to_string()
+            } else {
+                format!("={byte:02X}")
+            };
+            if width + encoded.len() > 75 {
+                out.push_str("=\r\n");
+                width = 0;
+            }
+            width += encoded.len();
+            out.push_str(&encoded);
+        }
+    }
+    out
+}
+
+/// A recipient's address with its type: `rfc822` for an ASCII address, else RFC 6533's `utf-8`
+/// in its unitext form (UTF-8 as it is; `+`, `=`, `\\`, spaces and controls as `\\x{HEX}`).
+fn recipient_field(address: &str) -> String {
+    if address.is_ascii() {
+        return format!("rfc822; {address}");
+    }
+    let mut field = String::from("utf-8; ");
+    for c in address.chars() {
+        if matches!(c, '+' | '=' | '\\') || c.is_whitespace() || c.is_control() {
+            field.push_str(&format!("\\x{{{:X}}}", u32::from(c)));
+        } else {
+            field.push(c);
+        }
+    }
+    field
 }
 
 /// The RFC 3463 status of a recipient: 4.4.7 for expiry, else the reply's own or its class's.
@@ -301,5 +401,138 @@ Subject: hi\r
             "only the headers are returned"
         );
         assert!(postern_smtp::body::is_clean(text.as_bytes()));
+    }
+
+    /// `(content type, decoded body)` of each part of a multipart message, read by mail-parser.
+    fn report_parts(message: &[u8]) -> (String, Vec<(String, String)>) {
+        use mail_parser::{MessageParser, MimeHeaders, PartType};
+        let parsed = MessageParser::default().parse(message).unwrap();
+        let type_of = |part: &mail_parser::MessagePart| {
+            let ct = part.content_type().unwrap();
+            format!("{}/{}", ct.ctype(), ct.subtype().unwrap_or_default())
+        };
+        let root = &parsed.parts[0];
+        let report_type = root
+            .content_type()
+            .and_then(|ct| ct.attribute("report-type"))
+            .unwrap()
+            .to_string();
+        let PartType::Multipart(ids) = &root.body else {
+            panic!("not multipart");
+        };
+        let parts = ids
+            .iter()
+            .map(|&id| {
+                let part = &parsed.parts[id as usize];
+                let decoded = String::from_utf8(part.contents().to_vec()).unwrap();
+                (type_of(part), decoded)
+            })
+            .collect();
+        (report_type, parts)
+    }
+
+    #[test]
+    fn utf8_addresses_and_header_fields_make_a_global_report() {
+        let recipients = [
+            FailedRecipient {
+                recipient: "jörg+news@bücher.example".into(),
+                reply: Reply::new(550, Status(5, 1, 1), "no such user"),
+                remote_host: Some("mx.bücher.example".into()),
+                expired: false,
+            },
+            FailedRecipient {
+                recipient: "plain@example.org".into(),
+                reply: Reply::new(550, Status(5, 1, 1), "no such user"),
+                remote_host: None,
+                expired: false,
+            },
+        ];
+        let report = Report {
+            hostname: "relay.test",
+            queue_id: "01ID",
+            sender: "a@example.com",
+            arrival: UNIX_EPOCH,
+            now: UNIX_EPOCH,
+            recipients: &recipients,
+            original: "Subject: Grüße\r\n\r\nbody\r\n".as_bytes(),
+        };
+        let message = report.to_message();
+        assert!(
+            message.is_ascii(),
+            "quoted-printable keeps the report 7-bit"
+        );
+        let (report_type, parts) = report_parts(&message);
+        assert_eq!(report_type, "global-delivery-status");
+        assert!(
+            parts[0].1.contains("<jörg+news@bücher.example>: host mx.bücher.example said: 550 5.1.1 no such user\r\n"),
+            "{}",
+            parts[0].1
+        );
+        assert_eq!(
+            parts_of_types(&message),
+            [
+                "text/plain",
+                "message/global-delivery-status",
+                "message/global-headers"
+            ]
+        );
+        let status = &parts[1].1;
+        assert!(
+            status.contains("\r\nFinal-Recipient: utf-8; jörg\\x{2B}news@bücher.example\r\n"),
+            "{status}"
+        );
+        assert!(
+            status.contains("\r\nFinal-Recipient: rfc822; plain@example.org\r\n"),
+            "{status}"
+        );
+        assert!(
+            parts[2].1.starts_with("Subject: Grüße\r\n"),
+            "{}",
+            parts[2].1
+        );
+
+        // ASCII addresses keep the RFC 3464 types; UTF-8 header fields alone get global headers.
+        let ascii = &recipients[1..];
+        let report = Report {
+            recipients: ascii,
+            ..report
+        };
+        let (report_type, parts) = report_parts(&report.to_message());
+        assert_eq!(report_type, "delivery-status");
+        assert_eq!(parts[1].0, "message/delivery-status");
+        assert_eq!(parts[2].0, "message/global-headers");
+        let report = Report {
+            original: b"Subject: plain\r\n\r\nbody\r\n",
+            ..report
+        };
+        assert_eq!(
+            parts_of_types(&report.to_message())[2],
+            "text/rfc822-headers"
+        );
+    }
+
+    #[test]
+    fn quoted_printable_keeps_lines_and_wraps_long_ones() {
+        assert_eq!(quoted_printable(b"plain\r\n"), "plain\r\n");
+        assert_eq!(quoted_printable("a=b é\r\n".as_bytes()), "a=3Db =C3=A9\r\n");
+        assert_eq!(
+            quoted_printable(b"trailing \r\ntab\t\r\n"),
+            "trailing=20\r\ntab=09\r\n"
+        );
+        let long = quoted_printable("é".repeat(40).as_bytes());
+        let lines: Vec<&str> = long.split("\r\n").collect();
+        assert!(lines.iter().all(|l| l.len() <= 76), "{long}");
+        assert!(lines[0].ends_with('='), "a soft break: {long}");
+        let decoded =
+            mail_parser::decoders::quoted_printable::quoted_printable_decode(long.as_bytes());
+        assert_eq!(decoded.as_deref(), Some("é".repeat(40).as_bytes()));
+    }
+
+    fn parts_of_types(message: &[u8]) -> Vec<String> {
+        report_parts(message)
+            .1
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect()
     }
 }
