@@ -124,9 +124,13 @@ fn ingress_refuses_to_start_before_binding_anything() {
             stderr(&out)
         );
     }
+    let data = tempfile::tempdir().unwrap();
     let standalone = base.replace(
         "nats: { url: \"nats://127.0.0.1:1\" }",
-        "standalone: { natsServer: /nonexistent/nats-server }",
+        &format!(
+            "standalone: {{ natsServer: /nonexistent/nats-server, dataDir: {:?} }}",
+            data.path().display().to_string()
+        ),
     );
     let out = postern(&["standalone"], Some(&standalone));
     assert_eq!(out.status.code(), Some(1));
