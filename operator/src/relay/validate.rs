@@ -122,14 +122,13 @@ pub fn validate(name: &str, spec: &RelaySpec) -> Result<ValidSpec, ValidationErr
         .sync
         .as_deref()
         .and_then(|text| match Sync::from_str(text) {
-            Ok(Sync::Every(every)) if every.get().is_zero() => {
-                problem(
-                    "spec.nats.sync".into(),
-                    "must be always or a duration greater than zero".into(),
-                );
-                None
-            }
-            Ok(sync) => Some(sync),
+            Ok(sync) => match sync.problem() {
+                Some(message) => {
+                    problem("spec.nats.sync".into(), message.into());
+                    None
+                }
+                None => Some(sync),
+            },
             Err(err) => {
                 problem("spec.nats.sync".into(), err.to_string());
                 None

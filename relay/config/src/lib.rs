@@ -714,6 +714,12 @@ impl Sync {
             (Sync::Every(every), Sync::Every(limit)) => every <= limit,
         }
     }
+
+    /// What is wrong with this setting, if anything: a zero interval means nothing.
+    pub fn problem(self) -> Option<&'static str> {
+        matches!(self, Sync::Every(every) if every.get().is_zero())
+            .then_some("must be always or a duration greater than zero")
+    }
 }
 
 /// A sync setting that is neither `always` nor a duration.

@@ -439,12 +439,8 @@ impl Config {
             "must be greater than zero",
         );
 
-        if let crate::Sync::Every(every) = self.standalone.sync {
-            e.check(
-                !every.get().is_zero(),
-                "standalone.sync",
-                "must be always or a duration greater than zero",
-            );
+        if let Some(problem) = self.standalone.sync.problem() {
+            e.check(false, "standalone.sync", problem);
         }
         e.check(
             !self.shutdown_grace.get().is_zero(),
@@ -483,6 +479,17 @@ mod tests {
 
     fn errors(yaml: &str) -> String {
         Config::from_yaml(yaml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn standalone_sync_is_always_or_an_interval_above_zero() {
+        let message = errors("standalone: { sync: 0s }");
+        assert!(
+            message.contains("standalone.sync: must be always or a duration greater than zero"),
+            "{message}"
+        );
+        Config::from_yaml("standalone: { sync: always }").unwrap();
+        Config::from_yaml("standalone: { sync: 1s }").unwrap();
     }
 
     #[test]
