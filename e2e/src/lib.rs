@@ -10,6 +10,7 @@ pub mod mx;
 pub mod nats;
 pub mod pki;
 pub mod relay;
+pub mod report;
 pub mod smtp;
 
 pub use dns::DnsServer;

@@ -15,6 +15,8 @@ pub type RcptScript = Arc<dyn Fn(&str) -> String + Send + Sync>;
 pub struct Delivered {
     pub from: String,
     pub recipients: Vec<String>,
+    /// The MAIL command and every RCPT command of the transaction, as sent (without CRLF).
+    pub commands: Vec<String>,
     /// The DATA bytes exactly as they came over the wire, up to and including `<CRLF>.<CRLF>`.
     pub wire: Vec<u8>,
     /// When the end of data arrived.
@@ -66,6 +68,8 @@ pub struct Behaviour {
     pub trickle_greeting: Option<Duration>,
     /// A session idle this long gets `421` and the MX closes its end.
     pub idle_close: Option<Duration>,
+    /// EHLO offers DSN (RFC 3461).
+    pub dsn: bool,
 }
 
 impl std::fmt::Debug for MockMx {
@@ -254,7 +258,7 @@ impl MockMx {
             return Ok(());
         }
         let broken_starttls = *self.broken_starttls.lock().expect("lock");
-        let (mut from, mut recipients) = (String::new(), Vec::new());
+        let (mut from, mut recipients, mut commands) = (String::new(), Vec::new(), Vec::new());
         loop {
             let mut line = String::new();
             let read = match behaviour.idle_close {
@@ -297,21 +301,24 @@ impl MockMx {
                     .size
                     .map(|n| format!("\r\n250-SIZE {n}"))
                     .unwrap_or_default();
+                let dsn = if behaviour.dsn { "\r\n250-DSN" } else { "" };
                 let last = if behaviour.no_8bitmime {
                     "250 ENHANCEDSTATUSCODES"
                 } else {
                     "250 8BITMIME"
                 };
-                format!("250-mx.test\r\n250-PIPELINING{utf8}{starttls}{size}\r\n{last}")
+                format!("250-mx.test\r\n250-PIPELINING{utf8}{starttls}{size}{dsn}\r\n{last}")
             } else if upper.starts_with("HELO") || upper.starts_with("NOOP") {
                 "250 ok".to_string()
             } else if upper.starts_with("MAIL FROM:") {
                 *self.transactions.lock().expect("lock") += 1;
                 from = path(&line);
                 recipients.clear();
+                commands = vec![line.trim_end().to_string()];
                 "250 2.1.0 ok".to_string()
             } else if upper.starts_with("RCPT TO:") {
                 let rcpt = path(&line);
+                commands.push(line.trim_end().to_string());
                 let reply = script(&rcpt);
                 if reply.starts_with('2') {
                     recipients.push(rcpt);
@@ -328,6 +335,7 @@ impl MockMx {
                     let delivered = Delivered {
                         from: from.clone(),
                         recipients: std::mem::take(&mut recipients),
+                        commands: std::mem::take(&mut commands),
                         wire,
                         at: Instant::now(),
                     };

@@ -164,7 +164,7 @@ async fn no_bounce_for_the_null_sender() {
     assert!(
         relay
             .log()
-            .contains("no bounce for a message from the null sender"),
+            .contains("no report for a message from the null sender"),
         "{}",
         relay.log()
     );
@@ -295,7 +295,7 @@ async fn smtputf8_message_to_a_server_without_it_bounces_5_6_7() {
     // RFC 6533: a report about a UTF-8 address, returning UTF-8 header fields, uses the global
     // types, encoded so that it stays 7-bit.
     assert!(delivered[0].wire.is_ascii(), "{}", delivered[0].text());
-    let (report_type, parts) = report_parts(&delivered[0].wire);
+    let (report_type, parts) = postern_e2e::report::parts(&delivered[0].wire);
     assert_eq!(report_type, "global-delivery-status");
     let types: Vec<&str> = parts.iter().map(|(t, _)| t.as_str()).collect();
     assert_eq!(
@@ -319,36 +319,6 @@ async fn smtputf8_message_to_a_server_without_it_bounces_5_6_7() {
         parts[2].1
     );
     nats.wait_empty(STREAM, WAIT).await;
-}
-
-/// The report type and each part's `(content type, decoded body)` of a multipart/report, as
-/// mail-parser reads them.
-fn report_parts(message: &[u8]) -> (String, Vec<(String, String)>) {
-    use mail_parser::MimeHeaders;
-    let parsed = mail_parser::MessageParser::default()
-        .parse(message)
-        .expect("a MIME message");
-    let root = &parsed.parts[0];
-    let report_type = root
-        .content_type()
-        .and_then(|ct| ct.attribute("report-type"))
-        .expect("a report type")
-        .to_string();
-    let mail_parser::PartType::Multipart(ids) = &root.body else {
-        panic!("not multipart: {}", String::from_utf8_lossy(message));
-    };
-    let parts = ids
-        .iter()
-        .map(|&id| {
-            let part = &parsed.parts[id as usize];
-            let ct = part.content_type().expect("a content type");
-            (
-                format!("{}/{}", ct.ctype(), ct.subtype().unwrap_or_default()),
-                String::from_utf8_lossy(part.contents()).into_owned(),
-            )
-        })
-        .collect();
-    (report_type, parts)
 }
 
 #[tokio::test]

@@ -19,7 +19,7 @@ fn defaults_are_valid() {
     assert_eq!(valid.stream_replicas, 3);
     let valid = validate(
         "mail",
-        &spec("delivery: { retry: { schedule: [1m, 2h], maxAge: 3d } }"),
+        &spec("delivery: { retry: { schedule: [1m, 2h], maxAge: 3d, delayWarning: 0s } }"),
     )
     .unwrap();
     let schedule: Vec<String> = valid
@@ -30,6 +30,10 @@ fn defaults_are_valid() {
         .collect();
     assert_eq!(schedule, ["1m", "2h"]);
     assert_eq!(valid.max_age.unwrap().to_string(), "3d");
+    assert!(
+        valid.delay_warning.unwrap().get().is_zero(),
+        "0s: no delay reports"
+    );
 }
 
 #[test]
@@ -55,7 +59,7 @@ delivery:
     - { match: "*.google.com", rate: "100/fortnight" }
     - { match: "mx..example" }
   backoff: { initial: "soon", slowDown: "2h", max: "10s" }
-  retry: { schedule: ["1m", "5 minutes"], maxAge: "3w" }
+  retry: { schedule: ["1m", "5 minutes"], maxAge: "3w", delayWarning: "soon" }
 "#,
         ),
     )
@@ -70,6 +74,7 @@ delivery:
         "spec.ingress.listeners[2].containerPort: 9090 is the admin port of the pods",
         "spec.delivery.retry.schedule[1]: invalid duration \"5 minutes\"",
         "spec.delivery.retry.maxAge: invalid duration \"3w\"",
+        "spec.delivery.retry.delayWarning: invalid duration \"soon\"",
         "spec.delivery.routes[0].host: \"mx.example.com\" is not host:port",
         "spec.delivery.smarthost.host: \"relay.example.net:0\" is not host:port",
         "spec.delivery.ratePerDestination: \"fast\" is not a rate",
@@ -84,7 +89,7 @@ delivery:
             "missing {expected:?} in:\n{problems}"
         );
     }
-    assert_eq!(err.problems.len(), 16, "{problems}");
+    assert_eq!(err.problems.len(), 17, "{problems}");
     let long = "a".repeat(48);
     assert!(validate(&long, &spec("{}")).is_err());
     validate(&"a".repeat(47), &spec("{}")).unwrap();

@@ -38,6 +38,10 @@ pub struct Metrics {
     pub destination_backoffs: Counter,
     /// Entries no worker could settle, bounced to their sender instead of set aside.
     pub gave_up: Counter,
+    /// Delivery status notifications queued, by action.
+    pub delivery_reports: Family<Labels, Counter>,
+    /// Recipients left out of a report because their NOTIFY did not ask for it, by action.
+    pub delivery_reports_not_requested: Family<Labels, Counter>,
     pub destination_slowdowns: Counter,
     pub destinations_in_backoff: Gauge,
 }
@@ -67,6 +71,8 @@ impl Default for Metrics {
             delivery_postponed: Family::default(),
             destination_backoffs: Counter::default(),
             gave_up: Counter::default(),
+            delivery_reports: Family::default(),
+            delivery_reports_not_requested: Family::default(),
             destination_slowdowns: Counter::default(),
             destinations_in_backoff: Gauge::default(),
             registry: Registry::default(),
@@ -171,6 +177,16 @@ impl Default for Metrics {
             "delivery_given_up",
             "Entries handed to workers delivery.maxDeliveries times without an outcome, bounced to their sender (those from the null sender become dead letters)",
             metrics.gave_up.clone(),
+        );
+        r.register(
+            "delivery_reports",
+            "Delivery status notifications queued to senders, by action: failed, delayed, relayed",
+            metrics.delivery_reports.clone(),
+        );
+        r.register(
+            "delivery_reports_not_requested",
+            "Recipients left out of a report because their NOTIFY did not ask for it, by action",
+            metrics.delivery_reports_not_requested.clone(),
         );
         r.register(
             "delivery_destination_backoffs",

@@ -9,7 +9,7 @@ use postern_config::Config;
 use postern_smtp::{Reply, Status};
 use serde_json::json;
 
-use crate::delivery::dsn::{self, FailedRecipient};
+use crate::delivery::dsn::{self, Original, ReportedRecipient};
 use postern_queue::destination::State;
 use postern_queue::inspect::{self, Change, Found, Place, Selector};
 use postern_queue::{Queue, QueueCounts};
@@ -316,14 +316,19 @@ impl Admin<'_> {
                     Status(5, 0, 0),
                     "Returned by the mail administrator of this relay",
                 );
-                let failed = FailedRecipient::each(&envelope.recipients, &reply, false);
+                let failed = ReportedRecipient::each(&envelope.recipients, &reply, false);
                 let (_, inline) = postern_queue::entry::decode(&entry.payload)?;
-                dsn::queue_bounce(
+                let original = Original {
+                    bytes: inline,
+                    whole: matches!(envelope.body, postern_queue::entry::BodyRef::Inline { .. }),
+                };
+                dsn::queue_report(
                     &self.queue,
                     &self.config.hostname,
                     envelope,
-                    inline,
-                    &failed,
+                    dsn::Action::Failed,
+                    failed,
+                    original,
                 )
                 .await?;
             }

@@ -380,6 +380,8 @@ async fn preload_waiting(url: &str, count: usize) -> Result<(), Error> {
             rate_reserved: None,
             postponed: 0,
             last_replies: Vec::new(),
+            dsn: Default::default(),
+            delay_reported: false,
         };
         let target = names::ready_subject(&prefix, &envelope.domain);
         let mut headers = async_nats::HeaderMap::new();

@@ -630,6 +630,11 @@ pub struct RetrySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub max_age: Option<String>,
+    /// Age after which a sender that asked for it (NOTIFY=DELAY) gets one delay report for
+    /// mail still being retried; 0s sends none. Default: 4h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub delay_warning: Option<String>,
 }
 
 /// When every delivery pod leaves a destination alone.

@@ -99,6 +99,9 @@ pub fn build_config(relay: &Relay, valid: &ValidSpec) -> Result<Config, ConfigEr
     if let Some(max_age) = valid.max_age {
         config.delivery.retry.max_age = max_age;
     }
+    if let Some(delay_warning) = valid.delay_warning {
+        config.delivery.retry.delay_warning = delay_warning;
+    }
 
     config.domains_file = Some(paths::DOMAINS_FILE.into());
     config.admin = AdminConfig {

@@ -28,6 +28,7 @@ pub struct ValidSpec {
     /// `delivery.retry.schedule`; `None` keeps the relay's default.
     pub retry_schedule: Option<Vec<Duration>>,
     pub max_age: Option<Duration>,
+    pub delay_warning: Option<Duration>,
     /// `delivery.ratePerDestination`, parsed.
     pub rate_per_destination: Option<Rate>,
     /// `delivery.destinations`, parsed.
@@ -188,6 +189,10 @@ pub fn validate(name: &str, spec: &RelaySpec) -> Result<ValidSpec, ValidationErr
         .max_age
         .as_ref()
         .and_then(|d| duration("spec.delivery.retry.maxAge".into(), d));
+    let delay_warning = retry
+        .delay_warning
+        .as_ref()
+        .and_then(|d| duration("spec.delivery.retry.delayWarning".into(), d));
     let mut backoff = BackoffConfig::default();
     let wanted = &spec.delivery.backoff;
     if let Some(n) = wanted.after_failures {
@@ -285,6 +290,7 @@ pub fn validate(name: &str, spec: &RelaySpec) -> Result<ValidSpec, ValidationErr
         trusted_proxies,
         retry_schedule: (!schedule.is_empty()).then(|| schedule.into_iter().flatten().collect()),
         max_age,
+        delay_warning,
         rate_per_destination,
         destinations,
         backoff,

@@ -538,6 +538,9 @@ pub struct RetryConfig {
     pub schedule: Vec<Duration>,
     /// Age after which a message still not delivered is bounced.
     pub max_age: Duration,
+    /// Age after which the sender of a message still being retried gets a delay report, when
+    /// it asked for one (NOTIFY=DELAY); zero sends none.
+    pub delay_warning: Duration,
 }
 
 impl Default for RetryConfig {
@@ -548,6 +551,7 @@ impl Default for RetryConfig {
                 .map(Duration::secs)
                 .collect(),
             max_age: Duration::secs(5 * 86_400),
+            delay_warning: Duration::secs(4 * 3600),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The queue entry: a versioned envelope for one destination domain, plus the body or the
 //! start of it. Ingress writes entries; delivery reads them.
 
+use postern_smtp::dsn::DsnRequest;
 use serde::{Deserialize, Serialize};
 
 /// The newest envelope format this build reads. Version 2 stores large bodies in a stream of
@@ -57,6 +58,13 @@ pub struct Envelope {
     /// What each recipient got on the last attempt, for `postern queue show`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub last_replies: Vec<LastReply>,
+    /// The sender's delivery status notification requests (RFC 3461), for the recipients of
+    /// this entry. A build that does not know them delivers as if none were made.
+    #[serde(default, skip_serializing_if = "DsnRequest::is_empty")]
+    pub dsn: DsnRequest,
+    /// The delay report for this entry's recipients was sent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delay_reported: bool,
 }
 
 /// One recipient's reply on an entry's last attempt.
@@ -203,6 +211,8 @@ mod tests {
             rate_reserved: None,
             postponed: 0,
             last_replies: Vec::new(),
+            dsn: DsnRequest::default(),
+            delay_reported: false,
         }
     }
 
@@ -223,6 +233,7 @@ mod tests {
         assert!(inline.is_empty());
         assert!(matches!(decoded.body, BodyRef::Object { entries: 2, .. }));
         assert!(!decoded.eight_bit, "absent in version 1");
+        assert!(decoded.dsn.is_empty() && !decoded.delay_reported);
         assert_eq!(version_for(&BodyRef::Inline { size: 0 }), 1);
         let stored = BodyRef::Stored {
             stream: "S".into(),
@@ -232,6 +243,29 @@ mod tests {
             token: "0".into(),
         };
         assert_eq!(version_for(&stored), 2);
+    }
+
+    #[test]
+    fn dsn_requests_travel_with_the_entry_and_cost_nothing_when_absent() {
+        let plain = encode(&envelope(BodyRef::Inline { size: 0 }), None);
+        let text = String::from_utf8(plain).unwrap();
+        assert!(
+            !text.contains("dsn") && !text.contains("delayReported"),
+            "{text}"
+        );
+        let mut env = envelope(BodyRef::Inline { size: 0 });
+        env.dsn.envid = Some("E1".into());
+        env.dsn.recipients.insert(
+            "b@example.org".into(),
+            postern_smtp::dsn::RecipientDsn {
+                notify: Some("NEVER".parse().unwrap()),
+                orcpt: None,
+            },
+        );
+        env.delay_reported = true;
+        let (decoded, _) = decode(&encode(&env, None)).unwrap();
+        assert_eq!(decoded, env);
+        assert!(!decoded.dsn.recipient("b@example.org").wants_failure());
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use postern_config::NatsConfig;
+use postern_smtp::dsn::DsnRequest;
 
 use crate::{bodies, entry, legacy, names, publish};
 
@@ -29,6 +30,8 @@ pub struct Submission {
     /// The content has bytes above 127.
     pub eight_bit: bool,
     pub traceparent: String,
+    /// What the sender asked for in delivery status notifications.
+    pub dsn: DsnRequest,
 }
 
 /// A message's content as ingress hands it over.
@@ -386,6 +389,7 @@ impl Queue {
             eight_bit_mime,
             eight_bit,
             traceparent,
+            dsn,
         } = submission;
         if !self.is_ready() {
             if let Submitted::Streamed { upload, .. } = content {
@@ -450,6 +454,7 @@ impl Queue {
                         token: bodies::INITIAL_TOKEN.to_string(),
                     },
                 };
+                let entry_dsn = dsn.only(|r| recipients.iter().any(|mine| mine == r));
                 let envelope = Envelope {
                     version: entry::version_for(&body),
                     queue_id: queue_id.clone(),
@@ -468,6 +473,8 @@ impl Queue {
                     rate_reserved: None,
                     postponed: 0,
                     last_replies: Vec::new(),
+                    dsn: entry_dsn,
+                    delay_reported: false,
                 };
                 self.outgoing(&envelope, &inline, format!("{queue_id}.{index}"))
             })

@@ -20,6 +20,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
 use crate::address::{Address, ReversePath};
+use crate::dsn::{self, DsnRequest};
 use crate::reply::{Reply, ReplyError, ReplyParser, Status};
 
 /// When to use STARTTLS.
@@ -68,6 +69,8 @@ pub struct Extensions {
     pub smtputf8: bool,
     pub starttls: bool,
     pub auth_plain: bool,
+    /// Delivery status notifications (RFC 3461): the DSN parameters may be passed on.
+    pub dsn: bool,
 }
 
 impl Extensions {
@@ -82,6 +85,7 @@ impl Extensions {
                 "8BITMIME" => ext.eight_bit_mime = true,
                 "SMTPUTF8" => ext.smtputf8 = true,
                 "STARTTLS" => ext.starttls = true,
+                "DSN" => ext.dsn = true,
                 "AUTH" => ext.auth_plain = words.any(|w| w.eq_ignore_ascii_case("PLAIN")),
                 _ => {}
             }
@@ -101,6 +105,8 @@ pub struct Outgoing {
     pub smtputf8: bool,
     /// The body holds bytes above 127, so it needs 8BITMIME.
     pub eight_bit: bool,
+    /// The sender's DSN requests, passed on when the server offers DSN.
+    pub dsn: DsnRequest,
 }
 
 /// Who decided a reply.
@@ -118,6 +124,9 @@ pub enum Source {
 pub struct Outcome {
     pub replies: Vec<Reply>,
     pub source: Source,
+    /// The server offered DSN, so the DSN requests went with the message: reports are its
+    /// to send from here on.
+    pub dsn: bool,
 }
 
 /// Why a session ended early.
@@ -397,6 +406,7 @@ impl Client {
             self.pending = Some(ClientEvent::Done(Outcome {
                 replies,
                 source: Source::Client,
+                dsn: false,
             }));
             return;
         }
@@ -410,6 +420,14 @@ impl Client {
         if outgoing.smtputf8 {
             mail.push_str(" SMTPUTF8");
         }
+        if self.extensions.dsn {
+            if let Some(ret) = outgoing.dsn.ret {
+                mail.push_str(&format!(" RET={ret}"));
+            }
+            if let Some(envid) = &outgoing.dsn.envid {
+                mail.push_str(&format!(" ENVID={}", dsn::xtext_encode(envid)));
+            }
+        }
         self.command(&mail, Expect::Mail);
         let count = outgoing.recipients.len();
         let mut transaction = Transaction {
@@ -420,7 +438,8 @@ impl Client {
         };
         if self.extensions.pipelining {
             for (index, rcpt) in transaction.outgoing.recipients.iter().enumerate() {
-                self.command(&format!("RCPT TO:<{rcpt}>"), Expect::Rcpt(index));
+                let line = rcpt_line(self.extensions.dsn, rcpt, &transaction.outgoing.dsn);
+                self.command(&line, Expect::Rcpt(index));
             }
             transaction.next_rcpt = count;
             self.command("DATA", Expect::Data);
@@ -631,7 +650,7 @@ impl Client {
         };
         let index = transaction.next_rcpt;
         if let Some(rcpt) = transaction.outgoing.recipients.get(index) {
-            let line = format!("RCPT TO:<{rcpt}>");
+            let line = rcpt_line(self.extensions.dsn, rcpt, &transaction.outgoing.dsn);
             transaction.next_rcpt += 1;
             self.command(&line, Expect::Rcpt(index));
         } else if self.accepted_any() {
@@ -690,6 +709,7 @@ impl Client {
         Some(ClientEvent::Done(Outcome {
             replies,
             source: Source::Server,
+            dsn: self.extensions.dsn,
         }))
     }
 
@@ -770,6 +790,21 @@ impl From<Expect> for Stage {
             Expect::Rset => Stage::Rset,
         }
     }
+}
+
+/// The RCPT command for `rcpt`, with its NOTIFY and ORCPT when the server offers DSN.
+fn rcpt_line(dsn_offered: bool, rcpt: &Address, dsn: &DsnRequest) -> String {
+    let mut line = format!("RCPT TO:<{rcpt}>");
+    if dsn_offered {
+        let request = dsn.recipient(&rcpt.to_string());
+        if let Some(notify) = request.notify {
+            line.push_str(&format!(" NOTIFY={notify}"));
+        }
+        if let Some(orcpt) = request.orcpt {
+            line.push_str(&format!(" ORCPT={}", orcpt.to_param()));
+        }
+    }
+    line
 }
 
 fn malformed(err: &ReplyError) -> String {

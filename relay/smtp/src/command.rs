@@ -1,6 +1,7 @@
 //! SMTP command lines: one line in (without its CRLF), one [`Command`] out.
 
 use crate::address::{self, Address, AddressError, ReversePath};
+use crate::dsn::{self, DsnError, OriginalRecipient, RecipientDsn, Ret};
 
 /// A parsed SMTP command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,6 +14,8 @@ pub enum Command {
     },
     Rcpt {
         to: Address,
+        /// `NOTIFY` and `ORCPT` (RFC 3461).
+        dsn: RecipientDsn,
     },
     Data,
     Bdat {
@@ -38,6 +41,10 @@ pub struct MailParams {
     pub size: Option<u64>,
     pub body: Option<BodyType>,
     pub smtputf8: bool,
+    /// `RET` (RFC 3461).
+    pub ret: Option<Ret>,
+    /// `ENVID` (RFC 3461), decoded.
+    pub envid: Option<String>,
 }
 
 /// The BODY= parameter (RFC 6152).
@@ -69,6 +76,8 @@ pub enum CommandError {
     Recipient(AddressError),
     #[error("parameter not supported: {0}")]
     UnsupportedParam(String),
+    #[error("{0}")]
+    Dsn(#[from] DsnError),
     #[error("mechanism not supported")]
     UnsupportedMechanism,
 }
@@ -171,6 +180,8 @@ fn parse_mail(rest: &str) -> Result<Command, CommandError> {
                 })
             }
             "SMTPUTF8" if value.is_empty() => params.smtputf8 = true,
+            "RET" => once(&mut params.ret, value.parse()?)?,
+            "ENVID" => once(&mut params.envid, dsn::parse_envid(value)?)?,
             // RFC 4954 §5: AUTH=<> or AUTH=addr may be sent by any client; Postern does not trust it.
             "AUTH" => {}
             _ => return Err(CommandError::UnsupportedParam(param.to_string())),
@@ -182,11 +193,25 @@ fn parse_mail(rest: &str) -> Result<Command, CommandError> {
 fn parse_rcpt(rest: &str) -> Result<Command, CommandError> {
     let rest = keyword(rest, "TO:").ok_or(CommandError::Syntax("expected RCPT TO:<address>"))?;
     let (path, params) = split_path(rest);
-    if let Some(param) = params.split(' ').find(|p| !p.is_empty()) {
-        return Err(CommandError::UnsupportedParam(param.to_string()));
-    }
     let to = address::parse_forward_path(path).map_err(CommandError::Recipient)?;
-    Ok(Command::Rcpt { to })
+    let mut dsn = RecipientDsn::default();
+    for param in params.split(' ').filter(|p| !p.is_empty()) {
+        let (key, value) = param.split_once('=').unwrap_or((param, ""));
+        match key.to_ascii_uppercase().as_str() {
+            "NOTIFY" => once(&mut dsn.notify, value.parse()?)?,
+            "ORCPT" => once(&mut dsn.orcpt, OriginalRecipient::parse(value)?)?,
+            _ => return Err(CommandError::UnsupportedParam(param.to_string())),
+        }
+    }
+    Ok(Command::Rcpt { to, dsn })
+}
+
+/// Sets a parameter that may be given once (RFC 3461 §4: twice is a syntax error).
+fn once<T>(slot: &mut Option<T>, value: T) -> Result<(), CommandError> {
+    if slot.replace(value).is_some() {
+        return Err(DsnError::Repeated.into());
+    }
+    Ok(())
 }
 
 fn parse_bdat(rest: &str) -> Result<Command, CommandError> {
@@ -245,7 +270,8 @@ mod tests {
             MailParams {
                 size: Some(100),
                 body: Some(BodyType::EightBitMime),
-                smtputf8: true
+                smtputf8: true,
+                ..Default::default()
             }
         );
         assert_eq!(
@@ -258,8 +284,55 @@ mod tests {
     }
 
     #[test]
+    fn parses_dsn_params() {
+        let Command::Mail { params, .. } =
+            parse("MAIL FROM:<a@b.example> ret=hdrs ENVID=QQ+2B1").unwrap()
+        else {
+            panic!("not MAIL");
+        };
+        assert_eq!(params.ret, Some(Ret::Hdrs));
+        assert_eq!(params.envid.as_deref(), Some("QQ+1"));
+        let Command::Rcpt { to, dsn } =
+            parse("RCPT TO:<c@d.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;C+40d.example")
+                .unwrap()
+        else {
+            panic!("not RCPT");
+        };
+        assert_eq!(to.to_string(), "c@d.example");
+        assert_eq!(
+            dsn.notify.map(|n| n.to_string()).as_deref(),
+            Some("SUCCESS,FAILURE")
+        );
+        assert_eq!(dsn.orcpt.map(|o| o.address).as_deref(), Some("C@d.example"));
+    }
+
+    #[test]
+    fn refuses_bad_dsn_params() {
+        let cases = [
+            ("MAIL FROM:<a@b> RET=ALL", DsnError::Ret),
+            ("MAIL FROM:<a@b> RET=FULL RET=HDRS", DsnError::Repeated),
+            ("MAIL FROM:<a@b> ENVID=a=b", DsnError::Envid),
+            ("MAIL FROM:<a@b> ENVID=a ENVID=b", DsnError::Repeated),
+            ("RCPT TO:<a@b> NOTIFY=NEVER,DELAY", DsnError::Notify),
+            ("RCPT TO:<a@b> NOTIFY", DsnError::Notify),
+            (
+                "RCPT TO:<a@b> NOTIFY=DELAY NOTIFY=DELAY",
+                DsnError::Repeated,
+            ),
+            ("RCPT TO:<a@b> ORCPT=a@b", DsnError::Orcpt),
+            (
+                "RCPT TO:<a@b> ORCPT=rfc822;a@b ORCPT=rfc822;a@b",
+                DsnError::Repeated,
+            ),
+        ];
+        for (line, error) in cases {
+            assert_eq!(parse(line), Err(CommandError::Dsn(error)), "{line}");
+        }
+    }
+
+    #[test]
     fn quoted_local_part_may_hold_spaces_and_brackets() {
-        let Command::Rcpt { to } = parse("RCPT TO:<\"a >b\"@c.example>").unwrap() else {
+        let Command::Rcpt { to, .. } = parse("RCPT TO:<\"a >b\"@c.example>").unwrap() else {
             panic!()
         };
         assert_eq!(to.local(), "\"a >b\"");
@@ -268,12 +341,12 @@ mod tests {
     #[test]
     fn refuses_what_it_must() {
         assert_eq!(
-            parse("MAIL FROM:<a@b> RET=FULL"),
-            Err(CommandError::UnsupportedParam("RET=FULL".into()))
+            parse("MAIL FROM:<a@b> MT-PRIORITY=3"),
+            Err(CommandError::UnsupportedParam("MT-PRIORITY=3".into()))
         );
         assert_eq!(
-            parse("RCPT TO:<a@b> NOTIFY=NEVER"),
-            Err(CommandError::UnsupportedParam("NOTIFY=NEVER".into()))
+            parse("RCPT TO:<a@b> XFORWARD=1"),
+            Err(CommandError::UnsupportedParam("XFORWARD=1".into()))
         );
         assert_eq!(parse("XYZZY"), Err(CommandError::Unrecognized));
         assert_eq!(parse("MAIL FROM:<a\0@b>"), Err(CommandError::ForbiddenByte));

@@ -9,6 +9,7 @@ pub mod client;
 pub mod command;
 pub mod date;
 pub mod dot;
+pub mod dsn;
 pub mod proxy;
 pub mod reply;
 pub mod server;

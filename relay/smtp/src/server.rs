@@ -21,6 +21,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use crate::address::{Address, ReversePath};
 use crate::body::{BareLineEndings, BodyDecoder, BodyFault};
 use crate::command::{BodyType, Command, CommandError, MailParams, Mechanism};
+use crate::dsn::{DsnRequest, RecipientDsn};
 use crate::reply::{Reject, Reply, Status};
 
 /// The longest command line accepted, without its CRLF.
@@ -82,6 +83,8 @@ pub struct Message {
     /// Bytes of the content handed out before the end by [`Session::take_content`]; `body`
     /// holds the rest.
     pub taken: u64,
+    /// What the client asked for in delivery status notifications (RFC 3461).
+    pub dsn: DsnRequest,
 }
 
 /// What the I/O layer must do next.
@@ -137,6 +140,7 @@ struct Transaction {
     from: ReversePath,
     params: MailParams,
     recipients: Vec<Address>,
+    dsn: DsnRequest,
     chunks: Option<BodyDecoder>,
     /// Content bytes handed out so far.
     taken: u64,
@@ -496,7 +500,7 @@ impl Session {
             Command::Ehlo(name) => self.ehlo(name, true),
             Command::Helo(name) => self.ehlo(name, false),
             Command::Mail { from, params } => self.mail(from, params),
-            Command::Rcpt { to } => self.rcpt(to),
+            Command::Rcpt { to, dsn } => self.rcpt(to, dsn),
             Command::Data => return self.data(),
             Command::Bdat { size, last } => self.bdat(size, last),
             Command::Rset => {
@@ -553,6 +557,7 @@ impl Session {
             "SMTPUTF8".to_string(),
             "ENHANCEDSTATUSCODES".to_string(),
             "CHUNKING".to_string(),
+            "DSN".to_string(),
         ];
         if self.config.starttls && !self.tls {
             lines.push("STARTTLS".to_string());
@@ -591,10 +596,16 @@ impl Session {
         match refusal {
             Some(reply) => self.error(reply),
             None => {
+                let dsn = DsnRequest {
+                    ret: params.ret,
+                    envid: params.envid.clone(),
+                    ..Default::default()
+                };
                 self.transaction = Some(Transaction {
                     from,
                     params,
                     recipients: Vec::new(),
+                    dsn,
                     chunks: None,
                     taken: 0,
                 });
@@ -616,7 +627,7 @@ impl Session {
         }
     }
 
-    fn rcpt(&mut self, to: Address) {
+    fn rcpt(&mut self, to: Address, dsn: RecipientDsn) {
         let relay_allowed = self.peer.relay_allowed || self.auth_user.is_some();
         let auth_would_help =
             self.config.auth && (self.tls || self.config.plaintext_auth || self.config.starttls);
@@ -642,6 +653,9 @@ impl Session {
         match (refusal, self.transaction.as_mut()) {
             (Some(reply), _) => self.error(reply),
             (None, Some(t)) => {
+                if !dsn.is_empty() {
+                    t.dsn.recipients.insert(to.to_string(), dsn);
+                }
                 t.recipients.push(to);
                 self.reply(Reply::new(250, Status(2, 1, 5), "Recipient OK"));
             }
@@ -776,6 +790,7 @@ impl Session {
             auth_user: self.auth_user.clone(),
             eight_bit,
             taken: transaction.taken,
+            dsn: transaction.dsn,
         };
         self.mode = Mode::Waiting;
         Some(Event::Message(Box::new(message)))
@@ -973,6 +988,7 @@ fn command_error(err: &CommandError) -> Reply {
         CommandError::Sender(_) => Reply::new(501, Status(5, 1, 7), err.to_string()),
         CommandError::Recipient(_) => Reply::new(501, Status(5, 1, 3), err.to_string()),
         CommandError::UnsupportedParam(_) => Reply::new(555, Status(5, 5, 4), err.to_string()),
+        CommandError::Dsn(_) => Reply::new(501, Status(5, 5, 4), err.to_string()),
         CommandError::UnsupportedMechanism => Reply::new(
             504,
             Status(5, 5, 4),

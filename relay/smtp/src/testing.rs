@@ -41,5 +41,6 @@ pub fn outgoing(recipients: &[&str], size: usize) -> Outgoing {
         size: size as u64,
         smtputf8: false,
         eight_bit: false,
+        dsn: Default::default(),
     }
 }

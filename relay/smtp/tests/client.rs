@@ -90,6 +90,72 @@ fn failure(event: ClientEvent) -> (Stage, u16, FailureKind, String) {
     (f.stage, f.reply.code, f.kind, f.reply.text())
 }
 
+/// DSN requests for `1@y` (all of them) and the message (RET, ENVID), none for `2@y`.
+fn with_dsn() -> Outgoing {
+    let mut dsn = postern_smtp::dsn::DsnRequest {
+        ret: Some(postern_smtp::dsn::Ret::Full),
+        envid: Some("id=1 x".into()),
+        ..Default::default()
+    };
+    dsn.recipients.insert(
+        "1@y".into(),
+        postern_smtp::dsn::RecipientDsn {
+            notify: Some("SUCCESS,DELAY".parse().unwrap()),
+            orcpt: Some(postern_smtp::dsn::OriginalRecipient::parse("rfc822;o+2B1@y").unwrap()),
+        },
+    );
+    Outgoing {
+        dsn,
+        ..outgoing(&["1@y", "2@y"])
+    }
+}
+
+#[test]
+fn dsn_requests_go_on_only_to_a_server_that_offers_dsn() {
+    let mut r = Run::new(StartTls::Never, None);
+    r.ready("250-mx.test\r\n250 DSN\r\n");
+    r.c.send(with_dsn());
+    assert_eq!(
+        r.wrote(),
+        "MAIL FROM:<a@example.com> RET=FULL ENVID=id+3D1+20x\r\n",
+        "ENVID in xtext"
+    );
+    r.server("250 ok\r\n");
+    assert_eq!(
+        r.wrote(),
+        "RCPT TO:<1@y> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;o+2B1@y\r\n"
+    );
+    r.server("250 ok\r\n");
+    assert_eq!(
+        r.wrote(),
+        "RCPT TO:<2@y>\r\n",
+        "nothing asked, nothing sent"
+    );
+    r.server("250 ok\r\n");
+    r.server("354 go\r\n");
+    r.c.body_sent(r.now);
+    let (event, _) = r.server("250 2.0.0 queued\r\n");
+    let ClientEvent::Done(outcome) = event else {
+        panic!("{event:?}")
+    };
+    assert!(outcome.dsn, "the server took the reports over");
+
+    let mut r = Run::new(StartTls::Never, None);
+    r.ready("250-mx.test\r\n250 PIPELINING\r\n");
+    r.c.send(with_dsn());
+    assert_eq!(
+        r.wrote(),
+        "MAIL FROM:<a@example.com>\r\nRCPT TO:<1@y>\r\nRCPT TO:<2@y>\r\nDATA\r\n"
+    );
+    r.server("250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n");
+    r.c.body_sent(r.now);
+    let (event, _) = r.server("250 2.0.0 queued\r\n");
+    let ClientEvent::Done(outcome) = event else {
+        panic!("{event:?}")
+    };
+    assert!(!outcome.dsn, "reports stay Postern's to send");
+}
+
 #[test]
 fn pipelined_transaction_records_each_recipient() {
     let mut r = Run::new(StartTls::Never, None);
@@ -211,7 +277,10 @@ fn smtputf8_size_and_8bit_are_checked_before_sending() {
     r.ready("250-mx.test\r\n250 SIZE 5\r\n");
     let refused = |r: &mut Run, outgoing: Outgoing| {
         r.c.send(outgoing);
-        let ClientEvent::Done(Outcome { replies, source }) = r.c.next_event() else {
+        let ClientEvent::Done(Outcome {
+            replies, source, ..
+        }) = r.c.next_event()
+        else {
             panic!()
         };
         assert_eq!(source, Source::Client);

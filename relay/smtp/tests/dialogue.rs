@@ -132,7 +132,8 @@ fn ehlo_lists_the_extensions_and_helo_works() {
             "8BITMIME",
             "SMTPUTF8",
             "ENHANCEDSTATUSCODES",
-            "CHUNKING"
+            "CHUNKING",
+            "DSN"
         ]
     );
     d.cmd("HELO client.test").is(250, "");
@@ -161,15 +162,70 @@ fn simple_commands_and_their_order() {
     d.cmd("DATA").is(554, "5.5.1");
     d.cmd("RSET").is(250, "2.0.0");
     d.cmd("RCPT TO:<b@example.org>").is(503, "5.5.1");
-    d.cmd("MAIL FROM:<a@example.com> RET=HDRS").is(555, "5.5.4");
+    d.cmd("MAIL FROM:<a@example.com> MT-PRIORITY=1")
+        .is(555, "5.5.4");
     d.cmd("MAIL FROM:<a@example.com> BODY=BINARYMIME")
         .is(555, "5.5.4");
     d.cmd("MAIL FROM:a@example.com").is(501, "5.1.7");
     d.cmd("MAIL FROM:<> BODY=8BITMIME").is(250, "2.1.0");
-    d.cmd("RCPT TO:<b@example.org> NOTIFY=NEVER")
+    d.cmd("RCPT TO:<b@example.org> XRCPTFORWARD=1")
         .is(555, "5.5.4");
     d.cmd("RCPT TO:<not an address>").is(501, "5.1.3");
     d.cmd("QUIT").is(221, "2.0.0");
+}
+
+#[test]
+fn dsn_requests_reach_the_queue_per_recipient() {
+    let mut d = Dialogue::new(config());
+    d.ehlo();
+    d.cmd("MAIL FROM:<a@example.com> RET=HDRS ENVID=QQ314159")
+        .is(250, "2.1.0");
+    d.cmd("RCPT TO:<b@example.org> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;B+2Bx@example.org")
+        .is(250, "2.1.5");
+    d.cmd("RCPT TO:<c@example.org>").is(250, "2.1.5");
+    let refused = d.cmd("RCPT TO:<d@example.org> NOTIFY=NEVER,SUCCESS");
+    refused.clone().is(501, "5.5.4");
+    assert!(refused.text().contains("NOTIFY takes NEVER"), "{refused:?}");
+    d.cmd("RCPT TO:<e@example.org> ORCPT=rfc822;e=x")
+        .is(501, "5.5.4");
+    d.cmd(&format!(
+        "RCPT TO:<f@example.org> ORCPT=rfc822;{}@example.org",
+        "f".repeat(500)
+    ))
+    .is(501, "5.5.4");
+    d.cmd("RCPT TO:<g@example.org> NOTIFY=NEVER")
+        .is(250, "2.1.5");
+    d.cmd("DATA").is(354, "");
+    d.send(format!("{MESSAGE}.\r\n").as_bytes());
+    let dsn = &d.queued[0].dsn;
+    assert_eq!(dsn.ret, Some(postern_smtp::dsn::Ret::Hdrs));
+    assert_eq!(dsn.envid.as_deref(), Some("QQ314159"));
+    let b = dsn.recipient("b@example.org");
+    assert!(b.wants_success() && b.wants_delay() && !b.wants_failure());
+    assert_eq!(b.orcpt.unwrap().address, "B+x@example.org");
+    assert!(dsn.recipient("c@example.org").is_empty());
+    assert!(!dsn.recipient("g@example.org").wants_failure());
+    assert_eq!(
+        dsn.recipients.keys().collect::<Vec<_>>(),
+        ["b@example.org", "g@example.org"],
+        "only recipients that asked for something, only accepted ones"
+    );
+
+    d.cmd("MAIL FROM:<a@example.com> ENVID=x ENVID=y")
+        .is(501, "5.5.4");
+    d.cmd(&format!(
+        "MAIL FROM:<a@example.com> ENVID={}",
+        "x".repeat(101)
+    ))
+    .is(501, "5.5.4");
+    d.cmd("MAIL FROM:<a@example.com>").is(250, "2.1.0");
+    d.cmd("RCPT TO:<b@example.org>").is(250, "2.1.5");
+    d.cmd("DATA").is(354, "");
+    d.send(format!("{MESSAGE}.\r\n").as_bytes());
+    assert!(
+        d.queued[1].dsn.is_empty(),
+        "a new transaction asks for nothing"
+    );
 }
 
 #[test]

@@ -1,43 +1,109 @@
-//! RFC 3464 delivery status notifications: the bounce sent to the sender of a message that
-//! could not be delivered to some of its recipients. A report about a UTF-8 address, or
-//! returning UTF-8 header fields, uses RFC 6533's `message/global-delivery-status` and
-//! `message/global-headers`.
+//! RFC 3464 delivery status notifications: the reports sent to the sender of a message about
+//! recipients it could not be delivered to, is still being tried for, or was relayed for to a
+//! server that sends no reports of its own, as the sender asked with RFC 3461's NOTIFY (failures
+//! only when it did not say). A report about a UTF-8 address, or returning UTF-8 header fields,
+//! uses RFC 6533's `message/global-delivery-status` and `message/global-headers`.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use postern_smtp::Reply;
-use tracing::info;
+use postern_smtp::dsn::{DsnRequest, OriginalRecipient, Ret};
+use tracing::{debug, info};
 
 use postern_queue::entry::Envelope;
 use postern_queue::{ClientFacts, EnqueueError, Queue, Submission, Submitted};
 use postern_smtp::date::rfc5322_date;
 
-/// Queues the report about `failed` recipients of `envelope` to its sender, as `hostname`;
-/// nothing for the null sender. Returns the report's queue id.
-pub async fn queue_bounce(
+/// What a report says happened to its recipients (RFC 3464 §2.3.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Failed,
+    /// Still being tried, until the given time.
+    Delayed {
+        until: SystemTime,
+    },
+    /// Handed to a next hop that does not offer DSN (RFC 3461 §5.2.2).
+    Relayed,
+}
+
+impl Action {
+    /// The `Action` field's value, also the metrics label.
+    pub fn word(self) -> &'static str {
+        match self {
+            Action::Failed => "failed",
+            Action::Delayed { .. } => "delayed",
+            Action::Relayed => "relayed",
+        }
+    }
+}
+
+/// The original message as a report may return it.
+#[derive(Debug, Clone, Copy)]
+pub struct Original<'a> {
+    /// Its start (the whole of it when `whole`): at least the header section.
+    pub bytes: &'a [u8],
+    pub whole: bool,
+}
+
+/// What [`queue_report`] did.
+#[derive(Debug, Default)]
+pub struct Queued {
+    /// The report's queue id, if one was queued.
+    pub id: Option<String>,
+    /// Recipients left out because their NOTIFY did not ask for this report.
+    pub not_requested: usize,
+}
+
+/// Queues the report of `action` about those of `recipients` whose sender asked for it, as
+/// `hostname`; nothing for the null sender or when nobody asked.
+pub async fn queue_report(
     queue: &Queue,
     hostname: &str,
     envelope: &Envelope,
-    original: &[u8],
-    failed: &[FailedRecipient],
-) -> Result<Option<String>, EnqueueError> {
+    action: Action,
+    recipients: Vec<ReportedRecipient>,
+    original: Original<'_>,
+) -> Result<Queued, EnqueueError> {
     let Some((_, domain)) = envelope.sender.rsplit_once('@') else {
-        info!(queue_id = %envelope.queue_id, "no bounce for a message from the null sender");
-        return Ok(None);
+        info!(queue_id = %envelope.queue_id, action = action.word(), "no report for a message from the null sender");
+        return Ok(Queued::default());
     };
-    let now = SystemTime::now();
+    let (wanted, unwanted): (Vec<_>, Vec<_>) = recipients.into_iter().partition(|r| {
+        let asked = envelope.dsn.recipient(&r.recipient);
+        match action {
+            Action::Failed => asked.wants_failure(),
+            Action::Delayed { .. } => asked.wants_delay(),
+            Action::Relayed => asked.wants_success(),
+        }
+    });
+    for r in &unwanted {
+        if action == Action::Failed {
+            info!(queue_id = %envelope.queue_id, rcpt = %r.recipient, "no failure report: NOTIFY excludes it");
+        } else {
+            debug!(queue_id = %envelope.queue_id, rcpt = %r.recipient, action = action.word(), "no report: not requested");
+        }
+    }
+    let not_requested = unwanted.len();
+    if wanted.is_empty() {
+        return Ok(Queued {
+            id: None,
+            not_requested,
+        });
+    }
+    let id = ulid::Ulid::new().to_string();
     let report = Report {
         hostname,
+        id: &id,
         queue_id: &envelope.queue_id,
         sender: &envelope.sender,
         arrival: UNIX_EPOCH + Duration::from_millis(envelope.received_at_ms),
-        now,
-        recipients: failed,
+        now: SystemTime::now(),
+        action,
+        recipients: &wanted,
+        dsn: &envelope.dsn,
         original,
     };
-    let id = ulid::Ulid::new().to_string();
     let message = report.to_message();
-    // UTF-8 in the report (addresses, the returned header fields) needs an 8BITMIME path.
     let eight_bit = !message.is_ascii();
     let submission = Submission {
         queue_id: id.clone(),
@@ -56,15 +122,19 @@ pub async fn queue_bounce(
         eight_bit_mime: eight_bit,
         eight_bit,
         traceparent: envelope.traceparent.clone(),
+        dsn: Default::default(),
     };
     queue.enqueue(submission).await?;
-    info!(queue_id = %envelope.queue_id, bounce_id = %id, to = %envelope.sender, "bounce queued");
-    Ok(Some(id))
+    info!(queue_id = %envelope.queue_id, report_id = %id, action = action.word(), to = %envelope.sender, "report queued");
+    Ok(Queued {
+        id: Some(id),
+        not_requested,
+    })
 }
 
-/// One recipient the message could not be delivered to.
+/// One recipient a report is about.
 #[derive(Debug, Clone)]
-pub struct FailedRecipient {
+pub struct ReportedRecipient {
     pub recipient: String,
     /// The remote server's reply, or Postern's own reason.
     pub reply: Reply,
@@ -74,12 +144,12 @@ pub struct FailedRecipient {
     pub expired: bool,
 }
 
-impl FailedRecipient {
+impl ReportedRecipient {
     /// Each of `recipients` failed with `reply`, Postern's own (no remote host).
-    pub fn each(recipients: &[String], reply: &Reply, expired: bool) -> Vec<FailedRecipient> {
+    pub fn each(recipients: &[String], reply: &Reply, expired: bool) -> Vec<ReportedRecipient> {
         recipients
             .iter()
-            .map(|recipient| FailedRecipient {
+            .map(|recipient| ReportedRecipient {
                 recipient: recipient.clone(),
                 reply: reply.clone(),
                 remote_host: None,
@@ -89,38 +159,43 @@ impl FailedRecipient {
     }
 }
 
-/// Everything a bounce says.
+/// Everything a report says.
 #[derive(Debug, Clone)]
 pub struct Report<'a> {
     /// The reporting MTA (`hostname` in the config).
     pub hostname: &'a str,
+    /// The report's own queue id.
+    pub id: &'a str,
+    /// The queue id of the message reported on.
     pub queue_id: &'a str,
     /// The original sender, who receives the report.
     pub sender: &'a str,
     pub arrival: SystemTime,
     pub now: SystemTime,
-    pub recipients: &'a [FailedRecipient],
-    /// The original message; its header section is attached.
-    pub original: &'a [u8],
+    pub action: Action,
+    pub recipients: &'a [ReportedRecipient],
+    /// What the sender asked for: ENVID, RET, each recipient's ORCPT.
+    pub dsn: &'a DsnRequest,
+    pub original: Original<'a>,
 }
 
 impl Report<'_> {
     /// The whole report message, CRLF line endings, ready to be queued from `<>`.
     pub fn to_message(&self) -> Vec<u8> {
-        let boundary = format!("=_postern_{}", self.queue_id);
+        let boundary = format!("=_postern_{}", self.id);
         let status = self.status_fields();
-        let headers = header_section(self.original);
+        let (returned_type, returned) = self.returned();
         // RFC 6533 §6: UTF-8 in the status fields (an address, a host, a reply) needs the
-        // global status type, UTF-8 in the returned header fields the global headers type.
+        // global status type.
         let status_type = if status.is_ascii() {
             "delivery-status"
         } else {
             "global-delivery-status"
         };
-        let headers_type = if headers.is_ascii() {
-            "text/rfc822-headers"
-        } else {
-            "message/global-headers"
+        let subject = match self.action {
+            Action::Failed => "Undelivered Mail Returned to Sender",
+            Action::Delayed { .. } => "Delayed Mail (still being retried)",
+            Action::Relayed => "Successful Mail Delivery Report",
         };
         let mut m = String::new();
         let mut line = |text: &str| {
@@ -132,12 +207,9 @@ impl Report<'_> {
             self.hostname
         ));
         line(&format!("To: <{}>", self.sender));
-        line("Subject: Undelivered Mail Returned to Sender");
+        line(&format!("Subject: {subject}"));
         line(&format!("Date: {}", rfc5322_date(self.now)));
-        line(&format!(
-            "Message-ID: <{}.bounce@{}>",
-            self.queue_id, self.hostname
-        ));
+        line(&format!("Message-ID: <{}@{}>", self.id, self.hostname));
         line("Auto-Submitted: auto-replied");
         line("MIME-Version: 1.0");
         line(&format!(
@@ -159,59 +231,112 @@ impl Report<'_> {
             &format!("message/{status_type}"),
             status.as_bytes(),
         );
-        push_part(&mut message, &boundary, headers_type, headers);
+        push_part(&mut message, &boundary, returned_type, returned);
         message.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
         message
     }
 
+    /// The whole message when the sender asked for it (RET=FULL) in a failure report and it
+    /// fits, else its header section (RFC 3461 §4.3: only failures return content), with the
+    /// type for what it holds (RFC 6532's global types for UTF-8).
+    fn returned(&self) -> (&'static str, &[u8]) {
+        if self.returns_whole() {
+            let bytes = self.original.bytes;
+            return if bytes.is_ascii() {
+                ("message/rfc822", bytes)
+            } else {
+                ("message/global", bytes)
+            };
+        }
+        let headers = header_section(self.original.bytes);
+        if headers.is_ascii() {
+            ("text/rfc822-headers", headers)
+        } else {
+            ("message/global-headers", headers)
+        }
+    }
+
+    fn returns_whole(&self) -> bool {
+        self.action == Action::Failed && self.dsn.ret == Some(Ret::Full) && self.original.whole
+    }
+
     /// The first part, for people.
     fn explanation(&self) -> String {
+        let what = match self.action {
+            Action::Failed => "Your message could not be delivered to one or more recipients.".to_string(),
+            Action::Delayed { until } => format!(
+                "Your message has not been delivered yet to one or more recipients.\r\nIt will be tried again until {}; you do not need to send it again.",
+                rfc5322_date(until)
+            ),
+            Action::Relayed => "Your message was handed to the next mail server for these recipients.\r\nThat server sends no delivery reports, so this is the last report about them.".to_string(),
+        };
         let mut text = format!(
-            "This is the mail system at {}.\r\n\r\nYour message could not be delivered to one or more recipients.\r\n\r\n",
+            "This is the mail system at {}.\r\n\r\n{what}\r\n\r\n",
             self.hostname
         );
-        for failed in self.recipients {
-            let by = failed
+        for reported in self.recipients {
+            let by = reported
                 .remote_host
                 .as_deref()
                 .map(|h| format!(" host {h} said:"))
                 .unwrap_or_default();
             text.push_str(&format!(
                 "<{}>:{by} {}\r\n",
-                failed.recipient,
-                reply_text(&failed.reply)
+                reported.recipient,
+                reply_text(&reported.reply)
             ));
-            if failed.expired {
+            if reported.expired {
                 text.push_str("    (gave up: the message was queued for too long)\r\n");
             }
+        }
+        if self.action == Action::Failed && self.dsn.ret == Some(Ret::Full) && !self.returns_whole()
+        {
+            text.push_str(
+                "\r\nThe message is too large to be returned whole; its header section is attached.\r\n",
+            );
         }
         text
     }
 
     /// The RFC 3464 fields: per message, then a block per recipient.
     fn status_fields(&self) -> String {
-        let mut fields = format!(
+        let mut fields = String::new();
+        if let Some(envid) = &self.dsn.envid {
+            fields.push_str(&format!("Original-Envelope-Id: {envid}\r\n"));
+        }
+        fields.push_str(&format!(
             "Reporting-MTA: dns; {}\r\nX-Postern-Queue-ID: {}\r\nArrival-Date: {}\r\n",
             self.hostname,
             self.queue_id,
             rfc5322_date(self.arrival)
-        );
-        for failed in self.recipients {
+        ));
+        for reported in self.recipients {
+            fields.push_str("\r\n");
+            if let Some(orcpt) = self.dsn.recipient(&reported.recipient).orcpt {
+                fields.push_str(&format!(
+                    "Original-Recipient: {}\r\n",
+                    original_field(&orcpt)
+                ));
+            }
             fields.push_str(&format!(
-                "\r\nFinal-Recipient: {}\r\nAction: failed\r\nStatus: {}\r\n",
-                recipient_field(&failed.recipient),
-                status(failed)
+                "Final-Recipient: {}\r\nAction: {}\r\nStatus: {}\r\n",
+                recipient_field(&reported.recipient),
+                self.action.word(),
+                status(reported)
             ));
-            if let Some(host) = &failed.remote_host {
+            if let Some(host) = &reported.remote_host {
                 fields.push_str(&format!(
                     "Remote-MTA: dns; {host}\r\nDiagnostic-Code: smtp; {}\r\n",
-                    reply_text(&failed.reply)
+                    reply_text(&reported.reply)
                 ));
             }
             fields.push_str(&format!(
                 "Last-Attempt-Date: {}\r\n",
                 rfc5322_date(self.now)
             ));
+            if let Action::Delayed { until } = self.action {
+                fields.push_str(&format!("Will-Retry-Until: {}\r\n", rfc5322_date(until)));
+            }
         }
         fields
     }
@@ -281,14 +406,23 @@ fn recipient_field(address: &str) -> String {
     field
 }
 
+/// The `Original-Recipient` field's value: the address as the sender gave it in ORCPT, of
+/// its own type (a `utf-8` one in unitext, like [`recipient_field`]).
+fn original_field(orcpt: &OriginalRecipient) -> String {
+    match orcpt.addr_type.as_str() {
+        "utf-8" | "rfc822" => recipient_field(&orcpt.address),
+        other => format!("{other}; {}", orcpt.address),
+    }
+}
+
 /// The RFC 3463 status of a recipient: 4.4.7 for expiry, else the reply's own or its class's.
-fn status(failed: &FailedRecipient) -> String {
-    if failed.expired {
+fn status(reported: &ReportedRecipient) -> String {
+    if reported.expired {
         return "4.4.7".to_string();
     }
-    match failed.reply.status {
+    match reported.reply.status {
         Some(status) => status.to_string(),
-        None => format!("{}.0.0", failed.reply.class()),
+        None => format!("{}.0.0", reported.reply.class()),
     }
 }
 
@@ -317,16 +451,188 @@ mod tests {
     use postern_smtp::Status;
     use std::time::{Duration, UNIX_EPOCH};
 
+    static NO_REQUEST: DsnRequest = DsnRequest {
+        ret: None,
+        envid: None,
+        recipients: std::collections::BTreeMap::new(),
+    };
+
+    /// A failure report of `01ID` to `a@example.com`, about nobody yet.
+    fn base(dsn: &DsnRequest) -> Report<'_> {
+        Report {
+            hostname: "relay.test",
+            id: "01ID",
+            queue_id: "01ID",
+            sender: "a@example.com",
+            arrival: UNIX_EPOCH,
+            now: UNIX_EPOCH,
+            action: Action::Failed,
+            recipients: &[],
+            dsn,
+            original: Original {
+                bytes: b"Subject: hi\r\n\r\nthe body\r\n",
+                whole: true,
+            },
+        }
+    }
+
+    fn reported(recipient: &str, reply: Reply) -> ReportedRecipient {
+        ReportedRecipient {
+            recipient: recipient.into(),
+            reply,
+            remote_host: Some("mx.example.org".into()),
+            expired: false,
+        }
+    }
+
+    /// A request with ENVID, RET and an ORCPT for `b@example.org`.
+    fn request(ret: Ret) -> DsnRequest {
+        let mut dsn = DsnRequest {
+            ret: Some(ret),
+            envid: Some("QQ 314159".into()),
+            ..Default::default()
+        };
+        dsn.recipients.insert(
+            "b@example.org".into(),
+            postern_smtp::dsn::RecipientDsn {
+                notify: Some("SUCCESS,FAILURE,DELAY".parse().unwrap()),
+                orcpt: Some(OriginalRecipient::parse("rfc822;B+2Bold@example.org").unwrap()),
+            },
+        );
+        dsn
+    }
+
+    #[test]
+    fn delay_and_relay_reports_say_so_and_return_headers_only() {
+        let dsn = request(Ret::Full);
+        let until = UNIX_EPOCH + Duration::from_secs(5 * 86_400);
+        let delayed = [reported(
+            "b@example.org",
+            Reply::new(451, Status(4, 2, 1), "mailbox busy"),
+        )];
+        let report = Report {
+            action: Action::Delayed { until },
+            recipients: &delayed,
+            ..base(&dsn)
+        };
+        let message = report.to_message();
+        let (report_type, parts) = report_parts(&message);
+        assert_eq!(report_type, "delivery-status");
+        assert!(
+            String::from_utf8_lossy(&message)
+                .contains("\r\nSubject: Delayed Mail (still being retried)\r\n")
+        );
+        assert!(
+            parts[0]
+                .1
+                .contains("tried again until Tue, 6 Jan 1970 00:00:00 +0000"),
+            "{}",
+            parts[0].1
+        );
+        let status = &parts[1].1;
+        for field in [
+            "Original-Envelope-Id: QQ 314159\r\nReporting-MTA: dns; relay.test\r\n",
+            "\r\n\r\nOriginal-Recipient: rfc822; B+old@example.org\r\nFinal-Recipient: rfc822; b@example.org\r\nAction: delayed\r\nStatus: 4.2.1\r\n",
+            "Will-Retry-Until: Tue, 6 Jan 1970 00:00:00 +0000\r\n",
+        ] {
+            assert!(status.contains(field), "{field:?} in {status}");
+        }
+        assert_eq!(
+            parts[2].0, "text/rfc822-headers",
+            "RET=FULL is for failures only"
+        );
+        assert!(!parts[2].1.contains("the body"));
+
+        let relayed = [reported(
+            "b@example.org",
+            Reply::new(250, Status(2, 0, 0), "queued as 1"),
+        )];
+        let report = Report {
+            action: Action::Relayed,
+            recipients: &relayed,
+            ..base(&dsn)
+        };
+        let message = report.to_message();
+        let (_, parts) = report_parts(&message);
+        assert!(
+            String::from_utf8_lossy(&message)
+                .contains("\r\nSubject: Successful Mail Delivery Report\r\n")
+        );
+        let status = &parts[1].1;
+        assert!(status.contains("Action: relayed\r\nStatus: 2.0.0\r\nRemote-MTA: dns; mx.example.org\r\nDiagnostic-Code: smtp; 250 2.0.0 queued as 1\r\n"), "{status}");
+        assert!(!status.contains("Will-Retry-Until"));
+        assert_eq!(parts[2].0, "text/rfc822-headers");
+    }
+
+    #[test]
+    fn ret_full_returns_the_whole_message_when_it_has_it() {
+        let failed = [reported(
+            "b@example.org",
+            Reply::new(550, Status(5, 1, 1), "no such user"),
+        )];
+        let full = request(Ret::Full);
+        let report = Report {
+            recipients: &failed,
+            ..base(&full)
+        };
+        let (_, parts) = report_parts(&report.to_message());
+        assert_eq!(parts[2].0, "message/rfc822");
+        assert!(
+            parts[2].1.ends_with("\r\n\r\nthe body\r\n"),
+            "{}",
+            parts[2].1
+        );
+
+        // Only the start of a large message is at hand: its header section, and a word why.
+        let start = Report {
+            original: Original {
+                bytes: b"Subject: hi\r\n\r\nthe beginning",
+                whole: false,
+            },
+            ..report.clone()
+        };
+        let (_, parts) = report_parts(&start.to_message());
+        assert_eq!(parts[2].0, "text/rfc822-headers");
+        assert!(
+            parts[0].1.contains("too large to be returned whole"),
+            "{}",
+            parts[0].1
+        );
+
+        // 8-bit content goes back as message/global, quoted-printable, so the report stays 7-bit.
+        let eight_bit = Report {
+            original: Original {
+                bytes: "Subject: hi\r\n\r\nGrüße\r\n".as_bytes(),
+                whole: true,
+            },
+            ..report.clone()
+        };
+        let message = eight_bit.to_message();
+        assert!(message.is_ascii());
+        let (_, parts) = report_parts(&message);
+        assert_eq!(parts[2].0, "message/global");
+        assert!(parts[2].1.ends_with("\r\n\r\nGrüße\r\n"), "{}", parts[2].1);
+
+        let headers = request(Ret::Hdrs);
+        let report = Report {
+            recipients: &failed,
+            ..base(&headers)
+        };
+        let (_, parts) = report_parts(&report.to_message());
+        assert_eq!(parts[2].0, "text/rfc822-headers");
+        assert!(!parts[0].1.contains("too large"));
+    }
+
     #[test]
     fn report_structure() {
         let recipients = [
-            FailedRecipient {
+            ReportedRecipient {
                 recipient: "nobody@example.org".into(),
                 reply: Reply::new(550, Status(5, 1, 1), "no such user"),
                 remote_host: Some("mx.example.org".into()),
                 expired: false,
             },
-            FailedRecipient {
+            ReportedRecipient {
                 recipient: "slow@example.org".into(),
                 reply: Reply::new(451, Status(4, 2, 0), "try later"),
                 remote_host: Some("mx.example.org".into()),
@@ -334,20 +640,20 @@ mod tests {
             },
         ];
         let report = Report {
-            hostname: "relay.test",
-            queue_id: "01ID",
-            sender: "a@example.com",
-            arrival: UNIX_EPOCH,
             now: UNIX_EPOCH + Duration::from_secs(86_400),
             recipients: &recipients,
-            original: b"Received: x\r\nSubject: hi\r\n\r\nsecret body\r\n",
+            original: Original {
+                bytes: b"Received: x\r\nSubject: hi\r\n\r\nsecret body\r\n",
+                whole: true,
+            },
+            ..base(&NO_REQUEST)
         };
         let text = String::from_utf8(report.to_message()).unwrap();
         let expected = "From: Mail Delivery System <MAILER-DAEMON@relay.test>\r
 To: <a@example.com>\r
 Subject: Undelivered Mail Returned to Sender\r
 Date: Fri, 2 Jan 1970 00:00:00 +0000\r
-Message-ID: <01ID.bounce@relay.test>\r
+Message-ID: <01ID@relay.test>\r
 Auto-Submitted: auto-replied\r
 MIME-Version: 1.0\r
 Content-Type: multipart/report; report-type=delivery-status;\r
@@ -434,13 +740,13 @@ Subject: hi\r
     #[test]
     fn utf8_addresses_and_header_fields_make_a_global_report() {
         let recipients = [
-            FailedRecipient {
+            ReportedRecipient {
                 recipient: "jörg+news@bücher.example".into(),
                 reply: Reply::new(550, Status(5, 1, 1), "no such user"),
                 remote_host: Some("mx.bücher.example".into()),
                 expired: false,
             },
-            FailedRecipient {
+            ReportedRecipient {
                 recipient: "plain@example.org".into(),
                 reply: Reply::new(550, Status(5, 1, 1), "no such user"),
                 remote_host: None,
@@ -448,13 +754,12 @@ Subject: hi\r
             },
         ];
         let report = Report {
-            hostname: "relay.test",
-            queue_id: "01ID",
-            sender: "a@example.com",
-            arrival: UNIX_EPOCH,
-            now: UNIX_EPOCH,
             recipients: &recipients,
-            original: "Subject: Grüße\r\n\r\nbody\r\n".as_bytes(),
+            original: Original {
+                bytes: "Subject: Grüße\r\n\r\nbody\r\n".as_bytes(),
+                whole: true,
+            },
+            ..base(&NO_REQUEST)
         };
         let message = report.to_message();
         assert!(
@@ -502,7 +807,10 @@ Subject: hi\r
         assert_eq!(parts[1].0, "message/delivery-status");
         assert_eq!(parts[2].0, "message/global-headers");
         let report = Report {
-            original: b"Subject: plain\r\n\r\nbody\r\n",
+            original: Original {
+                bytes: b"Subject: plain\r\n\r\nbody\r\n",
+                whole: true,
+            },
             ..report
         };
         assert_eq!(

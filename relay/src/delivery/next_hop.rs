@@ -52,6 +52,9 @@ pub struct RecipientResult {
     pub host: Option<String>,
     /// The host sent the reply; otherwise Postern decided (and the text says why).
     pub from_server: bool,
+    /// The host offered DSN and took the recipient's DSN requests with the message: a success
+    /// report is its to send.
+    pub dsn_passed: bool,
 }
 
 /// The next hops of a delivery process and how to reach them.
@@ -210,6 +213,7 @@ impl NextHops {
                 None => Signal::Reached,
             };
             let from_server = outcome.source == Source::Server;
+            let dsn_passed = outcome.dsn;
             let results = envelope
                 .recipients
                 .iter()
@@ -225,6 +229,7 @@ impl NextHops {
                     },
                     host: Some(host.clone()),
                     from_server,
+                    dsn_passed,
                 })
                 .collect();
             (results, Some(signal))
@@ -331,6 +336,7 @@ fn everyone(
             reply: reply.clone(),
             host: host.clone(),
             from_server,
+            dsn_passed: false,
         })
         .collect()
 }
@@ -375,5 +381,6 @@ fn outgoing(envelope: &Envelope, content: &Content) -> Result<Outgoing, Reply> {
         size: content.len(),
         smtputf8: envelope.smtputf8,
         eight_bit: envelope.eight_bit,
+        dsn: envelope.dsn.clone(),
     })
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
@@ -14,9 +14,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use super::dsn::{self, FailedRecipient};
+use super::dsn::{self, Action, Original, ReportedRecipient};
 use super::next_hop::{NextHops, Plan, RecipientResult, SetupError};
-use super::settle::{self, RetryPolicy, Settlement};
+use super::settle::{self, History, RetryPolicy, Settlement};
 use crate::metrics::Metrics;
 use postern_queue::destination::{Destination, Destinations, Lease, Limits, Signal, Transition};
 use postern_queue::entry::{self, EntryError, Envelope, LastReply};
@@ -549,13 +549,14 @@ impl Worker {
             Status(5, 3, 0),
             format!("Delivery given up: the message was {reason}"),
         );
-        let failed = FailedRecipient::each(&envelope.recipients, &reply, false);
+        let failed = ReportedRecipient::each(&envelope.recipients, &reply, false);
         error!(queue_id = %envelope.queue_id, reason, "no worker could settle the entry; bounced to its sender");
         for _ in &failed {
             self.metrics.outcome("bounced");
         }
         self.metrics.gave_up.inc();
-        self.bounce(envelope, &content.prefix(), &failed).await?;
+        self.report(envelope, &content, Action::Failed, failed)
+            .await?;
         self.finish(envelope).await;
         Ok(())
     }
@@ -591,21 +592,24 @@ impl Worker {
                     reply: reply.clone(),
                     host: None,
                     from_server: false,
+                    dsn_passed: false,
                 })
                 .collect();
             return self.settle(envelope, content, results).await;
         }
-        let failed = FailedRecipient::each(&envelope.recipients, &reply, true);
+        let failed = ReportedRecipient::each(&envelope.recipients, &reply, true);
         for _ in &failed {
             self.metrics.outcome("expired");
         }
-        self.bounce(envelope, &content.prefix(), &failed).await?;
+        self.report(envelope, content, Action::Failed, failed)
+            .await?;
         self.finish(envelope).await;
         Ok(())
     }
 
     /// Records every recipient's outcome durably: a retry entry for temporary failures, a
-    /// bounce for permanent ones. Only then may the entry be acknowledged.
+    /// bounce for permanent ones, the reports the sender asked for. Only then may the entry be
+    /// acknowledged.
     async fn settle(
         &self,
         envelope: &Envelope,
@@ -618,23 +622,48 @@ impl Worker {
         let policy = RetryPolicy {
             schedule: &schedule,
             max_age: retry.max_age.get(),
+            delay_warning: retry.delay_warning.get(),
+        };
+        let history = History {
+            attempt,
+            received_at_ms: envelope.received_at_ms,
+            delay_reported: envelope.delay_reported,
         };
         let jitter = f64::from(ulid::Ulid::new().random() as u32) / f64::from(u32::MAX);
-        let settlement = settle::settle(
-            results,
-            attempt,
-            &policy,
-            envelope.received_at_ms,
-            now_ms(),
-            jitter,
-        );
+        let settlement = settle::settle(results, history, &policy, now_ms(), jitter);
         self.log_settlement(envelope, attempt, &settlement);
         if let Some(when) = settlement.retry_at {
-            self.requeue(envelope, content, &settlement.deferred, attempt, when)
+            let reported = envelope.delay_reported || settlement.delay_report;
+            self.requeue(
+                envelope,
+                content,
+                &settlement.deferred,
+                attempt,
+                when,
+                reported,
+            )
+            .await?;
+        }
+        if settlement.delay_report {
+            let until =
+                UNIX_EPOCH + Duration::from_millis(envelope.received_at_ms) + policy.max_age;
+            let delayed = settlement.deferred.iter().map(reported).collect();
+            self.report(envelope, content, Action::Delayed { until }, delayed)
                 .await?;
         }
         if !settlement.bounced.is_empty() {
-            self.bounce(envelope, &content.prefix(), &settlement.bounced)
+            self.report(envelope, content, Action::Failed, settlement.bounced)
+                .await?;
+        }
+        // RFC 3461 §5.2.2: a next hop that took the requests reports success itself.
+        let relayed: Vec<_> = settlement
+            .delivered
+            .iter()
+            .filter(|r| !r.dsn_passed)
+            .map(reported)
+            .collect();
+        if !relayed.is_empty() {
+            self.report(envelope, content, Action::Relayed, relayed)
                 .await?;
         }
         if settlement.retry_at.is_none() {
@@ -683,11 +712,16 @@ impl Worker {
         deferred: &[RecipientResult],
         attempt: u32,
         when: u64,
+        delay_reported: bool,
     ) -> Result<(), EnqueueError> {
         let next = Envelope {
             recipients: deferred.iter().map(|r| r.recipient.clone()).collect(),
             attempts: attempt,
             not_before_ms: Some(when),
+            delay_reported,
+            dsn: envelope
+                .dsn
+                .only(|r| deferred.iter().any(|d| d.recipient == r)),
             rate_reserved: None,
             postponed: 0,
             last_replies: deferred
@@ -756,16 +790,50 @@ impl Worker {
         }
     }
 
-    /// Queues an RFC 3464 report to the sender; never for the null sender.
-    async fn bounce(
+    /// Queues an RFC 3464 report to the sender about those of `recipients` it asked it for;
+    /// never for the null sender.
+    async fn report(
         &self,
         envelope: &Envelope,
-        original: &[u8],
-        failed: &[FailedRecipient],
+        content: &Content,
+        action: Action,
+        recipients: Vec<ReportedRecipient>,
     ) -> Result<(), EnqueueError> {
-        dsn::queue_bounce(&self.queue, &self.hostname, envelope, original, failed)
-            .await
-            .map(|_| ())
+        let prefix = content.prefix();
+        let original = Original {
+            whole: prefix.len() as u64 >= content.len(),
+            bytes: &prefix,
+        };
+        let queued = dsn::queue_report(
+            &self.queue,
+            &self.hostname,
+            envelope,
+            action,
+            recipients,
+            original,
+        )
+        .await?;
+        let label = vec![("action", action.word())];
+        if queued.id.is_some() {
+            self.metrics.delivery_reports.get_or_create(&label).inc();
+        }
+        if queued.not_requested > 0 {
+            self.metrics
+                .delivery_reports_not_requested
+                .get_or_create(&label)
+                .inc_by(queued.not_requested as u64);
+        }
+        Ok(())
+    }
+}
+
+/// A recipient as a delay or success report names it.
+fn reported(result: &RecipientResult) -> ReportedRecipient {
+    ReportedRecipient {
+        recipient: result.recipient.clone(),
+        reply: result.reply.clone(),
+        remote_host: result.host.clone().filter(|_| result.from_server),
+        expired: false,
     }
 }
 

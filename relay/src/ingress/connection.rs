@@ -487,6 +487,7 @@ impl Connection {
                     eight_bit_mime: message.eight_bit_mime,
                     eight_bit,
                     traceparent,
+                    dsn: message.dsn,
                 };
                 shared.queue.enqueue(submission).instrument(span).await
             }
