@@ -5,6 +5,7 @@
 //! SMTP to it over real TCP and TLS. Build the binary first (`cargo build --bin postern`)
 //! and install nats-server with `scripts/tools`; the README's test command does both.
 
+pub mod admin_cli;
 pub mod dns;
 pub mod mx;
 pub mod nats;

@@ -3,14 +3,12 @@
 
 #![allow(clippy::unwrap_used)] // a test that cannot set up may panic
 
-use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use postern_e2e::relay::postern_binary;
-use postern_e2e::{MockMx, NatsServer, STREAM, Smtp, route_all, start_standalone};
-use serde_json::Value;
+use postern_e2e::admin_cli::AdminCli;
+use postern_e2e::{MockMx, STREAM, Smtp, route_all, start_standalone};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -29,61 +27,6 @@ async fn switchable_mx() -> (MockMx, Arc<AtomicBool>) {
     (mx, down)
 }
 
-struct Cli {
-    config: tempfile::NamedTempFile,
-}
-
-impl Cli {
-    fn for_nats(nats: &NatsServer) -> Cli {
-        let config = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(
-            config.path(),
-            format!(
-                "hostname: admin.test\nnats: {{ url: \"{}\" }}\n",
-                nats.url()
-            ),
-        )
-        .unwrap();
-        Cli { config }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(postern_binary())
-            .args(["queue", "--config"])
-            .arg(self.config.path())
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    /// Runs `args` with `--json`, expecting `code`, and parses what it printed.
-    fn json(&self, args: &[&str], code: i32) -> Value {
-        let mut all = args.to_vec();
-        all.push("--json");
-        let output = self.run(&all);
-        assert_eq!(
-            output.status.code(),
-            Some(code),
-            "{args:?}: {}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        serde_json::from_slice(&output.stdout).unwrap()
-    }
-
-    fn text(&self, args: &[&str], code: i32) -> String {
-        let output = self.run(args);
-        let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        assert_eq!(
-            output.status.code(),
-            Some(code),
-            "{args:?}: {text}{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        text
-    }
-}
-
 async fn send(relay: &postern_e2e::Relay, from: &str, to: &str) -> String {
     Smtp::submit(
         relay.smtp(),
@@ -95,7 +38,7 @@ async fn send(relay: &postern_e2e::Relay, from: &str, to: &str) -> String {
 }
 
 /// Waits until `count` entries wait for a retry.
-async fn waiting(cli: &Cli, domain: &str, count: u64) {
+async fn waiting(cli: &AdminCli, domain: &str, count: u64) {
     let start = std::time::Instant::now();
     loop {
         let summary = cli.json(&["summary"], 0);
@@ -114,7 +57,7 @@ async fn summary_show_retry_hold_and_release() {
         c.delivery.routes = vec![route_all(&mx.host())];
         c.delivery.retry.schedule = vec!["1h".parse().unwrap()];
     });
-    let cli = Cli::for_nats(&nats);
+    let cli = AdminCli::new("queue", &nats, "");
     let first = send(&relay, "a@example.com", "b@down.example").await;
     send(&relay, "a@example.com", "c@down.example").await;
     let third = send(&relay, "a@example.com", "d@other.example").await;
@@ -184,7 +127,7 @@ async fn delete_and_bounce_change_nothing_without_yes() {
         ];
         c.delivery.retry.schedule = vec!["1h".parse().unwrap()];
     });
-    let cli = Cli::for_nats(&nats);
+    let cli = AdminCli::new("queue", &nats, "");
     send(&relay, "a@example.com", "x@down.example").await;
     send(&relay, "a@example.com", "y@down.example").await;
     let bounced = send(&relay, "sender@example.com", "z@down.example").await;
@@ -224,7 +167,7 @@ async fn dead_letters_are_listed_and_put_back() {
         .unwrap()
         .await
         .unwrap();
-    let cli = Cli::for_nats(&nats);
+    let cli = AdminCli::new("queue", &nats, "");
     let start = std::time::Instant::now();
     let letters = loop {
         let letters = cli.json(&["dead-letter", "list"], 0);

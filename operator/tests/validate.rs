@@ -60,6 +60,7 @@ delivery:
     - { match: "mx..example" }
   backoff: { initial: "soon", slowDown: "2h", max: "10s" }
   retry: { schedule: ["1m", "5 minutes"], maxAge: "3w", delayWarning: "soon" }
+suppression: { expiry: "a month" }
 "#,
         ),
     )
@@ -75,6 +76,7 @@ delivery:
         "spec.delivery.retry.schedule[1]: invalid duration \"5 minutes\"",
         "spec.delivery.retry.maxAge: invalid duration \"3w\"",
         "spec.delivery.retry.delayWarning: invalid duration \"soon\"",
+        "spec.suppression.expiry: invalid duration \"a month\"",
         "spec.delivery.routes[0].host: \"mx.example.com\" is not host:port",
         "spec.delivery.smarthost.host: \"relay.example.net:0\" is not host:port",
         "spec.delivery.ratePerDestination: \"fast\" is not a rate",
@@ -89,7 +91,7 @@ delivery:
             "missing {expected:?} in:\n{problems}"
         );
     }
-    assert_eq!(err.problems.len(), 17, "{problems}");
+    assert_eq!(err.problems.len(), 18, "{problems}");
     let long = "a".repeat(48);
     assert!(validate(&long, &spec("{}")).is_err());
     validate(&"a".repeat(47), &spec("{}")).unwrap();

@@ -12,6 +12,8 @@ pub mod metrics;
 pub mod queue_admin;
 pub mod reload;
 pub mod standalone;
+pub mod suppression;
+pub mod suppression_admin;
 pub mod telemetry;
 pub mod tls;
 pub mod users;

@@ -11,6 +11,7 @@ use postern_config::Config;
 use postern_queue::inspect::Selector;
 use postern_relay::app::{self, Role};
 use postern_relay::queue_admin::{self, Action};
+use postern_relay::suppression_admin;
 
 #[derive(Parser)]
 #[command(
@@ -68,6 +69,34 @@ enum Cmd {
         #[command(subcommand)]
         command: QueueCmd,
     },
+    /// Look at and change the suppression list (recipients that bounced for good), talking
+    /// only to the NATS server in `nats.url`. Exit codes as for `queue`.
+    Suppression {
+        #[arg(long)]
+        config: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: SuppressionCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum SuppressionCmd {
+    /// Every suppressed address, with since when and why.
+    List,
+    /// One address.
+    Show { address: String },
+    /// Suppress an address by hand.
+    Add { address: String },
+    /// Take an address off the list, so mail to it is tried again.
+    Remove { address: String },
+    /// Add entries read from standard input: JSON lines as `export` writes them, or one
+    /// address per line.
+    Import,
+    /// Every entry as one JSON line, for `import`.
+    Export,
 }
 
 #[derive(Subcommand)]
@@ -195,6 +224,28 @@ fn queue(config: &Path, json: bool, command: QueueCmd) -> anyhow::Result<ExitCod
     Ok(ExitCode::from(outcome.code()))
 }
 
+fn suppression(config: &Path, json: bool, command: SuppressionCmd) -> anyhow::Result<ExitCode> {
+    let config = load(config)?;
+    let action = match command {
+        SuppressionCmd::List => suppression_admin::Action::List,
+        SuppressionCmd::Show { address } => suppression_admin::Action::Show(address),
+        SuppressionCmd::Add { address } => suppression_admin::Action::Add(address),
+        SuppressionCmd::Remove { address } => suppression_admin::Action::Remove(address),
+        SuppressionCmd::Import => suppression_admin::Action::Import,
+        SuppressionCmd::Export => suppression_admin::Action::Export,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let mut input = std::io::stdin().lock();
+    let mut out = std::io::stdout().lock();
+    let outcome = runtime.block_on(suppression_admin::run(
+        &config, &action, json, &mut input, &mut out,
+    ))?;
+    Ok(ExitCode::from(outcome.code()))
+}
+
 fn run(command: Cmd) -> anyhow::Result<ExitCode> {
     let (config, role, ready) = match command {
         Cmd::Ingress { config, ready } => (load(&config)?, Role::Ingress, ready),
@@ -236,6 +287,11 @@ fn run(command: Cmd) -> anyhow::Result<ExitCode> {
             json,
             command,
         } => return queue(&config, json, command),
+        Cmd::Suppression {
+            config,
+            json,
+            command,
+        } => return suppression(&config, json, command),
     };
     if role != Role::Standalone && config.nats.url.is_none() {
         return Err(app::StartError::MissingNatsUrl.into());

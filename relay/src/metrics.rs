@@ -42,6 +42,10 @@ pub struct Metrics {
     pub delivery_reports: Family<Labels, Counter>,
     /// Recipients left out of a report because their NOTIFY did not ask for it, by action.
     pub delivery_reports_not_requested: Family<Labels, Counter>,
+    /// Recipients not attempted because they are on the suppression list.
+    pub delivery_suppressed: Counter,
+    /// Recipients this process put on the suppression list.
+    pub suppression_added: Counter,
     pub destination_slowdowns: Counter,
     pub destinations_in_backoff: Gauge,
 }
@@ -73,6 +77,8 @@ impl Default for Metrics {
             gave_up: Counter::default(),
             delivery_reports: Family::default(),
             delivery_reports_not_requested: Family::default(),
+            delivery_suppressed: Counter::default(),
+            suppression_added: Counter::default(),
             destination_slowdowns: Counter::default(),
             destinations_in_backoff: Gauge::default(),
             registry: Registry::default(),
@@ -187,6 +193,16 @@ impl Default for Metrics {
             "delivery_reports_not_requested",
             "Recipients left out of a report because their NOTIFY did not ask for it, by action",
             metrics.delivery_reports_not_requested.clone(),
+        );
+        r.register(
+            "delivery_suppressed",
+            "Recipients not attempted because they are on the suppression list (bounced to their sender)",
+            metrics.delivery_suppressed.clone(),
+        );
+        r.register(
+            "suppression_added",
+            "Recipients put on the suppression list after a server refused them as unknown",
+            metrics.suppression_added.clone(),
         );
         r.register(
             "delivery_destination_backoffs",

@@ -56,16 +56,7 @@ pub async fn run(
     json: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<Outcome> {
-    let url = config
-        .nats
-        .url
-        .as_deref()
-        .ok_or_else(|| anyhow::anyhow!("nats.url: needed to reach the queue"))?;
-    let options = async_nats::ConnectOptions::new()
-        .name("postern-queue")
-        .connection_timeout(Duration::from_secs(5));
-    let options = postern_queue::connect_options(&config.nats, options).await?;
-    let queue = Queue::connect_with(url, &config.nats, Duration::from_secs(1), options).await?;
+    let queue = connect(config, "postern-queue").await?;
     queue.attach().await?;
     let admin = Admin {
         queue,
@@ -73,6 +64,21 @@ pub async fn run(
         json,
     };
     admin.run(action, out).await
+}
+
+/// A connection to the queue's NATS for an admin command called `name`, as `nats.url` and the
+/// credentials of `config` say.
+pub(crate) async fn connect(config: &Config, name: &str) -> anyhow::Result<Queue> {
+    let url = config
+        .nats
+        .url
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("nats.url: needed to reach the queue"))?;
+    let options = async_nats::ConnectOptions::new()
+        .name(name)
+        .connection_timeout(Duration::from_secs(5));
+    let options = postern_queue::connect_options(&config.nats, options).await?;
+    Ok(Queue::connect_with(url, &config.nats, Duration::from_secs(1), options).await?)
 }
 
 struct Admin<'a> {

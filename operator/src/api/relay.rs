@@ -61,9 +61,39 @@ pub struct RelaySpec {
     /// The pods that deliver queued mail.
     #[serde(default)]
     pub delivery: DeliverySpec,
+    /// Recipients that bounced as unknown, not tried again for a while.
+    #[serde(default)]
+    pub suppression: SuppressionSpec,
     /// Logs and traces.
     #[serde(default)]
     pub telemetry: TelemetrySpec,
+}
+
+/// The suppression list: a remote server's permanent "no such user" (5.1.1, 5.1.10) puts the
+/// recipient on it, in NATS KV shared by every pod of the Relay.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SuppressionSpec {
+    /// Default: true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// How long an entry stays on the list. Default: 30d.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub expiry: Option<String>,
+    /// What a message to a suppressed recipient gets. Default: reject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<SuppressionActionSpec>,
+}
+
+/// What a message to a suppressed recipient gets.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum SuppressionActionSpec {
+    /// RCPT gets `550 5.1.1`, saying since when the recipient is suppressed.
+    Reject,
+    /// RCPT is accepted; delivery bounces the recipient to the sender without an attempt.
+    Bounce,
 }
 
 /// NATS JetStream connection and queue stream.

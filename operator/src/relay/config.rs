@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use kube::ResourceExt;
 use postern_config::{
     AdminConfig, Config, ConfigError, DkimAlgorithm, DkimKeyConfig, DomainConfig, Listener,
-    ListenerTls, LogFormat, OutboundTls, Route, Smarthost, TlsConfig,
+    ListenerTls, LogFormat, OutboundTls, Route, Smarthost, SuppressionAction, TlsConfig,
 };
 
 use super::names::{
@@ -14,7 +14,9 @@ use super::names::{
     hostname, paths, signing_key_file, stream_name,
 };
 use super::validate::ValidSpec;
-use crate::api::{DkimKeyType, Domain, ListenerTlsMode, OutboundTlsMode, Relay};
+use crate::api::{
+    DkimKeyType, Domain, ListenerTlsMode, OutboundTlsMode, Relay, SuppressionActionSpec,
+};
 use crate::domain::keystore::ActiveKey;
 
 /// The relay's configuration, from a Relay and what validation made of it. Domains and their
@@ -101,6 +103,19 @@ pub fn build_config(relay: &Relay, valid: &ValidSpec) -> Result<Config, ConfigEr
     }
     if let Some(delay_warning) = valid.delay_warning {
         config.delivery.retry.delay_warning = delay_warning;
+    }
+    let suppression = &spec.suppression;
+    if let Some(enabled) = suppression.enabled {
+        config.suppression.enabled = enabled;
+    }
+    if let Some(expiry) = valid.suppression_expiry {
+        config.suppression.expiry = expiry;
+    }
+    if let Some(action) = suppression.action {
+        config.suppression.action = match action {
+            SuppressionActionSpec::Reject => SuppressionAction::Reject,
+            SuppressionActionSpec::Bounce => SuppressionAction::Bounce,
+        };
     }
 
     config.domains_file = Some(paths::DOMAINS_FILE.into());

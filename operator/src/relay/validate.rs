@@ -29,6 +29,8 @@ pub struct ValidSpec {
     pub retry_schedule: Option<Vec<Duration>>,
     pub max_age: Option<Duration>,
     pub delay_warning: Option<Duration>,
+    /// `suppression.expiry`.
+    pub suppression_expiry: Option<Duration>,
     /// `delivery.ratePerDestination`, parsed.
     pub rate_per_destination: Option<Rate>,
     /// `delivery.destinations`, parsed.
@@ -193,6 +195,11 @@ pub fn validate(name: &str, spec: &RelaySpec) -> Result<ValidSpec, ValidationErr
         .delay_warning
         .as_ref()
         .and_then(|d| duration("spec.delivery.retry.delayWarning".into(), d));
+    let suppression_expiry = spec
+        .suppression
+        .expiry
+        .as_ref()
+        .and_then(|d| duration("spec.suppression.expiry".into(), d));
     let mut backoff = BackoffConfig::default();
     let wanted = &spec.delivery.backoff;
     if let Some(n) = wanted.after_failures {
@@ -291,6 +298,7 @@ pub fn validate(name: &str, spec: &RelaySpec) -> Result<ValidSpec, ValidationErr
         retry_schedule: (!schedule.is_empty()).then(|| schedule.into_iter().flatten().collect()),
         max_age,
         delay_warning,
+        suppression_expiry,
         rate_per_destination,
         destinations,
         backoff,

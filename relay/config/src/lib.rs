@@ -29,6 +29,8 @@ pub struct Config {
     pub ingress: IngressConfig,
     #[serde(default)]
     pub delivery: DeliveryConfig,
+    #[serde(default)]
+    pub suppression: SuppressionConfig,
     /// Sending domains and their DKIM keys.
     #[serde(default)]
     pub domains: Vec<DomainConfig>,
@@ -146,6 +148,49 @@ impl Default for Pregreet {
             action: PregreetAction::Count,
         }
     }
+}
+
+/// Recipients that bounced for good ("no such user") and are not tried again for a while.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct SuppressionConfig {
+    pub enabled: bool,
+    /// How long an entry stays on the list after it was added.
+    pub expiry: Duration,
+    /// What a message to a suppressed recipient gets.
+    pub action: SuppressionAction,
+    /// Enhanced status codes of a remote server's permanent refusal that put the recipient on
+    /// the list.
+    pub statuses: Vec<String>,
+}
+
+impl Default for SuppressionConfig {
+    fn default() -> Self {
+        SuppressionConfig {
+            enabled: true,
+            expiry: Duration::secs(30 * 86_400),
+            action: SuppressionAction::Reject,
+            statuses: vec!["5.1.1".into(), "5.1.10".into()],
+        }
+    }
+}
+
+impl SuppressionConfig {
+    /// RCPT consults the list: it is on, and suppressed recipients are refused there.
+    pub fn checked_at_rcpt(&self) -> bool {
+        self.enabled && self.action == SuppressionAction::Reject
+    }
+}
+
+/// What a message to a suppressed recipient gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SuppressionAction {
+    /// RCPT gets `550 5.1.1`, saying the recipient is suppressed and since when.
+    #[default]
+    Reject,
+    /// RCPT is accepted; delivery does not attempt the recipient and bounces it to the sender.
+    Bounce,
 }
 
 /// What happens to a client that talked before the greeting.
@@ -805,6 +850,7 @@ impl Default for Config {
             nats: NatsConfig::default(),
             ingress: IngressConfig::default(),
             delivery: DeliveryConfig::default(),
+            suppression: SuppressionConfig::default(),
             domains: Vec::new(),
             domains_file: None,
             reload_interval: default_reload_interval(),

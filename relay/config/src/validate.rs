@@ -136,6 +136,13 @@ fn is_host_port(text: &str) -> bool {
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0))
 }
 
+/// True for an RFC 3463 status of class 5, such as `5.1.1`.
+fn is_permanent_status(text: &str) -> bool {
+    let parts: Vec<&str> = text.split('.').collect();
+    let number = |p: &str| (1..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit());
+    parts.len() == 3 && parts[0] == "5" && number(parts[1]) && number(parts[2])
+}
+
 /// True for a NATS subject token or name: no spaces, dots or wildcards.
 fn is_nats_name(name: &str) -> bool {
     !name.is_empty()
@@ -439,6 +446,20 @@ impl Config {
             "must be greater than zero",
         );
 
+        let suppression = &self.suppression;
+        e.check(
+            !suppression.enabled || !suppression.expiry.get().is_zero(),
+            "suppression.expiry",
+            "must be greater than zero",
+        );
+        for (i, status) in suppression.statuses.iter().enumerate() {
+            e.check(
+                is_permanent_status(status),
+                format!("suppression.statuses[{i}]"),
+                "must be a permanent enhanced status code such as 5.1.1",
+            );
+        }
+
         if let Some(problem) = self.standalone.sync.problem() {
             e.check(false, "standalone.sync", problem);
         }
@@ -587,6 +608,17 @@ admin: { address: "0.0.0.0:9090" }
         assert!(msg.contains("nats.replicas"), "{msg}");
         assert!(msg.contains("delivery.routes[0].domain"), "{msg}");
         assert!(msg.contains("delivery.routes[0].host"), "{msg}");
+        let msg =
+            errors("suppression: { expiry: 0s, statuses: [\"5.1.1\", \"4.2.2\", \"5.x.1\"] }\n");
+        assert!(
+            msg.contains("suppression.expiry: must be greater than zero"),
+            "{msg}"
+        );
+        assert!(msg.contains("suppression.statuses[1]"), "{msg}");
+        assert!(msg.contains("suppression.statuses[2]"), "{msg}");
+        assert!(!msg.contains("suppression.statuses[0]"), "{msg}");
+        let off = Config::from_yaml("suppression: { enabled: false, expiry: 0s }\n").unwrap();
+        assert!(!off.suppression.enabled, "off needs no expiry");
         let msg = errors("shutdownGrace: soon\n");
         assert!(msg.contains("invalid duration \"soon\""), "{msg}");
         assert!(matches!(

@@ -2,8 +2,8 @@
 //! panics, never waits without a deadline, writes only well-formed replies, and hands the queue
 //! only messages within the limits with clean content.
 //!
-//! Input: a settings byte (piece size), a verdict byte (bit i: the i-th password check or queue
-//! hand-off succeeds), a pace byte (seconds between pieces), then the client's bytes.
+//! Input: a settings byte (piece size), a verdict byte (bit i: the i-th password check,
+//! recipient check or queue hand-off succeeds), a pace byte (seconds between pieces), then the client's bytes.
 #![no_main]
 
 use std::sync::Arc;
@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use libfuzzer_sys::fuzz_target;
 use postern_smtp::body::is_clean;
 use postern_smtp::{
-    AuthOutcome, BareLineEndings, Event, Peer, QueueUnavailable, ReplyParser, Session,
-    SessionConfig,
+    AuthOutcome, BareLineEndings, Event, Peer, QueueUnavailable, Reply, ReplyParser, Session,
+    SessionConfig, Status,
 };
 
 const MAX_SIZE: usize = 2000;
@@ -29,6 +29,7 @@ fn config(policy: BareLineEndings) -> SessionConfig {
         auth: true,
         plaintext_auth: true,
         min_data_rate: 64,
+        check_recipients: true,
         ..postern_smtp::testing::session_config()
     }
 }
@@ -79,6 +80,11 @@ fuzz_target!(|input: &[u8]| {
                         AuthOutcome::Refused
                     };
                     session.auth_result(outcome, now);
+                }
+                Event::CheckRecipient(_) => {
+                    let refusal =
+                        (!next_verdict()).then(|| Reply::new(550, Status(5, 1, 1), "suppressed"));
+                    session.recipient_result(refusal, now);
                 }
                 Event::Message(message) => {
                     assert!(!message.recipients.is_empty());

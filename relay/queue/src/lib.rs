@@ -22,6 +22,8 @@ pub mod names;
 mod publish;
 #[cfg(feature = "jetstream")]
 mod queue;
+#[cfg(feature = "jetstream")]
+pub mod suppression;
 
 #[cfg(feature = "jetstream")]
 pub use queue::*;

@@ -68,6 +68,11 @@ pub fn lease_bucket(config: &NatsConfig) -> String {
     format!("{}_LEASES", config.stream)
 }
 
+/// The bucket of the suppression list.
+pub fn suppression_bucket(config: &NatsConfig) -> String {
+    format!("{}_SUPPRESSED", config.stream)
+}
+
 /// The stream behind a KV bucket.
 pub fn bucket_stream(bucket: &str) -> String {
     format!("KV_{bucket}")

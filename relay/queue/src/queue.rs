@@ -698,7 +698,9 @@ impl Queue {
         Ok((states, leases))
     }
 
-    async fn bucket(
+    /// A KV bucket, created or updated: one value per key, each gone `max_age` after it was
+    /// written.
+    pub(crate) async fn bucket(
         &self,
         bucket: String,
         max_age: Duration,

@@ -30,6 +30,8 @@ pub enum Reject {
     AuthFailed,
     TooManyErrors,
     Unavailable,
+    /// The recipient is on the suppression list.
+    Suppressed,
 }
 
 impl Reject {
@@ -51,6 +53,7 @@ impl Reject {
             Reject::AuthFailed => "auth_failed",
             Reject::TooManyErrors => "too_many_errors",
             Reject::Unavailable => "unavailable",
+            Reject::Suppressed => "suppressed",
         }
     }
 }

@@ -55,6 +55,9 @@ pub struct SessionConfig {
     /// Slowest average rate of message content, in bytes per second, once `data_timeout` has
     /// passed since it began.
     pub min_data_rate: u64,
+    /// Each recipient that passed the session's own checks is checked by the I/O layer too
+    /// ([`Event::CheckRecipient`]), against the suppression list.
+    pub check_recipients: bool,
 }
 
 /// Facts about the client known when the connection opens.
@@ -99,6 +102,9 @@ pub enum Event {
     Authenticate { user: String, password: String },
     /// Queue the message, then call [`Session::message_result`].
     Message(Box<Message>),
+    /// Check this recipient (it passed every check of the session's own), then call
+    /// [`Session::recipient_result`].
+    CheckRecipient(Address),
     /// Write the pending replies and close the connection.
     Close,
 }
@@ -170,6 +176,8 @@ pub struct Session {
     content_since: Option<(Instant, u64)>,
     /// The reply MAIL gets while the I/O layer cannot take a message (no memory, no queue).
     mail_refusal: Option<Reply>,
+    /// A recipient waiting for the I/O layer's check.
+    checking: Option<(Address, RecipientDsn)>,
 }
 
 impl Session {
@@ -194,6 +202,7 @@ impl Session {
             last_input: now,
             content_since: None,
             mail_refusal: None,
+            checking: None,
         }
     }
 
@@ -500,7 +509,7 @@ impl Session {
             Command::Ehlo(name) => self.ehlo(name, true),
             Command::Helo(name) => self.ehlo(name, false),
             Command::Mail { from, params } => self.mail(from, params),
-            Command::Rcpt { to, dsn } => self.rcpt(to, dsn),
+            Command::Rcpt { to, dsn } => return self.rcpt(to, dsn),
             Command::Data => return self.data(),
             Command::Bdat { size, last } => self.bdat(size, last),
             Command::Rset => {
@@ -627,7 +636,7 @@ impl Session {
         }
     }
 
-    fn rcpt(&mut self, to: Address, dsn: RecipientDsn) {
+    fn rcpt(&mut self, to: Address, dsn: RecipientDsn) -> Option<Event> {
         let relay_allowed = self.peer.relay_allowed || self.auth_user.is_some();
         let auth_would_help =
             self.config.auth && (self.tls || self.config.plaintext_auth || self.config.starttls);
@@ -650,16 +659,42 @@ impl Session {
             ),
             Some(_) => None,
         };
-        match (refusal, self.transaction.as_mut()) {
-            (Some(reply), _) => self.error(reply),
-            (None, Some(t)) => {
-                if !dsn.is_empty() {
-                    t.dsn.recipients.insert(to.to_string(), dsn);
-                }
-                t.recipients.push(to);
-                self.reply(Reply::new(250, Status(2, 1, 5), "Recipient OK"));
-            }
-            (None, None) => unreachable!("refusal covers the missing transaction"),
+        if let Some(reply) = refusal {
+            self.error(reply);
+            return None;
+        }
+        if self.config.check_recipients {
+            self.checking = Some((to.clone(), dsn));
+            self.mode = Mode::Waiting;
+            return Some(Event::CheckRecipient(to));
+        }
+        self.add_recipient(to, dsn);
+        None
+    }
+
+    fn add_recipient(&mut self, to: Address, dsn: RecipientDsn) {
+        let Some(t) = self.transaction.as_mut() else {
+            self.error(sequence("Need MAIL before RCPT"));
+            return;
+        };
+        if !dsn.is_empty() {
+            t.dsn.recipients.insert(to.to_string(), dsn);
+        }
+        t.recipients.push(to);
+        self.reply(Reply::new(250, Status(2, 1, 5), "Recipient OK"));
+    }
+
+    /// The outcome of an [`Event::CheckRecipient`], known at `now`: `None` takes the
+    /// recipient, a reply refuses it.
+    pub fn recipient_result(&mut self, refusal: Option<Reply>, now: Instant) {
+        self.mode = Mode::Command;
+        self.waiting_since = now;
+        let Some((to, dsn)) = self.checking.take() else {
+            return;
+        };
+        match refusal {
+            Some(reply) => self.error(reply),
+            None => self.add_recipient(to, dsn),
         }
     }
 

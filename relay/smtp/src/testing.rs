@@ -24,6 +24,7 @@ pub fn session_config() -> SessionConfig {
         command_timeout: Duration::from_secs(300),
         data_timeout: Duration::from_secs(180),
         min_data_rate: 1024,
+        check_recipients: false,
     }
 }
 

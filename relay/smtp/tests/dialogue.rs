@@ -28,6 +28,9 @@ struct Dialogue {
     now: Instant,
     queued: Vec<Message>,
     closed: bool,
+    /// Recipients the I/O layer's check refuses, and every recipient it was asked about.
+    suppressed: Vec<String>,
+    checked: Vec<String>,
 }
 
 impl Dialogue {
@@ -46,6 +49,8 @@ impl Dialogue {
             now,
             queued: Vec::new(),
             closed: false,
+            suppressed: Vec::new(),
+            checked: Vec::new(),
         };
         let greeting = d.run();
         assert_eq!(greeting.len(), 1);
@@ -92,6 +97,15 @@ impl Dialogue {
                 Event::Message(message) => {
                     self.queued.push(*message);
                     self.session.message_result(Ok("QID".into()), self.now);
+                }
+                Event::CheckRecipient(address) => {
+                    let address = address.to_string();
+                    let refusal = self
+                        .suppressed
+                        .contains(&address)
+                        .then(|| Reply::new(550, postern_smtp::Status(5, 1, 1), "suppressed"));
+                    self.checked.push(address);
+                    self.session.recipient_result(refusal, self.now);
                 }
                 event => panic!("unexpected event {event:?}"),
             }
@@ -225,6 +239,43 @@ fn dsn_requests_reach_the_queue_per_recipient() {
     assert!(
         d.queued[1].dsn.is_empty(),
         "a new transaction asks for nothing"
+    );
+}
+
+#[test]
+fn recipients_are_checked_by_the_io_layer_only_after_the_sessions_own_checks() {
+    let mut d = Dialogue::new(SessionConfig {
+        check_recipients: true,
+        max_recipients: 2,
+        ..config()
+    });
+    d.suppressed.push("gone@example.org".into());
+    d.ehlo();
+    d.cmd("MAIL FROM:<a@example.com>").is(250, "2.1.0");
+    d.cmd("RCPT TO:<gone@example.org>").is(550, "5.1.1");
+    d.cmd("RCPT TO:<jörg@example.org>").is(553, "5.6.7");
+    // Pipelined: each RCPT waits for its check, the replies come in order.
+    let replies = d.send(b"RCPT TO:<b@example.org>\r\nRCPT TO:<gone@example.org>\r\nRCPT TO:<c@example.org>\r\nRCPT TO:<d@example.org>\r\nDATA\r\n");
+    let codes: Vec<u16> = replies.iter().map(|r| r.code).collect();
+    assert_eq!(codes, [250, 550, 250, 452, 354]);
+    assert_eq!(
+        d.checked,
+        [
+            "gone@example.org",
+            "b@example.org",
+            "gone@example.org",
+            "c@example.org"
+        ],
+        "neither the refused UTF-8 address nor the one over the limit is asked about"
+    );
+    d.send(format!("{MESSAGE}.\r\n").as_bytes());
+    assert_eq!(
+        d.queued[0]
+            .recipients
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>(),
+        ["b@example.org", "c@example.org"]
     );
 }
 

@@ -340,7 +340,8 @@ proptest::proptest! {
         verdicts in proptest::collection::vec(proptest::prelude::any::<bool>(), 12),
     ) {
         let now = Instant::now();
-        let mut session = Session::new(Arc::new(config()), Peer { relay_allowed: true, tls: false }, now);
+        let checking = SessionConfig { check_recipients: true, ..config() };
+        let mut session = Session::new(Arc::new(checking), Peer { relay_allowed: true, tls: false }, now);
         let mut verdicts = verdicts.into_iter().cycle();
         for chunk in &chunks {
             session.receive(chunk, now);
@@ -354,6 +355,11 @@ proptest::proptest! {
                     Event::Authenticate { user, .. } => {
                         let outcome = if verdicts.next().unwrap_or(false) { AuthOutcome::Verified(user) } else { AuthOutcome::Refused };
                         session.auth_result(outcome, now);
+                    }
+                    Event::CheckRecipient(_) => {
+                        let refusal = (!verdicts.next().unwrap_or(true))
+                            .then(|| postern_smtp::Reply::new(550, Status(5, 1, 1), "suppressed"));
+                        session.recipient_result(refusal, now);
                     }
                     Event::Message(_) => {
                         let ok = verdicts.next().unwrap_or(true);

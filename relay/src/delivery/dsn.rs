@@ -427,7 +427,7 @@ fn status(reported: &ReportedRecipient) -> String {
 }
 
 /// A reply on one line, as `550 5.1.1 text`.
-fn reply_text(reply: &Reply) -> String {
+pub(crate) fn reply_text(reply: &Reply) -> String {
     let status = reply.status.map(|s| format!("{s} ")).unwrap_or_default();
     let text: String = reply
         .text()

@@ -20,6 +20,7 @@ use super::settle::{self, History, RetryPolicy, Settlement};
 use crate::metrics::Metrics;
 use postern_queue::destination::{Destination, Destinations, Lease, Limits, Signal, Transition};
 use postern_queue::entry::{self, EntryError, Envelope, LastReply};
+use postern_queue::suppression::SuppressionList;
 use postern_queue::{BodyError, BodyRef, Content, EnqueueError, Lineage, Queue, TOMBSTONE, now_ms};
 
 /// Entries fetched in one pull request, at most.
@@ -33,16 +34,24 @@ pub struct Worker {
     hostname: String,
     hops: NextHops,
     metrics: Arc<Metrics>,
+    /// The suppression list and the statuses that add to it, when it is on.
+    suppression: Option<(Arc<SuppressionList>, Arc<[String]>)>,
 }
 
 impl Worker {
     pub fn new(config: &Config, queue: Queue, metrics: Arc<Metrics>) -> Result<Worker, SetupError> {
+        let wanted = &config.suppression;
+        let suppression = wanted.enabled.then(|| {
+            let list = SuppressionList::new(queue.clone(), wanted.expiry.get());
+            (Arc::new(list), wanted.statuses.clone().into())
+        });
         Ok(Worker {
             queue,
             config: Arc::new(config.delivery.clone()),
             hostname: config.hostname.clone(),
             hops: NextHops::new(config)?,
             metrics,
+            suppression,
         })
     }
 
@@ -525,7 +534,17 @@ impl Worker {
             .observe(lag.as_secs_f64());
         let started = Instant::now();
         let (results, signal) = match plan {
-            Plan::Go(hop) => self.hops.attempt(hop, envelope, &content).await,
+            Plan::Go(hop) => match self.screen(envelope).await {
+                (refused, None) if refused.is_empty() => {
+                    self.hops.attempt(hop, envelope, &content).await
+                }
+                (refused, None) => (refused, None),
+                (refused, Some(rest)) => {
+                    let (mut results, signal) = self.hops.attempt(hop, &rest, &content).await;
+                    results.extend(refused);
+                    (results, signal)
+                }
+            },
             Plan::Decided(results) => (results.clone(), None),
         };
         self.metrics
@@ -533,6 +552,74 @@ impl Worker {
             .observe(started.elapsed().as_secs_f64());
         self.settle(envelope, &content, results).await?;
         Ok(signal)
+    }
+
+    /// The recipients of `envelope` on the suppression list, refused without an attempt, and,
+    /// when some others are left, the envelope of those. A list that cannot be read lets the
+    /// recipient be attempted.
+    async fn screen(&self, envelope: &Envelope) -> (Vec<RecipientResult>, Option<Envelope>) {
+        let Some((list, _)) = &self.suppression else {
+            return (Vec::new(), None);
+        };
+        let mut refused = Vec::new();
+        for rcpt in &envelope.recipients {
+            match list.get(rcpt).await {
+                Ok(None) => {}
+                Ok(Some(entry)) => {
+                    info!(queue_id = %envelope.queue_id, %rcpt, "recipient on the suppression list; not attempted");
+                    refused.push(RecipientResult {
+                        recipient: rcpt.clone(),
+                        reply: crate::suppression::refusal(&entry),
+                        host: None,
+                        from_server: false,
+                        dsn_passed: false,
+                    });
+                }
+                Err(err) => {
+                    warn!(queue_id = %envelope.queue_id, %rcpt, %err, "suppression list not read; recipient attempted");
+                }
+            }
+        }
+        if refused.is_empty() {
+            return (refused, None);
+        }
+        self.metrics
+            .delivery_suppressed
+            .inc_by(refused.len() as u64);
+        let rest: Vec<String> = envelope
+            .recipients
+            .iter()
+            .filter(|r| !refused.iter().any(|x| &x.recipient == *r))
+            .cloned()
+            .collect();
+        let rest = (!rest.is_empty()).then(|| Envelope {
+            recipients: rest,
+            ..envelope.clone()
+        });
+        (refused, rest)
+    }
+
+    /// Puts the recipients a server refused as unknown on the suppression list.
+    async fn suppress(&self, envelope: &Envelope, bounced: &[ReportedRecipient]) {
+        let Some((list, statuses)) = &self.suppression else {
+            return;
+        };
+        for failed in bounced {
+            let Some(entry) =
+                crate::suppression::caused_by(failed, statuses, &envelope.queue_id, now_ms())
+            else {
+                continue;
+            };
+            match list.add(&entry).await {
+                Ok(()) => {
+                    info!(queue_id = %envelope.queue_id, rcpt = %entry.address, "recipient added to the suppression list");
+                    self.metrics.suppression_added.inc();
+                }
+                Err(err) => {
+                    warn!(queue_id = %envelope.queue_id, rcpt = %entry.address, %err, "recipient not added to the suppression list");
+                }
+            }
+        }
     }
 
     /// Bounces every recipient of an entry no worker could settle, so its sender knows; the
@@ -652,6 +739,7 @@ impl Worker {
                 .await?;
         }
         if !settlement.bounced.is_empty() {
+            self.suppress(envelope, &settlement.bounced).await;
             self.report(envelope, content, Action::Failed, settlement.bounced)
                 .await?;
         }

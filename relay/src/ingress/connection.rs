@@ -4,10 +4,12 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use postern_config::PregreetAction;
-use postern_smtp::{AuthOutcome, Event, Message, Peer, QueueUnavailable, Reply, Session, Status};
+use postern_smtp::{
+    Address, AuthOutcome, Event, Message, Peer, QueueUnavailable, Reply, Session, Status,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout_at;
 use tokio_rustls::server::TlsStream;
@@ -23,6 +25,9 @@ use postern_queue::{ClientFacts, EnqueueError, Submission, Submitted};
 
 /// Read size while waiting for commands: small, so idle sessions stay cheap.
 const COMMAND_BUFFER: usize = 4 * 1024;
+
+/// How long RCPT waits for the suppression list before it takes the recipient.
+const SUPPRESSION_LOOKUP: Duration = Duration::from_secs(2);
 /// Read size while message content streams in.
 const DATA_BUFFER: usize = 64 * 1024;
 
@@ -258,6 +263,10 @@ impl Connection {
                     };
                     session.auth_result(outcome, Instant::now());
                 }
+                Event::CheckRecipient(address) => {
+                    let refusal = self.suppressed(&address).await;
+                    session.recipient_result(refusal, Instant::now());
+                }
                 Event::Message(message) => {
                     // Boxed: an idle session's task should not reserve room for the queueing
                     // path's large future.
@@ -270,6 +279,28 @@ impl Connection {
                     let _ = stream.shutdown().await;
                     return Ok(Outcome::Closed);
                 }
+            }
+        }
+    }
+
+    /// The refusal of a recipient on the suppression list. When the list cannot be read in
+    /// time the recipient is taken: delivery looks again before any attempt.
+    async fn suppressed(&self, address: &Address) -> Option<Reply> {
+        let list = self.shared.suppression.as_ref()?;
+        let rcpt = address.to_string();
+        match tokio::time::timeout(SUPPRESSION_LOOKUP, list.get(&rcpt)).await {
+            Ok(Ok(None)) => None,
+            Ok(Ok(Some(entry))) => {
+                info!(peer = %self.peer, %rcpt, since = entry.added_ms, "recipient on the suppression list; refused");
+                Some(crate::suppression::refusal(&entry))
+            }
+            Ok(Err(err)) => {
+                warn!(peer = %self.peer, %rcpt, %err, "suppression list not read; recipient taken");
+                None
+            }
+            Err(_) => {
+                warn!(peer = %self.peer, %rcpt, "suppression list did not answer in time; recipient taken");
+                None
             }
         }
     }

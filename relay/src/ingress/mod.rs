@@ -26,6 +26,7 @@ use crate::users::Users;
 use auth::PasswordChecks;
 use memory::MessageMemory;
 use postern_queue::Queue;
+use postern_queue::suppression::SuppressionList;
 
 /// State shared by every connection of the ingress.
 #[derive(Debug)]
@@ -38,6 +39,8 @@ pub struct Shared {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub signers: Arc<Signers>,
     pub metrics: Arc<Metrics>,
+    /// The suppression list RCPT consults (`suppression.action: reject`).
+    pub suppression: Option<SuppressionList>,
     caps: ConnectionCaps,
     passwords: Option<PasswordChecks>,
     memory: MessageMemory,
@@ -65,8 +68,13 @@ impl Shared {
                 )
             })
             .transpose()?;
+        let suppression = &config.suppression;
+        let suppression = suppression
+            .checked_at_rcpt()
+            .then(|| SuppressionList::new(queue.clone(), suppression.expiry.get()));
         Ok(Shared {
             hostname: config.hostname.clone(),
+            suppression,
             caps: ConnectionCaps::new(limits.max_connections, limits.max_connections_per_ip),
             memory: MessageMemory::new(limits.max_message_memory),
             limits,
@@ -130,6 +138,7 @@ impl ListenerContext {
             command_timeout: limits.command_timeout.get(),
             data_timeout: limits.data_timeout.get(),
             min_data_rate: limits.min_data_rate,
+            check_recipients: config.suppression.checked_at_rcpt(),
         };
         ListenerContext {
             session: Arc::new(session),
