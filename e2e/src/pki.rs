@@ -19,6 +19,11 @@ pub struct TestPki {
 impl TestPki {
     /// Generates a fresh CA and server certificate.
     pub fn new() -> TestPki {
+        TestPki::for_names(&[])
+    }
+
+    /// A fresh CA and a server certificate valid for `localhost`, `127.0.0.1` and `names`.
+    pub fn for_names(names: &[&str]) -> TestPki {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -36,7 +41,7 @@ impl TestPki {
             key_file,
             _dir: dir,
         };
-        pki.issue("localhost", &issuer);
+        pki.issue("localhost", names, &issuer);
         pki
     }
 
@@ -48,13 +53,13 @@ impl TestPki {
         let ca_key = KeyPair::generate().expect("CA key");
         let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
         self.ca_pem = ca_cert.pem();
-        self.issue(common_name, &Issuer::new(ca_params, ca_key));
+        self.issue(common_name, &[], &Issuer::new(ca_params, ca_key));
     }
 
-    fn issue(&self, common_name: &str, issuer: &Issuer<'_, KeyPair>) {
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-                .expect("server params");
+    fn issue(&self, common_name: &str, names: &[&str], issuer: &Issuer<'_, KeyPair>) {
+        let mut sans = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        sans.extend(names.iter().map(|n| n.to_string()));
+        let mut params = CertificateParams::new(sans).expect("server params");
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, common_name);

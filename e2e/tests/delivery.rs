@@ -424,6 +424,7 @@ async fn sessions_are_reused_up_to_the_message_cap() {
             messages_per_connection: Some(4),
             rate: None,
             burst: None,
+            tls: None,
         }];
     });
     let mut s = Smtp::greeted(relay.smtp()).await;

@@ -26,6 +26,7 @@ fn limits(pattern: &str) -> DestinationLimits {
         messages_per_connection: None,
         rate: None,
         burst: None,
+        tls: None,
     }
 }
 

@@ -199,3 +199,85 @@ async fn a_4xx_greeting_passes_the_attempt_to_the_next_mx() {
     assert!(busy.delivered().is_empty());
     nats.wait_empty(STREAM, WAIT).await;
 }
+
+#[tokio::test]
+async fn a_destination_with_tls_verify_gets_mail_only_over_a_certificate_valid_for_its_mx() {
+    let (dns, _bounces, port) = dns_with_sender_domain().await;
+    // The MX is a Postern ingress with STARTTLS, its certificate valid for mx.good.example only.
+    let pki = postern_e2e::TestPki::for_names(&["mx.good.example"]);
+    let mx_nats = postern_e2e::NatsServer::start();
+    let mut mx_config = postern_e2e::Relay::config(&mx_nats);
+    mx_config.ingress.listeners = vec![postern_config::Listener {
+        address: SocketAddr::from(([127, 0, 0, 1], port)),
+        ..postern_e2e::relay::listener(postern_config::ListenerTls::Starttls)
+    }];
+    mx_config.ingress.tls = Some(postern_config::TlsConfig {
+        cert_file: pki.cert_file.clone(),
+        key_file: pki.key_file.clone(),
+    });
+    let _mx = postern_e2e::Relay::start(mx_config);
+    dns.mx("verified.example", 10, "mx.good.example");
+    dns.mx("mismatch.example", 10, "mx.other.example");
+    dns.mx("plain.example", 10, "mx.other.example");
+    dns.address("mx.good.example", ip("127.0.0.1"));
+    dns.address("mx.other.example", ip("127.0.0.1"));
+    let ca = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca.path(), &pki.ca_pem).unwrap();
+    let (dns_addr, ca_file) = (dns.addr, ca.path().to_path_buf());
+    let verify = |pattern: &str| postern_config::DestinationLimits {
+        pattern: pattern.into(),
+        connections: None,
+        messages_per_connection: None,
+        rate: None,
+        burst: None,
+        tls: Some(postern_config::OutboundTls::Verify),
+    };
+    let destinations = vec![verify("verified.example"), verify("mismatch.example")];
+    let (nats, relay) = start_standalone(move |c| {
+        c.delivery.dns.nameservers = vec![dns_addr];
+        c.delivery.mx_port = port;
+        c.delivery.retry.schedule = vec!["1s".parse().unwrap()];
+        c.delivery.ca_file = Some(ca_file);
+        c.delivery.destinations = destinations;
+    });
+    send(&relay, "a@verified.example").await;
+    send(&relay, "b@mismatch.example").await;
+    send(&relay, "c@plain.example").await;
+    let start = std::time::Instant::now();
+    let arrived = loop {
+        let entries = mx_nats.entries(STREAM).await;
+        if entries.len() >= 2 {
+            break entries;
+        }
+        assert!(start.elapsed() < WAIT, "not delivered\n{}", relay.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut domains: Vec<&str> = arrived.iter().map(|e| e.envelope.domain.as_str()).collect();
+    domains.sort_unstable();
+    assert_eq!(
+        domains,
+        ["plain.example", "verified.example"],
+        "opportunistic TLS takes any certificate; verify takes a valid one"
+    );
+    assert!(
+        arrived.iter().all(|e| e.envelope.client.tls.is_some()),
+        "both over TLS"
+    );
+    // mismatch.example waits: the certificate does not name mx.other.example.
+    while relay.metric("postern_delivery_outcomes_total{result=\"deferred\"}") < 2.0 {
+        assert!(start.elapsed() < WAIT, "no deferrals\n{}", relay.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(mx_nats.entries(STREAM).await.len(), 2);
+    let waiting = nats.entries(STREAM).await;
+    assert!(
+        waiting
+            .iter()
+            .all(|e| e.envelope.domain == "mismatch.example"),
+        "{:?}",
+        waiting
+            .iter()
+            .map(|e| &e.envelope.domain)
+            .collect::<Vec<_>>()
+    );
+}

@@ -382,6 +382,7 @@ async fn preload_waiting(url: &str, count: usize) -> Result<(), Error> {
             last_replies: Vec::new(),
             dsn: Default::default(),
             delay_reported: false,
+            require_tls: false,
         };
         let target = names::ready_subject(&prefix, &envelope.domain);
         let mut headers = async_nats::HeaderMap::new();

@@ -616,6 +616,10 @@ pub struct DestinationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub burst: Option<u32>,
+    /// STARTTLS towards the MX hosts of the destinations it matches. Default: opportunistic.
+    /// Routes and the smarthost keep their own `tls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<OutboundTlsMode>,
 }
 
 /// A fixed next hop.

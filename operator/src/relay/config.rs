@@ -192,7 +192,8 @@ pub fn signing_domains(domains: &[(Domain, Vec<ActiveKey>)]) -> Vec<DomainConfig
         .collect()
 }
 
-fn outbound_tls(mode: OutboundTlsMode) -> OutboundTls {
+/// The config's outbound TLS mode for the Relay's.
+pub(crate) fn outbound_tls(mode: OutboundTlsMode) -> OutboundTls {
     match mode {
         OutboundTlsMode::Opportunistic => OutboundTls::Opportunistic,
         OutboundTlsMode::Required => OutboundTls::Required,

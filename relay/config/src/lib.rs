@@ -372,6 +372,10 @@ pub struct DestinationLimits {
     pub rate: Option<Rate>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
+    /// STARTTLS towards the MX hosts of the destinations it matches, instead of MX delivery's
+    /// opportunistic default. Routes and the smarthost keep their own `tls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<OutboundTls>,
 }
 
 /// When a destination as a whole is left alone for a while.

@@ -4,15 +4,18 @@
 use postern_smtp::dsn::DsnRequest;
 use serde::{Deserialize, Serialize};
 
-/// The newest envelope format this build reads. Version 2 stores large bodies in a stream of
-/// their own, tracked per lineage; version 1 entries (inline bodies, or bodies in the object
-/// store bucket of earlier builds) are still read.
-pub const ENVELOPE_VERSION: u32 = 2;
+/// The newest envelope format this build reads. Version 3 carries REQUIRETLS, which a build
+/// that ignored it would break; version 2 stores large bodies in a stream of their own,
+/// tracked per lineage; version 1 entries (inline bodies, or bodies in the object store bucket
+/// of earlier builds) are still read.
+pub const ENVELOPE_VERSION: u32 = 3;
 
 /// The version an entry with this body is written as: the oldest that can describe it, so a
-/// delivery process of an earlier build, during a rolling upgrade, still delivers what it can.
-pub fn version_for(body: &BodyRef) -> u32 {
+/// delivery process of an earlier build, during a rolling upgrade, still delivers what it can
+/// and leaves the rest (REQUIRETLS mail) to a newer one.
+pub fn version_for(body: &BodyRef, require_tls: bool) -> u32 {
     match body {
+        _ if require_tls => 3,
         BodyRef::Inline { .. } | BodyRef::Object { .. } => 1,
         BodyRef::Stored { .. } => 2,
     }
@@ -65,6 +68,9 @@ pub struct Envelope {
     /// The delay report for this entry's recipients was sent.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub delay_reported: bool,
+    /// REQUIRETLS (RFC 8689): only verified TLS to servers that offer REQUIRETLS (version 3).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_tls: bool,
 }
 
 /// One recipient's reply on an entry's last attempt.
@@ -213,6 +219,7 @@ mod tests {
             last_replies: Vec::new(),
             dsn: DsnRequest::default(),
             delay_reported: false,
+            require_tls: false,
         }
     }
 
@@ -234,7 +241,12 @@ mod tests {
         assert!(matches!(decoded.body, BodyRef::Object { entries: 2, .. }));
         assert!(!decoded.eight_bit, "absent in version 1");
         assert!(decoded.dsn.is_empty() && !decoded.delay_reported);
-        assert_eq!(version_for(&BodyRef::Inline { size: 0 }), 1);
+        assert_eq!(version_for(&BodyRef::Inline { size: 0 }, false), 1);
+        assert_eq!(
+            version_for(&BodyRef::Inline { size: 0 }, true),
+            3,
+            "a build that does not know REQUIRETLS must leave such an entry alone"
+        );
         let stored = BodyRef::Stored {
             stream: "S".into(),
             key: "k".into(),
@@ -242,7 +254,8 @@ mod tests {
             lineage: 0,
             token: "0".into(),
         };
-        assert_eq!(version_for(&stored), 2);
+        assert_eq!(version_for(&stored, false), 2);
+        assert_eq!(version_for(&stored, true), 3);
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub struct Submission {
     pub traceparent: String,
     /// What the sender asked for in delivery status notifications.
     pub dsn: DsnRequest,
+    /// REQUIRETLS (RFC 8689).
+    pub require_tls: bool,
 }
 
 /// A message's content as ingress hands it over.
@@ -390,6 +392,7 @@ impl Queue {
             eight_bit,
             traceparent,
             dsn,
+            require_tls,
         } = submission;
         if !self.is_ready() {
             if let Submitted::Streamed { upload, .. } = content {
@@ -456,7 +459,7 @@ impl Queue {
                 };
                 let entry_dsn = dsn.only(|r| recipients.iter().any(|mine| mine == r));
                 let envelope = Envelope {
-                    version: entry::version_for(&body),
+                    version: entry::version_for(&body, require_tls),
                     queue_id: queue_id.clone(),
                     sender: sender.clone(),
                     domain,
@@ -475,6 +478,7 @@ impl Queue {
                     last_replies: Vec::new(),
                     dsn: entry_dsn,
                     delay_reported: false,
+                    require_tls,
                 };
                 self.outgoing(&envelope, &inline, format!("{queue_id}.{index}"))
             })

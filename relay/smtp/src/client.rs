@@ -71,6 +71,8 @@ pub struct Extensions {
     pub auth_plain: bool,
     /// Delivery status notifications (RFC 3461): the DSN parameters may be passed on.
     pub dsn: bool,
+    /// REQUIRETLS (RFC 8689): the server keeps requiring TLS on the message's way on.
+    pub require_tls: bool,
 }
 
 impl Extensions {
@@ -86,6 +88,7 @@ impl Extensions {
                 "SMTPUTF8" => ext.smtputf8 = true,
                 "STARTTLS" => ext.starttls = true,
                 "DSN" => ext.dsn = true,
+                "REQUIRETLS" => ext.require_tls = true,
                 "AUTH" => ext.auth_plain = words.any(|w| w.eq_ignore_ascii_case("PLAIN")),
                 _ => {}
             }
@@ -107,6 +110,8 @@ pub struct Outgoing {
     pub eight_bit: bool,
     /// The sender's DSN requests, passed on when the server offers DSN.
     pub dsn: DsnRequest,
+    /// REQUIRETLS: sent only over TLS to a server that offers REQUIRETLS, with the parameter.
+    pub require_tls: bool,
 }
 
 /// Who decided a reply.
@@ -420,6 +425,9 @@ impl Client {
         if outgoing.smtputf8 {
             mail.push_str(" SMTPUTF8");
         }
+        if outgoing.require_tls {
+            mail.push_str(" REQUIRETLS");
+        }
         if self.extensions.dsn {
             if let Some(ret) = outgoing.dsn.ret {
                 mail.push_str(&format!(" RET={ret}"));
@@ -451,6 +459,19 @@ impl Client {
     /// client's decisions, reported as such ([`Source::Client`]).
     fn refusal(&self, outgoing: &Outgoing) -> Option<Reply> {
         let ext = &self.extensions;
+        if outgoing.require_tls && !(self.tls && ext.require_tls) {
+            // RFC 8689 §4.2.1: the message must not go on without TLS and REQUIRETLS.
+            let why = if self.tls {
+                "the server does not offer REQUIRETLS"
+            } else {
+                "the session is not encrypted"
+            };
+            return Some(Reply::new(
+                550,
+                Status(5, 7, 30),
+                format!("REQUIRETLS support required: {why}"),
+            ));
+        }
         if outgoing.smtputf8 && !ext.smtputf8 {
             return Some(Reply::new(
                 553,

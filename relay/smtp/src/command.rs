@@ -45,6 +45,8 @@ pub struct MailParams {
     pub ret: Option<Ret>,
     /// `ENVID` (RFC 3461), decoded.
     pub envid: Option<String>,
+    /// `REQUIRETLS` (RFC 8689): every hop must be verified TLS.
+    pub require_tls: bool,
 }
 
 /// The BODY= parameter (RFC 6152).
@@ -180,6 +182,7 @@ fn parse_mail(rest: &str) -> Result<Command, CommandError> {
                 })
             }
             "SMTPUTF8" if value.is_empty() => params.smtputf8 = true,
+            "REQUIRETLS" if value.is_empty() => params.require_tls = true,
             "RET" => once(&mut params.ret, value.parse()?)?,
             "ENVID" => once(&mut params.envid, dsn::parse_envid(value)?)?,
             // RFC 4954 §5: AUTH=<> or AUTH=addr may be sent by any client; Postern does not trust it.
@@ -292,6 +295,16 @@ mod tests {
         };
         assert_eq!(params.ret, Some(Ret::Hdrs));
         assert_eq!(params.envid.as_deref(), Some("QQ+1"));
+        assert!(!params.require_tls);
+        let Command::Mail { params, .. } = parse("MAIL FROM:<a@b.example> requiretls").unwrap()
+        else {
+            panic!("not MAIL");
+        };
+        assert!(params.require_tls);
+        assert_eq!(
+            parse("MAIL FROM:<a@b> REQUIRETLS=YES"),
+            Err(CommandError::UnsupportedParam("REQUIRETLS=YES".into()))
+        );
         let Command::Rcpt { to, dsn } =
             parse("RCPT TO:<c@d.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;C+40d.example")
                 .unwrap()

@@ -83,6 +83,8 @@ pub struct Message {
     pub auth_user: Option<String>,
     /// The content has bytes above 127.
     pub eight_bit: bool,
+    /// The client asked for REQUIRETLS (RFC 8689), over TLS.
+    pub require_tls: bool,
     /// Bytes of the content handed out before the end by [`Session::take_content`]; `body`
     /// holds the rest.
     pub taken: u64,
@@ -571,6 +573,10 @@ impl Session {
         if self.config.starttls && !self.tls {
             lines.push("STARTTLS".to_string());
         }
+        // RFC 8689 §2: offered only where the session is encrypted.
+        if self.tls {
+            lines.push("REQUIRETLS".to_string());
+        }
         if self.auth_offered() {
             lines.push("AUTH PLAIN LOGIN".to_string());
         }
@@ -589,6 +595,15 @@ impl Session {
             Some(sequence("Nested MAIL command"))
         } else if from.is_utf8() && !params.smtputf8 {
             Some(needs_smtputf8())
+        } else if params.require_tls && !self.tls {
+            Some(
+                Reply::new(
+                    530,
+                    Status(5, 7, 10),
+                    "REQUIRETLS needs an encrypted session",
+                )
+                .rejecting(Reject::Sequence),
+            )
         } else if params
             .size
             .is_some_and(|size| size > self.config.max_message_size as u64)
@@ -824,6 +839,7 @@ impl Session {
             esmtp,
             auth_user: self.auth_user.clone(),
             eight_bit,
+            require_tls: transaction.params.require_tls,
             taken: transaction.taken,
             dsn: transaction.dsn,
         };

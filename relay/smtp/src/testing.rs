@@ -43,5 +43,6 @@ pub fn outgoing(recipients: &[&str], size: usize) -> Outgoing {
         smtputf8: false,
         eight_bit: false,
         dsn: Default::default(),
+        require_tls: false,
     }
 }

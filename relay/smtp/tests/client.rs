@@ -260,6 +260,50 @@ fn starttls_drops_what_the_server_sent_before_the_handshake() {
     assert_eq!(r.server("235 2.7.0 ok\r\n").0, ClientEvent::Ready);
 }
 
+/// A client through STARTTLS to a server whose EHLO after the handshake is `ehlo`.
+fn over_tls(ehlo: &str) -> Run {
+    let mut r = Run::new(StartTls::Required, None);
+    r.server("220 mx.test\r\n");
+    r.server("250-mx.test\r\n250 STARTTLS\r\n");
+    assert_eq!(r.wrote(), "STARTTLS\r\n");
+    assert_eq!(r.server("220 go ahead\r\n").0, ClientEvent::StartTls);
+    r.c.tls_started();
+    assert_eq!(r.wrote(), "EHLO relay.test\r\n");
+    assert_eq!(r.server(ehlo).0, ClientEvent::Ready);
+    r
+}
+
+#[test]
+fn requiretls_mail_goes_only_over_tls_to_a_server_that_offers_it() {
+    let requiring = || Outgoing {
+        require_tls: true,
+        ..outgoing(&["1@y"])
+    };
+    let refusal = |r: &mut Run| {
+        r.c.send(requiring());
+        assert_eq!(r.wrote(), "", "nothing is sent");
+        let ClientEvent::Done(outcome) = r.c.next_event() else {
+            panic!("refused at once")
+        };
+        assert_eq!(outcome.source, Source::Client);
+        let reply = &outcome.replies[0];
+        assert_eq!(
+            (reply.code, reply.status),
+            (550, Some(postern_smtp::Status(5, 7, 30)))
+        );
+        reply.text()
+    };
+    let mut plain = Run::new(StartTls::Never, None);
+    plain.ready("250-mx.test\r\n250 REQUIRETLS\r\n");
+    assert!(refusal(&mut plain).contains("not encrypted"));
+    let mut without = over_tls("250-mx.test\r\n250 8BITMIME\r\n");
+    assert!(refusal(&mut without).contains("does not offer REQUIRETLS"));
+
+    let mut with = over_tls("250-mx.test\r\n250 REQUIRETLS\r\n");
+    with.c.send(requiring());
+    assert_eq!(with.wrote(), "MAIL FROM:<a@example.com> REQUIRETLS\r\n");
+}
+
 #[test]
 fn required_tls_without_starttls_is_the_clients_decision() {
     let mut r = Run::new(StartTls::Required, None);

@@ -39,11 +39,17 @@ impl Dialogue {
     }
 
     fn from(config: SessionConfig, relay_allowed: bool) -> Dialogue {
+        Dialogue::with_peer(
+            config,
+            Peer {
+                relay_allowed,
+                tls: false,
+            },
+        )
+    }
+
+    fn with_peer(config: SessionConfig, peer: Peer) -> Dialogue {
         let now = Instant::now();
-        let peer = Peer {
-            relay_allowed,
-            tls: false,
-        };
         let mut d = Dialogue {
             session: Session::new(Arc::new(config), peer, now),
             now,
@@ -277,6 +283,37 @@ fn recipients_are_checked_by_the_io_layer_only_after_the_sessions_own_checks() {
             .collect::<Vec<_>>(),
         ["b@example.org", "c@example.org"]
     );
+}
+
+#[test]
+fn requiretls_is_offered_and_taken_only_over_tls() {
+    let mut plain = Dialogue::new(config());
+    assert!(!plain.ehlo().lines.iter().any(|l| l == "REQUIRETLS"));
+    let refused = plain.cmd("MAIL FROM:<a@example.com> REQUIRETLS");
+    assert!(
+        refused
+            .text()
+            .contains("REQUIRETLS needs an encrypted session")
+    );
+    refused.is(530, "5.7.10");
+
+    let mut tls = Dialogue::with_peer(
+        config(),
+        Peer {
+            relay_allowed: true,
+            tls: true,
+        },
+    );
+    assert!(tls.ehlo().lines.iter().any(|l| l == "REQUIRETLS"));
+    tls.cmd("MAIL FROM:<a@example.com> REQUIRETLS")
+        .is(250, "2.1.0");
+    tls.cmd("RCPT TO:<b@example.org>").is(250, "2.1.5");
+    tls.cmd("DATA").is(354, "");
+    tls.send(format!("{MESSAGE}.\r\n").as_bytes());
+    assert!(tls.queued[0].require_tls);
+    tls.send_mail("a@example.com", &["b@example.org"], MESSAGE)
+        .is(250, "2.0.0");
+    assert!(!tls.queued[1].require_tls, "only when asked");
 }
 
 #[test]

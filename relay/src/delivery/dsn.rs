@@ -102,6 +102,7 @@ pub async fn queue_report(
         recipients: &wanted,
         dsn: &envelope.dsn,
         original,
+        require_tls: envelope.require_tls,
     };
     let message = report.to_message();
     let eight_bit = !message.is_ascii();
@@ -123,6 +124,8 @@ pub async fn queue_report(
         eight_bit,
         traceparent: envelope.traceparent.clone(),
         dsn: Default::default(),
+        // RFC 8689 §5: a report about REQUIRETLS mail goes under REQUIRETLS too.
+        require_tls: envelope.require_tls,
     };
     queue.enqueue(submission).await?;
     info!(queue_id = %envelope.queue_id, report_id = %id, action = action.word(), to = %envelope.sender, "report queued");
@@ -177,6 +180,8 @@ pub struct Report<'a> {
     /// What the sender asked for: ENVID, RET, each recipient's ORCPT.
     pub dsn: &'a DsnRequest,
     pub original: Original<'a>,
+    /// The message was sent with REQUIRETLS: only its header section is returned (RFC 8689 §5).
+    pub require_tls: bool,
 }
 
 impl Report<'_> {
@@ -257,7 +262,10 @@ impl Report<'_> {
     }
 
     fn returns_whole(&self) -> bool {
-        self.action == Action::Failed && self.dsn.ret == Some(Ret::Full) && self.original.whole
+        self.action == Action::Failed
+            && self.dsn.ret == Some(Ret::Full)
+            && self.original.whole
+            && !self.require_tls
     }
 
     /// The first part, for people.
@@ -291,9 +299,11 @@ impl Report<'_> {
         }
         if self.action == Action::Failed && self.dsn.ret == Some(Ret::Full) && !self.returns_whole()
         {
-            text.push_str(
-                "\r\nThe message is too large to be returned whole; its header section is attached.\r\n",
-            );
+            text.push_str(if self.require_tls {
+                "\r\nThe message was sent with REQUIRETLS, so only its header section is attached.\r\n"
+            } else {
+                "\r\nThe message is too large to be returned whole; its header section is attached.\r\n"
+            });
         }
         text
     }
@@ -473,6 +483,7 @@ mod tests {
                 bytes: b"Subject: hi\r\n\r\nthe body\r\n",
                 whole: true,
             },
+            require_tls: false,
         }
     }
 
@@ -612,6 +623,19 @@ mod tests {
         let (_, parts) = report_parts(&message);
         assert_eq!(parts[2].0, "message/global");
         assert!(parts[2].1.ends_with("\r\n\r\nGrüße\r\n"), "{}", parts[2].1);
+
+        // REQUIRETLS mail comes back as headers only, whatever RET says.
+        let private = Report {
+            require_tls: true,
+            ..report.clone()
+        };
+        let (_, parts) = report_parts(&private.to_message());
+        assert_eq!(parts[2].0, "text/rfc822-headers");
+        assert!(
+            parts[0].1.contains("sent with REQUIRETLS"),
+            "{}",
+            parts[0].1
+        );
 
         let headers = request(Ret::Hdrs);
         let report = Report {

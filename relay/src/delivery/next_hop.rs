@@ -1,10 +1,11 @@
 //! Next hops: where an entry goes (a route, the smarthost, or its MX hosts in preference
 //! order), the destination that makes it, and one attempt there.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use postern_config::{Config, DeliveryConfig};
+use postern_config::{Config, DeliveryConfig, OutboundTls};
 use postern_smtp::client::{Outcome, Outgoing, Source};
 use postern_smtp::{Address, Reply, ReversePath, Status};
 use tracing::info;
@@ -245,6 +246,18 @@ impl NextHops {
         let hosts = match &hop.targets {
             Targets::Fixed(fixed) => {
                 let (target, settings) = fixed.as_ref();
+                if envelope.require_tls && settings.tls == OutboundTls::None {
+                    let reply = Reply::new(
+                        550,
+                        Status(5, 7, 30),
+                        format!(
+                            "REQUIRETLS support required: the next hop {} is configured plaintext only (tls: none)",
+                            target.host
+                        ),
+                    );
+                    return (everyone(envelope, reply, None, false), None);
+                }
+                let settings = &for_envelope(settings, envelope);
                 let sent = attempt::deliver(
                     &self.pool,
                     target,
@@ -267,6 +280,14 @@ impl NextHops {
             from_server: false,
         };
         let mut last_host = None;
+        let mx_settings = match hop.destination.tls {
+            Some(tls) => Cow::Owned(Settings {
+                tls,
+                ..self.settings.clone()
+            }),
+            None => Cow::Borrowed(&self.settings),
+        };
+        let mx_settings = for_envelope(&mx_settings, envelope);
         for host in hosts {
             let addresses = match self.dns.addresses(host).await {
                 Ok(addresses) => addresses,
@@ -296,7 +317,7 @@ impl NextHops {
                 let result = attempt::deliver(
                     &self.pool,
                     &target,
-                    &self.settings,
+                    &mx_settings,
                     &outgoing,
                     content,
                     max_messages,
@@ -318,6 +339,19 @@ impl NextHops {
             everyone(envelope, last.reply, last_host, last.from_server),
             Some(signal),
         )
+    }
+}
+
+/// How an attempt for `envelope` talks: REQUIRETLS mail only over TLS with a certificate
+/// verified for the host name (RFC 8689 §4.2.1), whatever the next hop's own setting.
+fn for_envelope<'a>(settings: &'a Settings, envelope: &Envelope) -> Cow<'a, Settings> {
+    if envelope.require_tls && settings.tls != OutboundTls::Verify {
+        Cow::Owned(Settings {
+            tls: OutboundTls::Verify,
+            ..settings.clone()
+        })
+    } else {
+        Cow::Borrowed(settings)
     }
 }
 
@@ -382,5 +416,6 @@ fn outgoing(envelope: &Envelope, content: &Content) -> Result<Outgoing, Reply> {
         smtputf8: envelope.smtputf8,
         eight_bit: envelope.eight_bit,
         dsn: envelope.dsn.clone(),
+        require_tls: envelope.require_tls,
     })
 }

@@ -519,6 +519,7 @@ impl Connection {
                     eight_bit,
                     traceparent,
                     dsn: message.dsn,
+                    require_tls: message.require_tls,
                 };
                 shared.queue.enqueue(submission).instrument(span).await
             }

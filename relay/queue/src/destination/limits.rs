@@ -2,7 +2,7 @@
 //! group every domain and MX host they match into one destination (`*.google.com`); anything
 //! else is its own destination, named by its MX host set or its route's address.
 
-use postern_config::{DeliveryConfig, Rate};
+use postern_config::{DeliveryConfig, OutboundTls, Rate};
 
 /// The limits that hold for one destination across all delivery processes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +33,8 @@ impl Limits {
 pub struct Destination {
     pub name: String,
     pub limits: Limits,
+    /// The matching pattern's `tls`, for MX delivery.
+    pub tls: Option<OutboundTls>,
     /// A key for NATS KV that names this destination and only it (from its name).
     id: String,
 }
@@ -64,13 +66,14 @@ impl Destination {
                     rate: limits.rate.or(defaults.rate),
                     burst: limits.burst.unwrap_or(defaults.burst),
                 },
+                limits.tls,
             ),
             None => {
                 let mut sorted: Vec<String> =
                     hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
                 sorted.sort();
                 sorted.dedup();
-                Destination::named(sorted.join(","), defaults)
+                Destination::named(sorted.join(","), defaults, None)
             }
         }
     }
@@ -80,11 +83,16 @@ impl Destination {
         &self.id
     }
 
-    fn named(name: String, limits: Limits) -> Destination {
+    fn named(name: String, limits: Limits, tls: Option<OutboundTls>) -> Destination {
         use sha2::{Digest, Sha256};
         let digest = Sha256::digest(name.as_bytes());
         let id = digest[..10].iter().map(|b| format!("{b:02x}")).collect();
-        Destination { name, limits, id }
+        Destination {
+            name,
+            limits,
+            tls,
+            id,
+        }
     }
 }
 
@@ -129,6 +137,7 @@ mod tests {
                     messages_per_connection: None,
                     rate: Some("600/min".parse().unwrap()),
                     burst: Some(10),
+                    tls: Some(postern_config::OutboundTls::Verify),
                 },
                 DestinationLimits {
                     pattern: "example.org".into(),
@@ -136,6 +145,7 @@ mod tests {
                     messages_per_connection: Some(10),
                     rate: None,
                     burst: None,
+                    tls: None,
                 },
             ],
             ..DeliveryConfig::default()
@@ -164,6 +174,7 @@ mod tests {
             "the default where unset"
         );
         assert_eq!(a.limits.burst, 10);
+        assert_eq!(a.tls, Some(postern_config::OutboundTls::Verify));
         assert_eq!(a.id(), b.id());
     }
 
@@ -173,6 +184,7 @@ mod tests {
         assert_eq!(d.name, "example.org");
         assert_eq!(d.limits.connections, 1);
         assert_eq!(d.limits.messages_per_connection, 10);
+        assert_eq!(d.tls, None, "unset: MX delivery's default");
     }
 
     #[test]
