@@ -10,6 +10,22 @@ use tokio::net::{TcpListener, TcpStream};
 /// The reply to a RCPT, chosen per recipient address.
 pub type RcptScript = Arc<dyn Fn(&str) -> String + Send + Sync>;
 
+/// An MX script with one of each outcome: `bad@...` is refused for good (`550 5.1.1`),
+/// `later@...` is deferred on its first RCPT (`452 4.2.2`) and taken on the next, everyone
+/// else is taken.
+pub fn mixed_outcomes() -> RcptScript {
+    let later = std::sync::atomic::AtomicUsize::new(0);
+    Arc::new(move |rcpt| match rcpt {
+        r if r.starts_with("bad@") => "550 5.1.1 no such user".into(),
+        r if r.starts_with("later@")
+            && later.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 =>
+        {
+            "452 4.2.2 mailbox full".into()
+        }
+        _ => "250 2.1.5 ok".into(),
+    })
+}
+
 /// One message as the MX received it.
 #[derive(Debug, Clone)]
 pub struct Delivered {

@@ -239,20 +239,33 @@ impl NatsServer {
     }
 }
 
+/// Every message in `stream` at `url`, in order, without consuming them; none when the stream
+/// does not exist (yet).
+pub async fn stored_messages(url: &str, stream: &str) -> Vec<jetstream::message::StreamMessage> {
+    let client = async_nats::connect(url).await.expect("connecting to nats");
+    let js = jetstream::new(client);
+    let Ok(mut stream) = js.get_stream(stream).await else {
+        return Vec::new();
+    };
+    let state = stream.info().await.expect("stream info").state.clone();
+    let mut messages = Vec::new();
+    if state.messages == 0 {
+        return messages;
+    }
+    for seq in state.first_sequence..=state.last_sequence {
+        if let Ok(raw) = stream.get_raw_message(seq).await {
+            messages.push(raw);
+        }
+    }
+    messages
+}
+
 /// Every entry in the queue stream at `url`, in order, without consuming them.
 pub async fn queue_entries(url: &str, stream: &str) -> Vec<QueueEntry> {
     let client = async_nats::connect(url).await.expect("connecting to nats");
     let js = jetstream::new(client);
-    let mut stream = js.get_stream(stream).await.expect("queue stream exists");
-    let state = stream.info().await.expect("stream info").state.clone();
     let mut entries = Vec::new();
-    if state.messages == 0 {
-        return entries;
-    }
-    for seq in state.first_sequence..=state.last_sequence {
-        let Ok(raw) = stream.get_raw_message(seq).await else {
-            continue;
-        };
+    for raw in stored_messages(url, stream).await {
         let (envelope, inline) = entry::decode(&raw.payload).expect("entry decodes");
         let body = match &envelope.body {
             BodyRef::Inline { .. } => inline.to_vec(),

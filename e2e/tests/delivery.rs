@@ -79,16 +79,7 @@ async fn temporary_failure_is_retried_then_delivered() {
 
 #[tokio::test]
 async fn mixed_outcomes_deliver_retry_and_bounce_per_recipient() {
-    let later = Arc::new(AtomicUsize::new(0));
-    let counter = later.clone();
-    let script: RcptScript = Arc::new(move |rcpt| match rcpt {
-        r if r.starts_with("bad@") => "550 5.1.1 no such user".into(),
-        r if r.starts_with("later@") && counter.fetch_add(1, Ordering::SeqCst) == 0 => {
-            "452 4.2.2 mailbox full".into()
-        }
-        _ => "250 2.1.5 ok".into(),
-    });
-    let mx = MockMx::start(script).await;
+    let mx = MockMx::start(postern_e2e::mx::mixed_outcomes()).await;
     let (nats, relay) = start_standalone(|c| {
         c.delivery.routes = vec![route_all(&mx.host())];
         fast_retries(c);

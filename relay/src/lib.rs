@@ -7,6 +7,7 @@ pub mod admin;
 pub mod app;
 pub mod delivery;
 pub mod dkim;
+pub mod events;
 pub mod ingress;
 pub mod metrics;
 pub mod queue_admin;

@@ -46,6 +46,10 @@ pub struct Metrics {
     pub delivery_suppressed: Counter,
     /// Recipients this process put on the suppression list.
     pub suppression_added: Counter,
+    /// Delivery events stored in the events stream, by kind.
+    pub events_published: Family<Labels, Counter>,
+    /// Delivery events that could not be stored.
+    pub events_dropped: Counter,
     pub destination_slowdowns: Counter,
     pub destinations_in_backoff: Gauge,
 }
@@ -79,6 +83,8 @@ impl Default for Metrics {
             delivery_reports_not_requested: Family::default(),
             delivery_suppressed: Counter::default(),
             suppression_added: Counter::default(),
+            events_published: Family::default(),
+            events_dropped: Counter::default(),
             destination_slowdowns: Counter::default(),
             destinations_in_backoff: Gauge::default(),
             registry: Registry::default(),
@@ -203,6 +209,16 @@ impl Default for Metrics {
             "suppression_added",
             "Recipients put on the suppression list after a server refused them as unknown",
             metrics.suppression_added.clone(),
+        );
+        r.register(
+            "events_published",
+            "Delivery events stored in the events stream, by kind",
+            metrics.events_published.clone(),
+        );
+        r.register(
+            "events_dropped",
+            "Delivery events that could not be stored in the events stream (NATS away or slow)",
+            metrics.events_dropped.clone(),
         );
         r.register(
             "delivery_destination_backoffs",

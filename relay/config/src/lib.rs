@@ -31,6 +31,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     #[serde(default)]
     pub suppression: SuppressionConfig,
+    #[serde(default)]
+    pub events: EventsConfig,
     /// Sending domains and their DKIM keys.
     #[serde(default)]
     pub domains: Vec<DomainConfig>,
@@ -179,6 +181,27 @@ impl SuppressionConfig {
     /// RCPT consults the list: it is on, and suppressed recipients are refused there.
     pub fn checked_at_rcpt(&self) -> bool {
         self.enabled && self.action == SuppressionAction::Reject
+    }
+}
+
+/// The stream of delivery events (`<stream>_EVENTS`), one per recipient and outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct EventsConfig {
+    pub enabled: bool,
+    /// Events older than this are removed.
+    pub max_age: Duration,
+    /// The stream keeps at most this many bytes, removing the oldest events first.
+    pub max_bytes: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            enabled: true,
+            max_age: Duration::secs(7 * 86_400),
+            max_bytes: 1 << 30,
+        }
     }
 }
 
@@ -855,6 +878,7 @@ impl Default for Config {
             ingress: IngressConfig::default(),
             delivery: DeliveryConfig::default(),
             suppression: SuppressionConfig::default(),
+            events: EventsConfig::default(),
             domains: Vec::new(),
             domains_file: None,
             reload_interval: default_reload_interval(),

@@ -460,6 +460,18 @@ impl Config {
             );
         }
 
+        let events = &self.events;
+        e.check(
+            !events.enabled || !events.max_age.get().is_zero(),
+            "events.maxAge",
+            "must be greater than zero",
+        );
+        e.check(
+            !events.enabled || events.max_bytes > 0,
+            "events.maxBytes",
+            "must be greater than zero",
+        );
+
         if let Some(problem) = self.standalone.sync.problem() {
             e.check(false, "standalone.sync", problem);
         }
@@ -617,6 +629,15 @@ admin: { address: "0.0.0.0:9090" }
         assert!(msg.contains("suppression.statuses[1]"), "{msg}");
         assert!(msg.contains("suppression.statuses[2]"), "{msg}");
         assert!(!msg.contains("suppression.statuses[0]"), "{msg}");
+        let msg = errors("events: { maxAge: 0s, maxBytes: 0 }\n");
+        assert!(
+            msg.contains("events.maxAge: must be greater than zero"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("events.maxBytes: must be greater than zero"),
+            "{msg}"
+        );
         let off = Config::from_yaml("suppression: { enabled: false, expiry: 0s }\n").unwrap();
         assert!(!off.suppression.enabled, "off needs no expiry");
         let msg = errors("shutdownGrace: soon\n");

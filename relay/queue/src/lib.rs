@@ -13,6 +13,8 @@ pub mod content;
 #[cfg(feature = "jetstream")]
 pub mod destination;
 #[cfg(feature = "jetstream")]
+pub mod events;
+#[cfg(feature = "jetstream")]
 pub mod inspect;
 #[cfg(feature = "jetstream")]
 mod legacy;

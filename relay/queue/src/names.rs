@@ -68,6 +68,16 @@ pub fn lease_bucket(config: &NatsConfig) -> String {
     format!("{}_LEASES", config.stream)
 }
 
+/// The stream of delivery events.
+pub fn events_stream(config: &NatsConfig) -> String {
+    format!("{}_EVENTS", config.stream)
+}
+
+/// `<prefix>_events.<kind>`: one delivery event.
+pub fn event_subject(config: &NatsConfig, kind: &str) -> String {
+    format!("{}_events.{kind}", config.subject_prefix)
+}
+
 /// The bucket of the suppression list.
 pub fn suppression_bucket(config: &NatsConfig) -> String {
     format!("{}_SUPPRESSED", config.stream)

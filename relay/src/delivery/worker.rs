@@ -20,7 +20,11 @@ use super::settle::{self, History, RetryPolicy, Settlement};
 use crate::metrics::Metrics;
 use postern_queue::destination::{Destination, Destinations, Lease, Limits, Signal, Transition};
 use postern_queue::entry::{self, EntryError, Envelope, LastReply};
+use postern_queue::events::{Event, Kind};
 use postern_queue::suppression::SuppressionList;
+use postern_smtp::date::rfc3339_ms;
+
+use crate::events::Events;
 use postern_queue::{BodyError, BodyRef, Content, EnqueueError, Lineage, Queue, TOMBSTONE, now_ms};
 
 /// Entries fetched in one pull request, at most.
@@ -36,6 +40,7 @@ pub struct Worker {
     metrics: Arc<Metrics>,
     /// The suppression list and the statuses that add to it, when it is on.
     suppression: Option<(Arc<SuppressionList>, Arc<[String]>)>,
+    events: Events,
 }
 
 impl Worker {
@@ -46,6 +51,7 @@ impl Worker {
             (Arc::new(list), wanted.statuses.clone().into())
         });
         Ok(Worker {
+            events: Events::new(config, &queue, metrics.clone()),
             queue,
             config: Arc::new(config.delivery.clone()),
             hostname: config.hostname.clone(),
@@ -457,6 +463,32 @@ impl Worker {
         }
     }
 
+    /// One event per recipient of a dead letter, or one without recipients when its envelope
+    /// cannot be read.
+    fn emit_dead_letter(&self, message: &jetstream::Message, reason: &str) {
+        let dead = |queue_id: &str, sender: &str| Event {
+            reason: Some(reason.to_string()),
+            ..Event::new(Kind::DeadLettered, queue_id, sender)
+        };
+        match entry::decode(&message.payload) {
+            Ok((envelope, _)) => {
+                for recipient in &envelope.recipients {
+                    self.events
+                        .emit(dead(&envelope.queue_id, &envelope.sender).recipient(recipient));
+                }
+            }
+            Err(_) => {
+                let queue_id = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("Postern-Queue-Id"))
+                    .map(|v| v.to_string())
+                    .unwrap_or_default();
+                self.events.emit(dead(&queue_id, ""));
+            }
+        }
+    }
+
     /// Moves an entry no worker can settle to the dead-letter stream, then removes it; if that
     /// fails it stays, to be tried again.
     async fn dead_letter(&self, message: &jetstream::Message, reason: &str) {
@@ -473,6 +505,7 @@ impl Worker {
             Ok(()) => {
                 error!(subject = %message.subject, reason, "queue entry moved to the dead-letter stream");
                 self.metrics.dead_letter(reason_label(reason));
+                self.emit_dead_letter(message, reason);
                 let _ = message.ack_with(AckKind::Term).await;
             }
             Err(err) => {
@@ -550,7 +583,12 @@ impl Worker {
         self.metrics
             .delivery_attempt_seconds
             .observe(started.elapsed().as_secs_f64());
-        self.settle(envelope, &content, results).await?;
+        let destination = match plan {
+            Plan::Go(hop) => Some(hop.destination.name.as_str()),
+            Plan::Decided(_) => None,
+        };
+        self.settle(envelope, &content, results, destination)
+            .await?;
         Ok(signal)
     }
 
@@ -642,6 +680,7 @@ impl Worker {
             self.metrics.outcome("bounced");
         }
         self.metrics.gave_up.inc();
+        self.emit_failed(envelope, Kind::Bounced, &reply);
         self.report(envelope, &content, Action::Failed, failed)
             .await?;
         self.finish(envelope).await;
@@ -682,12 +721,13 @@ impl Worker {
                     dsn_passed: false,
                 })
                 .collect();
-            return self.settle(envelope, content, results).await;
+            return self.settle(envelope, content, results, None).await;
         }
         let failed = ReportedRecipient::each(&envelope.recipients, &reply, true);
         for _ in &failed {
             self.metrics.outcome("expired");
         }
+        self.emit_failed(envelope, Kind::Expired, &reply);
         self.report(envelope, content, Action::Failed, failed)
             .await?;
         self.finish(envelope).await;
@@ -702,6 +742,7 @@ impl Worker {
         envelope: &Envelope,
         content: &Content,
         results: Vec<RecipientResult>,
+        destination: Option<&str>,
     ) -> Result<(), EnqueueError> {
         let attempt = envelope.attempts + 1;
         let retry = &self.config.retry;
@@ -719,6 +760,7 @@ impl Worker {
         let jitter = f64::from(ulid::Ulid::new().random() as u32) / f64::from(u32::MAX);
         let settlement = settle::settle(results, history, &policy, now_ms(), jitter);
         self.log_settlement(envelope, attempt, &settlement);
+        self.emit_settlement(envelope, attempt, &settlement, destination);
         if let Some(when) = settlement.retry_at {
             let reported = envelope.delay_reported || settlement.delay_report;
             self.requeue(
@@ -758,6 +800,56 @@ impl Worker {
             self.finish(envelope).await;
         }
         Ok(())
+    }
+
+    /// One delivery event per recipient.
+    fn emit_settlement(
+        &self,
+        envelope: &Envelope,
+        attempt: u32,
+        settlement: &Settlement,
+        destination: Option<&str>,
+    ) {
+        let event = |kind, recipient: &str, reply: &Reply, host: Option<&String>| Event {
+            destination: destination.map(str::to_string),
+            attempt: Some(attempt),
+            reply: Some(dsn::reply_text(reply)),
+            remote_host: host.cloned(),
+            ..Event::new(kind, &envelope.queue_id, &envelope.sender).recipient(recipient)
+        };
+        for r in &settlement.delivered {
+            let host = r.host.as_ref().filter(|_| r.from_server);
+            self.events
+                .emit(event(Kind::Delivered, &r.recipient, &r.reply, host));
+        }
+        for r in &settlement.deferred {
+            let host = r.host.as_ref().filter(|_| r.from_server);
+            self.events.emit(Event {
+                next_attempt: settlement.retry_at.map(rfc3339_ms),
+                ..event(Kind::Deferred, &r.recipient, &r.reply, host)
+            });
+        }
+        for f in &settlement.bounced {
+            let kind = if f.expired {
+                Kind::Expired
+            } else if f.reply.reject == Some(postern_smtp::Reject::Suppressed) {
+                Kind::Suppressed
+            } else {
+                Kind::Bounced
+            };
+            self.events
+                .emit(event(kind, &f.recipient, &f.reply, f.remote_host.as_ref()));
+        }
+    }
+
+    /// Every recipient of `envelope` failed with `reply` without an attempt.
+    fn emit_failed(&self, envelope: &Envelope, kind: Kind, reply: &Reply) {
+        for recipient in &envelope.recipients {
+            self.events.emit(Event {
+                reply: Some(dsn::reply_text(reply)),
+                ..Event::new(kind, &envelope.queue_id, &envelope.sender).recipient(recipient)
+            });
+        }
     }
 
     /// One log line and one count per recipient.

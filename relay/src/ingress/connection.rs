@@ -21,6 +21,7 @@ use super::memory::Reservation;
 use super::received::Trace;
 use super::streaming::Streaming;
 use super::{ListenerContext, Shared};
+use postern_queue::events::{self, Kind};
 use postern_queue::{ClientFacts, EnqueueError, Submission, Submitted};
 
 /// Read size while waiting for commands: small, so idle sessions stay cheap.
@@ -437,6 +438,7 @@ impl Connection {
             .iter()
             .map(|r| (r.to_string(), r.domain().to_string()))
             .collect();
+        let accepted = recipients.clone();
         let single = (recipients.len() == 1).then(|| recipients[0].0.as_str());
         let trace = Trace {
             helo: &message.helo,
@@ -525,6 +527,13 @@ impl Connection {
             }
             Err(err) => Err(err),
         };
+        if queued.is_ok() {
+            for (recipient, _) in &accepted {
+                shared.events.emit(
+                    events::Event::new(Kind::Received, &queue_id, &sender).recipient(recipient),
+                );
+            }
+        }
         self.answer(queued, &queue_id, &sender, rcpts, size, started)
     }
 

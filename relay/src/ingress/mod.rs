@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::dkim::Signers;
+use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::users::Users;
 use auth::PasswordChecks;
@@ -41,6 +42,7 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// The suppression list RCPT consults (`suppression.action: reject`).
     pub suppression: Option<SuppressionList>,
+    pub events: Events,
     caps: ConnectionCaps,
     passwords: Option<PasswordChecks>,
     memory: MessageMemory,
@@ -75,6 +77,7 @@ impl Shared {
         Ok(Shared {
             hostname: config.hostname.clone(),
             suppression,
+            events: Events::new(config, &queue, metrics.clone()),
             caps: ConnectionCaps::new(limits.max_connections, limits.max_connections_per_ip),
             memory: MessageMemory::new(limits.max_message_memory),
             limits,
