@@ -192,3 +192,45 @@ async fn entries_expire() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn a_retry_of_a_recipient_suppressed_meanwhile_is_not_attempted() {
+    let mx = MockMx::start(Arc::new(|rcpt: &str| {
+        if rcpt.starts_with("busy@") {
+            "451 4.2.1 try again later".into()
+        } else {
+            "250 2.1.5 ok".into()
+        }
+    }))
+    .await;
+    let (nats, relay) = start_standalone(|c| {
+        c.delivery.routes = vec![route_all(&mx.host())];
+        c.delivery.retry.schedule = vec!["1s".parse().unwrap()];
+    });
+    let cli = AdminCli::new("suppression", &nats, "");
+    Smtp::submit(
+        relay.smtp(),
+        "sender@example.com",
+        &["busy@example.org"],
+        b"Subject: later\r\n\r\nx\r\n",
+    )
+    .await;
+    let start = std::time::Instant::now();
+    while relay.metric("postern_delivery_outcomes_total{result=\"deferred\"}") < 1.0 {
+        assert!(start.elapsed() < WAIT, "no deferral\n{}", relay.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cli.text(&["add", "busy@example.org"], 0);
+    // The next retry bounces it without an attempt.
+    let bounce = mx.wait_for(1, WAIT).await;
+    nats.wait_empty(STREAM, WAIT).await;
+    assert_eq!(bounce[0].from, "");
+    assert!(
+        bounce[0]
+            .text()
+            .contains("is on the suppression list since"),
+        "{}",
+        bounce[0].text()
+    );
+    assert_eq!(relay.metric("postern_delivery_suppressed_total"), 1.0);
+}

@@ -9,7 +9,7 @@ use postern_config::Config;
 use postern_smtp::{Reply, Status};
 use serde_json::json;
 
-use crate::delivery::dsn::{self, Original, ReportedRecipient};
+use crate::delivery::dsn::{self, ReportedRecipient};
 use postern_queue::destination::State;
 use postern_queue::inspect::{self, Change, Found, Place, Selector};
 use postern_queue::{Queue, QueueCounts};
@@ -324,10 +324,8 @@ impl Admin<'_> {
                 );
                 let failed = ReportedRecipient::each(&envelope.recipients, &reply, false);
                 let (_, inline) = postern_queue::entry::decode(&entry.payload)?;
-                let original = Original {
-                    bytes: inline,
-                    whole: matches!(envelope.body, postern_queue::entry::BodyRef::Inline { .. }),
-                };
+                let whole = matches!(envelope.body, postern_queue::entry::BodyRef::Inline { .. });
+                let original = || (inline.to_vec(), whole);
                 dsn::queue_report(
                     &self.queue,
                     &self.config.hostname,

@@ -55,14 +55,15 @@ pub struct Queued {
 }
 
 /// Queues the report of `action` about those of `recipients` whose sender asked for it, as
-/// `hostname`; nothing for the null sender or when nobody asked.
+/// `hostname`; nothing for the null sender or when nobody asked. `original` gives the start of
+/// the message and whether it is the whole of it, read only when a report is made.
 pub async fn queue_report(
     queue: &Queue,
     hostname: &str,
     envelope: &Envelope,
     action: Action,
     recipients: Vec<ReportedRecipient>,
-    original: Original<'_>,
+    original: impl FnOnce() -> (Vec<u8>, bool),
 ) -> Result<Queued, EnqueueError> {
     let Some((_, domain)) = envelope.sender.rsplit_once('@') else {
         info!(queue_id = %envelope.queue_id, action = action.word(), "no report for a message from the null sender");
@@ -91,6 +92,11 @@ pub async fn queue_report(
         });
     }
     let id = ulid::Ulid::new().to_string();
+    let (bytes, whole) = original();
+    let original = Original {
+        bytes: &bytes,
+        whole,
+    };
     let report = Report {
         hostname,
         id: &id,

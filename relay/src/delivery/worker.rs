@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use super::dsn::{self, Action, Original, ReportedRecipient};
+use super::dsn::{self, Action, ReportedRecipient};
 use super::next_hop::{NextHops, Plan, RecipientResult, SetupError};
 use super::settle::{self, History, RetryPolicy, Settlement};
 use crate::metrics::Metrics;
@@ -40,6 +40,8 @@ pub struct Worker {
     metrics: Arc<Metrics>,
     /// The suppression list and the statuses that add to it, when it is on.
     suppression: Option<(Arc<SuppressionList>, Arc<[String]>)>,
+    /// RCPT consulted the list already (`action: reject`), so first attempts need not.
+    checked_at_rcpt: bool,
     events: Events,
 }
 
@@ -58,6 +60,7 @@ impl Worker {
             hops: NextHops::new(config)?,
             metrics,
             suppression,
+            checked_at_rcpt: config.suppression.checked_at_rcpt(),
         })
     }
 
@@ -594,11 +597,15 @@ impl Worker {
 
     /// The recipients of `envelope` on the suppression list, refused without an attempt, and,
     /// when some others are left, the envelope of those. A list that cannot be read lets the
-    /// recipient be attempted.
+    /// recipient be attempted. A first attempt of mail whose RCPTs were checked against the
+    /// list when it was accepted is not checked again.
     async fn screen(&self, envelope: &Envelope) -> (Vec<RecipientResult>, Option<Envelope>) {
         let Some((list, _)) = &self.suppression else {
             return (Vec::new(), None);
         };
+        if self.checked_at_rcpt && envelope.attempts == 0 {
+            return (Vec::new(), None);
+        }
         let mut refused = Vec::new();
         for rcpt in &envelope.recipients {
             match list.get(rcpt).await {
@@ -979,10 +986,10 @@ impl Worker {
         action: Action,
         recipients: Vec<ReportedRecipient>,
     ) -> Result<(), EnqueueError> {
-        let prefix = content.prefix();
-        let original = Original {
-            whole: prefix.len() as u64 >= content.len(),
-            bytes: &prefix,
+        let original = || {
+            let prefix = content.prefix();
+            let whole = prefix.len() as u64 >= content.len();
+            (prefix, whole)
         };
         let queued = dsn::queue_report(
             &self.queue,
