@@ -83,6 +83,25 @@ fn find<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
     objects.iter().filter(|o| o["kind"] == kind).collect()
 }
 
+/// A checksum annotation must be a string whatever its digits: unquoted, a hash such as
+/// `12e2406221234918` or `1234567890123456` is a YAML number, which the API server refuses as an
+/// annotation. The NATS config holds a random token, so its checksum differs on every render.
+#[test]
+fn checksum_annotations_are_quoted() {
+    let templates = chart().join("templates");
+    for entry in std::fs::read_dir(&templates).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for line in text.lines().filter(|l| l.contains("sha256sum")) {
+            assert!(
+                line.trim_end().ends_with("| quote }}"),
+                "{}: {line}",
+                path.display()
+            );
+        }
+    }
+}
+
 #[test]
 fn helm_lint_strict_passes_for_every_values_file() {
     for values in values_files() {
