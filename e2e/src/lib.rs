@@ -7,6 +7,7 @@
 
 pub mod admin_cli;
 pub mod dns;
+pub mod https;
 pub mod mx;
 pub mod nats;
 pub mod pki;
@@ -15,6 +16,7 @@ pub mod report;
 pub mod smtp;
 
 pub use dns::DnsServer;
+pub use https::HttpsServer;
 pub use mx::MockMx;
 pub use nats::{NatsServer, QueueEntry};
 pub use pki::TestPki;

@@ -52,6 +52,13 @@ pub struct Metrics {
     pub events_dropped: Counter,
     pub destination_slowdowns: Counter,
     pub destinations_in_backoff: Gauge,
+    /// MTA-STS policy fetches, by result (`ok`, `invalid`, or why it failed).
+    pub mta_sts_fetches: Family<Labels, Counter>,
+    /// Deliveries planned under an MTA-STS policy, by mode.
+    pub mta_sts_applied: Family<Labels, Counter>,
+    /// Deliveries for which an MX host was not in the MTA-STS policy, by mode (`enforce`: not
+    /// tried; `testing`: tried and reported).
+    pub mta_sts_mx_not_listed: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -87,6 +94,9 @@ impl Default for Metrics {
             events_dropped: Counter::default(),
             destination_slowdowns: Counter::default(),
             destinations_in_backoff: Gauge::default(),
+            mta_sts_fetches: Family::default(),
+            mta_sts_applied: Family::default(),
+            mta_sts_mx_not_listed: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -234,6 +244,21 @@ impl Default for Metrics {
             "delivery_destinations_in_backoff",
             "Destinations in backoff now, as this process sees them",
             metrics.destinations_in_backoff.clone(),
+        );
+        r.register(
+            "mta_sts_fetches",
+            "MTA-STS policy fetches by result: ok, invalid, dns, connect, tls, http, status, content_type, too_large, not_text, timeout",
+            metrics.mta_sts_fetches.clone(),
+        );
+        r.register(
+            "mta_sts_applied",
+            "Deliveries to MX hosts planned under an MTA-STS policy, by mode: enforce, testing",
+            metrics.mta_sts_applied.clone(),
+        );
+        r.register(
+            "mta_sts_mx_not_listed",
+            "Deliveries for which an MX host is not in the domain's MTA-STS policy, by mode (enforce: not tried; testing: tried)",
+            metrics.mta_sts_mx_not_listed.clone(),
         );
         Metrics {
             registry,

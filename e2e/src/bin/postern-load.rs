@@ -383,6 +383,7 @@ async fn preload_waiting(url: &str, count: usize) -> Result<(), Error> {
             dsn: Default::default(),
             delay_reported: false,
             require_tls: false,
+            tls_optional: false,
         };
         let target = names::ready_subject(&prefix, &envelope.domain);
         let mut headers = async_nats::HeaderMap::new();

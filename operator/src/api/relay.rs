@@ -548,6 +548,9 @@ pub struct DeliverySpec {
     /// When a destination as a whole is left alone for a while.
     #[serde(default)]
     pub backoff: BackoffSpec,
+    /// MTA-STS (RFC 8461) towards MX hosts.
+    #[serde(default)]
+    pub mta_sts: DeliveryMtaStsSpec,
     /// CPU and memory of each delivery pod. Default: requests 100m / 128Mi, memory limit 512Mi.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
@@ -572,6 +575,7 @@ impl Default for DeliverySpec {
             smarthost: None,
             retry: RetrySpec::default(),
             backoff: BackoffSpec::default(),
+            mta_sts: DeliveryMtaStsSpec::default(),
             resources: None,
             max_unavailable: default_max_unavailable(),
         }
@@ -580,6 +584,16 @@ impl Default for DeliverySpec {
 
 fn default_lag_per_replica() -> i64 {
     1000
+}
+
+/// MTA-STS towards MX hosts: a domain's `enforce` policy sends its mail only to the MX hosts it
+/// lists, over TLS with a valid certificate; policies are shared by every delivery pod.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryMtaStsSpec {
+    /// Default: true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
 }
 
 /// TLS towards a next hop.

@@ -104,6 +104,9 @@ pub fn build_config(relay: &Relay, valid: &ValidSpec) -> Result<Config, ConfigEr
     if let Some(delay_warning) = valid.delay_warning {
         config.delivery.retry.delay_warning = delay_warning;
     }
+    if let Some(enabled) = delivery.mta_sts.enabled {
+        config.delivery.mta_sts.enabled = enabled;
+    }
     let suppression = &spec.suppression;
     if let Some(enabled) = suppression.enabled {
         config.suppression.enabled = enabled;

@@ -367,6 +367,8 @@ pub struct DeliveryConfig {
     pub dns: DnsConfig,
     /// Port of MX hosts.
     pub mx_port: u16,
+    /// MTA-STS (RFC 8461) towards MX hosts.
+    pub mta_sts: MtaStsConfig,
     /// How long an entry stays with a worker without an acknowledgement before JetStream hands
     /// it to another; attempts in progress renew it every third of this.
     pub ack_wait: Duration,
@@ -489,6 +491,29 @@ impl<'de> Deserialize<'de> for Rate {
     }
 }
 
+/// MTA-STS: recipient domains that publish a policy get mail only at the MX hosts it lists, over
+/// TLS with a certificate valid for them (`enforce`), or as before with what failed reported
+/// (`testing`). Policies are cached in NATS KV for every delivery process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct MtaStsConfig {
+    pub enabled: bool,
+    /// The whole fetch of a policy over HTTPS: address lookup, connection, TLS, the file.
+    pub fetch_timeout: Duration,
+    /// Port of the policy servers (`https://mta-sts.<domain>/`); 443 but for tests.
+    pub port: u16,
+}
+
+impl Default for MtaStsConfig {
+    fn default() -> Self {
+        MtaStsConfig {
+            enabled: true,
+            fetch_timeout: Duration::secs(15),
+            port: 443,
+        }
+    }
+}
+
 /// Name servers for delivery.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -516,6 +541,7 @@ impl Default for DeliveryConfig {
             timeouts: DeliveryTimeouts::default(),
             dns: DnsConfig::default(),
             mx_port: 25,
+            mta_sts: MtaStsConfig::default(),
             ack_wait: Duration::secs(60),
             max_ack_pending: 100_000,
             max_deliveries: 20,

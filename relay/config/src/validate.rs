@@ -344,6 +344,16 @@ impl Config {
             "must be a port number",
         );
         e.check(
+            delivery.mta_sts.port > 0,
+            "delivery.mtaSts.port",
+            "must be a port number",
+        );
+        e.check(
+            !delivery.mta_sts.fetch_timeout.get().is_zero(),
+            "delivery.mtaSts.fetchTimeout",
+            "must be greater than zero",
+        );
+        e.check(
             delivery.connections_per_destination > 0,
             "delivery.connectionsPerDestination",
             "must be greater than zero",
@@ -636,6 +646,15 @@ admin: { address: "0.0.0.0:9090" }
         );
         assert!(
             msg.contains("events.maxBytes: must be greater than zero"),
+            "{msg}"
+        );
+        let msg = errors("delivery: { mtaSts: { port: 0, fetchTimeout: 0s } }\n");
+        assert!(
+            msg.contains("delivery.mtaSts.port: must be a port number"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("delivery.mtaSts.fetchTimeout: must be greater than zero"),
             "{msg}"
         );
         let off = Config::from_yaml("suppression: { enabled: false, expiry: 0s }\n").unwrap();

@@ -135,6 +135,13 @@ impl Dns {
     }
 }
 
+/// A domain name in ASCII (IDNA A-labels), lower case and without a final dot; none when it
+/// is not a valid name.
+pub fn to_ascii(name: &str) -> Option<String> {
+    let name = hickory_resolver::proto::rr::Name::from_utf8(name.trim_end_matches('.')).ok()?;
+    Some(name.to_ascii().trim_end_matches('.').to_ascii_lowercase())
+}
+
 fn fqdn(name: &str) -> String {
     format!("{}.", name.trim_end_matches('.'))
 }
@@ -219,6 +226,16 @@ mod tests {
             firsts.insert(hosts[0].clone());
         }
         assert_eq!(firsts.len(), 3, "each equal host comes first for some seed");
+    }
+
+    #[test]
+    fn names_in_ascii() {
+        assert_eq!(to_ascii("Example.COM.").as_deref(), Some("example.com"));
+        assert_eq!(
+            to_ascii("bücher.example").as_deref(),
+            Some("xn--bcher-kva.example")
+        );
+        assert_eq!(to_ascii("a..b"), None);
     }
 
     #[test]

@@ -71,6 +71,10 @@ pub struct Envelope {
     /// REQUIRETLS (RFC 8689): only verified TLS to servers that offer REQUIRETLS (version 3).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub require_tls: bool,
+    /// The message says `TLS-Required: No` (RFC 8689 §5): recipient-side TLS policies
+    /// (MTA-STS) do not stop its delivery. A build that does not know it applies them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls_optional: bool,
 }
 
 /// One recipient's reply on an entry's last attempt.
@@ -220,6 +224,7 @@ mod tests {
             dsn: DsnRequest::default(),
             delay_reported: false,
             require_tls: false,
+            tls_optional: false,
         }
     }
 

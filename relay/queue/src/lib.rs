@@ -17,7 +17,11 @@ pub mod events;
 #[cfg(feature = "jetstream")]
 pub mod inspect;
 #[cfg(feature = "jetstream")]
+pub mod json_bucket;
+#[cfg(feature = "jetstream")]
 mod legacy;
+#[cfg(feature = "jetstream")]
+pub mod mta_sts;
 #[cfg(feature = "jetstream")]
 pub mod names;
 #[cfg(feature = "jetstream")]

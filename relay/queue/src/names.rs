@@ -68,6 +68,11 @@ pub fn lease_bucket(config: &NatsConfig) -> String {
     format!("{}_LEASES", config.stream)
 }
 
+/// The bucket of MTA-STS policies.
+pub fn mta_sts_bucket(config: &NatsConfig) -> String {
+    format!("{}_MTA_STS", config.stream)
+}
+
 /// The stream of delivery events.
 pub fn events_stream(config: &NatsConfig) -> String {
     format!("{}_EVENTS", config.stream)

@@ -34,6 +34,8 @@ pub struct Submission {
     pub dsn: DsnRequest,
     /// REQUIRETLS (RFC 8689).
     pub require_tls: bool,
+    /// `TLS-Required: No` (RFC 8689 §5).
+    pub tls_optional: bool,
 }
 
 /// A message's content as ingress hands it over.
@@ -393,6 +395,7 @@ impl Queue {
             traceparent,
             dsn,
             require_tls,
+            tls_optional,
         } = submission;
         if !self.is_ready() {
             if let Submitted::Streamed { upload, .. } = content {
@@ -479,6 +482,7 @@ impl Queue {
                     dsn: entry_dsn,
                     delay_reported: false,
                     require_tls,
+                    tls_optional,
                 };
                 self.outgoing(&envelope, &inline, format!("{queue_id}.{index}"))
             })

@@ -4,11 +4,10 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::kv;
-use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::{Queue, QueueError, names};
+use crate::json_bucket::{BucketError, JsonBucket};
+use crate::{Queue, names};
 
 /// One suppressed recipient.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,76 +46,29 @@ impl Reason {
 }
 
 /// Why the list could not be read or changed.
-#[derive(Debug, thiserror::Error)]
-pub enum SuppressionError {
-    #[error(transparent)]
-    Bucket(#[from] QueueError),
-    #[error("suppression list {bucket}: {source}")]
-    Nats {
-        bucket: String,
-        source: async_nats::Error,
-    },
-    #[error("suppression list entry {key}: {source}")]
-    Json {
-        key: String,
-        source: serde_json::Error,
-    },
-}
+pub type SuppressionError = BucketError;
 
 /// The suppression list of one relay. The bucket is created (or its expiry updated) on first use.
 #[derive(Debug)]
 pub struct SuppressionList {
-    queue: Queue,
-    bucket: String,
-    expiry: Duration,
-    store: tokio::sync::OnceCell<kv::Store>,
+    bucket: JsonBucket,
 }
 
 impl SuppressionList {
     pub fn new(queue: Queue, expiry: Duration) -> SuppressionList {
         SuppressionList {
-            bucket: names::suppression_bucket(&queue.inner.config),
-            queue,
-            expiry,
-            store: tokio::sync::OnceCell::new(),
-        }
-    }
-
-    async fn store(&self) -> Result<&kv::Store, SuppressionError> {
-        Ok(self
-            .store
-            .get_or_try_init(|| {
-                self.queue.bucket(
-                    self.bucket.clone(),
-                    self.expiry,
-                    "Postern suppression list: recipients not tried again, by address",
-                )
-            })
-            .await?)
-    }
-
-    fn nats(&self, source: impl Into<async_nats::Error>) -> SuppressionError {
-        SuppressionError::Nats {
-            bucket: self.bucket.clone(),
-            source: source.into(),
+            bucket: JsonBucket::new(
+                queue.clone(),
+                names::suppression_bucket(&queue.inner.config),
+                expiry,
+                "Postern suppression list: recipients not tried again, by address",
+            ),
         }
     }
 
     /// The entry for `address`, if it is suppressed.
     pub async fn get(&self, address: &str) -> Result<Option<Suppressed>, SuppressionError> {
-        let key = key(address);
-        let Some(value) = self
-            .store()
-            .await?
-            .get(&key)
-            .await
-            .map_err(|e| self.nats(e))?
-        else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&value)
-            .map(Some)
-            .map_err(|source| SuppressionError::Json { key, source })
+        self.bucket.get(&key(address)).await
     }
 
     /// Adds `entry` (its address lower-cased), or renews it with the new facts.
@@ -125,16 +77,7 @@ impl SuppressionList {
             address: entry.address.to_lowercase(),
             ..entry.clone()
         };
-        let value = serde_json::to_vec(&entry).map_err(|source| SuppressionError::Json {
-            key: key(&entry.address),
-            source,
-        })?;
-        self.store()
-            .await?
-            .put(key(&entry.address), value.into())
-            .await
-            .map_err(|e| self.nats(e))?;
-        Ok(())
+        self.bucket.put(&key(&entry.address), &entry).await
     }
 
     /// Removes `address`; false if it was not on the list.
@@ -142,47 +85,21 @@ impl SuppressionList {
         if self.get(address).await?.is_none() {
             return Ok(false);
         }
-        self.store()
-            .await?
-            .purge(key(address))
-            .await
-            .map_err(|e| self.nats(e))?;
+        self.bucket.purge(&key(address)).await?;
         Ok(true)
     }
 
     /// Every entry, by address.
     pub async fn list(&self) -> Result<Vec<Suppressed>, SuppressionError> {
-        let store = self.store().await?;
-        let keys: Vec<String> = match store.keys().await {
-            Ok(keys) => keys.try_collect().await.map_err(|e| self.nats(e))?,
-            Err(err) => return Err(self.nats(err)),
-        };
-        let mut entries = Vec::with_capacity(keys.len());
-        for key in keys {
-            let Some(value) = store.get(&key).await.map_err(|e| self.nats(e))? else {
-                continue;
-            };
-            match serde_json::from_slice(&value) {
-                Ok(entry) => entries.push(entry),
-                Err(source) => return Err(SuppressionError::Json { key, source }),
-            }
-        }
-        entries.sort_by(|a: &Suppressed, b| a.address.cmp(&b.address));
+        let mut entries: Vec<Suppressed> = self.bucket.values().await?;
+        entries.sort_by(|a, b| a.address.cmp(&b.address));
         Ok(entries)
     }
 }
 
-/// The KV key of an address: lower case; letters, digits, `-` and `_` as they are, every other
-/// byte as `=XX`, so any address makes one valid key and two addresses never share one.
+/// The KV key of an address (see [`crate::json_bucket::key`]).
 pub fn key(address: &str) -> String {
-    let mut key = String::with_capacity(address.len() + 8);
-    for b in address.to_lowercase().bytes() {
-        match b {
-            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => key.push(char::from(b)),
-            _ => key.push_str(&format!("={b:02x}")),
-        }
-    }
-    key
+    crate::json_bucket::key(address)
 }
 
 #[cfg(test)]

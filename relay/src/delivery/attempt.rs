@@ -281,8 +281,20 @@ async fn start<S: AsyncRead + AsyncWrite + Unpin>(
                         "server offered STARTTLS twice".into(),
                     )));
                 };
-                let name = ServerName::try_from(target.host.clone())
-                    .unwrap_or(ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+                let name = match ServerName::try_from(target.host.clone()) {
+                    Ok(name) => name,
+                    // A certificate can only be verified for the name it must hold.
+                    Err(err) if settings.tls == OutboundTls::Verify => {
+                        return Err(Handshake(std::io::Error::new(
+                            std::io::ErrorKind::InvalidInput,
+                            format!(
+                                "{} is not a name a certificate can hold: {err}",
+                                target.host
+                            ),
+                        )));
+                    }
+                    Err(_) => ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()),
+                };
                 let config = match settings.tls {
                     OutboundTls::Verify => settings.verified.clone(),
                     _ => super::tls::any_certificate(),

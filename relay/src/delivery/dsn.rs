@@ -132,6 +132,7 @@ pub async fn queue_report(
         dsn: Default::default(),
         // RFC 8689 §5: a report about REQUIRETLS mail goes under REQUIRETLS too.
         require_tls: envelope.require_tls,
+        tls_optional: false,
     };
     queue.enqueue(submission).await?;
     info!(queue_id = %envelope.queue_id, report_id = %id, action = action.word(), to = %envelope.sender, "report queued");

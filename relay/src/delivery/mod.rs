@@ -2,6 +2,7 @@
 
 pub mod attempt;
 pub mod dsn;
+pub mod mta_sts;
 pub mod next_hop;
 pub mod retry;
 pub mod route;

@@ -11,8 +11,12 @@ use postern_smtp::{Address, Reply, ReversePath, Status};
 use tracing::info;
 
 use super::attempt::{self, AttemptFailure, Pool, Settings, Target};
+use super::mta_sts::cache::Cached;
+use super::mta_sts::fetch::Fetcher;
+use super::mta_sts::{MtaSts, policy::Mode};
 use super::route;
 use super::tls::{self, CaError};
+use crate::metrics::Metrics;
 use postern_dns::{Dns, DnsSetupError, Exchangers, LookupFailure};
 use postern_queue::Content;
 use postern_queue::destination::state::asks_to_slow_down;
@@ -67,6 +71,9 @@ pub struct NextHops {
     smarthost: Option<(Target, Settings)>,
     pool: Arc<Pool>,
     dns: Dns,
+    /// MTA-STS policies, when `delivery.mtaSts.enabled`.
+    mta_sts: Option<Arc<MtaSts>>,
+    metrics: Arc<Metrics>,
 }
 
 /// Where an entry goes on this attempt.
@@ -85,6 +92,8 @@ pub struct Hop {
     /// The destination's limits for this attempt: its own, lowered while it asked to slow down.
     pub limits: Limits,
     targets: Targets,
+    /// The MTA-STS policy enforced on this hop's MX hosts.
+    enforced: Option<Arc<Cached>>,
 }
 
 #[derive(Debug, Clone)]
@@ -96,7 +105,12 @@ enum Targets {
 }
 
 impl NextHops {
-    pub fn new(config: &Config) -> Result<NextHops, SetupError> {
+    /// The next hops of `config`; MTA-STS policies are shared through `queue`.
+    pub fn new(
+        config: &Config,
+        queue: postern_queue::Queue,
+        metrics: Arc<Metrics>,
+    ) -> Result<NextHops, SetupError> {
         let delivery = &config.delivery;
         let settings = Settings {
             helo_name: delivery
@@ -125,7 +139,18 @@ impl NextHops {
             None => None,
         };
         let dns = Dns::new(&delivery.dns.nameservers)?;
+        let mta_sts = delivery.mta_sts.enabled.then(|| {
+            let fetcher = Fetcher {
+                dns: dns.clone(),
+                tls: settings.verified.clone(),
+                port: delivery.mta_sts.port,
+                timeout: delivery.mta_sts.fetch_timeout.get(),
+            };
+            Arc::new(MtaSts::new(fetcher, Some(queue), metrics.clone()))
+        });
         Ok(NextHops {
+            mta_sts,
+            metrics,
             config: Arc::new(delivery.clone()),
             settings,
             smarthost,
@@ -160,10 +185,11 @@ impl NextHops {
                 limits: destination.limits,
                 destination,
                 targets: Targets::Fixed(Box::new((target, settings))),
+                enforced: None,
             }));
         }
         let seed = ulid::Ulid::new().random() as u64;
-        let hosts = match self.dns.exchangers(&envelope.domain, seed).await {
+        let mut hosts = match self.dns.exchangers(&envelope.domain, seed).await {
             Ok(Exchangers::Hosts(hosts)) => hosts,
             Ok(Exchangers::Implicit) => vec![envelope.domain.clone()],
             Ok(Exchangers::Null) => {
@@ -188,11 +214,56 @@ impl NextHops {
                 ));
             }
         };
+        let policy = match &self.mta_sts {
+            // The sender asked that recipient policies not stop this message (RFC 8689 §5).
+            Some(_) if envelope.tls_optional => None,
+            Some(mta_sts) => mta_sts.policy(&envelope.domain).await,
+            None => None,
+        };
+        let mut enforced = None;
+        if let Some(cached) = policy {
+            let mode = cached.policy.mode;
+            let label = || vec![("mode", mode.as_str())];
+            self.metrics.mta_sts_applied.get_or_create(&label()).inc();
+            let unlisted: Vec<&String> =
+                hosts.iter().filter(|h| !cached.policy.allows(h)).collect();
+            if !unlisted.is_empty() {
+                self.metrics
+                    .mta_sts_mx_not_listed
+                    .get_or_create(&label())
+                    .inc();
+                info!(queue_id = %envelope.queue_id, domain = %envelope.domain, mode = mode.as_str(), id = %cached.id, hosts = ?unlisted, "MX hosts not in the MTA-STS policy");
+            }
+            if mode == Mode::Enforce {
+                let listed = || {
+                    unlisted
+                        .iter()
+                        .map(|h| h.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                if unlisted.len() == hosts.len() {
+                    return everyone(Reply::new(
+                        451,
+                        Status(4, 7, 0),
+                        format!(
+                            "MTA-STS policy {} of {} (enforce) lists none of its MX hosts ({}); mail waits for the policy or the MX records to change",
+                            cached.id,
+                            envelope.domain,
+                            listed()
+                        ),
+                    ));
+                }
+                hosts.retain(|h| cached.policy.allows(h));
+                enforced = Some(cached);
+            }
+        }
         let destination = Destination::of(&self.config, &envelope.domain, &hosts);
         Plan::Go(Box::new(Hop {
             limits: destination.limits,
             destination,
             targets: Targets::Exchangers(hosts),
+            enforced,
         }))
     }
 
@@ -235,7 +306,10 @@ impl NextHops {
                 .collect();
             (results, Some(signal))
         };
-        let failed = |failure: AttemptFailure, host: String| {
+        let failed = |mut failure: AttemptFailure, host: String| {
+            if let Some(policy) = &hop.enforced {
+                failure.reply = under_policy(failure.reply, failure.from_server, policy, envelope);
+            }
             let signal = failure_signal(&failure);
             (
                 everyone(envelope, failure.reply, Some(host), failure.from_server),
@@ -280,7 +354,13 @@ impl NextHops {
             from_server: false,
         };
         let mut last_host = None;
-        let mx_settings = match hop.destination.tls {
+        // An enforced MTA-STS policy asks for a certificate valid for the MX host, whatever the
+        // destination's own setting.
+        let tls = match (&hop.enforced, hop.destination.tls) {
+            (Some(_), _) => Some(OutboundTls::Verify),
+            (None, tls) => tls,
+        };
+        let mx_settings = match tls {
             Some(tls) => Cow::Owned(Settings {
                 tls,
                 ..self.settings.clone()
@@ -334,6 +414,9 @@ impl NextHops {
                 }
             }
         }
+        if let Some(policy) = &hop.enforced {
+            last.reply = under_policy(last.reply, last.from_server, policy, envelope);
+        }
         let signal = failure_signal(&last);
         (
             everyone(envelope, last.reply, last_host, last.from_server),
@@ -353,6 +436,20 @@ fn for_envelope<'a>(settings: &'a Settings, envelope: &Envelope) -> Cow<'a, Sett
     } else {
         Cow::Borrowed(settings)
     }
+}
+
+/// A reply of Postern's own, saying that an enforced MTA-STS policy made the attempt fail.
+fn under_policy(reply: Reply, from_server: bool, policy: &Cached, envelope: &Envelope) -> Reply {
+    if from_server {
+        return reply;
+    }
+    let text = format!(
+        "{} (MTA-STS policy {} of {}: enforce)",
+        reply.text(),
+        policy.id,
+        envelope.domain
+    );
+    Reply::new(reply.code, reply.status.unwrap_or(Status(4, 7, 5)), text)
 }
 
 /// The same reply for every recipient of the entry.

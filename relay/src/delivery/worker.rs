@@ -54,10 +54,10 @@ impl Worker {
         });
         Ok(Worker {
             events: Events::new(config, &queue, metrics.clone()),
+            hops: NextHops::new(config, queue.clone(), metrics.clone())?,
             queue,
             config: Arc::new(config.delivery.clone()),
             hostname: config.hostname.clone(),
-            hops: NextHops::new(config)?,
             metrics,
             suppression,
             checked_at_rcpt: config.suppression.checked_at_rcpt(),

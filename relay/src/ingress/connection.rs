@@ -475,6 +475,12 @@ impl Connection {
             )),
             other => other,
         };
+        // REQUIRETLS overrides the header field (RFC 8689 §5).
+        let tls_optional = !message.require_tls
+            && match &streaming {
+                Some(streaming) => streaming.tls_optional(),
+                None => super::tls_required::says_no(&message.body),
+            };
         // DKIM-Signature fields first, then the Received field, then the message.
         let content = match streaming {
             None => {
@@ -522,6 +528,7 @@ impl Connection {
                     traceparent,
                     dsn: message.dsn,
                     require_tls: message.require_tls,
+                    tls_optional,
                 };
                 shared.queue.enqueue(submission).instrument(span).await
             }

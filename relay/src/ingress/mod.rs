@@ -6,6 +6,7 @@ pub mod memory;
 pub mod proxy;
 pub mod received;
 mod streaming;
+mod tls_required;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

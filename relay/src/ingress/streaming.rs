@@ -19,6 +19,8 @@ pub struct Streaming {
     /// The first failure; the rest of the content is then read and dropped, and the message
     /// refused at its end.
     failed: Option<EnqueueError>,
+    /// The header section (in the first chunk) holds `TLS-Required: No`.
+    tls_optional: bool,
 }
 
 impl Streaming {
@@ -38,7 +40,13 @@ impl Streaming {
             upload,
             signatures: signers.streaming(start),
             failed,
+            tls_optional: super::tls_required::says_no(start),
         }
+    }
+
+    /// The message asks that recipient-side TLS policies not stop its delivery.
+    pub fn tls_optional(&self) -> bool {
+        self.tls_optional
     }
 
     /// The queue id the message will have.
