@@ -23,7 +23,7 @@ async fn each_recipient_and_outcome_is_one_event() {
         relay.smtp(),
         "sender@example.com",
         &["ok@example.org", "bad@example.org", "later@example.org"],
-        b"Subject: events\r\n\r\nx\r\n",
+        b"Subject: events\r\nMessage-ID: <events.1@example.com>\r\n\r\nx\r\n",
     )
     .await;
     mx.wait_for(3, WAIT).await;
@@ -79,6 +79,22 @@ async fn each_recipient_and_outcome_is_one_event() {
     assert!(
         delivered.reply.as_deref().unwrap().starts_with("250 "),
         "{delivered:?}"
+    );
+    assert_eq!(delivered.tls, None, "plaintext");
+    assert!(
+        events
+            .iter()
+            .filter(|e| e.recipient.as_deref() != Some("sender@example.com"))
+            .all(|e| e.message_id.as_deref() == Some("<events.1@example.com>")),
+        "every event of the message names its Message-ID: {events:#?}"
+    );
+    let report = of("sender@example.com")[0];
+    assert!(
+        report
+            .message_id
+            .as_deref()
+            .is_some_and(|id| id.ends_with("@relay.test>")),
+        "the bounce has its own: {report:?}"
     );
     let bounced = of("bad@example.org")
         .into_iter()

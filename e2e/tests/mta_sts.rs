@@ -315,6 +315,30 @@ async fn enforce_delivers_only_to_listed_mx_hosts_over_verified_tls_and_testing_
         1.0
     );
     assert!(metric("postern_mta_sts_mx_not_listed_total{mode=\"enforce\"}") >= 1.0);
+    // Events say how each delivery was protected.
+    let events: Vec<postern_queue::events::Event> =
+        postern_e2e::nats::stored_messages(&nats.url(), &format!("{STREAM}_EVENTS"))
+            .await
+            .iter()
+            .map(|m| serde_json::from_slice(&m.payload).unwrap())
+            .collect();
+    let tls_of = |recipient: &str| {
+        events
+            .iter()
+            .find(|e| {
+                e.kind == postern_queue::events::Kind::Delivered
+                    && e.recipient.as_deref() == Some(recipient)
+            })
+            .and_then(|e| e.tls.clone())
+            .unwrap_or_else(|| panic!("no delivered event over TLS for {recipient}: {events:#?}"))
+    };
+    let enforced = tls_of("a@enforce.example");
+    assert!(enforced.verified, "{enforced:?}");
+    assert_eq!(enforced.policy.as_deref(), Some("mta-sts"));
+    assert!(enforced.version.starts_with("TLSv1."), "{enforced:?}");
+    assert!(enforced.cipher.starts_with("TLS"), "{enforced:?}");
+    let testing = tls_of("e@testing.example");
+    assert!(!testing.verified && testing.policy.is_none(), "{testing:?}");
     // The policy is in the relay's shared cache.
     let client = async_nats::connect(nats.url()).await.unwrap();
     let kv = async_nats::jetstream::new(client)

@@ -61,6 +61,7 @@ mod tests {
             reply: Reply::new(code, status, "no such user"),
             remote_host: host.map(str::to_string),
             expired,
+            tls: None,
         }
     }
 

@@ -13,6 +13,20 @@ use tokio_util::sync::CancellationToken;
 
 use crate::reload::stamp;
 
+/// The protocol version (`TLSv1.3`) and cipher suite (`TLS13_AES_256_GCM_SHA384`) of a session.
+pub fn session_facts(state: &rustls::CommonState) -> (String, String) {
+    let version = state
+        .protocol_version()
+        .and_then(|v| v.as_str())
+        .unwrap_or("TLS")
+        .replace("v1_", "v1.");
+    let cipher = state
+        .negotiated_cipher_suite()
+        .and_then(|c| c.suite().as_str())
+        .unwrap_or("unknown");
+    (version, cipher.to_string())
+}
+
 /// A certificate or key that could not be loaded; the message names the config field.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

@@ -384,6 +384,7 @@ async fn preload_waiting(url: &str, count: usize) -> Result<(), Error> {
             delay_reported: false,
             require_tls: false,
             tls_optional: false,
+            message_id: None,
         };
         let target = names::ready_subject(&prefix, &envelope.domain);
         let mut headers = async_nats::HeaderMap::new();

@@ -75,6 +75,9 @@ pub struct Envelope {
     /// (MTA-STS) do not stop its delivery. A build that does not know it applies them.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tls_optional: bool,
+    /// The message's `Message-ID` field, for delivery events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
 }
 
 /// One recipient's reply on an entry's last attempt.
@@ -225,6 +228,7 @@ mod tests {
             delay_reported: false,
             require_tls: false,
             tls_optional: false,
+            message_id: None,
         }
     }
 

@@ -60,6 +60,9 @@ pub struct Event {
     pub queue_id: String,
     /// The reverse path; empty for the null sender.
     pub sender: String,
+    /// The message's `Message-ID` field, as written (angle brackets included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipient: Option<String>,
     /// The recipient's domain.
@@ -77,12 +80,31 @@ pub struct Event {
     /// The host that gave the reply, when a server did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_host: Option<String>,
+    /// The TLS of the session that gave the reply; absent for plaintext and for Postern's own
+    /// replies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsDetails>,
     /// For a retry: when it is due, RFC 3339.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt: Option<String>,
     /// For a dead letter: why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// The TLS of a delivery session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsDetails {
+    /// `TLSv1.3`, `TLSv1.2`.
+    pub version: String,
+    /// The IANA name of the cipher suite, `TLS13_AES_256_GCM_SHA384`.
+    pub cipher: String,
+    /// The server's certificate was verified for its host name.
+    pub verified: bool,
+    /// The recipient-side policy that asked for it: `mta-sts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
 }
 
 impl Event {
@@ -96,12 +118,14 @@ impl Event {
             time: postern_smtp::date::rfc3339_ms(crate::now_ms()),
             queue_id: queue_id.to_string(),
             sender: sender.to_string(),
+            message_id: None,
             recipient: None,
             domain: None,
             destination: None,
             attempt: None,
             reply: None,
             remote_host: None,
+            tls: None,
             next_attempt: None,
             reason: None,
         }

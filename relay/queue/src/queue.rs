@@ -36,6 +36,8 @@ pub struct Submission {
     pub require_tls: bool,
     /// `TLS-Required: No` (RFC 8689 §5).
     pub tls_optional: bool,
+    /// The message's `Message-ID` field.
+    pub message_id: Option<String>,
 }
 
 /// A message's content as ingress hands it over.
@@ -396,6 +398,7 @@ impl Queue {
             dsn,
             require_tls,
             tls_optional,
+            message_id,
         } = submission;
         if !self.is_ready() {
             if let Submitted::Streamed { upload, .. } = content {
@@ -483,6 +486,7 @@ impl Queue {
                     delay_reported: false,
                     require_tls,
                     tls_optional,
+                    message_id: message_id.clone(),
                 };
                 self.outgoing(&envelope, &inline, format!("{queue_id}.{index}"))
             })

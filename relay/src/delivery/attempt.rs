@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at};
 
 use postern_queue::Content;
+use postern_queue::events::TlsDetails;
 
 /// Where an attempt goes.
 #[derive(Debug, Clone)]
@@ -133,6 +134,8 @@ pub struct Connection<S = TcpStream> {
     /// Messages sent on this session so far.
     messages: usize,
     buf: Vec<u8>,
+    /// The session's TLS, once STARTTLS is done.
+    tls: Option<TlsDetails>,
 }
 
 impl<S> std::fmt::Debug for Connection<S> {
@@ -143,8 +146,8 @@ impl<S> std::fmt::Debug for Connection<S> {
     }
 }
 
-/// Delivers one message at `target`, on a pooled session when there is one.
-/// A session is closed after `max_messages`.
+/// Delivers one message at `target`, on a pooled session when there is one, and says how the
+/// session was protected. A session is closed after `max_messages`.
 pub async fn deliver(
     pool: &Pool,
     target: &Target,
@@ -152,13 +155,14 @@ pub async fn deliver(
     outgoing: &Outgoing,
     content: &Content,
     max_messages: usize,
-) -> Result<Outcome, AttemptFailure> {
+) -> Result<(Outcome, Option<TlsDetails>), AttemptFailure> {
     let key = pool.key(target, settings);
     if let Some(mut connection) = pool.take(&key) {
         match connection.transaction(outgoing, content).await {
             Ok(outcome) => {
+                let tls = connection.tls.clone();
                 pool.give_back(key, connection, max_messages);
-                return Ok(outcome);
+                return Ok((outcome, tls));
             }
             // The server may have closed the session just now; a fresh one decides, unless
             // the body went out already and the server may hold the message.
@@ -173,8 +177,9 @@ pub async fn deliver(
         .transaction(outgoing, content)
         .await
         .map_err(|(failure, _)| failure)?;
+    let tls = connection.tls.clone();
     pool.give_back(key, connection, max_messages);
-    Ok(outcome)
+    Ok((outcome, tls))
 }
 
 /// Opens a session, falling back to plaintext when opportunistic STARTTLS fails.
@@ -266,6 +271,7 @@ async fn start<S: AsyncRead + AsyncWrite + Unpin>(
         write_limit: t.data_block.get(),
         messages: 0,
         buf: vec![0u8; 8 * 1024],
+        tls: None,
     };
     loop {
         match connection.client.next_event() {
@@ -311,6 +317,13 @@ async fn start<S: AsyncRead + AsyncWrite + Unpin>(
                         )));
                     }
                 };
+                let (version, cipher) = crate::tls::session_facts(tls.get_ref().1);
+                connection.tls = Some(TlsDetails {
+                    version,
+                    cipher,
+                    verified: settings.tls == OutboundTls::Verify,
+                    policy: None,
+                });
                 connection.stream = Stream::Tls(Box::new(tls));
                 connection.client.tls_started();
             }

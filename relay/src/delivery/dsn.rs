@@ -11,6 +11,7 @@ use postern_smtp::dsn::{DsnRequest, OriginalRecipient, Ret};
 use tracing::{debug, info};
 
 use postern_queue::entry::Envelope;
+use postern_queue::events::TlsDetails;
 use postern_queue::{ClientFacts, EnqueueError, Queue, Submission, Submitted};
 use postern_smtp::date::rfc5322_date;
 
@@ -133,6 +134,7 @@ pub async fn queue_report(
         // RFC 8689 §5: a report about REQUIRETLS mail goes under REQUIRETLS too.
         require_tls: envelope.require_tls,
         tls_optional: false,
+        message_id: Some(format!("<{id}@{hostname}>")),
     };
     queue.enqueue(submission).await?;
     info!(queue_id = %envelope.queue_id, report_id = %id, action = action.word(), to = %envelope.sender, "report queued");
@@ -152,6 +154,8 @@ pub struct ReportedRecipient {
     pub remote_host: Option<String>,
     /// Set when the reason is the message's age (4.4.7) rather than the reply itself.
     pub expired: bool,
+    /// The TLS of the session that gave the reply.
+    pub tls: Option<TlsDetails>,
 }
 
 impl ReportedRecipient {
@@ -164,6 +168,7 @@ impl ReportedRecipient {
                 reply: reply.clone(),
                 remote_host: None,
                 expired,
+                tls: None,
             })
             .collect()
     }
@@ -500,6 +505,7 @@ mod tests {
             reply,
             remote_host: Some("mx.example.org".into()),
             expired: false,
+            tls: None,
         }
     }
 
@@ -662,12 +668,14 @@ mod tests {
                 reply: Reply::new(550, Status(5, 1, 1), "no such user"),
                 remote_host: Some("mx.example.org".into()),
                 expired: false,
+                tls: None,
             },
             ReportedRecipient {
                 recipient: "slow@example.org".into(),
                 reply: Reply::new(451, Status(4, 2, 0), "try later"),
                 remote_host: Some("mx.example.org".into()),
                 expired: true,
+                tls: None,
             },
         ];
         let report = Report {
@@ -776,12 +784,14 @@ Subject: hi\r
                 reply: Reply::new(550, Status(5, 1, 1), "no such user"),
                 remote_host: Some("mx.bücher.example".into()),
                 expired: false,
+                tls: None,
             },
             ReportedRecipient {
                 recipient: "plain@example.org".into(),
                 reply: Reply::new(550, Status(5, 1, 1), "no such user"),
                 remote_host: None,
                 expired: false,
+                tls: None,
             },
         ];
         let report = Report {

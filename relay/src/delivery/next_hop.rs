@@ -22,6 +22,7 @@ use postern_queue::Content;
 use postern_queue::destination::state::asks_to_slow_down;
 use postern_queue::destination::{Destination, Limits, Signal};
 use postern_queue::entry::Envelope;
+use postern_queue::events::TlsDetails;
 
 /// Why delivery could not start; each message names the config field at fault.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +61,8 @@ pub struct RecipientResult {
     /// The host offered DSN and took the recipient's DSN requests with the message: a success
     /// report is its to send.
     pub dsn_passed: bool,
+    /// The TLS of the session that gave the reply.
+    pub tls: Option<TlsDetails>,
 }
 
 /// The next hops of a delivery process and how to reach them.
@@ -279,7 +282,11 @@ impl NextHops {
             Ok(outgoing) => outgoing,
             Err(reply) => return (everyone(envelope, reply, None, false), None),
         };
-        let each = |outcome: Outcome, host: String| {
+        let each = |(outcome, tls): (Outcome, Option<TlsDetails>), host: String| {
+            let tls = tls.map(|tls| TlsDetails {
+                policy: hop.enforced.as_ref().map(|_| "mta-sts".to_string()),
+                ..tls
+            });
             let signal = match outcome.replies.iter().find(|r| asks_to_slow_down(r)) {
                 Some(reply) => Signal::SlowDown(reply.text().to_string()),
                 None => Signal::Reached,
@@ -302,6 +309,7 @@ impl NextHops {
                     host: Some(host.clone()),
                     from_server,
                     dsn_passed,
+                    tls: tls.clone(),
                 })
                 .collect();
             (results, Some(signal))
@@ -468,6 +476,7 @@ fn everyone(
             host: host.clone(),
             from_server,
             dsn_passed: false,
+            tls: None,
         })
         .collect()
 }

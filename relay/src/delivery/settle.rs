@@ -92,6 +92,7 @@ fn failed(result: RecipientResult, expired: bool) -> ReportedRecipient {
         recipient: result.recipient,
         reply: result.reply,
         expired,
+        tls: result.tls,
     }
 }
 
@@ -108,6 +109,7 @@ mod tests {
             host: Some("mx.example".into()),
             from_server,
             dsn_passed: false,
+            tls: None,
         }
     }
 

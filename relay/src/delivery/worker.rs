@@ -20,7 +20,7 @@ use super::settle::{self, History, RetryPolicy, Settlement};
 use crate::metrics::Metrics;
 use postern_queue::destination::{Destination, Destinations, Lease, Limits, Signal, Transition};
 use postern_queue::entry::{self, EntryError, Envelope, LastReply};
-use postern_queue::events::{Event, Kind};
+use postern_queue::events::{Event, Kind, TlsDetails};
 use postern_queue::suppression::SuppressionList;
 use postern_smtp::date::rfc3339_ms;
 
@@ -618,6 +618,7 @@ impl Worker {
                         host: None,
                         from_server: false,
                         dsn_passed: false,
+                        tls: None,
                     });
                 }
                 Err(err) => {
@@ -726,6 +727,7 @@ impl Worker {
                     host: None,
                     from_server: false,
                     dsn_passed: false,
+                    tls: None,
                 })
                 .collect();
             return self.settle(envelope, content, results, None).await;
@@ -817,23 +819,34 @@ impl Worker {
         settlement: &Settlement,
         destination: Option<&str>,
     ) {
-        let event = |kind, recipient: &str, reply: &Reply, host: Option<&String>| Event {
+        let event = |kind,
+                     recipient: &str,
+                     reply: &Reply,
+                     host: Option<&String>,
+                     tls: Option<&TlsDetails>| Event {
+            message_id: envelope.message_id.clone(),
             destination: destination.map(str::to_string),
             attempt: Some(attempt),
             reply: Some(dsn::reply_text(reply)),
             remote_host: host.cloned(),
+            tls: tls.cloned(),
             ..Event::new(kind, &envelope.queue_id, &envelope.sender).recipient(recipient)
         };
-        for r in &settlement.delivered {
+        // What a server said, over the session's TLS; Postern's own replies have neither.
+        fn from_server(r: &RecipientResult) -> (Option<&String>, Option<&TlsDetails>) {
             let host = r.host.as_ref().filter(|_| r.from_server);
+            (host, r.tls.as_ref().filter(|_| r.from_server))
+        }
+        for r in &settlement.delivered {
+            let (host, tls) = from_server(r);
             self.events
-                .emit(event(Kind::Delivered, &r.recipient, &r.reply, host));
+                .emit(event(Kind::Delivered, &r.recipient, &r.reply, host, tls));
         }
         for r in &settlement.deferred {
-            let host = r.host.as_ref().filter(|_| r.from_server);
+            let (host, tls) = from_server(r);
             self.events.emit(Event {
                 next_attempt: settlement.retry_at.map(rfc3339_ms),
-                ..event(Kind::Deferred, &r.recipient, &r.reply, host)
+                ..event(Kind::Deferred, &r.recipient, &r.reply, host, tls)
             });
         }
         for f in &settlement.bounced {
@@ -844,8 +857,14 @@ impl Worker {
             } else {
                 Kind::Bounced
             };
-            self.events
-                .emit(event(kind, &f.recipient, &f.reply, f.remote_host.as_ref()));
+            let tls = f.tls.as_ref().filter(|_| f.remote_host.is_some());
+            self.events.emit(event(
+                kind,
+                &f.recipient,
+                &f.reply,
+                f.remote_host.as_ref(),
+                tls,
+            ));
         }
     }
 
@@ -853,6 +872,7 @@ impl Worker {
     fn emit_failed(&self, envelope: &Envelope, kind: Kind, reply: &Reply) {
         for recipient in &envelope.recipients {
             self.events.emit(Event {
+                message_id: envelope.message_id.clone(),
                 reply: Some(dsn::reply_text(reply)),
                 ..Event::new(kind, &envelope.queue_id, &envelope.sender).recipient(recipient)
             });
@@ -1021,6 +1041,7 @@ fn reported(result: &RecipientResult) -> ReportedRecipient {
         reply: result.reply.clone(),
         remote_host: result.host.clone().filter(|_| result.from_server),
         expired: false,
+        tls: result.tls.clone(),
     }
 }
 

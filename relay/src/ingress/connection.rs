@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::auth::Check;
+use super::header_fields::HeaderFacts;
 use super::memory::Reservation;
 use super::received::Trace;
 use super::streaming::Streaming;
@@ -203,16 +204,7 @@ impl Connection {
                 std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
             })??;
         let (_, state) = stream.get_ref();
-        let version = state
-            .protocol_version()
-            .and_then(|v| v.as_str())
-            .unwrap_or("TLS")
-            .replace("v1_", "v1.");
-        let cipher = state
-            .negotiated_cipher_suite()
-            .and_then(|c| c.suite().as_str())
-            .unwrap_or("unknown");
-        self.tls = Some((version, cipher.to_string()));
+        self.tls = Some(crate::tls::session_facts(state));
         Ok(stream)
     }
 
@@ -475,12 +467,10 @@ impl Connection {
             )),
             other => other,
         };
-        // REQUIRETLS overrides the header field (RFC 8689 §5).
-        let tls_optional = !message.require_tls
-            && match &streaming {
-                Some(streaming) => streaming.tls_optional(),
-                None => super::tls_required::says_no(&message.body),
-            };
+        let facts = match &streaming {
+            Some(streaming) => streaming.header_facts().clone(),
+            None => HeaderFacts::of(&message.body),
+        };
         // DKIM-Signature fields first, then the Received field, then the message.
         let content = match streaming {
             None => {
@@ -528,7 +518,9 @@ impl Connection {
                     traceparent,
                     dsn: message.dsn,
                     require_tls: message.require_tls,
-                    tls_optional,
+                    // REQUIRETLS overrides the header field (RFC 8689 §5).
+                    tls_optional: facts.tls_optional && !message.require_tls,
+                    message_id: facts.message_id.clone(),
                 };
                 shared.queue.enqueue(submission).instrument(span).await
             }
@@ -536,9 +528,10 @@ impl Connection {
         };
         if queued.is_ok() {
             for (recipient, _) in &accepted {
-                shared.events.emit(
-                    events::Event::new(Kind::Received, &queue_id, &sender).recipient(recipient),
-                );
+                shared.events.emit(events::Event {
+                    message_id: facts.message_id.clone(),
+                    ..events::Event::new(Kind::Received, &queue_id, &sender).recipient(recipient)
+                });
             }
         }
         self.answer(queued, &queue_id, &sender, rcpts, size, started)

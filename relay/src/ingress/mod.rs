@@ -2,11 +2,11 @@
 
 mod auth;
 mod connection;
+mod header_fields;
 pub mod memory;
 pub mod proxy;
 pub mod received;
 mod streaming;
-mod tls_required;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

@@ -8,6 +8,7 @@ use crate::dkim::{Signers, StreamingSignature};
 use postern_queue::bodies::CHUNK;
 use postern_queue::{EnqueueError, Queue, Upload};
 
+use super::header_fields::HeaderFacts;
 use super::memory::Reservation;
 
 /// One streaming message.
@@ -19,8 +20,8 @@ pub struct Streaming {
     /// The first failure; the rest of the content is then read and dropped, and the message
     /// refused at its end.
     failed: Option<EnqueueError>,
-    /// The header section (in the first chunk) holds `TLS-Required: No`.
-    tls_optional: bool,
+    /// What the header section (in the first chunk) says.
+    facts: HeaderFacts,
 }
 
 impl Streaming {
@@ -40,13 +41,13 @@ impl Streaming {
             upload,
             signatures: signers.streaming(start),
             failed,
-            tls_optional: super::tls_required::says_no(start),
+            facts: HeaderFacts::of(start),
         }
     }
 
-    /// The message asks that recipient-side TLS policies not stop its delivery.
-    pub fn tls_optional(&self) -> bool {
-        self.tls_optional
+    /// What the message's header section says.
+    pub fn header_facts(&self) -> &HeaderFacts {
+        &self.facts
     }
 
     /// The queue id the message will have.
