@@ -1,9 +1,11 @@
-//! An HTTPS server on loopback that answers each `Host` with the status, media type and body
-//! the test sets, and any other with 404 (MTA-STS policy servers), recording the requests.
+//! An HTTPS server on loopback that answers each `Host` with what the test scripted for it (a
+//! status, a media type, a body, after a delay) and any other with 404, recording every request
+//! with its headers and body: MTA-STS policy servers and webhook receivers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -18,11 +20,32 @@ pub struct Response {
     pub body: String,
 }
 
+/// A request as it arrived.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: String,
+    pub host: String,
+    pub path: String,
+    /// Names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    /// The first header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 #[derive(Debug)]
 struct State {
-    responses: HashMap<String, Response>,
-    /// `Host` header and path of each request answered.
-    requests: Vec<(String, String)>,
+    /// Per host, the answers in order; the last one repeats.
+    scripts: HashMap<String, VecDeque<(Response, Duration)>>,
+    requests: Vec<Request>,
 }
 
 /// A running server.
@@ -52,7 +75,7 @@ impl HttpsServer {
         let server = HttpsServer {
             addr: listener.local_addr().expect("address"),
             state: Arc::new(Mutex::new(State {
-                responses: HashMap::new(),
+                scripts: HashMap::new(),
                 requests: Vec::new(),
             })),
         };
@@ -64,31 +87,27 @@ impl HttpsServer {
                     let Ok(mut tls) = acceptor.accept(tcp).await else {
                         return;
                     };
-                    let mut request = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match tls.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => request.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let text = String::from_utf8_lossy(&request).into_owned();
-                    let path = text.split(' ').nth(1).unwrap_or_default().to_string();
-                    let host = text
-                        .lines()
-                        .find_map(|l| l.strip_prefix("host: ").or(l.strip_prefix("Host: ")))
-                        .unwrap_or_default()
-                        .to_string();
-                    let response = {
-                        let mut state = state.lock().expect("lock");
-                        let response = state.responses.get(&host).cloned();
-                        state.requests.push((host, path));
-                        response.unwrap_or(Response {
-                            status: 404,
-                            content_type: "text/plain".into(),
-                            body: "not found".into(),
-                        })
+                    let Some(request) = read_request(&mut tls).await else {
+                        return;
                     };
+                    let (response, delay) = {
+                        let mut state = state.lock().expect("lock");
+                        let answer = match state.scripts.get_mut(&request.host) {
+                            Some(script) if script.len() > 1 => script.pop_front(),
+                            Some(script) => script.front().cloned(),
+                            None => None,
+                        };
+                        state.requests.push(request);
+                        answer.unwrap_or((
+                            Response {
+                                status: 404,
+                                content_type: "text/plain".into(),
+                                body: "not found".into(),
+                            },
+                            Duration::ZERO,
+                        ))
+                    };
+                    tokio::time::sleep(delay).await;
                     let head = format!(
                         "HTTP/1.1 {} X\r\ncontent-type: {}\r\ncontent-length: {}\r\nlocation: https://elsewhere.example/\r\nconnection: close\r\n\r\n",
                         response.status,
@@ -106,8 +125,14 @@ impl HttpsServer {
 
     /// Answers requests for `host` with `response` from now on.
     pub fn set(&self, host: &str, response: Response) {
+        self.script(host, vec![(response, Duration::ZERO)]);
+    }
+
+    /// Answers requests for `host` with these, each after its delay, in order; the last one
+    /// repeats.
+    pub fn script(&self, host: &str, answers: Vec<(Response, Duration)>) {
         let mut state = self.state.lock().expect("lock");
-        state.responses.insert(host.to_string(), response);
+        state.scripts.insert(host.to_string(), answers.into());
     }
 
     /// Answers requests for `host` with `body` as `200 text/plain` from now on.
@@ -122,8 +147,56 @@ impl HttpsServer {
         );
     }
 
-    /// `Host` and path of every request answered so far.
-    pub fn requests(&self) -> Vec<(String, String)> {
+    /// Every request so far.
+    pub fn requests(&self) -> Vec<Request> {
         self.state.lock().expect("lock").requests.clone()
     }
+}
+
+/// Reads a request: its head, and a body of `content-length` bytes.
+async fn read_request<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Option<Request> {
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    let head_end = loop {
+        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => data.extend_from_slice(&buf[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&data[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next().unwrap_or_default().split(' ');
+    let method = first.next().unwrap_or_default().to_string();
+    let path = first.next().unwrap_or_default().to_string();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let length: usize = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = data[head_end + 4..].to_vec();
+    while body.len() < length {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => body.extend_from_slice(&buf[..n]),
+        }
+    }
+    let host = headers
+        .iter()
+        .find(|(n, _)| n == "host")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    Some(Request {
+        method,
+        host,
+        path,
+        headers,
+        body,
+    })
 }

@@ -113,7 +113,7 @@ impl World {
         self.policies
             .requests()
             .iter()
-            .filter(|(h, path)| *h == host && path == POLICY_PATH)
+            .filter(|r| r.host == host && r.path == POLICY_PATH)
             .count()
     }
 
@@ -291,7 +291,7 @@ async fn enforce_delivers_only_to_listed_mx_hosts_over_verified_tls_and_testing_
             .policies
             .requests()
             .iter()
-            .all(|(host, path)| host.starts_with("mta-sts.") && path == POLICY_PATH),
+            .all(|r| r.host.starts_with("mta-sts.") && r.path == POLICY_PATH && r.method == "GET"),
         "{:?}",
         world.policies.requests()
     );

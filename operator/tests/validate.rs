@@ -61,6 +61,11 @@ delivery:
   backoff: { initial: "soon", slowDown: "2h", max: "10s" }
   retry: { schedule: ["1m", "5 minutes"], maxAge: "3w", delayWarning: "soon" }
 suppression: { expiry: "a month" }
+events:
+  maxAge: "a week"
+  webhooks:
+    - { name: crm, url: "https://crm.example.com/h", secret: { name: s }, timeout: "0s", kinds: [opened] }
+    - { name: crm, url: "https://crm.example.com/h", secret: { name: s }, retryFor: "3 days" }
 "#,
         ),
     )
@@ -77,6 +82,11 @@ suppression: { expiry: "a month" }
         "spec.delivery.retry.maxAge: invalid duration \"3w\"",
         "spec.delivery.retry.delayWarning: invalid duration \"soon\"",
         "spec.suppression.expiry: invalid duration \"a month\"",
+        "spec.events.maxAge: invalid duration \"a week\"",
+        "spec.events.webhooks[0].timeout: must be greater than zero",
+        "spec.events.webhooks[0].kinds[0]: \"opened\" is not one of received, delivered",
+        "spec.events.webhooks[1].retryFor: invalid duration \"3 days\"",
+        "spec.events.webhooks[1].name: crm is the name of an earlier webhook",
         "spec.delivery.routes[0].host: \"mx.example.com\" is not host:port",
         "spec.delivery.smarthost.host: \"relay.example.net:0\" is not host:port",
         "spec.delivery.ratePerDestination: \"fast\" is not a rate",
@@ -91,7 +101,7 @@ suppression: { expiry: "a month" }
             "missing {expected:?} in:\n{problems}"
         );
     }
-    assert_eq!(err.problems.len(), 18, "{problems}");
+    assert_eq!(err.problems.len(), 23, "{problems}");
     let long = "a".repeat(48);
     assert!(validate(&long, &spec("{}")).is_err());
     validate(&"a".repeat(47), &spec("{}")).unwrap();

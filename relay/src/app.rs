@@ -45,6 +45,8 @@ pub enum StartError {
     Standalone(#[from] StandaloneError),
     #[error(transparent)]
     Delivery(#[from] crate::delivery::SetupError),
+    #[error(transparent)]
+    Webhooks(#[from] crate::webhooks::WebhookSetupError),
     #[error("ingress.limits.passwordChecks: starting the password check threads: {0}")]
     PasswordThreads(std::io::Error),
 }
@@ -237,9 +239,15 @@ pub async fn start(config: Config, role: Role) -> Result<Running, StartError> {
     let delivery = match role.delivery() {
         true => {
             let worker = Worker::new(&config, queue.clone(), metrics.clone())?;
-            Some(tokio::spawn(
-                worker.run(shutdown.clone(), config.shutdown_grace.get()),
-            ))
+            let webhooks = crate::webhooks::Webhooks::new(&config, &queue, metrics.clone())?;
+            let (shutdown, grace) = (shutdown.clone(), config.shutdown_grace.get());
+            Some(tokio::spawn(async move {
+                let hooks = webhooks.map(|hooks| tokio::spawn(hooks.run(shutdown.clone())));
+                worker.run(shutdown, grace).await;
+                if let Some(hooks) = hooks {
+                    let _ = hooks.await;
+                }
+            }))
         }
         false => None,
     };

@@ -7,7 +7,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-type Labels = Vec<(&'static str, &'static str)>;
+pub type Labels = Vec<(&'static str, &'static str)>;
 
 /// Every metric the relay exports.
 #[derive(Debug)]
@@ -59,6 +59,10 @@ pub struct Metrics {
     /// Deliveries for which an MX host was not in the MTA-STS policy, by mode (`enforce`: not
     /// tried; `testing`: tried and reported).
     pub mta_sts_mx_not_listed: Family<Labels, Counter>,
+    /// Webhook POSTs, by webhook and result (`accepted`, `refused`, `failed`).
+    pub webhook_posts: Family<Labels, Counter>,
+    /// Events by webhook and result (`sent`, or `expired`: dropped after `retryFor`).
+    pub webhook_events: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -97,6 +101,8 @@ impl Default for Metrics {
             mta_sts_fetches: Family::default(),
             mta_sts_applied: Family::default(),
             mta_sts_mx_not_listed: Family::default(),
+            webhook_posts: Family::default(),
+            webhook_events: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -259,6 +265,16 @@ impl Default for Metrics {
             "mta_sts_mx_not_listed",
             "Deliveries for which an MX host is not in the domain's MTA-STS policy, by mode (enforce: not tried; testing: tried)",
             metrics.mta_sts_mx_not_listed.clone(),
+        );
+        r.register(
+            "webhook_posts",
+            "Webhook POSTs by webhook and result: accepted (2xx), refused (another status), failed (no answer in time, no connection, TLS)",
+            metrics.webhook_posts.clone(),
+        );
+        r.register(
+            "webhook_events",
+            "Events by webhook and result: sent (in an accepted POST; at least once), expired (dropped, not accepted within retryFor)",
+            metrics.webhook_events.clone(),
         );
         Metrics {
             registry,

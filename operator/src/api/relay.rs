@@ -64,6 +64,9 @@ pub struct RelaySpec {
     /// Recipients that bounced as unknown, not tried again for a while.
     #[serde(default)]
     pub suppression: SuppressionSpec,
+    /// Delivery events (the `<stream>_EVENTS` stream) and the webhooks fed from it.
+    #[serde(default)]
+    pub events: EventsSpec,
     /// Logs and traces.
     #[serde(default)]
     pub telemetry: TelemetrySpec,
@@ -84,6 +87,64 @@ pub struct SuppressionSpec {
     /// What a message to a suppressed recipient gets. Default: reject.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<SuppressionActionSpec>,
+}
+
+/// Delivery events: one JSON event per recipient and outcome in the stream `<stream>_EVENTS`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventsSpec {
+    /// Default: true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Events older than this are removed. Default: 7d.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub max_age: Option<String>,
+    /// The stream keeps at most this many bytes. Default: 1 GiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_bytes: Option<i64>,
+    /// HTTP endpoints that receive events in batches signed with HMAC-SHA256, sent by the
+    /// delivery pods and retried until they are accepted (or `retryFor` old).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub webhooks: Vec<WebhookSpec>,
+}
+
+/// One webhook.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookSpec {
+    /// Lower-case letters, digits and `-`; unique within the Relay.
+    #[schemars(regex(pattern = r"^[a-z0-9-]{1,32}$"))]
+    pub name: String,
+    /// `https://host[:port]/path` (or `http://` inside the cluster). The certificate must be
+    /// valid for the host from a CA the pods trust (the image's system roots).
+    #[schemars(
+        regex(pattern = r"^https?://[^\s/?#]+([/?][^\s]*)?$"),
+        length(max = 2048)
+    )]
+    pub url: String,
+    /// The event kinds it receives: received, delivered, deferred, bounced, expired,
+    /// suppressed, dead_lettered. Default: all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 7))]
+    pub kinds: Vec<String>,
+    /// Secret whose key holds the signing secret. Default key: `secret`. Read for every
+    /// batch, so a rotated Secret takes effect without restarting the pods.
+    pub secret: SecretKeyRef,
+    /// Events per POST at most. Default: 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub batch_size: Option<u32>,
+    /// The whole POST. Default: 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub timeout: Option<String>,
+    /// How long a batch is retried. Default: 72h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub retry_for: Option<String>,
 }
 
 /// What a message to a suppressed recipient gets.

@@ -121,6 +121,18 @@ pub fn build_config(relay: &Relay, valid: &ValidSpec) -> Result<Config, ConfigEr
         };
     }
 
+    let events = &spec.events;
+    if let Some(enabled) = events.enabled {
+        config.events.enabled = enabled;
+    }
+    if let Some(max_age) = valid.events_max_age {
+        config.events.max_age = max_age;
+    }
+    if let Some(max_bytes) = events.max_bytes {
+        config.events.max_bytes = u64::try_from(max_bytes).unwrap_or(1);
+    }
+    config.events.webhooks = valid.webhooks.clone();
+
     config.domains_file = Some(paths::DOMAINS_FILE.into());
     config.admin = AdminConfig {
         address: SocketAddr::from(([0, 0, 0, 0], ADMIN_PORT)),

@@ -5,7 +5,9 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 
-use super::names::{NATS_CA_KEY, NATS_CREDS_KEY, NATS_TOKEN_KEY, SMARTHOST_KEY, USERS_KEY};
+use super::names::{
+    NATS_CA_KEY, NATS_CREDS_KEY, NATS_TOKEN_KEY, SMARTHOST_KEY, USERS_KEY, WEBHOOK_SECRET_KEY,
+};
 use super::queue::{NatsAccess, NatsAuth};
 use crate::api::{Domain, Relay, SecretKeyRef};
 use crate::domain::keystore::{ActiveKey, KeyStore, KeyStoreError};
@@ -117,6 +119,17 @@ pub async fn dereference(
             }
             contents.push(content);
         }
+    }
+    // Webhook secrets must exist, but the pods read them for every batch: a rotation needs no
+    // restart, so they stay out of the restart hash.
+    for hook in &spec.events.webhooks {
+        secret_key(
+            &secrets,
+            "spec.events.webhooks[].secret",
+            &hook.secret,
+            WEBHOOK_SECRET_KEY,
+        )
+        .await?;
     }
     let parts: Vec<&[u8]> = contents.iter().map(Vec::as_slice).collect();
 

@@ -359,6 +359,7 @@ pub fn references_secret(relay: &Relay, name: &str) -> bool {
     ]
     .into_iter()
     .flatten()
+    .chain(spec.events.webhooks.iter().map(|h| &h.secret))
     .any(|r| r.name == name)
         || spec.ingress.tls.secret_name.as_deref() == Some(name)
         || name == format!("{}-tls", relay.name_any())

@@ -22,6 +22,12 @@ pub mod paths {
     /// The signing Secret: the domains file and every active DKIM key.
     pub const SIGNING_DIR: &str = "/etc/postern/signing";
     pub const DOMAINS_FILE: &str = "/etc/postern/signing/domains.yaml";
+
+    /// Where the secret of webhook `name` is mounted (read for every batch, so a rotated
+    /// Secret reaches the pods without a restart).
+    pub fn webhook_dir(name: &str) -> String {
+        format!("/etc/postern/webhooks/{name}")
+    }
 }
 
 /// Key of the domains file in the signing Secret.
@@ -37,6 +43,7 @@ pub const NATS_CREDS_KEY: &str = "nats.creds";
 pub const NATS_TOKEN_KEY: &str = "token";
 pub const NATS_CA_KEY: &str = "ca.crt";
 pub const SMARTHOST_KEY: &str = "credentials";
+pub const WEBHOOK_SECRET_KEY: &str = "secret";
 
 /// The JetStream stream of a relay: `spec.nats.stream`, or `POSTERN_<NAME>`.
 pub fn stream_name(relay: &Relay) -> String {

@@ -6,6 +6,7 @@ use std::str::FromStr;
 use ipnet::IpNet;
 use postern_config::{BackoffConfig, DestinationLimits, Duration, Rate, Sync, is_domain_pattern};
 
+use super::names::{WEBHOOK_SECRET_KEY, paths};
 use crate::api::{DELIVERY_REPLICAS, INGRESS_REPLICAS, RelaySpec};
 
 /// One or more invalid fields of a Relay.
@@ -31,6 +32,10 @@ pub struct ValidSpec {
     pub delay_warning: Option<Duration>,
     /// `suppression.expiry`.
     pub suppression_expiry: Option<Duration>,
+    /// `events.maxAge`.
+    pub events_max_age: Option<Duration>,
+    /// `events.webhooks`, as the relay's config holds them (secrets at their mount paths).
+    pub webhooks: Vec<postern_config::Webhook>,
     /// `delivery.ratePerDestination`, parsed.
     pub rate_per_destination: Option<Rate>,
     /// `delivery.destinations`, parsed.
@@ -200,6 +205,45 @@ pub fn validate(name: &str, spec: &RelaySpec) -> Result<ValidSpec, ValidationErr
         .expiry
         .as_ref()
         .and_then(|d| duration("spec.suppression.expiry".into(), d));
+    let events_max_age = spec
+        .events
+        .max_age
+        .as_ref()
+        .and_then(|d| duration("spec.events.maxAge".into(), d));
+    let mut webhooks = Vec::new();
+    for (i, hook) in spec.events.webhooks.iter().enumerate() {
+        let field = |name: &str| format!("spec.events.webhooks[{i}].{name}");
+        let mut webhook = postern_config::Webhook {
+            name: hook.name.clone(),
+            url: hook.url.clone(),
+            kinds: hook.kinds.clone(),
+            secret_file: format!(
+                "{}/{}",
+                paths::webhook_dir(&hook.name),
+                hook.secret.key_or(WEBHOOK_SECRET_KEY)
+            )
+            .into(),
+            ca_file: None,
+            batch_size: hook.batch_size.map_or(100, |n| n as usize),
+            timeout: Duration::secs(10),
+            retry_for: Duration::secs(72 * 3600),
+        };
+        if let Some(parsed) = hook
+            .timeout
+            .as_deref()
+            .and_then(|t| duration(field("timeout"), t))
+        {
+            webhook.timeout = parsed;
+        }
+        if let Some(parsed) = hook
+            .retry_for
+            .as_deref()
+            .and_then(|t| duration(field("retryFor"), t))
+        {
+            webhook.retry_for = parsed;
+        }
+        webhooks.push(webhook);
+    }
     let mut backoff = BackoffConfig::default();
     let wanted = &spec.delivery.backoff;
     if let Some(n) = wanted.after_failures {
@@ -290,6 +334,39 @@ pub fn validate(name: &str, spec: &RelaySpec) -> Result<ValidSpec, ValidationErr
             format!("{stream:?} may hold only letters, digits, '_' and '-'"),
         );
     }
+    for (i, hook) in webhooks.iter().enumerate() {
+        if webhooks[..i].iter().any(|h| h.name == hook.name) {
+            problem(
+                format!("spec.events.webhooks[{i}].name"),
+                format!("{} is the name of an earlier webhook", hook.name),
+            );
+        }
+        for (k, kind) in hook.kinds.iter().enumerate() {
+            if !postern_config::EVENT_KINDS.contains(&kind.as_str()) {
+                problem(
+                    format!("spec.events.webhooks[{i}].kinds[{k}]"),
+                    format!(
+                        "{kind:?} is not one of {}",
+                        postern_config::EVENT_KINDS.join(", ")
+                    ),
+                );
+            }
+        }
+        for (name, value) in [("timeout", hook.timeout), ("retryFor", hook.retry_for)] {
+            if value.get().is_zero() {
+                problem(
+                    format!("spec.events.webhooks[{i}].{name}"),
+                    "must be greater than zero".into(),
+                );
+            }
+        }
+    }
+    if spec.events.enabled == Some(false) && !webhooks.is_empty() {
+        problem(
+            "spec.events.webhooks".into(),
+            "needs events (spec.events.enabled is false)".into(),
+        );
+    }
     if !problems.is_empty() {
         return Err(ValidationError { problems });
     }
@@ -300,6 +377,8 @@ pub fn validate(name: &str, spec: &RelaySpec) -> Result<ValidSpec, ValidationErr
         max_age,
         delay_warning,
         suppression_expiry,
+        events_max_age,
+        webhooks,
         rate_per_destination,
         destinations,
         backoff,

@@ -193,6 +193,8 @@ pub struct EventsConfig {
     pub max_age: Duration,
     /// The stream keeps at most this many bytes, removing the oldest events first.
     pub max_bytes: u64,
+    /// HTTP endpoints that receive events in signed batches, sent by the delivery processes.
+    pub webhooks: Vec<Webhook>,
 }
 
 impl Default for EventsConfig {
@@ -201,8 +203,60 @@ impl Default for EventsConfig {
             enabled: true,
             max_age: Duration::secs(7 * 86_400),
             max_bytes: 1 << 30,
+            webhooks: Vec::new(),
         }
     }
+}
+
+/// The kinds of delivery events, as event subjects and `events.webhooks[].kinds` name them.
+pub const EVENT_KINDS: [&str; 7] = [
+    "received",
+    "delivered",
+    "deferred",
+    "bounced",
+    "expired",
+    "suppressed",
+    "dead_lettered",
+];
+
+/// One webhook: events POSTed as JSON arrays, signed with HMAC-SHA256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Webhook {
+    /// Names its JetStream consumer (`postern-webhook-<name>`) and its metrics: lower-case
+    /// letters, digits and `-`, at most 32.
+    pub name: String,
+    /// `https://host[:port]/path` (or `http://`).
+    pub url: String,
+    /// The event kinds it receives; all when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kinds: Vec<String>,
+    /// File holding the signing secret (read again for every batch, so it can be rotated).
+    pub secret_file: PathBuf,
+    /// PEM certificates trusted for the endpoint, in addition to the system's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Events per POST at most.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// The whole POST: connection, TLS, request and answer.
+    #[serde(default = "default_webhook_timeout")]
+    pub timeout: Duration,
+    /// A batch not accepted is retried with backoff until its events are this old.
+    #[serde(default = "default_retry_for")]
+    pub retry_for: Duration,
+}
+
+fn default_batch_size() -> usize {
+    100
+}
+
+fn default_webhook_timeout() -> Duration {
+    Duration::secs(10)
+}
+
+fn default_retry_for() -> Duration {
+    Duration::secs(72 * 3600)
 }
 
 /// What a message to a suppressed recipient gets.

@@ -130,6 +130,33 @@ pub(crate) fn is_hostname(name: &str) -> bool {
         })
 }
 
+/// True for `http://` or `https://`, a host name or IP address with an optional port, and an
+/// optional path.
+fn is_http_url(url: &str) -> bool {
+    let Some(rest) = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((host, after)) if after.is_empty() || after.starts_with(':') => {
+                (host, after.strip_prefix(':'))
+            }
+            _ => return false,
+        },
+        None => match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    !url.contains(char::is_whitespace)
+        && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0))
+        && (is_hostname(host) || host.parse::<std::net::IpAddr>().is_ok())
+}
+
 /// True for `host:port` with a non-zero port.
 fn is_host_port(text: &str) -> bool {
     text.rsplit_once(':')
@@ -481,6 +508,55 @@ impl Config {
             "events.maxBytes",
             "must be greater than zero",
         );
+        e.check(
+            events.enabled || events.webhooks.is_empty(),
+            "events.webhooks",
+            "needs events.enabled",
+        );
+        for (i, hook) in events.webhooks.iter().enumerate() {
+            let field = |name: &str| format!("events.webhooks[{i}].{name}");
+            e.check(
+                (1..=32).contains(&hook.name.len())
+                    && hook
+                        .name
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+                field("name"),
+                "must be 1 to 32 lower-case letters, digits and -",
+            );
+            e.check(
+                !events.webhooks[..i].iter().any(|h| h.name == hook.name),
+                field("name"),
+                format!("{} is the name of an earlier webhook", hook.name),
+            );
+            e.check(
+                is_http_url(&hook.url),
+                field("url"),
+                "must be http://host[:port][/path] or https://...",
+            );
+            for (k, kind) in hook.kinds.iter().enumerate() {
+                e.check(
+                    crate::EVENT_KINDS.contains(&kind.as_str()),
+                    format!("events.webhooks[{i}].kinds[{k}]"),
+                    format!("must be one of {}", crate::EVENT_KINDS.join(", ")),
+                );
+            }
+            e.check(
+                (1..=1000).contains(&hook.batch_size),
+                field("batchSize"),
+                "must be 1 to 1000",
+            );
+            e.check(
+                !hook.timeout.get().is_zero(),
+                field("timeout"),
+                "must be greater than zero",
+            );
+            e.check(
+                !hook.retry_for.get().is_zero(),
+                field("retryFor"),
+                "must be greater than zero",
+            );
+        }
 
         if let Some(problem) = self.standalone.sync.problem() {
             e.check(false, "standalone.sync", problem);
@@ -657,6 +733,23 @@ admin: { address: "0.0.0.0:9090" }
             msg.contains("delivery.mtaSts.fetchTimeout: must be greater than zero"),
             "{msg}"
         );
+        let msg = errors(
+            "events:\n  webhooks:\n  - { name: Crm, url: \"ftp://x\", secretFile: s, kinds: [delivered, opened], batchSize: 0, timeout: 0s, retryFor: 0s }\n  - { name: ok, url: \"https://[::1]:8443/hook\", secretFile: s }\n  - { name: ok, url: \"http://hooks.example.com:0/\", secretFile: s }\n",
+        );
+        for wanted in [
+            "events.webhooks[0].name: must be 1 to 32",
+            "events.webhooks[0].url: must be http://",
+            "events.webhooks[0].kinds[1]: must be one of received, delivered",
+            "events.webhooks[0].batchSize",
+            "events.webhooks[0].timeout",
+            "events.webhooks[0].retryFor",
+            "events.webhooks[2].name: ok is the name of an earlier webhook",
+            "events.webhooks[2].url",
+        ] {
+            assert!(msg.contains(wanted), "{wanted}: {msg}");
+        }
+        assert!(!msg.contains("events.webhooks[1]"), "{msg}");
+        assert!(!msg.contains("events.webhooks[0].kinds[0]"), "{msg}");
         let off = Config::from_yaml("suppression: { enabled: false, expiry: 0s }\n").unwrap();
         assert!(!off.suppression.enabled, "off needs no expiry");
         let msg = errors("shutdownGrace: soon\n");
@@ -707,6 +800,16 @@ mod documentation {
             }],
         }];
         config.telemetry.otlp_endpoint = Some("http://collector:4318".into());
+        config.events.webhooks = vec![crate::Webhook {
+            name: "crm".into(),
+            url: "https://hooks.example.com/postern".into(),
+            kinds: vec!["bounced".into()],
+            secret_file: "/secret".into(),
+            ca_file: Some("/ca.pem".into()),
+            batch_size: 100,
+            timeout: crate::Duration::secs(10),
+            retry_for: crate::Duration::secs(3600),
+        }];
         config
     }
 

@@ -144,6 +144,11 @@ impl Event {
     }
 }
 
+/// The consumer of webhook `name`.
+pub fn webhook_consumer_name(name: &str) -> String {
+    format!("postern-webhook-{name}")
+}
+
 /// Where events go: the stream, created or updated on first use.
 #[derive(Debug)]
 pub struct EventLog {
@@ -196,6 +201,55 @@ impl EventLog {
             })
     }
 
+    /// The durable consumer `postern-webhook-<name>` of the events of `kinds` (all when empty),
+    /// created, or updated to these kinds; one shared by every delivery process, so each event
+    /// goes to one of them. A new consumer starts with the events published from now on.
+    pub async fn webhook_consumer(
+        &self,
+        name: &str,
+        kinds: &[String],
+        ack_wait: Duration,
+        max_ack_pending: i64,
+    ) -> Result<jetstream::consumer::PullConsumer, QueueError> {
+        self.ready.get_or_try_init(|| self.provision()).await?;
+        let config = &self.queue.inner.config;
+        let stream_name = names::events_stream(config);
+        let error = |e: async_nats::Error| QueueError::Stream {
+            stream: stream_name.clone(),
+            source: e,
+        };
+        let filter_subjects = if kinds.is_empty() {
+            vec![names::event_subject(config, "*")]
+        } else {
+            kinds
+                .iter()
+                .map(|kind| names::event_subject(config, kind))
+                .collect()
+        };
+        let wanted = jetstream::consumer::pull::Config {
+            durable_name: Some(webhook_consumer_name(name)),
+            description: Some(format!("Postern webhook {name}")),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait,
+            max_deliver: -1,
+            max_ack_pending,
+            deliver_policy: jetstream::consumer::DeliverPolicy::New,
+            filter_subjects,
+            ..Default::default()
+        };
+        let stream = self
+            .queue
+            .inner
+            .jetstream
+            .get_stream(&stream_name)
+            .await
+            .map_err(|e| error(e.into()))?;
+        stream
+            .create_consumer(wanted)
+            .await
+            .map_err(|e| error(e.into()))
+    }
+
     /// Publishes `event` and waits for the stream to store it.
     pub async fn publish(&self, event: &Event) -> Result<(), async_nats::Error> {
         self.ready.get_or_try_init(|| self.provision()).await?;
@@ -221,6 +275,21 @@ impl EventLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kinds_are_the_configs() {
+        let kinds = [
+            Kind::Received,
+            Kind::Delivered,
+            Kind::Deferred,
+            Kind::Bounced,
+            Kind::Expired,
+            Kind::Suppressed,
+            Kind::DeadLettered,
+        ];
+        let names: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names, postern_config::EVENT_KINDS);
+    }
 
     #[test]
     fn the_schema_is_compact_and_stable() {

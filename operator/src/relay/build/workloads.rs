@@ -36,9 +36,9 @@ const PRE_STOP_SECONDS: i64 = 5;
 
 /// A volume from a Secret, mounted read-only at `path`.
 struct SecretMount {
-    volume: &'static str,
+    volume: String,
     secret: String,
-    path: &'static str,
+    path: String,
 }
 
 /// What differs between the two Deployments.
@@ -58,22 +58,22 @@ pub(super) fn ingress(inputs: &RelayInputs, restart_hash: &str, tls_secret: &str
     let relay = &inputs.relay;
     let spec = &relay.spec;
     let mut mounts = vec![SecretMount {
-        volume: "tls",
+        volume: "tls".into(),
         secret: tls_secret.into(),
-        path: paths::TLS_DIR,
+        path: paths::TLS_DIR.into(),
     }];
     if let Some(users) = &spec.ingress.users_secret {
         mounts.push(SecretMount {
-            volume: "users",
+            volume: "users".into(),
             secret: users.name.clone(),
-            path: paths::USERS_DIR,
+            path: paths::USERS_DIR.into(),
         });
     }
     nats_mounts(relay, &mut mounts);
     mounts.push(SecretMount {
-        volume: "signing",
+        volume: "signing".into(),
         secret: signing_secret_name(relay),
-        path: paths::SIGNING_DIR,
+        path: paths::SIGNING_DIR.into(),
     });
     let ports = spec
         .ingress
@@ -95,7 +95,7 @@ pub(super) fn ingress(inputs: &RelayInputs, restart_hash: &str, tls_secret: &str
     )
 }
 
-/// The delivery Deployment: NATS credentials and the smarthost's.
+/// The delivery Deployment: NATS credentials, the smarthost's, and the webhooks' secrets.
 pub(super) fn delivery(inputs: &RelayInputs, restart_hash: &str) -> Deployment {
     let relay = &inputs.relay;
     let spec = &relay.spec;
@@ -108,9 +108,16 @@ pub(super) fn delivery(inputs: &RelayInputs, restart_hash: &str) -> Deployment {
         .and_then(|s| s.credentials_secret.as_ref())
     {
         mounts.push(SecretMount {
-            volume: "smarthost",
+            volume: "smarthost".into(),
             secret: credentials.name.clone(),
-            path: paths::SMARTHOST_DIR,
+            path: paths::SMARTHOST_DIR.into(),
+        });
+    }
+    for hook in &spec.events.webhooks {
+        mounts.push(SecretMount {
+            volume: format!("webhook-{}", hook.name),
+            secret: hook.secret.name.clone(),
+            path: paths::webhook_dir(&hook.name),
         });
     }
     deployment(
@@ -137,23 +144,23 @@ fn drain_seconds() -> i64 {
 fn nats_mounts(relay: &Relay, mounts: &mut Vec<SecretMount>) {
     if let Some(credentials) = &relay.spec.nats.credentials_secret {
         mounts.push(SecretMount {
-            volume: "nats",
+            volume: "nats".into(),
             secret: credentials.name.clone(),
-            path: paths::NATS_DIR,
+            path: paths::NATS_DIR.into(),
         });
     }
     if let Some(token) = &relay.spec.nats.token_secret {
         mounts.push(SecretMount {
-            volume: "nats-token",
+            volume: "nats-token".into(),
             secret: token.name.clone(),
-            path: paths::NATS_TOKEN_DIR,
+            path: paths::NATS_TOKEN_DIR.into(),
         });
     }
     if let Some(ca) = &relay.spec.nats.ca_secret {
         mounts.push(SecretMount {
-            volume: "nats-ca",
+            volume: "nats-ca".into(),
             secret: ca.name.clone(),
-            path: paths::NATS_CA_DIR,
+            path: paths::NATS_CA_DIR.into(),
         });
     }
 }
@@ -223,7 +230,7 @@ fn deployment(inputs: &RelayInputs, workload: Workload<'_>) -> Deployment {
     let mut volume_mounts = vec![mount("config", paths::CONFIG_DIR)];
     for secret in &workload.mounts {
         volumes.push(Volume {
-            name: secret.volume.into(),
+            name: secret.volume.clone(),
             secret: Some(SecretVolumeSource {
                 secret_name: Some(secret.secret.clone()),
                 optional: Some(false),
@@ -232,7 +239,7 @@ fn deployment(inputs: &RelayInputs, workload: Workload<'_>) -> Deployment {
             }),
             ..Volume::default()
         });
-        volume_mounts.push(mount(secret.volume, secret.path));
+        volume_mounts.push(mount(&secret.volume, &secret.path));
     }
     let container = Container {
         name: "postern".into(),

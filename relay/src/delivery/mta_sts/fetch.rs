@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
 use postern_dns::{Dns, LookupFailure};
-use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
+
+use crate::http_client::{self, ExchangeError};
 
 /// The largest policy file taken (RFC 8461 §3.3 suggests 64 KB).
 pub const MAX_POLICY_BYTES: usize = 64 * 1024;
@@ -104,72 +104,51 @@ impl Fetcher {
             let (host, message) = with(last);
             FetchError::Connect { host, message }
         })?;
-        let name = ServerName::try_from(host.to_string()).map_err(|err| {
-            let (host, message) = with(err.to_string());
-            FetchError::Tls { host, message }
-        })?;
-        let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
-            .connect(name, tcp)
+        let tls = http_client::tls(tcp, host, self.tls.clone())
             .await
             .map_err(|err| {
                 let (host, message) = with(err.to_string());
                 FetchError::Tls { host, message }
             })?;
-        let http = |err: hyper::Error| {
-            let (host, message) = with(err.to_string());
-            FetchError::Http { host, message }
-        };
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(http)?;
-        let connection = tokio::spawn(connection);
         let request = http::Request::get("/.well-known/mta-sts.txt")
             .header(http::header::HOST, host)
             .header(http::header::USER_AGENT, "postern")
             .header(http::header::CACHE_CONTROL, "no-cache")
-            .body(Empty::<Bytes>::new())
+            .body(Full::new(Bytes::new()))
             .map_err(|err| {
                 let (host, message) = with(err.to_string());
                 FetchError::Http { host, message }
             })?;
-        let response = sender.send_request(request).await.map_err(http)?;
-        let status = response.status().as_u16();
-        if status != 200 {
-            connection.abort();
+        let answer = http_client::exchange(tls, request, MAX_POLICY_BYTES)
+            .await
+            .map_err(|err| match err {
+                ExchangeError::TooLarge(_) => FetchError::TooLarge {
+                    host: host.to_string(),
+                },
+                ExchangeError::Http(message) => FetchError::Http {
+                    host: host.to_string(),
+                    message,
+                },
+            })?;
+        if answer.status != 200 {
             return Err(FetchError::Status {
                 host: host.to_string(),
-                status,
+                status: answer.status,
             });
         }
-        let content_type = response
-            .headers()
+        let content_type = answer
+            .headers
             .get(http::header::CONTENT_TYPE)
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
             .unwrap_or_default();
         let media_type = content_type.split(';').next().unwrap_or_default().trim();
         if !media_type.eq_ignore_ascii_case("text/plain") {
-            connection.abort();
             return Err(FetchError::ContentType {
                 host: host.to_string(),
                 content_type,
             });
         }
-        let body = Limited::new(response.into_body(), MAX_POLICY_BYTES)
-            .collect()
-            .await;
-        connection.abort();
-        let body = match body {
-            Ok(collected) => collected.to_bytes(),
-            Err(err) if err.is::<http_body_util::LengthLimitError>() => {
-                return Err(FetchError::TooLarge {
-                    host: host.to_string(),
-                });
-            }
-            Err(err) => {
-                let (host, message) = with(err.to_string());
-                return Err(FetchError::Http { host, message });
-            }
-        };
+        let body = answer.body;
         String::from_utf8(body.to_vec()).map_err(|_| FetchError::NotText {
             host: host.to_string(),
         })
