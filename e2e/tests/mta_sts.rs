@@ -51,6 +51,7 @@ impl World {
             "mta-sts.redirect.example",
             "mta-sts.html.example",
             "mta-sts.big.example",
+            "mta-sts.plaintext.example",
         ]);
         let plain = MockMx::start_at(
             SocketAddr::from(([127, 0, 0, 9], 0)),
@@ -182,6 +183,12 @@ async fn enforce_delivers_only_to_listed_mx_hosts_over_verified_tls_and_testing_
             "mx.good.example",
             policy("enforce", &["*.elsewhere.example"]),
         ),
+        // Listed, but without STARTTLS.
+        (
+            "plaintext.example",
+            "mx.rogue.example",
+            policy("enforce", &["mx.rogue.example"]),
+        ),
         (
             "testing.example",
             "mx.other.example",
@@ -220,6 +227,7 @@ async fn enforce_delivers_only_to_listed_mx_hosts_over_verified_tls_and_testing_
         "b@enforce.example",
         "c@badcert.example",
         "d@unlisted.example",
+        "k@plaintext.example",
         "e@testing.example",
         "f@redirect.example",
         "g@html.example",
@@ -250,11 +258,11 @@ async fn enforce_delivers_only_to_listed_mx_hosts_over_verified_tls_and_testing_
         ],
         "enforce over a certificate valid for a listed MX; testing, TLS-Required: No, and policies not taken, as before"
     );
-    // badcert.example and unlisted.example wait, attempt after attempt.
+    // badcert.example, plaintext.example and unlisted.example wait, attempt after attempt.
     wait_for_metric(
         &relay,
         "postern_delivery_outcomes_total{result=\"deferred\"}",
-        4.0,
+        6.0,
     )
     .await;
     let waiting = nats.entries(STREAM).await;
@@ -266,22 +274,33 @@ async fn enforce_delivers_only_to_listed_mx_hosts_over_verified_tls_and_testing_
         })
         .collect();
     replies.sort();
-    assert_eq!(replies.len(), 2, "{replies:?}");
-    assert_eq!(replies[0].0, "badcert.example");
+    assert_eq!(replies.len(), 3, "{replies:?}");
+    for (i, domain) in ["badcert.example", "plaintext.example"].iter().enumerate() {
+        assert_eq!(replies[i].0, *domain);
+        assert!(
+            replies[i].1.starts_with("4")
+                && replies[i]
+                    .1
+                    .contains(&format!("(MTA-STS policy 1 of {domain}: enforce)")),
+            "{replies:?}"
+        );
+    }
+    assert!(replies[1].1.contains("STARTTLS"), "{replies:?}");
+    assert_eq!(replies[2].0, "unlisted.example");
     assert!(
-        replies[0].1.starts_with("4")
-            && replies[0]
-                .1
-                .contains("(MTA-STS policy 1 of badcert.example: enforce)"),
-        "{replies:?}"
-    );
-    assert_eq!(replies[1].0, "unlisted.example");
-    assert!(
-        replies[1].1.starts_with("451 4.7.0 MTA-STS policy 1 of unlisted.example (enforce) lists none of its MX hosts (mx.good.example)"),
+        replies[2].1.starts_with("451 4.7.0 MTA-STS policy 1 of unlisted.example (enforce) lists none of its MX hosts (mx.good.example)"),
         "{replies:?}"
     );
     assert_eq!(world.mx_nats.entries(STREAM).await.len(), 8);
-    assert_eq!(world.plain.transactions(), 0);
+    assert!(
+        world.plain.total_sessions() > 0,
+        "plaintext.example's MX was asked"
+    );
+    assert_eq!(
+        world.plain.transactions(),
+        0,
+        "and got nothing in plaintext"
+    );
     // One fetch per domain though two messages went to enforce.example; none followed the
     // redirect.
     assert_eq!(world.fetches("enforce.example"), 1);
@@ -309,7 +328,7 @@ async fn enforce_delivers_only_to_listed_mx_hosts_over_verified_tls_and_testing_
         1.0
     );
     assert_eq!(metric("postern_mta_sts_fetches_total{result=\"tls\"}"), 1.0);
-    assert_eq!(metric("postern_mta_sts_fetches_total{result=\"ok\"}"), 4.0);
+    assert_eq!(metric("postern_mta_sts_fetches_total{result=\"ok\"}"), 5.0);
     assert_eq!(
         metric("postern_mta_sts_mx_not_listed_total{mode=\"testing\"}"),
         1.0
