@@ -9,6 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use mail_parser::MimeHeaders;
 use postern_config::{Config, ListenerTls, TlsConfig};
 use postern_e2e::https::Response;
 use postern_e2e::relay::listener;
@@ -97,6 +98,16 @@ impl World {
         self.dns
             .address(&format!("mta-sts.{domain}"), ip("127.0.0.1"));
         self.policies.serve(&format!("mta-sts.{domain}"), body);
+    }
+
+    /// `enforce.example` enforces a policy that lists its MX, `mx.good.example`.
+    fn enforce_good(&self) {
+        self.domain(
+            "enforce.example",
+            "mx.good.example",
+            "1",
+            &policy("enforce", &["mx.good.example"]),
+        );
     }
 
     fn sender_config(&self, nats: &NatsServer) -> Config {
@@ -373,12 +384,7 @@ async fn enforce_delivers_only_to_listed_mx_hosts_over_verified_tls_and_testing_
 #[tokio::test]
 async fn a_policy_cached_by_one_process_protects_another_when_the_policy_server_fails() {
     let world = World::new().await;
-    world.domain(
-        "enforce.example",
-        "mx.good.example",
-        "1",
-        &policy("enforce", &["mx.good.example"]),
-    );
+    world.enforce_good();
     let nats = NatsServer::start();
     let mut first = start(world.sender_config(&nats));
     send(&first, "a@enforce.example").await;
@@ -414,4 +420,192 @@ async fn a_policy_cached_by_one_process_protects_another_when_the_policy_server_
         second.metric("postern_mta_sts_mx_not_listed_total{mode=\"enforce\"}"),
         1.0
     );
+}
+
+/// What the TLS reports received so far say about `domain`: (successful sessions, failure
+/// details as (result type, MX host, count)), summed over every report (a period boundary can
+/// split the sessions of one test over two).
+fn report_sums(reports: &[serde_json::Value], domain: &str) -> (u64, Vec<(String, String, u64)>) {
+    let mut successes = 0;
+    let mut failures: Vec<(String, String, u64)> = Vec::new();
+    for report in reports {
+        for policy in report["policies"].as_array().unwrap() {
+            if policy["policy"]["policy-domain"] != domain {
+                continue;
+            }
+            successes += policy["summary"]["total-successful-session-count"]
+                .as_u64()
+                .unwrap();
+            for detail in policy["failure-details"].as_array().unwrap() {
+                let kind = detail["result-type"].as_str().unwrap().to_string();
+                let mx = detail["receiving-mx-hostname"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let count = detail["failed-session-count"].as_u64().unwrap();
+                match failures.iter_mut().find(|(k, m, _)| *k == kind && *m == mx) {
+                    Some(known) => known.2 += count,
+                    None => failures.push((kind, mx, count)),
+                }
+            }
+        }
+    }
+    (successes, failures)
+}
+
+fn gunzip_json(gzipped: &[u8]) -> serde_json::Value {
+    let mut json = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(gzipped), &mut json).unwrap();
+    serde_json::from_slice(&json).unwrap()
+}
+
+#[tokio::test]
+async fn tls_reports_count_the_sessions_of_each_policy_domain_and_reach_its_rua() {
+    let world = World::new().await;
+    world.enforce_good();
+    world.domain(
+        "badcert.example",
+        "mx.other.example",
+        "1",
+        &policy("enforce", &["mx.other.example"]),
+    );
+    world.domain(
+        "testing.example",
+        "mx.other.example",
+        "1",
+        &policy("testing", &["mx.good.example"]),
+    );
+    // Reports go by mail to reports.example (the plaintext MX on 127.0.0.9) and by HTTPS POST.
+    world.dns.mx("reports.example", 10, "mx.rogue.example");
+    let https = format!("https://localhost:{}/tlsrpt", world.policies.addr.port());
+    let post_host = format!("localhost:{}", world.policies.addr.port());
+    world.policies.set(
+        &post_host,
+        Response {
+            status: 201,
+            content_type: "text/plain".into(),
+            body: String::new(),
+        },
+    );
+    world.dns.txt(
+        "_smtp._tls.enforce.example",
+        &format!("v=TLSRPTv1; rua=mailto:tlsrpt@reports.example,{https}"),
+    );
+    world.dns.txt(
+        "_smtp._tls.badcert.example",
+        &format!("v=TLSRPTv1;rua={https}"),
+    );
+    world.dns.txt(
+        "_smtp._tls.testing.example",
+        "v=TLSRPTv1; rua=mailto:tlsrpt@reports.example",
+    );
+    let nats = NatsServer::start();
+    let mut config = world.sender_config(&nats);
+    config.delivery.tls_rpt.period = "2s".parse().unwrap();
+    config.delivery.tls_rpt.organization = Some("Test Relay".into());
+    let relay = start(config);
+    for to in [
+        "a@enforce.example",
+        "b@enforce.example",
+        "c@badcert.example",
+        "d@testing.example",
+    ] {
+        send(&relay, to).await;
+    }
+    let start_time = std::time::Instant::now();
+    loop {
+        let posted: Vec<serde_json::Value> = world
+            .policies
+            .requests()
+            .iter()
+            .filter(|r| r.method == "POST")
+            .map(|r| {
+                assert_eq!(r.path, "/tlsrpt");
+                assert_eq!(r.header("content-type"), Some("application/tlsrpt+gzip"));
+                gunzip_json(&r.body)
+            })
+            .collect();
+        let mailed: Vec<serde_json::Value> = world
+            .plain
+            .delivered()
+            .iter()
+            .map(|d| {
+                assert_eq!(d.from, "", "reports go from the null sender");
+                let text = d.text();
+                let message = mail_parser::MessageParser::new()
+                    .parse(text.as_bytes())
+                    .unwrap();
+                assert!(
+                    text.contains("Content-Type: multipart/report; report-type=\"tlsrpt\""),
+                    "{text}"
+                );
+                assert!(text.contains("TLS-Report-Submitter: relay.test"), "{text}");
+                let attachment = message
+                    .attachments()
+                    .find(|a| a.is_content_type("application", "tlsrpt+gzip"))
+                    .unwrap_or_else(|| panic!("no application/tlsrpt+gzip part: {text}"));
+                gunzip_json(attachment.contents())
+            })
+            .collect();
+        let enforce_posted = report_sums(&posted, "enforce.example");
+        let enforce_mailed = report_sums(&mailed, "enforce.example");
+        let badcert = report_sums(&posted, "badcert.example");
+        let testing = report_sums(&mailed, "testing.example");
+        let done = enforce_posted.0 == 2
+            && enforce_mailed.0 == 2
+            && badcert.1.iter().any(|(_, _, n)| *n >= 2)
+            && testing.1.iter().map(|(_, _, n)| n).sum::<u64>() == 1;
+        if done {
+            assert!(enforce_posted.1.is_empty(), "{enforce_posted:?}");
+            assert_eq!(badcert.0, 0);
+            assert!(
+                badcert
+                    .1
+                    .iter()
+                    .all(|(kind, mx, _)| kind == "certificate-host-mismatch"
+                        && mx == "mx.other.example"),
+                "{badcert:?}"
+            );
+            assert_eq!(
+                testing,
+                (
+                    0,
+                    vec![("validation-failure".into(), "mx.other.example".into(), 1)]
+                ),
+                "the MX is not listed; the mail went anyway"
+            );
+            let report = posted
+                .iter()
+                .find(|r| r["policies"][0]["policy"]["policy-domain"] == "enforce.example")
+                .unwrap();
+            assert_eq!(report["organization-name"], "Test Relay");
+            assert_eq!(report["contact-info"], "postmaster@relay.test");
+            let policy = &report["policies"][0]["policy"];
+            assert_eq!(policy["policy-type"], "sts");
+            assert_eq!(policy["mx-host"][0], "mx.good.example");
+            assert!(
+                policy["policy-string"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|l| l == "mode: enforce"),
+                "{policy}"
+            );
+            assert!(report["date-range"]["start-datetime"].is_string());
+            break;
+        }
+        assert!(
+            start_time.elapsed() < Duration::from_secs(30),
+            "posted {posted:#?}\nmailed {mailed:#?}\n{}",
+            relay.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Only testing.example's mail arrived at the MX over TLS besides enforce.example's.
+    let domains = world.delivered_domains(3, &relay).await;
+    assert_eq!(
+        domains,
+        ["enforce.example", "enforce.example", "testing.example"]
+    );
+    assert!(relay.metric("postern_tls_reports_total{result=\"sent\"}") >= 3.0);
 }

@@ -63,6 +63,8 @@ pub struct Metrics {
     pub webhook_posts: Family<Labels, Counter>,
     /// Events by webhook and result (`sent`, or `expired`: dropped after `retryFor`).
     pub webhook_events: Family<Labels, Counter>,
+    /// TLS reports, by result (`sent`, `failed`, `no_destination`).
+    pub tls_reports: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -103,6 +105,7 @@ impl Default for Metrics {
             mta_sts_mx_not_listed: Family::default(),
             webhook_posts: Family::default(),
             webhook_events: Family::default(),
+            tls_reports: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -275,6 +278,11 @@ impl Default for Metrics {
             "webhook_events",
             "Events by webhook and result: sent (in an accepted POST; at least once), expired (dropped, not accepted within retryFor)",
             metrics.webhook_events.clone(),
+        );
+        r.register(
+            "tls_reports",
+            "TLS reports (RFC 8460) of ended periods by result: sent (to at least one destination), failed, no_destination (the domain publishes no rua)",
+            metrics.tls_reports.clone(),
         );
         Metrics {
             registry,

@@ -612,6 +612,9 @@ pub struct DeliverySpec {
     /// MTA-STS (RFC 8461) towards MX hosts.
     #[serde(default)]
     pub mta_sts: DeliveryMtaStsSpec,
+    /// TLS reports (RFC 8460) to the domains whose MTA-STS policies delivery applied.
+    #[serde(default)]
+    pub tls_rpt: DeliveryTlsRptSpec,
     /// CPU and memory of each delivery pod. Default: requests 100m / 128Mi, memory limit 512Mi.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
@@ -637,6 +640,7 @@ impl Default for DeliverySpec {
             retry: RetrySpec::default(),
             backoff: BackoffSpec::default(),
             mta_sts: DeliveryMtaStsSpec::default(),
+            tls_rpt: DeliveryTlsRptSpec::default(),
             resources: None,
             max_unavailable: default_max_unavailable(),
         }
@@ -655,6 +659,24 @@ pub struct DeliveryMtaStsSpec {
     /// Default: true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
+}
+
+/// TLS reporting: daily aggregate reports of the sessions to each domain with an MTA-STS
+/// policy, to the `rua` of its `_smtp._tls` record.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryTlsRptSpec {
+    /// Default: true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// `organization-name` of the reports. Default: the hostname.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 200))]
+    pub organization: Option<String>,
+    /// `contact-info` of the reports. Default: postmaster@ the hostname.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 200))]
+    pub contact: Option<String>,
 }
 
 /// TLS towards a next hop.

@@ -107,6 +107,12 @@ pub fn build_config(relay: &Relay, valid: &ValidSpec) -> Result<Config, ConfigEr
     if let Some(enabled) = delivery.mta_sts.enabled {
         config.delivery.mta_sts.enabled = enabled;
     }
+    let tls_rpt = &delivery.tls_rpt;
+    if let Some(enabled) = tls_rpt.enabled {
+        config.delivery.tls_rpt.enabled = enabled;
+    }
+    config.delivery.tls_rpt.organization = tls_rpt.organization.clone();
+    config.delivery.tls_rpt.contact = tls_rpt.contact.clone();
     let suppression = &spec.suppression;
     if let Some(enabled) = suppression.enabled {
         config.suppression.enabled = enabled;

@@ -423,6 +423,8 @@ pub struct DeliveryConfig {
     pub mx_port: u16,
     /// MTA-STS (RFC 8461) towards MX hosts.
     pub mta_sts: MtaStsConfig,
+    /// TLS reports (RFC 8460) to the domains whose policies delivery applied.
+    pub tls_rpt: TlsRptConfig,
     /// How long an entry stays with a worker without an acknowledgement before JetStream hands
     /// it to another; attempts in progress renew it every third of this.
     pub ack_wait: Duration,
@@ -568,6 +570,34 @@ impl Default for MtaStsConfig {
     }
 }
 
+/// TLS reporting: sessions to domains with an MTA-STS policy are counted (across every delivery
+/// process, in NATS KV) and once a period an aggregate report goes to each domain that asks for
+/// it in its `_smtp._tls` TXT record, by mail or HTTPS POST.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct TlsRptConfig {
+    pub enabled: bool,
+    /// `organization-name` of the reports; `hostname` when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub organization: Option<String>,
+    /// `contact-info` of the reports; `postmaster@<hostname>` when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contact: Option<String>,
+    /// The time one report covers, from midnight UTC; a day (RFC 8460 §4.1), but for tests.
+    pub period: Duration,
+}
+
+impl Default for TlsRptConfig {
+    fn default() -> Self {
+        TlsRptConfig {
+            enabled: true,
+            organization: None,
+            contact: None,
+            period: Duration::secs(86_400),
+        }
+    }
+}
+
 /// Name servers for delivery.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -596,6 +626,7 @@ impl Default for DeliveryConfig {
             dns: DnsConfig::default(),
             mx_port: 25,
             mta_sts: MtaStsConfig::default(),
+            tls_rpt: TlsRptConfig::default(),
             ack_wait: Duration::secs(60),
             max_ack_pending: 100_000,
             max_deliveries: 20,

@@ -376,6 +376,11 @@ impl Config {
             "must be a port number",
         );
         e.check(
+            delivery.tls_rpt.period.get() >= std::time::Duration::from_secs(1),
+            "delivery.tlsRpt.period",
+            "must be at least 1s",
+        );
+        e.check(
             !delivery.mta_sts.fetch_timeout.get().is_zero(),
             "delivery.mtaSts.fetchTimeout",
             "must be greater than zero",
@@ -724,7 +729,13 @@ admin: { address: "0.0.0.0:9090" }
             msg.contains("events.maxBytes: must be greater than zero"),
             "{msg}"
         );
-        let msg = errors("delivery: { mtaSts: { port: 0, fetchTimeout: 0s } }\n");
+        let msg = errors(
+            "delivery: { mtaSts: { port: 0, fetchTimeout: 0s }, tlsRpt: { period: 500ms } }\n",
+        );
+        assert!(
+            msg.contains("delivery.tlsRpt.period: must be at least 1s"),
+            "{msg}"
+        );
         assert!(
             msg.contains("delivery.mtaSts.port: must be a port number"),
             "{msg}"
@@ -800,6 +811,8 @@ mod documentation {
             }],
         }];
         config.telemetry.otlp_endpoint = Some("http://collector:4318".into());
+        config.delivery.tls_rpt.organization = Some("Example".into());
+        config.delivery.tls_rpt.contact = Some("tls@example.com".into());
         config.events.webhooks = vec![crate::Webhook {
             name: "crm".into(),
             url: "https://hooks.example.com/postern".into(),

@@ -116,13 +116,77 @@ impl JsonBucket {
         Ok(())
     }
 
+    /// Writes `value` at `key` unless the key exists; false if it did.
+    pub async fn create<T: Serialize>(&self, key: &str, value: &T) -> Result<bool, BucketError> {
+        let bytes = serde_json::to_vec(value).map_err(|source| self.json(key, source))?;
+        match self.store().await?.create(key, bytes.into()).await {
+            Ok(_) => Ok(true),
+            Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+            Err(err) => Err(self.nats(err)),
+        }
+    }
+
+    /// Replaces the value at `key` with `change(the value there)`, compare-and-set, so that
+    /// processes changing one key at once each see the other's change.
+    pub async fn change<T, F>(&self, key: &str, change: F) -> Result<(), BucketError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: Fn(Option<T>) -> T,
+    {
+        let store = self.store().await?;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let entry = store.entry(key).await.map_err(|e| self.nats(e))?;
+            let (current, revision) = match entry {
+                Some(entry) if entry.operation == kv::Operation::Put => {
+                    let value = serde_json::from_slice(&entry.value)
+                        .map_err(|source| self.json(key, source))?;
+                    (Some(value), Some(entry.revision))
+                }
+                Some(entry) => (None, Some(entry.revision)),
+                None => (None, None),
+            };
+            let bytes =
+                serde_json::to_vec(&change(current)).map_err(|source| self.json(key, source))?;
+            let written = match revision {
+                Some(revision) => store
+                    .update(key, bytes.into(), revision)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| {
+                        (
+                            e.kind() == kv::UpdateErrorKind::WrongLastRevision,
+                            self.nats(e),
+                        )
+                    }),
+                None => store
+                    .create(key, bytes.into())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| (e.kind() == kv::CreateErrorKind::AlreadyExists, self.nats(e))),
+            };
+            match written {
+                Ok(()) => return Ok(()),
+                // Another process wrote first: read its value and change that.
+                Err((true, _)) if tries < 20 => continue,
+                Err((_, err)) => return Err(err),
+            }
+        }
+    }
+
+    /// Every key.
+    pub async fn keys(&self) -> Result<Vec<String>, BucketError> {
+        let store = self.store().await?;
+        match store.keys().await {
+            Ok(keys) => keys.try_collect().await.map_err(|e| self.nats(e)),
+            Err(err) => Err(self.nats(err)),
+        }
+    }
+
     /// Every value, in no particular order.
     pub async fn values<T: DeserializeOwned>(&self) -> Result<Vec<T>, BucketError> {
-        let store = self.store().await?;
-        let keys: Vec<String> = match store.keys().await {
-            Ok(keys) => keys.try_collect().await.map_err(|e| self.nats(e))?,
-            Err(err) => return Err(self.nats(err)),
-        };
+        let keys = self.keys().await?;
         let mut values = Vec::with_capacity(keys.len());
         for key in keys {
             if let Some(value) = self.get(&key).await? {

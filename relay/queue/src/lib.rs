@@ -30,6 +30,8 @@ mod publish;
 mod queue;
 #[cfg(feature = "jetstream")]
 pub mod suppression;
+#[cfg(feature = "jetstream")]
+pub mod tls_rpt;
 
 #[cfg(feature = "jetstream")]
 pub use queue::*;

@@ -73,6 +73,11 @@ pub fn mta_sts_bucket(config: &NatsConfig) -> String {
     format!("{}_MTA_STS", config.stream)
 }
 
+/// The bucket of TLS report tallies.
+pub fn tls_rpt_bucket(config: &NatsConfig) -> String {
+    format!("{}_TLSRPT", config.stream)
+}
+
 /// The stream of delivery events.
 pub fn events_stream(config: &NatsConfig) -> String {
     format!("{}_EVENTS", config.stream)

@@ -25,6 +25,8 @@ use tokio::time::{timeout, timeout_at};
 use postern_queue::Content;
 use postern_queue::events::TlsDetails;
 
+use super::tls_rpt::report::ResultType;
+
 /// Where an attempt goes.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -55,6 +57,12 @@ pub struct Settings {
     /// AUTH PLAIN credentials (smarthost).
     pub auth: Option<(String, String)>,
     pub timeouts: DeliveryTimeouts,
+    /// Checks certificates against the roots of `verified`, after a handshake that did not;
+    /// none when there are no roots.
+    pub webpki: Option<Arc<rustls::client::WebPkiServerVerifier>>,
+    /// Check the certificate after the handshake, whatever `tls` is, and say how it went
+    /// (`Session::certificate`): an MTA-STS policy in testing mode, for TLS reports.
+    pub check_certificate: bool,
 }
 
 /// Why an attempt ended before every recipient had a reply: the server's reply, or a 4xx that
@@ -67,6 +75,17 @@ pub struct AttemptFailure {
     pub next_host: bool,
     /// The server said it (rather than Postern deciding).
     pub from_server: bool,
+    /// The attempt failed for TLS: how, for TLS reports.
+    pub tls: Option<ResultType>,
+}
+
+/// What an attempt's session was like.
+#[derive(Debug, Clone, Default)]
+pub struct Session {
+    pub tls: Option<TlsDetails>,
+    /// The server's certificate checked against the trusted roots for the host name: verified
+    /// by the handshake (`tls: verify`), or after it when `Settings::check_certificate` asked.
+    pub certificate: Option<Result<(), ResultType>>,
 }
 
 impl AttemptFailure {
@@ -74,6 +93,7 @@ impl AttemptFailure {
         AttemptFailure {
             next_host: before_session(failure.stage),
             from_server: failure.kind == FailureKind::Refused,
+            tls: (failure.stage == Stage::StartTls).then_some(ResultType::StarttlsNotSupported),
             reply: failure.reply,
         }
     }
@@ -136,6 +156,7 @@ pub struct Connection<S = TcpStream> {
     buf: Vec<u8>,
     /// The session's TLS, once STARTTLS is done.
     tls: Option<TlsDetails>,
+    certificate: Option<Result<(), ResultType>>,
 }
 
 impl<S> std::fmt::Debug for Connection<S> {
@@ -155,14 +176,14 @@ pub async fn deliver(
     outgoing: &Outgoing,
     content: &Content,
     max_messages: usize,
-) -> Result<(Outcome, Option<TlsDetails>), AttemptFailure> {
+) -> Result<(Outcome, Session), AttemptFailure> {
     let key = pool.key(target, settings);
     if let Some(mut connection) = pool.take(&key) {
         match connection.transaction(outgoing, content).await {
             Ok(outcome) => {
-                let tls = connection.tls.clone();
+                let session = connection.session();
                 pool.give_back(key, connection, max_messages);
-                return Ok((outcome, tls));
+                return Ok((outcome, session));
             }
             // The server may have closed the session just now; a fresh one decides, unless
             // the body went out already and the server may hold the message.
@@ -177,9 +198,9 @@ pub async fn deliver(
         .transaction(outgoing, content)
         .await
         .map_err(|(failure, _)| failure)?;
-    let tls = connection.tls.clone();
+    let session = connection.session();
     pool.give_back(key, connection, max_messages);
-    Ok((outcome, tls))
+    Ok((outcome, session))
 }
 
 /// Opens a session, falling back to plaintext when opportunistic STARTTLS fails.
@@ -235,6 +256,7 @@ impl AttemptError {
         match self {
             Handshake(err) => AttemptFailure {
                 next_host: true,
+                tls: Some(classify(&err)),
                 ..local(4, 7, 5, format!("TLS handshake failed: {err}"))
             },
             Other(failure) => failure,
@@ -272,6 +294,7 @@ async fn start<S: AsyncRead + AsyncWrite + Unpin>(
         messages: 0,
         buf: vec![0u8; 8 * 1024],
         tls: None,
+        certificate: None,
     };
     loop {
         match connection.client.next_event() {
@@ -318,6 +341,15 @@ async fn start<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                 };
                 let (version, cipher) = crate::tls::session_facts(tls.get_ref().1);
+                connection.certificate = match settings.tls {
+                    OutboundTls::Verify => Some(Ok(())),
+                    _ if settings.check_certificate => Some(check(
+                        settings.webpki.as_deref(),
+                        tls.get_ref().1,
+                        &target.host,
+                    )),
+                    _ => None,
+                };
                 connection.tls = Some(TlsDetails {
                     version,
                     cipher,
@@ -348,6 +380,15 @@ async fn start<S: AsyncRead + AsyncWrite + Unpin>(
             ClientEvent::SendBody | ClientEvent::Done(_) | ClientEvent::Closed => {
                 return Err(Other(local(4, 5, 0, "unexpected session state".into())));
             }
+        }
+    }
+}
+
+impl<S> Connection<S> {
+    fn session(&self) -> Session {
+        Session {
+            tls: self.tls.clone(),
+            certificate: self.certificate,
         }
     }
 }
@@ -563,8 +604,8 @@ impl Pool {
     fn key(&self, target: &Target, settings: &Settings) -> String {
         let user = settings.auth.as_ref().map_or("", |(user, _)| user.as_str());
         format!(
-            "{}|{}|{:?}|{user}",
-            target.address, target.host, settings.tls
+            "{}|{}|{:?}|{}|{user}",
+            target.address, target.host, settings.tls, settings.check_certificate
         )
     }
 
@@ -650,6 +691,60 @@ fn local(class: u8, subject: u16, detail: u16, text: String) -> AttemptFailure {
         reply: Reply::new(451, Status(class, subject, detail), text),
         next_host: false,
         from_server: false,
+        tls: None,
+    }
+}
+
+/// Checks the certificate a finished handshake got (one that accepted any) for `host`.
+fn check(
+    webpki: Option<&rustls::client::WebPkiServerVerifier>,
+    state: &rustls::ClientConnection,
+    host: &str,
+) -> Result<(), ResultType> {
+    use rustls::client::danger::ServerCertVerifier;
+    let webpki = webpki.ok_or(ResultType::CertificateNotTrusted)?;
+    let certificates = state.peer_certificates().unwrap_or_default();
+    let (end_entity, intermediates) = certificates
+        .split_first()
+        .ok_or(ResultType::ValidationFailure)?;
+    let name =
+        ServerName::try_from(host.to_string()).map_err(|_| ResultType::CertificateHostMismatch)?;
+    match webpki.verify_server_cert(
+        end_entity,
+        intermediates,
+        &name,
+        &[],
+        rustls_pki_types::UnixTime::now(),
+    ) {
+        Ok(_) => Ok(()),
+        Err(rustls::Error::InvalidCertificate(error)) => Err(certificate_result(&error)),
+        Err(_) => Err(ResultType::ValidationFailure),
+    }
+}
+
+/// The TLS report result type of a failed handshake.
+fn classify(err: &std::io::Error) -> ResultType {
+    match err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::InvalidCertificate(certificate)) => certificate_result(certificate),
+        _ => ResultType::ValidationFailure,
+    }
+}
+
+/// The result type of a certificate that did not verify.
+fn certificate_result(error: &rustls::CertificateError) -> ResultType {
+    use rustls::CertificateError as C;
+    match error {
+        C::NotValidForName | C::NotValidForNameContext { .. } => {
+            ResultType::CertificateHostMismatch
+        }
+        C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. } => {
+            ResultType::CertificateExpired
+        }
+        C::UnknownIssuer | C::BadSignature => ResultType::CertificateNotTrusted,
+        _ => ResultType::ValidationFailure,
     }
 }
 
@@ -719,6 +814,8 @@ mod tests {
             verified: super::super::tls::any_certificate(),
             auth: None,
             timeouts: DeliveryTimeouts::default(),
+            webpki: None,
+            check_certificate: false,
         }
     }
 

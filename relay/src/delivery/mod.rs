@@ -8,6 +8,7 @@ pub mod retry;
 pub mod route;
 pub mod settle;
 pub mod tls;
+pub mod tls_rpt;
 mod worker;
 
 pub use next_hop::SetupError;

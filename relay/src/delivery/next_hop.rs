@@ -2,7 +2,7 @@
 //! order), the destination that makes it, and one attempt there.
 
 use std::borrow::Cow;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use postern_config::{Config, DeliveryConfig, OutboundTls};
@@ -10,12 +10,14 @@ use postern_smtp::client::{Outcome, Outgoing, Source};
 use postern_smtp::{Address, Reply, ReversePath, Status};
 use tracing::info;
 
-use super::attempt::{self, AttemptFailure, Pool, Settings, Target};
+use super::attempt::{self, AttemptFailure, Pool, Session, Settings, Target};
 use super::mta_sts::cache::Cached;
 use super::mta_sts::fetch::Fetcher;
 use super::mta_sts::{MtaSts, policy::Mode};
 use super::route;
 use super::tls::{self, CaError};
+use super::tls_rpt::TlsReports;
+use super::tls_rpt::report::ResultType;
 use crate::metrics::Metrics;
 use postern_dns::{Dns, DnsSetupError, Exchangers, LookupFailure};
 use postern_queue::Content;
@@ -76,6 +78,8 @@ pub struct NextHops {
     dns: Dns,
     /// MTA-STS policies, when `delivery.mtaSts.enabled`.
     mta_sts: Option<Arc<MtaSts>>,
+    /// TLS reports about the sessions under those policies, when `delivery.tlsRpt.enabled`.
+    tls_reports: Option<Arc<TlsReports>>,
     metrics: Arc<Metrics>,
 }
 
@@ -95,7 +99,9 @@ pub struct Hop {
     /// The destination's limits for this attempt: its own, lowered while it asked to slow down.
     pub limits: Limits,
     targets: Targets,
-    /// The MTA-STS policy enforced on this hop's MX hosts.
+    /// The MTA-STS policy of this hop's MX hosts (`enforce` or `testing`).
+    sts: Option<Arc<Cached>>,
+    /// That policy, when it is enforced.
     enforced: Option<Arc<Cached>>,
 }
 
@@ -124,6 +130,8 @@ impl NextHops {
             verified: tls::verified(delivery.ca_file.as_deref())?,
             auth: None,
             timeouts: delivery.timeouts.clone(),
+            webpki: tls::webpki(delivery.ca_file.as_deref())?,
+            check_certificate: false,
         };
         let smarthost = match &delivery.smarthost {
             Some(smarthost) => {
@@ -142,6 +150,19 @@ impl NextHops {
             None => None,
         };
         let dns = Dns::new(&delivery.dns.nameservers)?;
+        let tls_reports = delivery
+            .mta_sts
+            .enabled
+            .then(|| {
+                TlsReports::new(
+                    config,
+                    &queue,
+                    dns.clone(),
+                    settings.verified.clone(),
+                    metrics.clone(),
+                )
+            })
+            .flatten();
         let mta_sts = delivery.mta_sts.enabled.then(|| {
             let fetcher = Fetcher {
                 dns: dns.clone(),
@@ -149,9 +170,15 @@ impl NextHops {
                 port: delivery.mta_sts.port,
                 timeout: delivery.mta_sts.fetch_timeout.get(),
             };
-            Arc::new(MtaSts::new(fetcher, Some(queue), metrics.clone()))
+            Arc::new(MtaSts::new(
+                fetcher,
+                Some(queue),
+                tls_reports.clone(),
+                metrics.clone(),
+            ))
         });
         Ok(NextHops {
+            tls_reports,
             mta_sts,
             metrics,
             config: Arc::new(delivery.clone()),
@@ -188,6 +215,7 @@ impl NextHops {
                 limits: destination.limits,
                 destination,
                 targets: Targets::Fixed(Box::new((target, settings))),
+                sts: None,
                 enforced: None,
             }));
         }
@@ -224,6 +252,7 @@ impl NextHops {
             None => None,
         };
         let mut enforced = None;
+        let sts = policy.clone();
         if let Some(cached) = policy {
             let mode = cached.policy.mode;
             let label = || vec![("mode", mode.as_str())];
@@ -236,6 +265,19 @@ impl NextHops {
                     .get_or_create(&label())
                     .inc();
                 info!(queue_id = %envelope.queue_id, domain = %envelope.domain, mode = mode.as_str(), id = %cached.id, hosts = ?unlisted, "MX hosts not in the MTA-STS policy");
+                // Enforced, they get no session: each counts as one that failed. In testing
+                // mode the session to one of them counts (`report_session`).
+                if let Some(reports) = self.tls_reports.as_ref().filter(|_| mode == Mode::Enforce) {
+                    for host in &unlisted {
+                        reports.failure(
+                            &envelope.domain,
+                            Some(&cached),
+                            ResultType::ValidationFailure,
+                            Some(host),
+                            None,
+                        );
+                    }
+                }
             }
             if mode == Mode::Enforce {
                 let listed = || {
@@ -266,6 +308,7 @@ impl NextHops {
             limits: destination.limits,
             destination,
             targets: Targets::Exchangers(hosts),
+            sts,
             enforced,
         }))
     }
@@ -282,8 +325,8 @@ impl NextHops {
             Ok(outgoing) => outgoing,
             Err(reply) => return (everyone(envelope, reply, None, false), None),
         };
-        let each = |(outcome, tls): (Outcome, Option<TlsDetails>), host: String| {
-            let tls = tls.map(|tls| TlsDetails {
+        let each = |(outcome, session): (Outcome, Session), host: String| {
+            let tls = session.tls.map(|tls| TlsDetails {
                 policy: hop.enforced.as_ref().map(|_| "mta-sts".to_string()),
                 ..tls
             });
@@ -360,6 +403,7 @@ impl NextHops {
             reply: Reply::new(451, Status(4, 4, 4), "No MX host has an address"),
             next_host: true,
             from_server: false,
+            tls: None,
         };
         let mut last_host = None;
         // An enforced MTA-STS policy asks for a certificate valid for the MX host, whatever the
@@ -368,7 +412,14 @@ impl NextHops {
             (Some(_), _) => Some(OutboundTls::Verify),
             (None, tls) => tls,
         };
+        // A policy in testing mode has the certificate checked after the handshake, to report.
+        let check_certificate = hop.sts.is_some() && hop.enforced.is_none();
         let mx_settings = match tls {
+            _ if check_certificate => Cow::Owned(Settings {
+                tls: tls.unwrap_or_default(),
+                check_certificate,
+                ..self.settings.clone()
+            }),
             Some(tls) => Cow::Owned(Settings {
                 tls,
                 ..self.settings.clone()
@@ -392,6 +443,7 @@ impl NextHops {
                         ),
                         next_host: true,
                         from_server: false,
+                        tls: None,
                     };
                     last_host = Some(host.clone());
                     continue;
@@ -411,6 +463,7 @@ impl NextHops {
                     max_messages,
                 )
                 .await;
+                self.report_session(hop, &envelope.domain, &result, host, ip);
                 match result {
                     Ok(outcome) => return each(outcome, host.clone()),
                     Err(failure) if failure.next_host => {
@@ -430,6 +483,51 @@ impl NextHops {
             everyone(envelope, last.reply, last_host, last.from_server),
             Some(signal),
         )
+    }
+}
+
+impl NextHops {
+    /// The TLS reports of this process, to run.
+    pub fn tls_reports(&self) -> Option<Arc<TlsReports>> {
+        self.tls_reports.clone()
+    }
+
+    /// Counts one session with an MX host of `domain` under its MTA-STS policy for the TLS
+    /// report: met when its TLS was verified (by the handshake under `enforce`, after it under
+    /// `testing`), failed with the kind of failure when TLS did not work or did not verify.
+    /// Sessions that did not get as far as TLS (no connection) are not counted, unless the
+    /// host is not in the policy.
+    fn report_session(
+        &self,
+        hop: &Hop,
+        domain: &str,
+        result: &Result<(Outcome, Session), AttemptFailure>,
+        host: &str,
+        ip: IpAddr,
+    ) {
+        let (Some(reports), Some(policy)) = (&self.tls_reports, &hop.sts) else {
+            return;
+        };
+        let failed = match result {
+            // A host the policy does not list (testing mode) fails it, whatever its TLS.
+            _ if !policy.policy.allows(host) => Some(ResultType::ValidationFailure),
+            Ok((_, session)) => match (&session.tls, &session.certificate) {
+                (None, _) => Some(ResultType::StarttlsNotSupported),
+                (Some(_), Some(Err(kind))) => Some(*kind),
+                (Some(_), _) => None,
+            },
+            Err(failure) => match failure.tls {
+                Some(kind) => Some(kind),
+                None => return,
+            },
+        };
+        match failed {
+            None => reports.success(domain, policy),
+            Some(kind) => {
+                let ip = ip.to_string();
+                reports.failure(domain, Some(policy), kind, Some(host), Some(&ip));
+            }
+        }
     }
 }
 

@@ -65,8 +65,8 @@ pub struct CaError {
     pub message: String,
 }
 
-/// A client config that verifies certificates against the system's roots and `ca_file`.
-pub fn verified(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, CaError> {
+/// The system's roots and the certificates of `ca_file`.
+fn roots(ca_file: Option<&std::path::Path>) -> Result<rustls::RootCertStore, CaError> {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
@@ -86,6 +86,12 @@ pub fn verified(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientC
             roots.add(cert).map_err(|e| error(e.to_string()))?;
         }
     }
+    Ok(roots)
+}
+
+/// A client config that verifies certificates against the system's roots and `ca_file`.
+pub fn verified(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, CaError> {
+    let roots = roots(ca_file)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12]);
@@ -95,6 +101,21 @@ pub fn verified(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientC
         )),
         Err(err) => unreachable!("ring supports TLS 1.2 and 1.3: {err}"),
     }
+}
+
+/// A verifier of certificates against the system's roots and `ca_file`, for checking the
+/// certificate of a session that did not verify it in its handshake; none without any root
+/// (then no certificate verifies).
+pub fn webpki(
+    ca_file: Option<&std::path::Path>,
+) -> Result<Option<Arc<rustls::client::WebPkiServerVerifier>>, CaError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let roots = Arc::new(roots(ca_file)?);
+    Ok(
+        rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
+            .build()
+            .ok(),
+    )
 }
 
 /// A client config for STARTTLS that accepts any certificate (TLS 1.2 and 1.3).

@@ -80,6 +80,12 @@ impl Worker {
             destinations.clone(),
             shutdown.clone(),
         ));
+        // TLS report counts go on until the last attempt is done, then are stored once more.
+        let reports_stop = CancellationToken::new();
+        let reports = self
+            .hops
+            .tls_reports()
+            .map(|reports| tokio::spawn(reports.run(reports_stop.clone())));
         info!(consumer = %self.config.consumer, concurrency = self.config.concurrency, "delivery started");
         loop {
             let first = tokio::select! {
@@ -136,6 +142,10 @@ impl Worker {
                 remaining = tracker.len(),
                 released, "shutdown grace elapsed; attempts in flight released to other workers"
             );
+        }
+        reports_stop.cancel();
+        if let Some(reports) = reports {
+            let _ = tokio::time::timeout(Duration::from_secs(5), reports).await;
         }
         info!("delivery stopped");
     }

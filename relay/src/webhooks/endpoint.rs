@@ -76,21 +76,32 @@ impl Endpoint {
         })
     }
 
-    /// POSTs `body` with `headers`; the status the endpoint answered.
-    pub async fn post(&self, headers: &[(&str, String)], body: Bytes) -> Result<u16, PostError> {
-        match tokio::time::timeout(self.timeout, self.send(headers, body)).await {
+    /// POSTs `body` of `content_type` with `headers`; the status the endpoint answered.
+    pub async fn post(
+        &self,
+        content_type: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+    ) -> Result<u16, PostError> {
+        let sent = self.send(content_type, headers, body);
+        match tokio::time::timeout(self.timeout, sent).await {
             Ok(result) => result.map(|answer| answer.status),
             Err(_) => Err(PostError::Timeout(self.timeout)),
         }
     }
 
-    async fn send(&self, headers: &[(&str, String)], body: Bytes) -> Result<Answer, PostError> {
+    async fn send(
+        &self,
+        content_type: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+    ) -> Result<Answer, PostError> {
         let tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|e| PostError::Connect(self.authority.clone(), e.to_string()))?;
         let mut request = http::Request::post(self.path.as_str())
             .header(http::header::HOST, self.authority.as_str())
-            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::CONTENT_TYPE, content_type)
             .header(http::header::USER_AGENT, "postern");
         for (name, value) in headers {
             request = request.header(*name, value.as_str());

@@ -266,7 +266,11 @@ impl Sender {
                     ("postern-webhook", hook.name.clone()),
                     ("postern-events", live.len().to_string()),
                 ];
-                match self.hook.endpoint.post(&headers, Bytes::from(body)).await {
+                let posted =
+                    self.hook
+                        .endpoint
+                        .post("application/json", &headers, Bytes::from(body));
+                match posted.await {
                     Ok(status) if (200..300).contains(&status) => Ok(()),
                     Ok(status) => Err(("refused", format!("answered HTTP {status}"))),
                     Err(err) => Err(("failed", err.to_string())),

@@ -13,9 +13,11 @@ use postern_queue::Queue;
 use postern_queue::mta_sts::{PolicyCache, StoredPolicy};
 use tracing::{debug, info, warn};
 
+use super::tls_rpt::TlsReports;
+use super::tls_rpt::report::ResultType;
 use crate::metrics::Metrics;
 use cache::{Cached, Decision, Record, after_failed_fetch, decide};
-use fetch::Fetcher;
+use fetch::{FetchError, Fetcher};
 
 /// After a failed fetch, the same policy id is not fetched again by this process for this long
 /// (a broken policy server would otherwise hold up every message to its domain).
@@ -35,6 +37,8 @@ pub struct MtaSts {
     failed: Mutex<HashMap<String, (String, Instant)>>,
     /// One fetch per domain at a time.
     gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Where failed fetches are reported (RFC 8460 policy failures).
+    reports: Option<Arc<TlsReports>>,
     metrics: Arc<Metrics>,
 }
 
@@ -50,8 +54,14 @@ fn now_ms() -> u64 {
 }
 
 impl MtaSts {
-    pub fn new(fetcher: Fetcher, queue: Option<Queue>, metrics: Arc<Metrics>) -> MtaSts {
+    pub fn new(
+        fetcher: Fetcher,
+        queue: Option<Queue>,
+        reports: Option<Arc<TlsReports>>,
+        metrics: Arc<Metrics>,
+    ) -> MtaSts {
         MtaSts {
+            reports,
             fetcher,
             shared: queue.map(PolicyCache::new),
             memory: Mutex::default(),
@@ -200,11 +210,19 @@ impl MtaSts {
                 }
                 Err(invalid) => {
                     warn!(%domain, %id, %invalid, "MTA-STS policy not valid");
+                    self.report(domain, ResultType::StsPolicyInvalid);
                     ("invalid", None)
                 }
             },
             Err(err) => {
                 warn!(%domain, %id, %err, "MTA-STS policy not fetched");
+                self.report(
+                    domain,
+                    match err {
+                        FetchError::Tls { .. } => ResultType::StsWebpkiInvalid,
+                        _ => ResultType::StsPolicyFetchError,
+                    },
+                );
                 (err.kind(), None)
             }
         };
@@ -222,6 +240,14 @@ impl MtaSts {
                 lock(&self.failed).insert(domain.to_string(), (id.to_string(), Instant::now()));
                 None
             }
+        }
+    }
+
+    /// A policy fetch failure, for the domain's TLS report.
+    fn report(&self, domain: &str, result: ResultType) {
+        if let Some(reports) = &self.reports {
+            let host = format!("mta-sts.{domain}");
+            reports.failure(domain, None, result, Some(&host), None);
         }
     }
 
