@@ -126,8 +126,10 @@ impl TlsReports {
     }
 
     /// Adds pending counts to the bucket and sends the reports of ended periods, until
-    /// `shutdown` (counts pending then are added once more).
+    /// `shutdown` (counts pending then are added once more). The bucket is looked through at
+    /// start (for periods that ended while no process ran) and once after each period's end.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut scan_at = 0;
         loop {
             let stop = tokio::select! {
                 () = shutdown.cancelled() => true,
@@ -137,8 +139,19 @@ impl TlsReports {
             if stop {
                 return;
             }
-            self.send_ended().await;
+            let now = now_ms();
+            if now >= scan_at {
+                self.send_ended().await;
+                scan_at = self.scan_after(now);
+            }
         }
+    }
+
+    /// When the periods ended by `now` have all been added to: two ticks after the end of the
+    /// current one.
+    fn scan_after(&self, now: u64) -> u64 {
+        let tick = u64::try_from(self.tick().as_millis()).unwrap_or(u64::MAX);
+        (now / self.period_ms + 1) * self.period_ms + 2 * tick
     }
 
     async fn flush(&self) {
@@ -176,7 +189,6 @@ impl TlsReports {
                 return;
             }
         };
-        let tick = u64::try_from(self.tick().as_millis()).unwrap_or(u64::MAX);
         let now = now_ms();
         for tally_key in keys.iter().filter(|k| !k.starts_with("sent.")) {
             let Some(period) = tally_key
@@ -185,7 +197,7 @@ impl TlsReports {
             else {
                 continue;
             };
-            if now < (period + 1) * self.period_ms + 2 * tick {
+            if now < self.scan_after(period * self.period_ms) {
                 continue;
             }
             match self.bucket.create(&format!("sent.{tally_key}"), &now).await {
