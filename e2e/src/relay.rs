@@ -189,6 +189,20 @@ impl Relay {
             .unwrap_or(0.0)
     }
 
+    /// Waits until `metric(name)` is at least `at_least`, panicking with the log after `limit`.
+    /// For counts the relay updates after an answer it got, which the other side saw first.
+    pub async fn wait_metric(&self, name: &str, at_least: f64, limit: Duration) {
+        let start = std::time::Instant::now();
+        while self.metric(name) < at_least {
+            assert!(
+                start.elapsed() < limit,
+                "{name} stayed below {at_least}\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Sends SIGTERM.
     pub fn sigterm(&self) {
         self.signal(nix::sys::signal::Signal::SIGTERM);

@@ -164,18 +164,6 @@ async fn send_message(relay: &Relay, to: &str, message: &[u8]) {
     Smtp::submit(relay.smtp(), "sender@example.com", &[to], message).await;
 }
 
-async fn wait_for_metric(relay: &Relay, name: &str, at_least: f64) {
-    let start = std::time::Instant::now();
-    while relay.metric(name) < at_least {
-        assert!(
-            start.elapsed() < WAIT,
-            "{name} stayed below {at_least}\n{}",
-            relay.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn enforce_delivers_only_to_listed_mx_hosts_over_verified_tls_and_testing_only_reports() {
     let world = World::new().await;
@@ -270,12 +258,13 @@ async fn enforce_delivers_only_to_listed_mx_hosts_over_verified_tls_and_testing_
         "enforce over a certificate valid for a listed MX; testing, TLS-Required: No, and policies not taken, as before"
     );
     // badcert.example, plaintext.example and unlisted.example wait, attempt after attempt.
-    wait_for_metric(
-        &relay,
-        "postern_delivery_outcomes_total{result=\"deferred\"}",
-        6.0,
-    )
-    .await;
+    relay
+        .wait_metric(
+            "postern_delivery_outcomes_total{result=\"deferred\"}",
+            6.0,
+            WAIT,
+        )
+        .await;
     let waiting = nats.entries(STREAM).await;
     let mut replies: Vec<(String, String)> = waiting
         .iter()
@@ -607,5 +596,7 @@ async fn tls_reports_count_the_sessions_of_each_policy_domain_and_reach_its_rua(
         domains,
         ["enforce.example", "enforce.example", "testing.example"]
     );
-    assert!(relay.metric("postern_tls_reports_total{result=\"sent\"}") >= 3.0);
+    relay
+        .wait_metric("postern_tls_reports_total{result=\"sent\"}", 3.0, WAIT)
+        .await;
 }
