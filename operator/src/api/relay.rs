@@ -119,7 +119,7 @@ pub struct WebhookSpec {
     #[schemars(regex(pattern = r"^[a-z0-9-]{1,32}$"))]
     pub name: String,
     /// `https://host[:port]/path` (or `http://` inside the cluster). The certificate must be
-    /// valid for the host from a CA the pods trust (the image's system roots).
+    /// valid for the host from a CA the pods trust: the image's system roots, or `caSecret`.
     #[schemars(
         regex(pattern = r"^https?://[^\s/?#]+([/?][^\s]*)?$"),
         length(max = 2048)
@@ -133,6 +133,10 @@ pub struct WebhookSpec {
     /// Secret whose key holds the signing secret. Default key: `secret`. Read for every
     /// batch, so a rotated Secret takes effect without restarting the pods.
     pub secret: SecretKeyRef,
+    /// Secret whose key holds PEM certificates trusted for the endpoint, in addition to the
+    /// system's (a cluster-internal CA). Default key: `ca.crt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret: Option<SecretKeyRef>,
     /// Events per POST at most. Default: 100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]

@@ -130,6 +130,12 @@ pub async fn dereference(
             WEBHOOK_SECRET_KEY,
         )
         .await?;
+        // Read once at pod start: a changed CA rolls the pods.
+        if let Some(ca) = &hook.ca_secret {
+            contents.push(
+                secret_key(&secrets, "spec.events.webhooks[].caSecret", ca, NATS_CA_KEY).await?,
+            );
+        }
     }
     let parts: Vec<&[u8]> = contents.iter().map(Vec::as_slice).collect();
 

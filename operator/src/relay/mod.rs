@@ -359,7 +359,12 @@ pub fn references_secret(relay: &Relay, name: &str) -> bool {
     ]
     .into_iter()
     .flatten()
-    .chain(spec.events.webhooks.iter().map(|h| &h.secret))
+    .chain(
+        spec.events
+            .webhooks
+            .iter()
+            .flat_map(|h| std::iter::once(&h.secret).chain(h.ca_secret.as_ref())),
+    )
     .any(|r| r.name == name)
         || spec.ingress.tls.secret_name.as_deref() == Some(name)
         || name == format!("{}-tls", relay.name_any())

@@ -28,6 +28,11 @@ pub mod paths {
     pub fn webhook_dir(name: &str) -> String {
         format!("/etc/postern/webhooks/{name}")
     }
+
+    /// Where the CA certificates trusted for webhook `name` are mounted.
+    pub fn webhook_ca_dir(name: &str) -> String {
+        format!("/etc/postern/webhooks/{name}-ca")
+    }
 }
 
 /// Key of the domains file in the signing Secret.

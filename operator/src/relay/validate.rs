@@ -6,7 +6,7 @@ use std::str::FromStr;
 use ipnet::IpNet;
 use postern_config::{BackoffConfig, DestinationLimits, Duration, Rate, Sync, is_domain_pattern};
 
-use super::names::{WEBHOOK_SECRET_KEY, paths};
+use super::names::{NATS_CA_KEY, WEBHOOK_SECRET_KEY, paths};
 use crate::api::{DELIVERY_REPLICAS, INGRESS_REPLICAS, RelaySpec};
 
 /// One or more invalid fields of a Relay.
@@ -223,7 +223,14 @@ pub fn validate(name: &str, spec: &RelaySpec) -> Result<ValidSpec, ValidationErr
                 hook.secret.key_or(WEBHOOK_SECRET_KEY)
             )
             .into(),
-            ca_file: None,
+            ca_file: hook.ca_secret.as_ref().map(|ca| {
+                format!(
+                    "{}/{}",
+                    paths::webhook_ca_dir(&hook.name),
+                    ca.key_or(NATS_CA_KEY)
+                )
+                .into()
+            }),
             batch_size: hook.batch_size.map_or(100, |n| n as usize),
             timeout: Duration::secs(10),
             retry_for: Duration::secs(72 * 3600),

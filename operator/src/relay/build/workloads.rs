@@ -119,6 +119,13 @@ pub(super) fn delivery(inputs: &RelayInputs, restart_hash: &str) -> Deployment {
             secret: hook.secret.name.clone(),
             path: paths::webhook_dir(&hook.name),
         });
+        if let Some(ca) = &hook.ca_secret {
+            mounts.push(SecretMount {
+                volume: format!("webhook-{}-ca", hook.name),
+                secret: ca.name.clone(),
+                path: paths::webhook_ca_dir(&hook.name),
+            });
+        }
     }
     deployment(
         inputs,
