@@ -101,8 +101,13 @@ pub struct Hop {
     targets: Targets,
     /// The MTA-STS policy of this hop's MX hosts (`enforce` or `testing`).
     sts: Option<Arc<Cached>>,
-    /// That policy, when it is enforced.
-    enforced: Option<Arc<Cached>>,
+}
+
+impl Hop {
+    /// The hop's MTA-STS policy, when it is enforced.
+    fn enforced(&self) -> Option<&Arc<Cached>> {
+        self.sts.as_ref().filter(|p| p.policy.mode == Mode::Enforce)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -216,7 +221,6 @@ impl NextHops {
                 destination,
                 targets: Targets::Fixed(Box::new((target, settings))),
                 sts: None,
-                enforced: None,
             }));
         }
         let seed = ulid::Ulid::new().random() as u64;
@@ -251,9 +255,7 @@ impl NextHops {
             Some(mta_sts) => mta_sts.policy(&envelope.domain).await,
             None => None,
         };
-        let mut enforced = None;
-        let sts = policy.clone();
-        if let Some(cached) = policy {
+        if let Some(cached) = &policy {
             let mode = cached.policy.mode;
             let label = || vec![("mode", mode.as_str())];
             self.metrics.mta_sts_applied.get_or_create(&label()).inc();
@@ -271,7 +273,7 @@ impl NextHops {
                     for host in &unlisted {
                         reports.failure(
                             &envelope.domain,
-                            Some(&cached),
+                            Some(cached),
                             ResultType::ValidationFailure,
                             Some(host),
                             None,
@@ -300,7 +302,6 @@ impl NextHops {
                     ));
                 }
                 hosts.retain(|h| cached.policy.allows(h));
-                enforced = Some(cached);
             }
         }
         let destination = Destination::of(&self.config, &envelope.domain, &hosts);
@@ -308,8 +309,7 @@ impl NextHops {
             limits: destination.limits,
             destination,
             targets: Targets::Exchangers(hosts),
-            sts,
-            enforced,
+            sts: policy,
         }))
     }
 
@@ -327,7 +327,7 @@ impl NextHops {
         };
         let each = |(outcome, session): (Outcome, Session), host: String| {
             let tls = session.tls.map(|tls| TlsDetails {
-                policy: hop.enforced.as_ref().map(|_| "mta-sts".to_string()),
+                policy: hop.enforced().map(|_| "mta-sts".to_string()),
                 ..tls
             });
             let signal = match outcome.replies.iter().find(|r| asks_to_slow_down(r)) {
@@ -358,7 +358,7 @@ impl NextHops {
             (results, Some(signal))
         };
         let failed = |mut failure: AttemptFailure, host: String| {
-            if let Some(policy) = &hop.enforced {
+            if let Some(policy) = hop.enforced() {
                 failure.reply = under_policy(failure.reply, failure.from_server, policy, envelope);
             }
             let signal = failure_signal(&failure);
@@ -408,23 +408,20 @@ impl NextHops {
         let mut last_host = None;
         // An enforced MTA-STS policy asks for a certificate valid for the MX host, whatever the
         // destination's own setting.
-        let tls = match (&hop.enforced, hop.destination.tls) {
-            (Some(_), _) => Some(OutboundTls::Verify),
-            (None, tls) => tls,
+        let tls = match hop.enforced() {
+            Some(_) => Some(OutboundTls::Verify),
+            None => hop.destination.tls,
         };
         // A policy in testing mode has the certificate checked after the handshake, to report.
-        let check_certificate = hop.sts.is_some() && hop.enforced.is_none();
-        let mx_settings = match tls {
-            _ if check_certificate => Cow::Owned(Settings {
-                tls: tls.unwrap_or_default(),
+        let check_certificate = hop.sts.is_some() && hop.enforced().is_none();
+        let mx_settings = if tls.is_some() || check_certificate {
+            Cow::Owned(Settings {
+                tls: tls.unwrap_or(self.settings.tls),
                 check_certificate,
                 ..self.settings.clone()
-            }),
-            Some(tls) => Cow::Owned(Settings {
-                tls,
-                ..self.settings.clone()
-            }),
-            None => Cow::Borrowed(&self.settings),
+            })
+        } else {
+            Cow::Borrowed(&self.settings)
         };
         let mx_settings = for_envelope(&mx_settings, envelope);
         for host in hosts {
@@ -475,7 +472,7 @@ impl NextHops {
                 }
             }
         }
-        if let Some(policy) = &hop.enforced {
+        if let Some(policy) = hop.enforced() {
             last.reply = under_policy(last.reply, last.from_server, policy, envelope);
         }
         let signal = failure_signal(&last);

@@ -26,6 +26,11 @@ const FAILED_FETCH_PAUSE: Duration = Duration::from_secs(300);
 /// Policies this process keeps in memory at most; the cache in NATS holds them all.
 const MEMORY_LIMIT: usize = 10_000;
 
+/// A domain without an MTA-STS record whose policy the shared cache did not hold is not looked
+/// up there again for this long (most domains have none: their mail should not cost a KV read
+/// each). A domain that publishes a record is looked up at once.
+const NOT_STORED_FOR: Duration = Duration::from_secs(600);
+
 /// Policies by recipient domain.
 #[derive(Debug)]
 pub struct MtaSts {
@@ -33,6 +38,8 @@ pub struct MtaSts {
     /// Shared by every delivery process of the relay; none in unit tests.
     shared: Option<PolicyCache>,
     memory: Mutex<HashMap<String, Arc<Cached>>>,
+    /// Domains the shared cache held no policy for, and when that was seen.
+    not_stored: Mutex<HashMap<String, Instant>>,
     /// Failed fetches: domain, policy id, when.
     failed: Mutex<HashMap<String, (String, Instant)>>,
     /// One fetch per domain at a time.
@@ -65,6 +72,7 @@ impl MtaSts {
             fetcher,
             shared: queue.map(PolicyCache::new),
             memory: Mutex::default(),
+            not_stored: Mutex::default(),
             failed: Mutex::default(),
             gates: Mutex::default(),
             metrics,
@@ -79,6 +87,7 @@ impl MtaSts {
         let remembered = lock(&self.memory).get(&domain).cloned();
         let cached = match remembered {
             Some(cached) => Some(cached),
+            None if !matches!(record, Record::Id(_)) && self.known_not_stored(&domain) => None,
             None => self.stored(&domain).await,
         };
         let chosen = match decide(now, &record, cached.as_deref()) {
@@ -113,11 +122,25 @@ impl MtaSts {
         }
     }
 
+    fn known_not_stored(&self, domain: &str) -> bool {
+        lock(&self.not_stored)
+            .get(domain)
+            .is_some_and(|at| at.elapsed() < NOT_STORED_FOR)
+    }
+
     /// The policy in the shared cache, kept in memory too.
     async fn stored(&self, domain: &str) -> Option<Arc<Cached>> {
         let shared = self.shared.as_ref()?;
         let stored = match shared.get(domain).await {
-            Ok(stored) => stored?,
+            Ok(Some(stored)) => stored,
+            Ok(None) => {
+                let mut not_stored = lock(&self.not_stored);
+                if not_stored.len() >= MEMORY_LIMIT {
+                    not_stored.clear();
+                }
+                not_stored.insert(domain.to_string(), Instant::now());
+                return None;
+            }
             Err(err) => {
                 warn!(%domain, %err, "MTA-STS policy cache not read");
                 return None;

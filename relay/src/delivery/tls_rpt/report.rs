@@ -116,8 +116,6 @@ impl Tally {
 pub struct Submitter<'a> {
     pub organization: &'a str,
     pub contact: &'a str,
-    /// The sending MTA's host name.
-    pub hostname: &'a str,
 }
 
 /// The aggregate report (RFC 8460 §4.4) about `domain` for the period `[start, end)`, both
@@ -295,7 +293,6 @@ mod tests {
         let submitter = Submitter {
             organization: "Example Relay",
             contact: "postmaster@relay.example",
-            hostname: "relay.example",
         };
         let json = report_json(
             &submitter,

@@ -71,7 +71,6 @@ impl Sender {
         let submitter = Submitter {
             organization: &self.organization,
             contact: &self.contact,
-            hostname: &self.hostname,
         };
         let range = (rfc3339_ms(start_ms), rfc3339_ms(end_ms));
         let json = report::report_json(&submitter, &id, (&range.0, &range.1), domain, tally);
