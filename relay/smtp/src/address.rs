@@ -127,7 +127,14 @@ pub fn parse_forward_path(text: &str) -> Result<Address, AddressError> {
     Address::parse(mailbox)
 }
 
+/// The longest mailbox: a path holds at most 256 octets, two of them the angle brackets
+/// (RFC 5321 §4.5.3.1.3).
+const MAX_MAILBOX: usize = 254;
+
 fn split_mailbox(text: &str) -> Result<(&str, &str), AddressError> {
+    if text.len() > MAX_MAILBOX {
+        return Err(AddressError::TooLong);
+    }
     let at = if text.starts_with('"') {
         let close = quoted_string_end(text).ok_or(AddressError::LocalPart)?;
         if text.as_bytes().get(close) != Some(&b'@') {
@@ -212,18 +219,55 @@ fn is_address_literal(text: &str) -> bool {
     }
 }
 
+/// Lower-cases a domain character by character. A character whose lower case is more than one
+/// character (`İ` becomes `i` and a combining dot) keeps its case: the result must still be a
+/// domain this parser accepts, so that a printed address parses back to itself.
 fn normalize_domain(domain: &str) -> String {
     if domain.starts_with('[') {
-        domain.to_string()
-    } else {
-        domain.to_lowercase()
+        return domain.to_string();
     }
+    domain
+        .chars()
+        .map(|c| {
+            let mut lower = c.to_lowercase();
+            match (lower.next(), lower.next()) {
+                (Some(single), None) => single,
+                _ => c,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_mailbox_too_long_for_a_path_is_refused_without_brackets_too() {
+        let domain = format!("{}org", "ab.".repeat(82));
+        let longest = format!("four@{domain}");
+        assert_eq!(longest.len(), MAX_MAILBOX);
+        let parsed = Address::parse(&longest).unwrap();
+        assert_eq!(parse_forward_path(&format!("<{parsed}>")), Ok(parsed));
+        let over = format!("fives@{domain}");
+        assert_eq!(Address::parse(&over), Err(AddressError::TooLong));
+        assert_eq!(
+            parse_forward_path(&format!("<{over}>")),
+            Err(AddressError::TooLong)
+        );
+    }
+
+    #[test]
+    fn a_domain_whose_lower_case_would_not_parse_keeps_that_character() {
+        let address = Address::parse("user@\u{130}stanbul.EXAMPLE").unwrap();
+        assert_eq!(address.domain(), "\u{130}stanbul.example");
+        assert_eq!(
+            parse_forward_path(&format!("<{address}>")),
+            Ok(address.clone())
+        );
+        assert_eq!(Address::parse("user@ÄÖ.de").unwrap().domain(), "äö.de");
+    }
 
     #[test]
     fn parses_common_forms() {
