@@ -59,6 +59,10 @@ pub struct Metrics {
     /// Deliveries for which an MX host was not in the MTA-STS policy, by mode (`enforce`: not
     /// tried; `testing`: tried and reported).
     pub mta_sts_mx_not_listed: Family<Labels, Counter>,
+    /// 1 while DNSSEC answers validate and DANE is applied, 0 while it is off.
+    pub dane_enabled: Gauge,
+    /// MX hosts looked at for DANE, by result.
+    pub dane_hosts: Family<Labels, Counter>,
     /// Webhook POSTs, by webhook and result (`accepted`, `refused`, `failed`).
     pub webhook_posts: Family<Labels, Counter>,
     /// Events by webhook and result (`sent`, or `expired`: dropped after `retryFor`).
@@ -103,6 +107,8 @@ impl Default for Metrics {
             mta_sts_fetches: Family::default(),
             mta_sts_applied: Family::default(),
             mta_sts_mx_not_listed: Family::default(),
+            dane_enabled: Gauge::default(),
+            dane_hosts: Family::default(),
             webhook_posts: Family::default(),
             webhook_events: Family::default(),
             tls_reports: Family::default(),
@@ -268,6 +274,16 @@ impl Default for Metrics {
             "mta_sts_mx_not_listed",
             "Deliveries for which an MX host is not in the domain's MTA-STS policy, by mode (enforce: not tried; testing: tried)",
             metrics.mta_sts_mx_not_listed.clone(),
+        );
+        r.register(
+            "dane_enabled",
+            "1 while DNSSEC answers validate (delivery.dane.probe) and DANE is applied, 0 while it is off",
+            metrics.dane_enabled.clone(),
+        );
+        r.register(
+            "dane_hosts",
+            "MX hosts looked at for DANE, by result: authenticated (usable TLSA), encrypted (signed TLSA, none usable), absent, failed (bogus or failed TLSA lookup)",
+            metrics.dane_hosts.clone(),
         );
         r.register(
             "webhook_posts",

@@ -425,6 +425,8 @@ pub struct DeliveryConfig {
     pub mta_sts: MtaStsConfig,
     /// TLS reports (RFC 8460) to the domains whose policies delivery applied.
     pub tls_rpt: TlsRptConfig,
+    /// DANE (RFC 7672) towards MX hosts with TLSA records in DNSSEC-signed zones.
+    pub dane: DaneConfig,
     /// How long an entry stays with a worker without an acknowledgement before JetStream hands
     /// it to another; attempts in progress renew it every third of this.
     pub ack_wait: Duration,
@@ -570,6 +572,33 @@ impl Default for MtaStsConfig {
     }
 }
 
+/// DANE: an MX host whose address and TLSA records (`_<port>._tcp.<host>`) validate with
+/// DNSSEC, under MX records that do, gets mail only over TLS with a certificate those records
+/// match; a TLSA answer that fails validation keeps mail from that host. Lookups are validated
+/// by Postern itself, so the resolver upstream must pass DNSSEC records on; a start-up check
+/// (`probe`) turns DANE off with a warning when it does not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct DaneConfig {
+    pub enabled: bool,
+    /// DNSKEY records (zone-file lines) to trust instead of the IANA root keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trust_anchor_file: Option<PathBuf>,
+    /// A signed name whose SOA record must validate for DANE to be on; the root zone but for
+    /// tests.
+    pub probe: String,
+}
+
+impl Default for DaneConfig {
+    fn default() -> Self {
+        DaneConfig {
+            enabled: true,
+            trust_anchor_file: None,
+            probe: ".".to_string(),
+        }
+    }
+}
+
 /// TLS reporting: sessions to domains with an MTA-STS policy are counted (across every delivery
 /// process, in NATS KV) and once a period an aggregate report goes to each domain that asks for
 /// it in its `_smtp._tls` TXT record, by mail or HTTPS POST.
@@ -627,6 +656,7 @@ impl Default for DeliveryConfig {
             mx_port: 25,
             mta_sts: MtaStsConfig::default(),
             tls_rpt: TlsRptConfig::default(),
+            dane: DaneConfig::default(),
             ack_wait: Duration::secs(60),
             max_ack_pending: 100_000,
             max_deliveries: 20,
@@ -677,6 +707,10 @@ pub enum OutboundTls {
     Verify,
     /// Plaintext only.
     None,
+    /// Only over DANE (MX hosts): a host without usable TLSA records in a signed zone gets no
+    /// mail.
+    #[serde(rename = "dane-only")]
+    DaneOnly,
 }
 
 /// RFC 5321 §4.5.3.2 client timeouts.

@@ -463,8 +463,25 @@ impl Config {
                 "must not be none when credentials are sent",
             );
         }
+        if let Some(smarthost) = &delivery.smarthost {
+            e.check(
+                smarthost.tls != crate::OutboundTls::DaneOnly,
+                "delivery.smarthost.tls",
+                "dane-only applies to MX hosts only (destinations[].tls)",
+            );
+        }
+        e.check(
+            delivery.dane.probe == "." || is_hostname(delivery.dane.probe.trim_end_matches('.')),
+            "delivery.dane.probe",
+            "must be a domain name or .",
+        );
         for (i, route) in self.delivery.routes.iter().enumerate() {
             let field = format!("delivery.routes[{i}]");
+            e.check(
+                route.tls != crate::OutboundTls::DaneOnly,
+                format!("{field}.tls"),
+                "dane-only applies to MX hosts only (destinations[].tls)",
+            );
             e.check(
                 is_domain_pattern(&route.domain),
                 format!("{field}.domain"),
@@ -730,10 +747,18 @@ admin: { address: "0.0.0.0:9090" }
             "{msg}"
         );
         let msg = errors(
-            "delivery: { mtaSts: { port: 0, fetchTimeout: 0s }, tlsRpt: { period: 500ms } }\n",
+            "delivery: { mtaSts: { port: 0, fetchTimeout: 0s }, tlsRpt: { period: 500ms }, dane: { probe: \"a..b\" }, routes: [ { domain: \"*\", host: \"relay.example:25\", tls: dane-only } ] }\n",
         );
         assert!(
             msg.contains("delivery.tlsRpt.period: must be at least 1s"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("delivery.dane.probe: must be a domain name or ."),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("delivery.routes[0].tls: dane-only applies to MX hosts only"),
             "{msg}"
         );
         assert!(
@@ -812,6 +837,7 @@ mod documentation {
         }];
         config.telemetry.otlp_endpoint = Some("http://collector:4318".into());
         config.delivery.tls_rpt.organization = Some("Example".into());
+        config.delivery.dane.trust_anchor_file = Some("/anchors".into());
         config.delivery.tls_rpt.contact = Some("tls@example.com".into());
         config.events.webhooks = vec![crate::Webhook {
             name: "crm".into(),

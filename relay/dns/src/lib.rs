@@ -1,5 +1,5 @@
 //! MX and address lookups with hickory-resolver, and the MX rules of RFC 5321 §5.1 and
-//! RFC 7505 as pure functions.
+//! RFC 7505 as pure functions; lookups validated with DNSSEC for DANE in [`SecureDns`].
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -7,7 +7,10 @@ use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{RData, RecordType};
-use hickory_resolver::{Resolver, TokioResolver};
+use hickory_resolver::{Resolver, ResolverBuilder, TokioResolver};
+
+mod secure;
+pub use secure::{SecureDns, SecureFailure, TlsaFields, Validated};
 
 /// The resolver could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -53,26 +56,7 @@ impl Dns {
     }
 
     fn build(nameservers: &[SocketAddr], cache: bool) -> Result<Dns, DnsSetupError> {
-        let mut builder = if nameservers.is_empty() {
-            Resolver::builder_tokio().map_err(|e| {
-                DnsSetupError(format!("reading the system resolver configuration: {e}"))
-            })?
-        } else {
-            let servers = nameservers
-                .iter()
-                .map(|addr| {
-                    let mut server = NameServerConfig::udp_and_tcp(addr.ip());
-                    for connection in &mut server.connections {
-                        connection.port = addr.port();
-                    }
-                    server
-                })
-                .collect();
-            Resolver::builder_with_config(
-                ResolverConfig::from_name_servers(servers),
-                TokioRuntimeProvider::default(),
-            )
-        };
+        let mut builder = builder(nameservers)?;
         if !cache {
             builder.options_mut().cache_size = 0;
         }
@@ -140,6 +124,30 @@ impl Dns {
 pub fn to_ascii(name: &str) -> Option<String> {
     let name = hickory_resolver::proto::rr::Name::from_utf8(name.trim_end_matches('.')).ok()?;
     Some(name.to_ascii().trim_end_matches('.').to_ascii_lowercase())
+}
+
+/// A resolver builder for the system resolver, or the given name servers (UDP and TCP).
+fn builder(
+    nameservers: &[SocketAddr],
+) -> Result<ResolverBuilder<TokioRuntimeProvider>, DnsSetupError> {
+    if nameservers.is_empty() {
+        return Resolver::builder_tokio()
+            .map_err(|e| DnsSetupError(format!("reading the system resolver configuration: {e}")));
+    }
+    let servers = nameservers
+        .iter()
+        .map(|addr| {
+            let mut server = NameServerConfig::udp_and_tcp(addr.ip());
+            for connection in &mut server.connections {
+                connection.port = addr.port();
+            }
+            server
+        })
+        .collect();
+    Ok(Resolver::builder_with_config(
+        ResolverConfig::from_name_servers(servers),
+        TokioRuntimeProvider::default(),
+    ))
 }
 
 fn fqdn(name: &str) -> String {

@@ -25,6 +25,8 @@ use tokio::time::{timeout, timeout_at};
 use postern_queue::Content;
 use postern_queue::events::TlsDetails;
 
+use super::dane::tlsa::Tlsa;
+use super::dane::verifier::DaneVerifier;
 use super::tls_rpt::report::ResultType;
 
 /// Where an attempt goes.
@@ -63,6 +65,16 @@ pub struct Settings {
     /// Check the certificate after the handshake, whatever `tls` is, and say how it went
     /// (`Session::certificate`): an MTA-STS policy in testing mode, for TLS reports.
     pub check_certificate: bool,
+    /// DANE: STARTTLS is mandatory and the certificate must match these TLSA records.
+    pub dane: Option<DaneAuthentication>,
+}
+
+/// The TLSA records an MX host is authenticated by, and the recipient domain (a name its
+/// certificate may hold under DANE-TA, besides the host's own).
+#[derive(Debug, Clone)]
+pub struct DaneAuthentication {
+    pub records: Arc<Vec<Tlsa>>,
+    pub domain: String,
 }
 
 /// Why an attempt ended before every recipient had a reply: the server's reply, or a 4xx that
@@ -206,13 +218,16 @@ pub async fn deliver(
 /// Opens a session, falling back to plaintext when opportunistic STARTTLS fails.
 async fn open(target: &Target, settings: &Settings) -> Result<Connection, AttemptFailure> {
     let starttls = match settings.tls {
+        _ if settings.dane.is_some() => StartTls::Required,
         OutboundTls::Opportunistic => StartTls::Opportunistic,
-        OutboundTls::Required | OutboundTls::Verify => StartTls::Required,
+        OutboundTls::Required | OutboundTls::Verify | OutboundTls::DaneOnly => StartTls::Required,
         OutboundTls::None => StartTls::Never,
     };
     let tcp = dial(target, &settings.timeouts).await?;
     match start(tcp, target, settings, starttls).await {
-        Err(AttemptError::Handshake(err)) if settings.tls == OutboundTls::Opportunistic => {
+        Err(AttemptError::Handshake(err))
+            if settings.tls == OutboundTls::Opportunistic && settings.dane.is_none() =>
+        {
             tracing::info!(host = %target.host, %err, "TLS handshake failed; retrying in plaintext");
             let tcp = dial(target, &settings.timeouts).await?;
             start(tcp, target, settings, StartTls::Never)
@@ -310,10 +325,11 @@ async fn start<S: AsyncRead + AsyncWrite + Unpin>(
                         "server offered STARTTLS twice".into(),
                     )));
                 };
+                let verified = settings.tls == OutboundTls::Verify || settings.dane.is_some();
                 let name = match ServerName::try_from(target.host.clone()) {
                     Ok(name) => name,
                     // A certificate can only be verified for the name it must hold.
-                    Err(err) if settings.tls == OutboundTls::Verify => {
+                    Err(err) if verified => {
                         return Err(Handshake(std::io::Error::new(
                             std::io::ErrorKind::InvalidInput,
                             format!(
@@ -324,9 +340,15 @@ async fn start<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                     Err(_) => ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()),
                 };
-                let config = match settings.tls {
-                    OutboundTls::Verify => settings.verified.clone(),
-                    _ => super::tls::any_certificate(),
+                let config = match (&settings.dane, settings.tls) {
+                    (Some(dane), _) => DaneVerifier::new(
+                        &target.host,
+                        dane.records.to_vec(),
+                        vec![target.host.clone(), dane.domain.clone()],
+                    )
+                    .client_config(),
+                    (None, OutboundTls::Verify) => settings.verified.clone(),
+                    (None, _) => super::tls::any_certificate(),
                 };
                 let connector = tokio_rustls::TlsConnector::from(config);
                 // One deadline for the whole handshake, however slowly its records come.
@@ -342,7 +364,7 @@ async fn start<S: AsyncRead + AsyncWrite + Unpin>(
                 };
                 let (version, cipher) = crate::tls::session_facts(tls.get_ref().1);
                 connection.certificate = match settings.tls {
-                    OutboundTls::Verify => Some(Ok(())),
+                    _ if verified => Some(Ok(())),
                     _ if settings.check_certificate => Some(check(
                         settings.webpki.as_deref(),
                         tls.get_ref().1,
@@ -353,8 +375,8 @@ async fn start<S: AsyncRead + AsyncWrite + Unpin>(
                 connection.tls = Some(TlsDetails {
                     version,
                     cipher,
-                    verified: settings.tls == OutboundTls::Verify,
-                    policy: None,
+                    verified,
+                    policy: settings.dane.as_ref().map(|_| "dane".to_string()),
                 });
                 connection.stream = Stream::Tls(Box::new(tls));
                 connection.client.tls_started();
@@ -604,8 +626,12 @@ impl Pool {
     fn key(&self, target: &Target, settings: &Settings) -> String {
         let user = settings.auth.as_ref().map_or("", |(user, _)| user.as_str());
         format!(
-            "{}|{}|{:?}|{}|{user}",
-            target.address, target.host, settings.tls, settings.check_certificate
+            "{}|{}|{:?}|{}|{}|{user}",
+            target.address,
+            target.host,
+            settings.tls,
+            settings.check_certificate,
+            settings.dane.is_some()
         )
     }
 
@@ -816,6 +842,7 @@ mod tests {
             timeouts: DeliveryTimeouts::default(),
             webpki: None,
             check_certificate: false,
+            dane: None,
         }
     }
 

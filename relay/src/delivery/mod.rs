@@ -1,6 +1,7 @@
 //! Delivery: taking entries from the queue and handing them to the next hop.
 
 pub mod attempt;
+pub mod dane;
 pub mod dsn;
 pub mod mta_sts;
 pub mod next_hop;

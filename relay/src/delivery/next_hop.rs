@@ -10,7 +10,8 @@ use postern_smtp::client::{Outcome, Outgoing, Source};
 use postern_smtp::{Address, Reply, ReversePath, Status};
 use tracing::info;
 
-use super::attempt::{self, AttemptFailure, Pool, Session, Settings, Target};
+use super::attempt::{self, AttemptFailure, DaneAuthentication, Pool, Session, Settings, Target};
+use super::dane::{Dane, HostTls};
 use super::mta_sts::cache::Cached;
 use super::mta_sts::fetch::Fetcher;
 use super::mta_sts::{MtaSts, policy::Mode};
@@ -19,7 +20,7 @@ use super::tls::{self, CaError};
 use super::tls_rpt::TlsReports;
 use super::tls_rpt::report::ResultType;
 use crate::metrics::Metrics;
-use postern_dns::{Dns, DnsSetupError, Exchangers, LookupFailure};
+use postern_dns::{Dns, DnsSetupError, Exchangers, LookupFailure, SecureFailure, Validated};
 use postern_queue::Content;
 use postern_queue::destination::state::asks_to_slow_down;
 use postern_queue::destination::{Destination, Limits, Signal};
@@ -80,6 +81,8 @@ pub struct NextHops {
     mta_sts: Option<Arc<MtaSts>>,
     /// TLS reports about the sessions under those policies, when `delivery.tlsRpt.enabled`.
     tls_reports: Option<Arc<TlsReports>>,
+    /// DANE, when `delivery.dane.enabled`.
+    dane: Option<Arc<Dane>>,
     metrics: Arc<Metrics>,
 }
 
@@ -101,12 +104,27 @@ pub struct Hop {
     targets: Targets,
     /// The MTA-STS policy of this hop's MX hosts (`enforce` or `testing`).
     sts: Option<Arc<Cached>>,
+    /// What DANE made of each MX host, when the MX records validated.
+    dane: Vec<(String, HostTls)>,
 }
 
 impl Hop {
     /// The hop's MTA-STS policy, when it is enforced.
     fn enforced(&self) -> Option<&Arc<Cached>> {
         self.sts.as_ref().filter(|p| p.policy.mode == Mode::Enforce)
+    }
+
+    /// What DANE made of `host`, if it looked.
+    fn host_tls(&self, host: &str) -> Option<&HostTls> {
+        self.dane
+            .iter()
+            .find(|(h, _)| h == host)
+            .map(|(_, tls)| tls)
+    }
+
+    /// True when DANE authenticates `host`: it takes precedence over MTA-STS (RFC 8461 §2).
+    fn dane_authenticated(&self, host: &str) -> bool {
+        matches!(self.host_tls(host), Some(HostTls::Authenticated(_)))
     }
 }
 
@@ -137,6 +155,7 @@ impl NextHops {
             timeouts: delivery.timeouts.clone(),
             webpki: tls::webpki(delivery.ca_file.as_deref())?,
             check_certificate: false,
+            dane: None,
         };
         let smarthost = match &delivery.smarthost {
             Some(smarthost) => {
@@ -183,6 +202,7 @@ impl NextHops {
             ))
         });
         Ok(NextHops {
+            dane: Dane::new(delivery, metrics.clone())?,
             tls_reports,
             mta_sts,
             metrics,
@@ -221,10 +241,42 @@ impl NextHops {
                 destination,
                 targets: Targets::Fixed(Box::new((target, settings))),
                 sts: None,
+                dane: Vec::new(),
             }));
         }
         let seed = ulid::Ulid::new().random() as u64;
-        let mut hosts = match self.dns.exchangers(&envelope.domain, seed).await {
+        let dane = match &self.dane {
+            Some(dane) if dane.ready().await => Some(dane),
+            _ => None,
+        };
+        let found = match dane {
+            Some(dane) => match dane.exchangers(&envelope.domain, seed).await {
+                Ok(found) => Ok(found),
+                Err(SecureFailure::Bogus(why)) => {
+                    return everyone(Reply::new(
+                        451,
+                        Status(4, 7, 5),
+                        format!(
+                            "DNSSEC validation of the MX records of {} failed: {why}",
+                            envelope.domain
+                        ),
+                    ));
+                }
+                Err(SecureFailure::NxDomain) => Err(LookupFailure::NxDomain),
+                Err(SecureFailure::Temporary(why)) => Err(LookupFailure::Temporary(why)),
+            },
+            None => self
+                .dns
+                .exchangers(&envelope.domain, seed)
+                .await
+                .map(|value| Validated {
+                    value,
+                    secure: false,
+                }),
+        };
+        // Without MX records the domain's own address records decide (RFC 7672 §2.2.2).
+        let mx_secure = matches!(&found, Ok(f) if f.secure || f.value == Exchangers::Implicit);
+        let mut hosts = match found.map(|f| f.value) {
             Ok(Exchangers::Hosts(hosts)) => hosts,
             Ok(Exchangers::Implicit) => vec![envelope.domain.clone()],
             Ok(Exchangers::Null) => {
@@ -249,6 +301,17 @@ impl NextHops {
                 ));
             }
         };
+        let mut host_tls = Vec::new();
+        if let Some(dane) = dane.filter(|_| mx_secure) {
+            for host in &hosts {
+                host_tls.push((host.clone(), dane.host(host, self.config.mx_port).await));
+            }
+        }
+        let authenticated = |host: &str| {
+            host_tls
+                .iter()
+                .any(|(h, t)| h == host && matches!(t, HostTls::Authenticated(_)))
+        };
         let policy = match &self.mta_sts {
             // The sender asked that recipient policies not stop this message (RFC 8689 §5).
             Some(_) if envelope.tls_optional => None,
@@ -259,8 +322,11 @@ impl NextHops {
             let mode = cached.policy.mode;
             let label = || vec![("mode", mode.as_str())];
             self.metrics.mta_sts_applied.get_or_create(&label()).inc();
-            let unlisted: Vec<&String> =
-                hosts.iter().filter(|h| !cached.policy.allows(h)).collect();
+            // Hosts DANE authenticates are not held to the policy (RFC 8461 §2).
+            let unlisted: Vec<&String> = hosts
+                .iter()
+                .filter(|h| !cached.policy.allows(h) && !authenticated(h))
+                .collect();
             if !unlisted.is_empty() {
                 self.metrics
                     .mta_sts_mx_not_listed
@@ -301,7 +367,7 @@ impl NextHops {
                         ),
                     ));
                 }
-                hosts.retain(|h| cached.policy.allows(h));
+                hosts.retain(|h| cached.policy.allows(h) || authenticated(h));
             }
         }
         let destination = Destination::of(&self.config, &envelope.domain, &hosts);
@@ -310,6 +376,7 @@ impl NextHops {
             destination,
             targets: Targets::Exchangers(hosts),
             sts: policy,
+            dane: host_tls,
         }))
     }
 
@@ -327,7 +394,9 @@ impl NextHops {
         };
         let each = |(outcome, session): (Outcome, Session), host: String| {
             let tls = session.tls.map(|tls| TlsDetails {
-                policy: hop.enforced().map(|_| "mta-sts".to_string()),
+                policy: tls
+                    .policy
+                    .or_else(|| hop.enforced().map(|_| "mta-sts".to_string())),
                 ..tls
             });
             let signal = match outcome.replies.iter().find(|r| asks_to_slow_down(r)) {
@@ -425,6 +494,15 @@ impl NextHops {
         };
         let mx_settings = for_envelope(&mx_settings, envelope);
         for host in hosts {
+            let settings = match self.host_settings(hop, host, &mx_settings, envelope) {
+                Ok(settings) => settings,
+                Err(failure) => {
+                    info!(queue_id = %envelope.queue_id, %host, reply = %failure.reply.text(), "trying the next MX host");
+                    last = failure;
+                    last_host = Some(host.clone());
+                    continue;
+                }
+            };
             let addresses = match self.dns.addresses(host).await {
                 Ok(addresses) => addresses,
                 Err(failure) => {
@@ -454,7 +532,7 @@ impl NextHops {
                 let result = attempt::deliver(
                     &self.pool,
                     &target,
-                    &mx_settings,
+                    &settings,
                     &outgoing,
                     content,
                     max_messages,
@@ -484,6 +562,56 @@ impl NextHops {
 }
 
 impl NextHops {
+    /// How to talk to MX `host` of `hop`, by what DANE made of it: authenticated by its TLSA
+    /// records, or STARTTLS made mandatory by signed unusable ones, or `mx_settings` as they
+    /// are; an error for a host that must not get the mail now (its TLSA lookup failed, or
+    /// `dane-only` and no DANE).
+    fn host_settings<'a>(
+        &self,
+        hop: &Hop,
+        host: &str,
+        mx_settings: &'a Settings,
+        envelope: &Envelope,
+    ) -> Result<Cow<'a, Settings>, AttemptFailure> {
+        let refused = |text: String| AttemptFailure {
+            reply: Reply::new(451, Status(4, 7, 5), text),
+            next_host: true,
+            from_server: false,
+            tls: None,
+        };
+        let tlsa_name = || format!("_{}._tcp.{host}", self.config.mx_port);
+        match hop.host_tls(host) {
+            Some(HostTls::Failed(why)) => Err(refused(format!(
+                "DANE: the TLSA records of {} could not be had: {why}; {host} gets no mail until they can",
+                tlsa_name()
+            ))),
+            Some(HostTls::Authenticated(records)) => Ok(Cow::Owned(Settings {
+                dane: Some(DaneAuthentication {
+                    records: records.clone(),
+                    domain: envelope.domain.clone(),
+                }),
+                check_certificate: false,
+                ..mx_settings.clone()
+            })),
+            _ if mx_settings.tls == OutboundTls::DaneOnly => Err(refused(format!(
+                "{host} is not authenticated by DANE (no usable TLSA records at {} validated with DNSSEC) and its destination is dane-only",
+                tlsa_name()
+            ))),
+            Some(HostTls::Encrypted)
+                if matches!(
+                    mx_settings.tls,
+                    OutboundTls::Opportunistic | OutboundTls::None
+                ) =>
+            {
+                Ok(Cow::Owned(Settings {
+                    tls: OutboundTls::Required,
+                    ..mx_settings.clone()
+                }))
+            }
+            _ => Ok(Cow::Borrowed(mx_settings)),
+        }
+    }
+
     /// The TLS reports of this process, to run.
     pub fn tls_reports(&self) -> Option<Arc<TlsReports>> {
         self.tls_reports.clone()
@@ -505,6 +633,10 @@ impl NextHops {
         let (Some(reports), Some(policy)) = (&self.tls_reports, &hop.sts) else {
             return;
         };
+        // DANE, not the policy, decided about this host's TLS.
+        if hop.dane_authenticated(host) {
+            return;
+        }
         let failed = match result {
             // A host the policy does not list (testing mode) fails it, whatever its TLS.
             _ if !policy.policy.allows(host) => Some(ResultType::ValidationFailure),
@@ -531,7 +663,9 @@ impl NextHops {
 /// How an attempt for `envelope` talks: REQUIRETLS mail only over TLS with a certificate
 /// verified for the host name (RFC 8689 §4.2.1), whatever the next hop's own setting.
 fn for_envelope<'a>(settings: &'a Settings, envelope: &Envelope) -> Cow<'a, Settings> {
-    if envelope.require_tls && settings.tls != OutboundTls::Verify {
+    // dane-only stays: DANE authenticates at least as well as WebPKI.
+    if envelope.require_tls && !matches!(settings.tls, OutboundTls::Verify | OutboundTls::DaneOnly)
+    {
         Cow::Owned(Settings {
             tls: OutboundTls::Verify,
             ..settings.clone()
