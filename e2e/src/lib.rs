@@ -7,6 +7,7 @@
 
 pub mod admin_cli;
 pub mod dns;
+pub mod dnssec;
 pub mod https;
 pub mod mx;
 pub mod nats;
