@@ -13,7 +13,7 @@ use hickory_proto::dnssec::crypto::Ed25519SigningKey;
 use hickory_proto::dnssec::rdata::{DNSKEY, DNSSECRData, DS, NSEC, RRSIG, SigInput};
 use hickory_proto::dnssec::{DigestType, DnssecSigner, SigningKey, TBS};
 use hickory_proto::op::{Edns, Message, MessageType, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, MX, NS, SOA, TLSA};
+use hickory_proto::rr::rdata::{A, AAAA, MX, NS, SOA, TLSA, TXT};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType, SerialNumber};
 use tokio::net::UdpSocket;
 
@@ -155,6 +155,11 @@ impl SignedDns {
     pub fn tlsa(&self, owner: &str, usage: u8, selector: u8, matching: u8, data: Vec<u8>) {
         let tlsa = TLSA::new(usage.into(), selector.into(), matching.into(), data);
         self.add(owner, RData::TLSA(tlsa));
+    }
+
+    /// Adds a TXT record of one string.
+    pub fn txt(&self, owner: &str, text: &str) {
+        self.add(owner, RData::TXT(TXT::new(vec![text.to_string()])));
     }
 
     /// Breaks the signatures of every RRset at `owner`: a validating resolver finds them bogus.

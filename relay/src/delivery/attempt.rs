@@ -272,7 +272,12 @@ impl AttemptError {
             Handshake(err) => AttemptFailure {
                 next_host: true,
                 tls: Some(classify(&err)),
-                ..local(4, 7, 5, format!("TLS handshake failed: {err}"))
+                ..local(
+                    4,
+                    7,
+                    5,
+                    format!("TLS handshake failed: {}", handshake_error(&err)),
+                )
             },
             Other(failure) => failure,
         }
@@ -756,6 +761,20 @@ fn classify(err: &std::io::Error) -> ResultType {
     {
         Some(rustls::Error::InvalidCertificate(certificate)) => certificate_result(certificate),
         _ => ResultType::ValidationFailure,
+    }
+}
+
+/// A handshake error in words: a verifier's own error (DANE's) by its message rather than
+/// rustls's debug form of it.
+fn handshake_error(err: &std::io::Error) -> String {
+    match err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) => {
+            format!("invalid peer certificate: {}", other.0)
+        }
+        _ => err.to_string(),
     }
 }
 
