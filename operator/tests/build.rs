@@ -294,6 +294,35 @@ fn a_typo_in_an_example_is_caught_by_the_crd_schema() {
 }
 
 #[test]
+fn dane_only_is_a_destination_mode_the_crd_refuses_on_routes() {
+    let full = read("operator/tests/fixtures/relay-full.yaml");
+    assert!(full.contains("tls: dane-only") && full.contains("probe: example.com."));
+    let dir = tempfile::tempdir().unwrap();
+    let check = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        validate_custom_resources(&[path])
+    };
+    let (ok, report) = check("full.yaml", full.clone());
+    assert!(ok, "{report}");
+    let route = full.replacen(
+        "host: mx.partner.example.net:25\n        tls: verify",
+        "host: mx.partner.example.net:25\n        tls: dane-only",
+        1,
+    );
+    assert_ne!(route, full);
+    let (ok, report) = check("route.yaml", route);
+    assert!(!ok);
+    assert!(report.contains("routes.0.tls"), "{report}");
+    let (ok, report) = check(
+        "probe.yaml",
+        full.replace("probe: example.com.", "probe: a..b"),
+    );
+    assert!(!ok);
+    assert!(report.contains("dane.probe"), "{report}");
+}
+
+#[test]
 fn objects_of_other_projects_match_their_published_schemas() {
     let mut custom = Vec::new();
     for inputs in [minimal_inputs(), full_inputs()] {

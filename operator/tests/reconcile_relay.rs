@@ -264,6 +264,68 @@ async fn a_missing_secret_degrades_the_relay_and_names_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dane_trust_anchors_come_from_a_secret_the_delivery_pods_mount() {
+    let h = Harness::start(json!({ "delivery": { "dane": {
+        "trustAnchorSecret": { "name": "dnssec-anchors", "key": "root.keys" },
+    } } }));
+    h.reconcile().await;
+    let (degraded, reason, message) = h.condition("Degraded");
+    assert_eq!(
+        (degraded.as_str(), reason.as_str()),
+        ("True", "SecretNotFound")
+    );
+    assert!(
+        message.contains("spec.delivery.dane.trustAnchorSecret")
+            && message.contains("dnssec-anchors"),
+        "{message}"
+    );
+
+    h.api.put(
+        &format!("{NS}/secrets/dnssec-anchors"),
+        json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": { "name": "dnssec-anchors", "namespace": "default" },
+            "data": { "root.keys": "LiBJTiBETlNLRVkgMjU3IDMgMTUgQUFBQQ==" },
+        }),
+    );
+    h.reconcile().await;
+    assert_eq!(h.condition("Degraded").0, "False");
+    let config = h.api.get(&format!("{NS}/configmaps/mail-config")).unwrap();
+    let config = config["data"]["config.yaml"].as_str().unwrap();
+    assert!(
+        config.contains("trustAnchorFile: /etc/postern/dane/root.keys"),
+        "{config}"
+    );
+    let delivery = h
+        .api
+        .get(&format!("{APPS}/deployments/mail-delivery"))
+        .unwrap();
+    let pod = &delivery["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| v["secret"]["secretName"] == "dnssec-anchors")
+            .count(),
+        1
+    );
+    let mounts = pod["containers"][0]["volumeMounts"].as_array().unwrap();
+    assert!(
+        mounts.iter().any(|m| m["mountPath"] == "/etc/postern/dane"),
+        "{mounts:?}"
+    );
+    let ingress = h
+        .api
+        .get(&format!("{APPS}/deployments/mail-ingress"))
+        .unwrap();
+    assert!(
+        !ingress.to_string().contains("dnssec-anchors"),
+        "ingress pods need no trust anchors"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_spec_is_reported_with_the_field() {
     let h =
         Harness::start(json!({ "ingress": { "allowedNetworks": ["10.0.0.0/8", "not-a-net"] } }));

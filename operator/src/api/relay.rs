@@ -619,6 +619,9 @@ pub struct DeliverySpec {
     /// TLS reports (RFC 8460) to the domains whose MTA-STS policies delivery applied.
     #[serde(default)]
     pub tls_rpt: DeliveryTlsRptSpec,
+    /// DANE (RFC 7672) towards MX hosts whose TLSA records validate with DNSSEC.
+    #[serde(default)]
+    pub dane: DeliveryDaneSpec,
     /// CPU and memory of each delivery pod. Default: requests 100m / 128Mi, memory limit 512Mi.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
@@ -645,6 +648,7 @@ impl Default for DeliverySpec {
             backoff: BackoffSpec::default(),
             mta_sts: DeliveryMtaStsSpec::default(),
             tls_rpt: DeliveryTlsRptSpec::default(),
+            dane: DeliveryDaneSpec::default(),
             resources: None,
             max_unavailable: default_max_unavailable(),
         }
@@ -683,7 +687,32 @@ pub struct DeliveryTlsRptSpec {
     pub contact: Option<String>,
 }
 
-/// TLS towards a next hop.
+/// DANE towards MX hosts: an MX host whose TLSA records validate with DNSSEC gets mail only over
+/// TLS with a certificate they match, and a TLSA answer that fails validation keeps mail from
+/// it. The pods validate answers themselves, so the cluster's resolver must pass DNSSEC records
+/// on; when it does not, the pods say so at start and deliver without DANE.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryDaneSpec {
+    /// Default: true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Secret whose key holds the DNSKEY records (zone-file lines) to trust instead of the IANA
+    /// root keys, for a private DNSSEC root. Default key: `trust-anchors`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_anchor_secret: Option<SecretKeyRef>,
+    /// A signed name whose SOA record must validate for DANE to be on. Default: `.` (the root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 254),
+        regex(
+            pattern = r"^(\.|[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?)$"
+        )
+    )]
+    pub probe: Option<String>,
+}
+
+/// TLS towards a route or the smarthost.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum OutboundTlsMode {
@@ -691,6 +720,19 @@ pub enum OutboundTlsMode {
     Required,
     Verify,
     None,
+}
+
+/// TLS towards the MX hosts of a destination: a route's modes, and `dane-only`, which sends
+/// mail only to MX hosts that DANE authenticates.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum DestinationTlsMode {
+    Opportunistic,
+    Required,
+    Verify,
+    None,
+    #[serde(rename = "dane-only")]
+    DaneOnly,
 }
 
 /// Limits for the destinations one pattern matches.
@@ -720,7 +762,7 @@ pub struct DestinationSpec {
     /// STARTTLS towards the MX hosts of the destinations it matches. Default: opportunistic.
     /// Routes and the smarthost keep their own `tls`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<OutboundTlsMode>,
+    pub tls: Option<DestinationTlsMode>,
 }
 
 /// A fixed next hop.

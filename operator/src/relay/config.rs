@@ -10,12 +10,13 @@ use postern_config::{
 };
 
 use super::names::{
-    ADMIN_PORT, CONSUMER, NATS_CA_KEY, NATS_CREDS_KEY, NATS_TOKEN_KEY, SMARTHOST_KEY, USERS_KEY,
-    hostname, paths, signing_key_file, stream_name,
+    ADMIN_PORT, CONSUMER, DANE_TRUST_ANCHOR_KEY, NATS_CA_KEY, NATS_CREDS_KEY, NATS_TOKEN_KEY,
+    SMARTHOST_KEY, USERS_KEY, hostname, paths, signing_key_file, stream_name,
 };
 use super::validate::ValidSpec;
 use crate::api::{
-    DkimKeyType, Domain, ListenerTlsMode, OutboundTlsMode, Relay, SuppressionActionSpec,
+    DestinationTlsMode, DkimKeyType, Domain, ListenerTlsMode, OutboundTlsMode, Relay,
+    SuppressionActionSpec,
 };
 use crate::domain::keystore::ActiveKey;
 
@@ -113,6 +114,17 @@ pub fn build_config(relay: &Relay, valid: &ValidSpec) -> Result<Config, ConfigEr
     }
     config.delivery.tls_rpt.organization = tls_rpt.organization.clone();
     config.delivery.tls_rpt.contact = tls_rpt.contact.clone();
+    let dane = &delivery.dane;
+    if let Some(enabled) = dane.enabled {
+        config.delivery.dane.enabled = enabled;
+    }
+    config.delivery.dane.trust_anchor_file = dane
+        .trust_anchor_secret
+        .as_ref()
+        .map(|s| format!("{}/{}", paths::DANE_DIR, s.key_or(DANE_TRUST_ANCHOR_KEY)).into());
+    if let Some(probe) = &dane.probe {
+        config.delivery.dane.probe = probe.clone();
+    }
     let suppression = &spec.suppression;
     if let Some(enabled) = suppression.enabled {
         config.suppression.enabled = enabled;
@@ -213,8 +225,19 @@ pub fn signing_domains(domains: &[(Domain, Vec<ActiveKey>)]) -> Vec<DomainConfig
         .collect()
 }
 
-/// The config's outbound TLS mode for the Relay's.
-pub(crate) fn outbound_tls(mode: OutboundTlsMode) -> OutboundTls {
+/// The config's TLS mode towards a destination's MX hosts for the Relay's.
+pub(crate) fn destination_tls(mode: DestinationTlsMode) -> OutboundTls {
+    match mode {
+        DestinationTlsMode::Opportunistic => OutboundTls::Opportunistic,
+        DestinationTlsMode::Required => OutboundTls::Required,
+        DestinationTlsMode::Verify => OutboundTls::Verify,
+        DestinationTlsMode::None => OutboundTls::None,
+        DestinationTlsMode::DaneOnly => OutboundTls::DaneOnly,
+    }
+}
+
+/// The config's outbound TLS mode towards a route or the smarthost for the Relay's.
+fn outbound_tls(mode: OutboundTlsMode) -> OutboundTls {
     match mode {
         OutboundTlsMode::Opportunistic => OutboundTls::Opportunistic,
         OutboundTlsMode::Required => OutboundTls::Required,

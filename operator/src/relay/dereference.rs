@@ -6,7 +6,8 @@ use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 
 use super::names::{
-    NATS_CA_KEY, NATS_CREDS_KEY, NATS_TOKEN_KEY, SMARTHOST_KEY, USERS_KEY, WEBHOOK_SECRET_KEY,
+    DANE_TRUST_ANCHOR_KEY, NATS_CA_KEY, NATS_CREDS_KEY, NATS_TOKEN_KEY, SMARTHOST_KEY, USERS_KEY,
+    WEBHOOK_SECRET_KEY,
 };
 use super::queue::{NatsAccess, NatsAuth};
 use crate::api::{Domain, Relay, SecretKeyRef};
@@ -105,6 +106,11 @@ pub async fn dereference(
                 .as_ref()
                 .and_then(|s| s.credentials_secret.as_ref()),
             SMARTHOST_KEY,
+        ),
+        (
+            "spec.delivery.dane.trustAnchorSecret",
+            spec.delivery.dane.trust_anchor_secret.as_ref(),
+            DANE_TRUST_ANCHOR_KEY,
         ),
     ];
     let mut contents: Vec<Vec<u8>> = Vec::new();

@@ -356,6 +356,7 @@ pub fn references_secret(relay: &Relay, name: &str) -> bool {
             .smarthost
             .as_ref()
             .and_then(|s| s.credentials_secret.as_ref()),
+        spec.delivery.dane.trust_anchor_secret.as_ref(),
     ]
     .into_iter()
     .flatten()

@@ -19,6 +19,8 @@ pub mod paths {
     pub const NATS_TOKEN_DIR: &str = "/etc/postern/nats-token";
     pub const NATS_CA_DIR: &str = "/etc/postern/nats-ca";
     pub const SMARTHOST_DIR: &str = "/etc/postern/smarthost";
+    /// The DNSSEC trust anchors of `spec.delivery.dane.trustAnchorSecret`.
+    pub const DANE_DIR: &str = "/etc/postern/dane";
     /// The signing Secret: the domains file and every active DKIM key.
     pub const SIGNING_DIR: &str = "/etc/postern/signing";
     pub const DOMAINS_FILE: &str = "/etc/postern/signing/domains.yaml";
@@ -49,6 +51,7 @@ pub const NATS_TOKEN_KEY: &str = "token";
 pub const NATS_CA_KEY: &str = "ca.crt";
 pub const SMARTHOST_KEY: &str = "credentials";
 pub const WEBHOOK_SECRET_KEY: &str = "secret";
+pub const DANE_TRUST_ANCHOR_KEY: &str = "trust-anchors";
 
 /// The JetStream stream of a relay: `spec.nats.stream`, or `POSTERN_<NAME>`.
 pub fn stream_name(relay: &Relay) -> String {

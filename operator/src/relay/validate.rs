@@ -311,7 +311,7 @@ pub fn validate(name: &str, spec: &RelaySpec) -> Result<ValidSpec, ValidationErr
                 .as_deref()
                 .and_then(|r| rate(format!("spec.delivery.destinations[{i}].rate"), r)),
             burst: d.burst,
-            tls: d.tls.map(super::config::outbound_tls),
+            tls: d.tls.map(super::config::destination_tls),
         })
         .collect();
     for (i, d) in destinations.iter().enumerate() {

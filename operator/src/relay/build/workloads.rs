@@ -95,7 +95,8 @@ pub(super) fn ingress(inputs: &RelayInputs, restart_hash: &str, tls_secret: &str
     )
 }
 
-/// The delivery Deployment: NATS credentials, the smarthost's, and the webhooks' secrets.
+/// The delivery Deployment: NATS credentials, the smarthost's, the DANE trust anchors and the
+/// webhooks' secrets.
 pub(super) fn delivery(inputs: &RelayInputs, restart_hash: &str) -> Deployment {
     let relay = &inputs.relay;
     let spec = &relay.spec;
@@ -111,6 +112,13 @@ pub(super) fn delivery(inputs: &RelayInputs, restart_hash: &str) -> Deployment {
             volume: "smarthost".into(),
             secret: credentials.name.clone(),
             path: paths::SMARTHOST_DIR.into(),
+        });
+    }
+    if let Some(anchors) = &spec.delivery.dane.trust_anchor_secret {
+        mounts.push(SecretMount {
+            volume: "dane".into(),
+            secret: anchors.name.clone(),
+            path: paths::DANE_DIR.into(),
         });
     }
     for hook in &spec.events.webhooks {
