@@ -147,6 +147,21 @@ impl HttpsServer {
         );
     }
 
+    /// Takes TLS reports: requests to `localhost:<port>` get `201 Created`; the URL to post
+    /// them to.
+    pub fn accept_reports(&self) -> String {
+        let host = format!("localhost:{}", self.addr.port());
+        self.set(
+            &host,
+            Response {
+                status: 201,
+                content_type: "text/plain".into(),
+                body: String::new(),
+            },
+        );
+        format!("https://{host}/tlsrpt")
+    }
+
     /// Every request so far.
     pub fn requests(&self) -> Vec<Request> {
         self.state.lock().expect("lock").requests.clone()

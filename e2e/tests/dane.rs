@@ -12,6 +12,7 @@ use std::time::Duration;
 use postern_config::{Config, DestinationLimits, ListenerTls, OutboundTls, TlsConfig};
 use postern_e2e::dnssec::SignedDns;
 use postern_e2e::relay::listener;
+use postern_e2e::report::{tls_report_json, tls_report_sums};
 use postern_e2e::{HttpsServer, MockMx, NatsServer, Relay, STREAM, Smtp, TestPki};
 use postern_relay::delivery::dane::tlsa::subject_public_key_info;
 use rustls_pki_types::CertificateDer;
@@ -114,6 +115,26 @@ impl World {
         }
     }
 
+    /// The domains both tests use: `ee.` (DANE-EE for the MX's own key; its certificate names
+    /// none of these hosts), `wrong.` (a record for another key), `bogus.` (valid records whose
+    /// signatures do not validate) and `pkix.` (signed records that are all unusable, PKIX-EE:
+    /// TLS mandatory, not authenticated), each `.signed.test` with the MX `mx-<name>`.
+    fn ee_wrong_bogus_and_pkix(&self) {
+        let ee = (3, 1, 1, self.ee.clone());
+        let other_key = vec![9; 32];
+        for (name, tlsa) in [
+            ("ee", ee.clone()),
+            ("wrong", (3, 1, 1, other_key.clone())),
+            ("bogus", ee),
+            ("pkix", (1, 1, 1, other_key)),
+        ] {
+            let mx = format!("mx-{name}.signed.test");
+            self.domain(&format!("{name}.signed.test"), &mx, "127.0.0.1", &[tlsa]);
+        }
+        self.dns
+            .break_signatures(&format!("_{}._tcp.mx-bogus.signed.test", self.port));
+    }
+
     fn sender_config(&self, nats: &NatsServer) -> Config {
         let mut c = Relay::config(nats);
         c.delivery.dns.nameservers = vec![self.dns.addr];
@@ -171,8 +192,7 @@ async fn delivered(world: &World, count: usize, relay: &Relay) -> Vec<String> {
 async fn tlsa_records_authenticate_mx_hosts_and_keep_mail_from_those_they_do_not() {
     let world = World::new().await;
     let ee = || (3, 1, 1, world.ee.clone());
-    // DANE-EE: the MX's own key; its certificate names none of these hosts.
-    world.domain("ee.signed.test", "mx-ee.signed.test", "127.0.0.1", &[ee()]);
+    world.ee_wrong_bogus_and_pkix();
     // DANE-TA: the CA's key; the certificate names mx-ta.signed.test.
     world.domain(
         "ta.signed.test",
@@ -180,36 +200,12 @@ async fn tlsa_records_authenticate_mx_hosts_and_keep_mail_from_those_they_do_not
         "127.0.0.1",
         &[(2, 1, 1, world.ta.clone())],
     );
-    // A record for another key: the certificate does not match.
-    world.domain(
-        "wrong.signed.test",
-        "mx-wrong.signed.test",
-        "127.0.0.1",
-        &[(3, 1, 1, vec![9; 32])],
-    );
-    // Valid records whose signatures do not validate.
-    world.domain(
-        "bogus.signed.test",
-        "mx-bogus.signed.test",
-        "127.0.0.1",
-        &[ee()],
-    );
-    world
-        .dns
-        .break_signatures(&format!("_{}._tcp.mx-bogus.signed.test", world.port));
     // The plaintext MX, with TLSA records: STARTTLS is mandatory, so it gets nothing.
     world.domain(
         "notls.signed.test",
         "mx-notls.signed.test",
         "127.0.0.9",
         &[ee()],
-    );
-    // Signed records that are all unusable (PKIX-EE): TLS mandatory, not authenticated.
-    world.domain(
-        "pkix.signed.test",
-        "mx-pkix.signed.test",
-        "127.0.0.1",
-        &[(1, 1, 1, vec![9; 32])],
     );
     // An unsigned zone: its TLSA records count for nothing, mail goes in plaintext.
     world.domain("plain.test", "mx.plain.test", "127.0.0.9", &[ee()]);
@@ -346,5 +342,103 @@ async fn an_upstream_that_strips_dnssec_turns_dane_off_instead_of_deferring_mail
     assert!(
         log.contains("DNSSEC answers do not validate, so DANE is off"),
         "{log}"
+    );
+}
+
+#[tokio::test]
+async fn dane_sessions_are_reported_to_the_tls_rpt_record_of_each_mx_host() {
+    let world = World::new().await;
+    world.ee_wrong_bogus_and_pkix();
+    world.domain("only.plain.test", "mx.plain.test", "127.0.0.9", &[]);
+    let record = format!("v=TLSRPTv1; rua={}", world.policies.accept_reports());
+    for host in [
+        "mx-ee.signed.test",
+        "mx-wrong.signed.test",
+        "mx-bogus.signed.test",
+        "mx-pkix.signed.test",
+        "mx.plain.test",
+        // The recipient domain is not a DANE policy domain: it hears nothing of DANE.
+        "ee.signed.test",
+    ] {
+        world.dns.txt(&format!("_smtp._tls.{host}"), &record);
+    }
+    let nats = NatsServer::start();
+    let mut config = world.sender_config(&nats);
+    config.delivery.tls_rpt.period = "2s".parse().unwrap();
+    config.delivery.destinations[0].pattern = "only.plain.test".into();
+    let relay = start(config);
+    for to in [
+        "a@ee.signed.test",
+        "b@wrong.signed.test",
+        "c@bogus.signed.test",
+        "d@pkix.signed.test",
+        "e@only.plain.test",
+    ] {
+        send(&relay, to).await;
+    }
+    let start_time = std::time::Instant::now();
+    let reports = loop {
+        let reports: Vec<serde_json::Value> = world
+            .policies
+            .requests()
+            .iter()
+            .filter(|r| r.method == "POST")
+            .map(|r| {
+                assert_eq!(r.header("content-type"), Some("application/tlsrpt+gzip"));
+                tls_report_json(&r.body)
+            })
+            .collect();
+        let failed = |host: &str, kind: &str| {
+            tls_report_sums(&reports, host)
+                .1
+                .iter()
+                .any(|(k, mx, n)| k == kind && mx == host && *n >= 1)
+        };
+        if tls_report_sums(&reports, "mx-ee.signed.test").0 >= 1
+            && failed("mx-wrong.signed.test", "tlsa-invalid")
+            && failed("mx-bogus.signed.test", "dnssec-invalid")
+            && failed("mx-pkix.signed.test", "tlsa-invalid")
+            && failed("mx.plain.test", "dane-required")
+        {
+            break reports;
+        }
+        assert!(
+            start_time.elapsed() < Duration::from_secs(40),
+            "reports: {reports:#?}\n{}",
+            relay.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let policy = |host: &str| {
+        reports
+            .iter()
+            .flat_map(|r| r["policies"].as_array().unwrap().clone())
+            .find(|p| p["policy"]["policy-domain"] == host)
+            .unwrap()["policy"]
+            .clone()
+    };
+    let hex: String = world.ee.iter().map(|b| format!("{b:02x}")).collect();
+    let ee_policy = policy("mx-ee.signed.test");
+    assert_eq!(ee_policy["policy-type"], "tlsa");
+    assert_eq!(
+        ee_policy["policy-string"],
+        serde_json::json!([format!("3 1 1 {hex}")])
+    );
+    assert_eq!(
+        ee_policy["mx-host"],
+        serde_json::json!(["mx-ee.signed.test"])
+    );
+    assert_eq!(tls_report_sums(&reports, "mx-ee.signed.test").1, []);
+    assert_eq!(policy("mx-wrong.signed.test")["policy-type"], "tlsa");
+    assert_eq!(policy("mx.plain.test")["policy-type"], "no-policy-found");
+    assert_eq!(tls_report_sums(&reports, "ee.signed.test"), (0, Vec::new()));
+    assert!(
+        world
+            .policies
+            .requests()
+            .iter()
+            .filter(|r| r.method == "POST")
+            .all(|r| r.header("tls-report-domain") != Some("ee.signed.test")),
+        "no report about the recipient domain"
     );
 }

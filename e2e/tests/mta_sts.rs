@@ -13,6 +13,7 @@ use mail_parser::MimeHeaders;
 use postern_config::{Config, ListenerTls, TlsConfig};
 use postern_e2e::https::Response;
 use postern_e2e::relay::listener;
+use postern_e2e::report::{tls_report_json, tls_report_sums};
 use postern_e2e::{DnsServer, HttpsServer, MockMx, NatsServer, Relay, STREAM, Smtp, TestPki};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -414,40 +415,6 @@ async fn a_policy_cached_by_one_process_protects_another_when_the_policy_server_
 /// What the TLS reports received so far say about `domain`: (successful sessions, failure
 /// details as (result type, MX host, count)), summed over every report (a period boundary can
 /// split the sessions of one test over two).
-fn report_sums(reports: &[serde_json::Value], domain: &str) -> (u64, Vec<(String, String, u64)>) {
-    let mut successes = 0;
-    let mut failures: Vec<(String, String, u64)> = Vec::new();
-    for report in reports {
-        for policy in report["policies"].as_array().unwrap() {
-            if policy["policy"]["policy-domain"] != domain {
-                continue;
-            }
-            successes += policy["summary"]["total-successful-session-count"]
-                .as_u64()
-                .unwrap();
-            for detail in policy["failure-details"].as_array().unwrap() {
-                let kind = detail["result-type"].as_str().unwrap().to_string();
-                let mx = detail["receiving-mx-hostname"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
-                let count = detail["failed-session-count"].as_u64().unwrap();
-                match failures.iter_mut().find(|(k, m, _)| *k == kind && *m == mx) {
-                    Some(known) => known.2 += count,
-                    None => failures.push((kind, mx, count)),
-                }
-            }
-        }
-    }
-    (successes, failures)
-}
-
-fn gunzip_json(gzipped: &[u8]) -> serde_json::Value {
-    let mut json = Vec::new();
-    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(gzipped), &mut json).unwrap();
-    serde_json::from_slice(&json).unwrap()
-}
-
 #[tokio::test]
 async fn tls_reports_count_the_sessions_of_each_policy_domain_and_reach_its_rua() {
     let world = World::new().await;
@@ -466,16 +433,7 @@ async fn tls_reports_count_the_sessions_of_each_policy_domain_and_reach_its_rua(
     );
     // Reports go by mail to reports.example (the plaintext MX on 127.0.0.9) and by HTTPS POST.
     world.dns.mx("reports.example", 10, "mx.rogue.example");
-    let https = format!("https://localhost:{}/tlsrpt", world.policies.addr.port());
-    let post_host = format!("localhost:{}", world.policies.addr.port());
-    world.policies.set(
-        &post_host,
-        Response {
-            status: 201,
-            content_type: "text/plain".into(),
-            body: String::new(),
-        },
-    );
+    let https = world.policies.accept_reports();
     world.dns.txt(
         "_smtp._tls.enforce.example",
         &format!("v=TLSRPTv1; rua=mailto:tlsrpt@reports.example,{https}"),
@@ -511,7 +469,7 @@ async fn tls_reports_count_the_sessions_of_each_policy_domain_and_reach_its_rua(
             .map(|r| {
                 assert_eq!(r.path, "/tlsrpt");
                 assert_eq!(r.header("content-type"), Some("application/tlsrpt+gzip"));
-                gunzip_json(&r.body)
+                tls_report_json(&r.body)
             })
             .collect();
         let mailed: Vec<serde_json::Value> = world
@@ -533,13 +491,13 @@ async fn tls_reports_count_the_sessions_of_each_policy_domain_and_reach_its_rua(
                     .attachments()
                     .find(|a| a.is_content_type("application", "tlsrpt+gzip"))
                     .unwrap_or_else(|| panic!("no application/tlsrpt+gzip part: {text}"));
-                gunzip_json(attachment.contents())
+                tls_report_json(attachment.contents())
             })
             .collect();
-        let enforce_posted = report_sums(&posted, "enforce.example");
-        let enforce_mailed = report_sums(&mailed, "enforce.example");
-        let badcert = report_sums(&posted, "badcert.example");
-        let testing = report_sums(&mailed, "testing.example");
+        let enforce_posted = tls_report_sums(&posted, "enforce.example");
+        let enforce_mailed = tls_report_sums(&mailed, "enforce.example");
+        let badcert = tls_report_sums(&posted, "badcert.example");
+        let testing = tls_report_sums(&mailed, "testing.example");
         let done = enforce_posted.0 == 2
             && enforce_mailed.0 == 2
             && badcert.1.iter().any(|(_, _, n)| *n >= 2)

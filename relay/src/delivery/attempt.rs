@@ -26,7 +26,7 @@ use postern_queue::Content;
 use postern_queue::events::TlsDetails;
 
 use super::dane::tlsa::Tlsa;
-use super::dane::verifier::DaneVerifier;
+use super::dane::verifier::{DaneVerifier, NoMatch};
 use super::tls_rpt::report::ResultType;
 
 /// Where an attempt goes.
@@ -789,6 +789,7 @@ fn certificate_result(error: &rustls::CertificateError) -> ResultType {
             ResultType::CertificateExpired
         }
         C::UnknownIssuer | C::BadSignature => ResultType::CertificateNotTrusted,
+        C::Other(other) if other.0.downcast_ref::<NoMatch>().is_some() => ResultType::TlsaInvalid,
         _ => ResultType::ValidationFailure,
     }
 }

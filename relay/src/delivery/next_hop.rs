@@ -17,8 +17,8 @@ use super::mta_sts::fetch::Fetcher;
 use super::mta_sts::{MtaSts, policy::Mode};
 use super::route;
 use super::tls::{self, CaError};
-use super::tls_rpt::TlsReports;
 use super::tls_rpt::report::ResultType;
+use super::tls_rpt::{DaneSession, TlsReports};
 use crate::metrics::Metrics;
 use postern_dns::{Dns, DnsSetupError, Exchangers, LookupFailure, SecureFailure, Validated};
 use postern_queue::Content;
@@ -120,11 +120,6 @@ impl Hop {
             .iter()
             .find(|(h, _)| h == host)
             .map(|(_, tls)| tls)
-    }
-
-    /// True when DANE authenticates `host`: it takes precedence over MTA-STS (RFC 8461 §2).
-    fn dane_authenticated(&self, host: &str) -> bool {
-        matches!(self.host_tls(host), Some(HostTls::Authenticated(_)))
     }
 }
 
@@ -497,6 +492,9 @@ impl NextHops {
             let settings = match self.host_settings(hop, host, &mx_settings, envelope) {
                 Ok(settings) => settings,
                 Err(failure) => {
+                    if let (Some(reports), Some(kind)) = (&self.tls_reports, failure.tls) {
+                        reports.dane(host, DaneSession::Failed(kind), None);
+                    }
                     info!(queue_id = %envelope.queue_id, %host, reply = %failure.reply.text(), "trying the next MX host");
                     last = failure;
                     last_host = Some(host.clone());
@@ -573,18 +571,21 @@ impl NextHops {
         mx_settings: &'a Settings,
         envelope: &Envelope,
     ) -> Result<Cow<'a, Settings>, AttemptFailure> {
-        let refused = |text: String| AttemptFailure {
+        let refused = |text: String, kind: ResultType| AttemptFailure {
             reply: Reply::new(451, Status(4, 7, 5), text),
             next_host: true,
             from_server: false,
-            tls: None,
+            tls: Some(kind),
         };
         let tlsa_name = || format!("_{}._tcp.{host}", self.config.mx_port);
         match hop.host_tls(host) {
-            Some(HostTls::Failed(why)) => Err(refused(format!(
-                "DANE: the TLSA records of {} could not be had: {why}; {host} gets no mail until they can",
-                tlsa_name()
-            ))),
+            Some(HostTls::Failed(why)) => Err(refused(
+                format!(
+                    "DANE: the TLSA records of {} could not be had: {why}; {host} gets no mail until they can",
+                    tlsa_name()
+                ),
+                ResultType::DnssecInvalid,
+            )),
             Some(HostTls::Authenticated(records)) => Ok(Cow::Owned(Settings {
                 dane: Some(DaneAuthentication {
                     records: records.clone(),
@@ -593,10 +594,13 @@ impl NextHops {
                 check_certificate: false,
                 ..mx_settings.clone()
             })),
-            _ if mx_settings.tls == OutboundTls::DaneOnly => Err(refused(format!(
-                "{host} is not authenticated by DANE (no usable TLSA records at {} validated with DNSSEC) and its destination is dane-only",
-                tlsa_name()
-            ))),
+            _ if mx_settings.tls == OutboundTls::DaneOnly => Err(refused(
+                format!(
+                    "{host} is not authenticated by DANE (no usable TLSA records at {} validated with DNSSEC) and its destination is dane-only",
+                    tlsa_name()
+                ),
+                ResultType::DaneRequired,
+            )),
             Some(HostTls::Encrypted)
                 if matches!(
                     mx_settings.tls,
@@ -617,8 +621,9 @@ impl NextHops {
         self.tls_reports.clone()
     }
 
-    /// Counts one session with an MX host of `domain` under its MTA-STS policy for the TLS
-    /// report: met when its TLS was verified (by the handshake under `enforce`, after it under
+    /// Counts one session with an MX host for the TLS reports: under the host's TLSA records
+    /// when DANE decided about its TLS, otherwise under the MTA-STS policy of `domain`. Met
+    /// when its TLS was verified (by the handshake under `enforce` or DANE, after it under
     /// `testing`), failed with the kind of failure when TLS did not work or did not verify.
     /// Sessions that did not get as far as TLS (no connection) are not counted, unless the
     /// host is not in the policy.
@@ -630,13 +635,39 @@ impl NextHops {
         host: &str,
         ip: IpAddr,
     ) {
-        let (Some(reports), Some(policy)) = (&self.tls_reports, &hop.sts) else {
+        let Some(reports) = &self.tls_reports else {
             return;
         };
-        // DANE, not the policy, decided about this host's TLS.
-        if hop.dane_authenticated(host) {
-            return;
+        // How TLS went, when the session got that far: `Some(None)` for TLS that worked.
+        let tls_result = match result {
+            Ok((_, session)) => Some(
+                session
+                    .tls
+                    .is_none()
+                    .then_some(ResultType::StarttlsNotSupported),
+            ),
+            Err(failure) => failure.tls.map(Some),
+        };
+        let ip_text = ip.to_string();
+        match (hop.host_tls(host), tls_result) {
+            (Some(HostTls::Authenticated(records)), tls_result) => {
+                if let Some(failed) = tls_result {
+                    let session = DaneSession::Records(records, failed);
+                    reports.dane(host, session, Some(&ip_text));
+                }
+                return;
+            }
+            // Signed records, none usable: TLS without authentication, which the records'
+            // owner wants to hear about; an MTA-STS policy still holds for the host.
+            (Some(HostTls::Encrypted), Some(failed)) => {
+                let session = DaneSession::Failed(failed.unwrap_or(ResultType::TlsaInvalid));
+                reports.dane(host, session, Some(&ip_text));
+            }
+            _ => {}
         }
+        let Some(policy) = &hop.sts else {
+            return;
+        };
         let failed = match result {
             // A host the policy does not list (testing mode) fails it, whatever its TLS.
             _ if !policy.policy.allows(host) => Some(ResultType::ValidationFailure),
@@ -652,10 +683,7 @@ impl NextHops {
         };
         match failed {
             None => reports.success(domain, policy),
-            Some(kind) => {
-                let ip = ip.to_string();
-                reports.failure(domain, Some(policy), kind, Some(host), Some(&ip));
-            }
+            Some(kind) => reports.failure(domain, Some(policy), kind, Some(host), Some(&ip_text)),
         }
     }
 }

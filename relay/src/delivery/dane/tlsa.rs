@@ -33,6 +33,15 @@ impl Tlsa {
         matches!(self.usage, DANE_TA | DANE_EE) && self.selector <= 1 && length_fits
     }
 
+    /// The record's data in presentation form (RFC 6698 §2.2): `3 1 1 0a1b…`.
+    pub fn presentation(&self) -> String {
+        let mut text = format!("{} {} {} ", self.usage, self.selector, self.matching);
+        for byte in &self.data {
+            text.push_str(&format!("{byte:02x}"));
+        }
+        text
+    }
+
     /// True when the record matches the DER certificate `cert`.
     pub fn matches(&self, cert: &[u8]) -> bool {
         let selected = match self.selector {

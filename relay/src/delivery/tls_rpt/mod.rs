@@ -1,5 +1,7 @@
-//! TLS reporting (RFC 8460) for the domains whose MTA-STS policies delivery applied: sessions are
-//! counted in memory, added every few seconds to the relay's tallies in NATS KV (compare and
+//! TLS reporting (RFC 8460) for the domains whose MTA-STS policies delivery applied and the MX
+//! hosts DANE applied to (a DANE policy's domain is the MX host, its TLSA base domain, RFC 8460
+//! §1.3 and RFC 7672 §2.2.3, so those reports go to the host's own `_smtp._tls` record): sessions
+//! are counted in memory, added every few seconds to the relay's tallies in NATS KV (compare and
 //! set, so every delivery process adds to the same ones), and once a period has ended one
 //! process claims each domain's tally and sends its report where the domain's `_smtp._tls`
 //! record says, by mail through the relay's own queue or by HTTPS POST.
@@ -19,25 +21,57 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use super::dane::tlsa::Tlsa;
 use super::mta_sts::cache::Cached;
 use crate::metrics::Metrics;
 use report::{PolicyFacts, ResultType, Tally};
 
-/// A period's tally of one domain as the bucket holds it.
+/// The sessions of one period to one policy domain, by the kind of policy.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Tallies {
+    /// Under the domain's MTA-STS policy (or the lack of one).
+    #[serde(default)]
+    tally: Tally,
+    /// Under the TLSA records of the domain as an MX host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tlsa: Option<Tally>,
+}
+
+impl Tallies {
+    fn merge(&mut self, other: Tallies) {
+        self.tally.merge(other.tally);
+        if let Some(tlsa) = other.tlsa {
+            self.tlsa.get_or_insert_with(Tally::default).merge(tlsa);
+        }
+    }
+}
+
+/// A period's tallies of one domain as the bucket holds them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Stored {
     domain: String,
     start_ms: u64,
     end_ms: u64,
-    tally: Tally,
+    #[serde(flatten)]
+    tallies: Tallies,
+}
+
+/// What DANE made of a session with an MX host, for its report.
+#[derive(Debug, Clone, Copy)]
+pub enum DaneSession<'a> {
+    /// Under these usable TLSA records: met, or failed as the result type says.
+    Records(&'a [Tlsa], Option<ResultType>),
+    /// Not under records: the host's TLSA records were unusable, bogus or missing.
+    Failed(ResultType),
 }
 
 /// The TLS reports of one delivery process.
 #[derive(Debug)]
 pub struct TlsReports {
     /// Sessions not yet added to the bucket, by period and domain.
-    pending: Mutex<HashMap<(u64, String), Tally>>,
+    pending: Mutex<HashMap<(u64, String), Tallies>>,
     period_ms: u64,
     bucket: JsonBucket,
     sender: send::Sender,
@@ -70,6 +104,25 @@ fn facts(policy: Option<&Cached>) -> PolicyFacts {
     }
 }
 
+/// The policy of a tally of sessions under MX `host`'s TLSA records (RFC 8460 §4.4): the
+/// records in presentation form, when they could be had.
+fn tlsa_facts(host: &str, records: Option<&[Tlsa]>) -> PolicyFacts {
+    PolicyFacts {
+        policy_type: if records.is_some() {
+            "tlsa"
+        } else {
+            "no-policy-found"
+        }
+        .into(),
+        policy_string: records
+            .unwrap_or_default()
+            .iter()
+            .map(Tlsa::presentation)
+            .collect(),
+        mx_host: vec![host.to_string()],
+    }
+}
+
 impl TlsReports {
     /// The reports of `config`'s relay; none when `delivery.tlsRpt.enabled` is false.
     pub fn new(
@@ -96,11 +149,37 @@ impl TlsReports {
     fn record(&self, domain: &str, policy: Option<&Cached>, add: impl FnOnce(&mut Tally)) {
         let period = now_ms() / self.period_ms;
         let mut pending = lock(&self.pending);
-        let tally = pending.entry((period, domain.to_string())).or_default();
+        let tally = &mut pending
+            .entry((period, domain.to_string()))
+            .or_default()
+            .tally;
         if policy.is_some() || tally.policy.policy_type.is_empty() {
             tally.policy = facts(policy);
         }
         add(tally);
+    }
+
+    /// A session with MX `host` that DANE decided about: counted under the host's TLSA
+    /// records, the host being the policy domain.
+    pub fn dane(&self, host: &str, session: DaneSession<'_>, ip: Option<&str>) {
+        let period = now_ms() / self.period_ms;
+        let mut pending = lock(&self.pending);
+        let tally = pending
+            .entry((period, host.to_ascii_lowercase()))
+            .or_default()
+            .tlsa
+            .get_or_insert_with(Tally::default);
+        let (records, failed) = match session {
+            DaneSession::Records(records, failed) => (Some(records), failed),
+            DaneSession::Failed(failed) => (None, Some(failed)),
+        };
+        if records.is_some() || tally.policy.policy_type.is_empty() {
+            tally.policy = tlsa_facts(host, records);
+        }
+        match failed {
+            None => tally.successes += 1,
+            Some(kind) => tally.fail(kind, Some(host), ip),
+        }
     }
 
     /// A session to `domain` under its policy met it.
@@ -156,7 +235,7 @@ impl TlsReports {
 
     async fn flush(&self) {
         let pending = std::mem::take(&mut *lock(&self.pending));
-        for ((period, domain), tally) in pending {
+        for ((period, domain), tallies) in pending {
             let start_ms = period * self.period_ms;
             let end_ms = start_ms + self.period_ms;
             let added = self
@@ -166,9 +245,9 @@ impl TlsReports {
                         domain: domain.clone(),
                         start_ms,
                         end_ms,
-                        tally: Tally::default(),
+                        tallies: Tallies::default(),
                     });
-                    stored.tally.merge(tally.clone());
+                    stored.tallies.merge(tallies.clone());
                     stored
                 })
                 .await;
@@ -216,13 +295,13 @@ impl TlsReports {
                 }
             };
             if let Some(stored) = stored {
+                let tallies = &stored.tallies;
+                let policies: Vec<&Tally> = std::iter::once(&tallies.tally)
+                    .chain(&tallies.tlsa)
+                    .collect();
                 let result = self
                     .sender
-                    .send(
-                        &stored.domain,
-                        (stored.start_ms, stored.end_ms),
-                        &stored.tally,
-                    )
+                    .send(&stored.domain, (stored.start_ms, stored.end_ms), &policies)
                     .await;
                 self.metrics
                     .tls_reports
@@ -243,6 +322,42 @@ fn tally_key(period: u64, domain: &str) -> String {
 mod tests {
     use super::*;
     use crate::delivery::mta_sts::policy::{Mode, Policy};
+
+    #[test]
+    fn tallies_stored_before_dane_still_read_and_merge_with_tlsa_ones() {
+        let old = r#"{"domain":"example.com","startMs":0,"endMs":1000,"tally":{"policy":{"policyType":"sts","policyString":[],"mxHost":[]},"successes":2,"failures":[]}}"#;
+        let mut stored: Stored = serde_json::from_str(old).unwrap();
+        assert_eq!(stored.tallies.tally.successes, 2);
+        assert!(stored.tallies.tlsa.is_none());
+        let record = Tlsa {
+            usage: 3,
+            selector: 1,
+            matching: 1,
+            data: vec![0xab; 32],
+        };
+        let mut tlsa = Tally {
+            policy: tlsa_facts("mx.example.com", Some(std::slice::from_ref(&record))),
+            ..Tally::default()
+        };
+        tlsa.fail(ResultType::TlsaInvalid, Some("mx.example.com"), None);
+        stored.tallies.merge(Tallies {
+            tally: Tally::default(),
+            tlsa: Some(tlsa),
+        });
+        let back: Stored = serde_json::from_str(&serde_json::to_string(&stored).unwrap()).unwrap();
+        let tlsa = back.tallies.tlsa.unwrap();
+        assert_eq!(tlsa.failed_sessions(), 1);
+        assert_eq!(tlsa.policy.policy_type, "tlsa");
+        assert_eq!(
+            tlsa.policy.policy_string,
+            [format!("3 1 1 {}", "ab".repeat(32))]
+        );
+        assert_eq!(back.tallies.tally.successes, 2);
+        assert_eq!(
+            tlsa_facts("mx.example.com", None).policy_type,
+            "no-policy-found"
+        );
+    }
 
     #[test]
     fn the_policy_string_lists_the_policy() {

@@ -16,6 +16,12 @@ pub enum ResultType {
     StsPolicyFetchError,
     StsPolicyInvalid,
     StsWebpkiInvalid,
+    /// No TLSA record of the host matched its certificate, or none was usable.
+    TlsaInvalid,
+    /// The TLSA records did not validate with DNSSEC or could not be had.
+    DnssecInvalid,
+    /// The destination is `dane-only` and the host has no TLSA records DNSSEC vouches for.
+    DaneRequired,
 }
 
 impl ResultType {
@@ -29,6 +35,9 @@ impl ResultType {
             ResultType::StsPolicyFetchError => "sts-policy-fetch-error",
             ResultType::StsPolicyInvalid => "sts-policy-invalid",
             ResultType::StsWebpkiInvalid => "sts-webpki-invalid",
+            ResultType::TlsaInvalid => "tlsa-invalid",
+            ResultType::DnssecInvalid => "dnssec-invalid",
+            ResultType::DaneRequired => "dane-required",
         }
     }
 }
@@ -37,9 +46,9 @@ impl ResultType {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyFacts {
-    /// `sts`, or `no-policy-found` when the policy could not be had.
+    /// `sts` or `tlsa`, or `no-policy-found` when there was none to apply.
     pub policy_type: String,
-    /// The policy file's lines.
+    /// The policy file's lines, or the TLSA records in presentation form.
     pub policy_string: Vec<String>,
     pub mx_host: Vec<String>,
 }
@@ -99,6 +108,11 @@ impl Tally {
         }
     }
 
+    /// True when no session was counted.
+    pub fn is_empty(&self) -> bool {
+        self.successes == 0 && self.failures.is_empty()
+    }
+
     /// Adds `other`'s sessions (another process's, or a later flush); the newer policy wins.
     pub fn merge(&mut self, other: Tally) {
         if !other.policy.policy_type.is_empty() {
@@ -118,15 +132,31 @@ pub struct Submitter<'a> {
     pub contact: &'a str,
 }
 
-/// The aggregate report (RFC 8460 §4.4) about `domain` for the period `[start, end)`, both
-/// RFC 3339.
+/// The aggregate report (RFC 8460 §4.4) about the policy domain `domain` for the period
+/// `[start, end)`, both RFC 3339: one entry for each of `policies` that counted a session.
 pub fn report_json(
     submitter: &Submitter<'_>,
     report_id: &str,
     (start, end): (&str, &str),
     domain: &str,
-    tally: &Tally,
+    policies: &[&Tally],
 ) -> serde_json::Value {
+    let policies: Vec<serde_json::Value> = policies
+        .iter()
+        .filter(|tally| !tally.is_empty())
+        .map(|tally| policy_json(domain, tally))
+        .collect();
+    serde_json::json!({
+        "organization-name": submitter.organization,
+        "date-range": { "start-datetime": start, "end-datetime": end },
+        "contact-info": submitter.contact,
+        "report-id": report_id,
+        "policies": policies,
+    })
+}
+
+/// One entry of a report's `policies`.
+fn policy_json(domain: &str, tally: &Tally) -> serde_json::Value {
     let mut policy = serde_json::json!({
         "policy-type": if tally.policy.policy_type.is_empty() { "no-policy-found" } else { tally.policy.policy_type.as_str() },
         "policy-domain": domain,
@@ -155,18 +185,12 @@ pub fn report_json(
         })
         .collect();
     serde_json::json!({
-        "organization-name": submitter.organization,
-        "date-range": { "start-datetime": start, "end-datetime": end },
-        "contact-info": submitter.contact,
-        "report-id": report_id,
-        "policies": [{
-            "policy": policy,
-            "summary": {
-                "total-successful-session-count": tally.successes,
-                "total-failure-session-count": tally.failed_sessions(),
-            },
-            "failure-details": details,
-        }],
+        "policy": policy,
+        "summary": {
+            "total-successful-session-count": tally.successes,
+            "total-failure-session-count": tally.failed_sessions(),
+        },
+        "failure-details": details,
     })
 }
 
@@ -299,12 +323,17 @@ mod tests {
             "01ID",
             ("2026-12-01T00:00:00Z", "2026-12-02T00:00:00Z"),
             "mail.example.com",
-            &tally,
+            &[&tally, &Tally::default()],
         );
         assert_eq!(json["organization-name"], "Example Relay");
         assert_eq!(json["date-range"]["end-datetime"], "2026-12-02T00:00:00Z");
         assert_eq!(json["contact-info"], "postmaster@relay.example");
         assert_eq!(json["report-id"], "01ID");
+        assert_eq!(
+            json["policies"].as_array().map(Vec::len),
+            Some(1),
+            "a policy without sessions is left out"
+        );
         let policy = &json["policies"][0];
         assert_eq!(policy["policy"]["policy-type"], "sts");
         assert_eq!(policy["policy"]["policy-domain"], "mail.example.com");

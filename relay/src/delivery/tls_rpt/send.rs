@@ -48,13 +48,13 @@ impl Sender {
         }
     }
 
-    /// Sends the report of `tally` to every destination of `domain`; the result for metrics:
-    /// `sent` (to at least one), `failed`, or `no_destination`.
+    /// Sends the report of `policies` to every destination of `domain`; the result for
+    /// metrics: `sent` (to at least one), `failed`, or `no_destination`.
     pub async fn send(
         &self,
         domain: &str,
         (start_ms, end_ms): (u64, u64),
-        tally: &Tally,
+        policies: &[&Tally],
     ) -> &'static str {
         let records = match self.dns.txt(&format!("_smtp._tls.{domain}")).await {
             Ok(records) => records,
@@ -73,7 +73,7 @@ impl Sender {
             contact: &self.contact,
         };
         let range = (rfc3339_ms(start_ms), rfc3339_ms(end_ms));
-        let json = report::report_json(&submitter, &id, (&range.0, &range.1), domain, tally);
+        let json = report::report_json(&submitter, &id, (&range.0, &range.1), domain, policies);
         let gzipped = match gzip(json.to_string().as_bytes()) {
             Ok(gzipped) => gzipped,
             Err(err) => {
