@@ -8,20 +8,54 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-/// Accepts any certificate, but still checks that the server holds its key.
-#[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
+/// How a client config judges the certificate chain a server sent. The server's proof that it
+/// holds the certificate's key is checked the same way whatever the judgement ([`Checked`]).
+pub trait ChainCheck: std::fmt::Debug + Send + Sync + 'static {
+    fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        provider: &Arc<CryptoProvider>,
+    ) -> Result<(), rustls::Error>;
+}
 
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
+/// Any chain: encryption against passive observers.
+#[derive(Debug)]
+struct AnyChain;
+
+impl ChainCheck for AnyChain {
+    fn check(
         &self,
         _end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+        _provider: &Arc<CryptoProvider>,
+    ) -> Result<(), rustls::Error> {
+        Ok(())
+    }
+}
+
+/// A verifier whose chain `C` judges, checking the handshake signatures with the provider's
+/// algorithms.
+#[derive(Debug)]
+struct Checked<C> {
+    check: C,
+    provider: Arc<CryptoProvider>,
+}
+
+impl<C: ChainCheck> ServerCertVerifier for Checked<C> {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp: &[u8],
-        _now: UnixTime,
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+        self.check
+            .check(end_entity, intermediates, now, &self.provider)
+            .map(|()| ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -34,7 +68,7 @@ impl ServerCertVerifier for AnyCertificate {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
@@ -48,12 +82,14 @@ impl ServerCertVerifier for AnyCertificate {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -92,13 +128,25 @@ fn roots(ca_file: Option<&std::path::Path>) -> Result<rustls::RootCertStore, CaE
 /// A client config that verifies certificates against the system's roots and `ca_file`.
 pub fn verified(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, CaError> {
     let roots = roots(ca_file)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12]);
-    match builder {
-        Ok(builder) => Ok(Arc::new(
-            builder.with_root_certificates(roots).with_no_client_auth(),
-        )),
+    Ok(Arc::new(
+        builder(ring_provider())
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ))
+}
+
+fn ring_provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A client config builder for TLS 1.2 and 1.3 with `provider`.
+fn builder(
+    provider: Arc<CryptoProvider>,
+) -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier> {
+    match rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+    {
+        Ok(builder) => builder,
         Err(err) => unreachable!("ring supports TLS 1.2 and 1.3: {err}"),
     }
 }
@@ -109,7 +157,7 @@ pub fn verified(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientC
 pub fn webpki(
     ca_file: Option<&std::path::Path>,
 ) -> Result<Option<Arc<rustls::client::WebPkiServerVerifier>>, CaError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = ring_provider();
     let roots = Arc::new(roots(ca_file)?);
     Ok(
         rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
@@ -120,16 +168,20 @@ pub fn webpki(
 
 /// A client config for STARTTLS that accepts any certificate (TLS 1.2 and 1.3).
 pub fn any_certificate() -> Arc<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12]);
-    match builder {
-        Ok(builder) => Arc::new(
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-                .with_no_client_auth(),
-        ),
-        Err(err) => unreachable!("ring supports TLS 1.2 and 1.3: {err}"),
-    }
+    checked_by(AnyChain)
+}
+
+/// A client config for STARTTLS whose certificate chain `check` judges (TLS 1.2 and 1.3).
+pub fn checked_by(check: impl ChainCheck) -> Arc<rustls::ClientConfig> {
+    let provider = ring_provider();
+    let verifier = Checked {
+        check,
+        provider: provider.clone(),
+    };
+    Arc::new(
+        builder(provider)
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth(),
+    )
 }

@@ -3,10 +3,11 @@
 
 use std::sync::Arc;
 
-use rustls::DigitallySignedStruct;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::client::danger::ServerCertVerifier;
+use rustls::crypto::CryptoProvider;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+use crate::delivery::tls::ChainCheck;
 
 use super::tlsa::{DANE_EE, DANE_TA, Tlsa};
 
@@ -27,7 +28,6 @@ pub struct DaneVerifier {
     /// Reference identifiers for DANE-TA (RFC 7672 §3.2.2): the MX host name and the
     /// recipient domain.
     names: Vec<String>,
-    provider: Arc<CryptoProvider>,
 }
 
 impl DaneVerifier {
@@ -36,24 +36,12 @@ impl DaneVerifier {
             host: host.to_string(),
             records,
             names,
-            provider: Arc::new(rustls::crypto::ring::default_provider()),
         }
     }
 
     /// A client config that authenticates the server by these records (TLS 1.2 and 1.3).
     pub fn client_config(self) -> Arc<rustls::ClientConfig> {
-        let provider = self.provider.clone();
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12]);
-        match builder {
-            Ok(builder) => Arc::new(
-                builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(self))
-                    .with_no_client_auth(),
-            ),
-            Err(err) => unreachable!("ring supports TLS 1.2 and 1.3: {err}"),
-        }
+        crate::delivery::tls::checked_by(self)
     }
 
     /// DANE-EE: the server's own certificate or key, whatever its names, issuer or dates
@@ -72,6 +60,7 @@ impl DaneVerifier {
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
+        provider: &Arc<CryptoProvider>,
     ) -> Result<bool, rustls::Error> {
         let mut last_error = None;
         for (i, anchor) in intermediates.iter().enumerate() {
@@ -88,7 +77,7 @@ impl DaneVerifier {
             }
             let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
                 Arc::new(roots),
-                self.provider.clone(),
+                provider.clone(),
             )
             .build()
             .map_err(|e| rustls::Error::General(e.to_string()))?;
@@ -115,59 +104,24 @@ impl DaneVerifier {
     }
 }
 
-impl ServerCertVerifier for DaneVerifier {
-    fn verify_server_cert(
+impl ChainCheck for DaneVerifier {
+    fn check(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
         now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
+        provider: &Arc<CryptoProvider>,
+    ) -> Result<(), rustls::Error> {
         if self.end_entity_matches(end_entity)
-            || self.chain_verifies(end_entity, intermediates, now)?
+            || self.chain_verifies(end_entity, intermediates, now, provider)?
         {
-            return Ok(ServerCertVerified::assertion());
+            return Ok(());
         }
         Err(rustls::Error::InvalidCertificate(
             rustls::CertificateError::Other(rustls::OtherError(Arc::new(NoMatch {
                 host: self.host.clone(),
             }))),
         ))
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
     }
 }
 
@@ -215,9 +169,9 @@ mod tests {
             records,
             vec!["mx.example".into(), "example".into()],
         );
-        let name = ServerName::try_from("mx.example").unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
         verifier
-            .verify_server_cert(&chain.end_entity, sent, &name, &[], UnixTime::now())
+            .check(&chain.end_entity, sent, UnixTime::now(), &provider)
             .is_ok()
     }
 
