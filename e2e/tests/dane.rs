@@ -442,3 +442,52 @@ async fn dane_sessions_are_reported_to_the_tls_rpt_record_of_each_mx_host() {
         "no report about the recipient domain"
     );
 }
+
+#[tokio::test]
+async fn tls_required_no_lets_mail_past_tlsa_records_that_do_not_match() {
+    let world = World::new().await;
+    world.ee_wrong_bogus_and_pkix();
+    let nats = NatsServer::start();
+    let relay = start(world.sender_config(&nats));
+    for (to, header) in [
+        ("a@wrong.signed.test", ""),
+        ("b@wrong.signed.test", "TLS-Required: No\r\n"),
+        ("c@bogus.signed.test", "TLS-Required: No\r\n"),
+    ] {
+        let message = format!("{header}Subject: dane\r\n\r\nx\r\n");
+        Smtp::submit(
+            relay.smtp(),
+            "sender@example.com",
+            &[to],
+            message.as_bytes(),
+        )
+        .await;
+    }
+    let domains = delivered(&world, 2, &relay).await;
+    assert_eq!(domains, ["bogus.signed.test", "wrong.signed.test"]);
+    let recipients: Vec<String> = world
+        .mx_nats
+        .entries(STREAM)
+        .await
+        .iter()
+        .flat_map(|e| e.envelope.recipients.iter().cloned())
+        .collect();
+    assert!(
+        !recipients.contains(&"a@wrong.signed.test".to_string()),
+        "{recipients:?}"
+    );
+    relay
+        .wait_metric(
+            "postern_delivery_outcomes_total{result=\"deferred\"}",
+            1.0,
+            WAIT,
+        )
+        .await;
+    let waiting: Vec<String> = nats
+        .entries(STREAM)
+        .await
+        .iter()
+        .flat_map(|e| e.envelope.recipients.iter().cloned())
+        .collect();
+    assert_eq!(waiting, ["a@wrong.signed.test"]);
+}

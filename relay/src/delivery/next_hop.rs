@@ -241,6 +241,8 @@ impl NextHops {
         }
         let seed = ulid::Ulid::new().random() as u64;
         let dane = match &self.dane {
+            // The sender asked that recipient policies not stop this message (RFC 8689 §5).
+            Some(_) if envelope.tls_optional => None,
             Some(dane) if dane.ready().await => Some(dane),
             _ => None,
         };
