@@ -312,6 +312,14 @@ async fn tlsa_records_authenticate_mx_hosts_and_keep_mail_from_those_they_do_not
         "{waiting:?}"
     );
     assert_eq!(relay.metric("postern_dane_enabled"), 1.0);
+    // ee, ta and sts went authenticated by DANE; pkix over TLS no record vouched for.
+    relay
+        .wait_metric("postern_delivery_tls_total{tls=\"dane\"}", 3.0, WAIT)
+        .await;
+    assert_eq!(
+        relay.metric("postern_delivery_tls_total{tls=\"dane\"}"),
+        3.0
+    );
     assert!(relay.metric("postern_dane_hosts_total{result=\"authenticated\"}") >= 3.0);
     assert!(relay.metric("postern_dane_hosts_total{result=\"failed\"}") >= 1.0);
     assert!(relay.metric("postern_dane_hosts_total{result=\"encrypted\"}") >= 1.0);

@@ -42,6 +42,12 @@ async fn delivers_each_message_once_to_the_route_host() {
         relay.metric("postern_delivery_outcomes_total{result=\"delivered\"}"),
         2.0
     );
+    assert_eq!(
+        relay.metric("postern_delivery_tls_total{tls=\"none\"}"),
+        2.0
+    );
+    assert_eq!(relay.metric("postern_nats_connected"), 1.0);
+    assert_eq!(relay.metric("postern_nats_answering"), 1.0);
 }
 
 #[tokio::test]
@@ -525,6 +531,9 @@ async fn opportunistic_tls_is_used_when_offered() {
         tls.starts_with("TLSv1.3"),
         "delivered over TLS ({tls:?}) although the certificate is not trusted"
     );
+    relay
+        .wait_metric("postern_delivery_tls_total{tls=\"unverified\"}", 1.0, WAIT)
+        .await;
 }
 
 #[tokio::test]

@@ -619,6 +619,50 @@ fn optional_parts_are_off_by_default() {
 }
 
 #[test]
+fn the_grafana_dashboard_is_a_configmap_for_the_sidecar_when_asked() {
+    let dashboard = |objects: &[Value]| {
+        find(objects, "ConfigMap")
+            .into_iter()
+            .find(|c| c["metadata"]["name"] == "postern-dashboard")
+            .cloned()
+    };
+    assert!(dashboard(&render(None, &[])).is_none(), "off by default");
+    let objects = render(
+        None,
+        &[
+            "grafanaDashboard.enabled=true",
+            "grafanaDashboard.namespace=monitoring",
+            "grafanaDashboard.annotations.grafana_folder=Mail",
+        ],
+    );
+    let map = dashboard(&objects).expect("the dashboard ConfigMap");
+    assert_eq!(map["metadata"]["namespace"], "monitoring");
+    assert_eq!(map["metadata"]["labels"]["grafana_dashboard"], "1");
+    assert_eq!(map["metadata"]["annotations"]["grafana_folder"], "Mail");
+    let shipped: Value = serde_json::from_str(
+        map["data"]["postern.json"]
+            .as_str()
+            .expect("postern.json in the ConfigMap"),
+    )
+    .unwrap();
+    let file: Value = serde_json::from_str(
+        &std::fs::read_to_string(chart().join("dashboards/postern.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(shipped, file);
+    assert_eq!(file["uid"], "postern-relay");
+    let (ok, report) = helm(&[
+        "template",
+        "postern",
+        chart().to_str().unwrap(),
+        "--set",
+        "grafanaDashboard.label=not a label",
+    ]);
+    assert!(!ok);
+    assert!(report.contains("grafanaDashboard"), "{report}");
+}
+
+#[test]
 fn every_value_is_documented_in_the_chart_readme() {
     let values: Value =
         serde_saphyr::from_str(&std::fs::read_to_string(chart().join("values.yaml")).unwrap())

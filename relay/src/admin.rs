@@ -57,6 +57,9 @@ async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(health): State<Arc<Health>>) -> impl IntoResponse {
+    health
+        .metrics
+        .nats(health.queue.is_ready(), health.queue.can_take());
     (
         [(
             header::CONTENT_TYPE,

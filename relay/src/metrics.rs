@@ -69,6 +69,13 @@ pub struct Metrics {
     pub webhook_events: Family<Labels, Counter>,
     /// TLS reports, by result (`sent`, `failed`, `no_destination`).
     pub tls_reports: Family<Labels, Counter>,
+    /// Recipients delivered, by the TLS of the session (`none`, `unverified`, `verified`,
+    /// `dane`).
+    pub delivery_tls: Family<Labels, Counter>,
+    /// 1 while this process is connected to NATS, read at each scrape.
+    pub nats_connected: Gauge,
+    /// 1 while the stream answers this process (its quorum is up), read at each scrape.
+    pub nats_answering: Gauge,
 }
 
 impl Default for Metrics {
@@ -112,6 +119,9 @@ impl Default for Metrics {
             webhook_posts: Family::default(),
             webhook_events: Family::default(),
             tls_reports: Family::default(),
+            delivery_tls: Family::default(),
+            nats_connected: Gauge::default(),
+            nats_answering: Gauge::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -300,6 +310,21 @@ impl Default for Metrics {
             "TLS reports (RFC 8460) of ended periods by result: sent (to at least one destination), failed, no_destination (the domain publishes no rua)",
             metrics.tls_reports.clone(),
         );
+        r.register(
+            "delivery_tls",
+            "Recipients delivered, by the TLS of the session: none, unverified (any certificate), verified (for the host name), dane (authenticated by TLSA records)",
+            metrics.delivery_tls.clone(),
+        );
+        r.register(
+            "nats_connected",
+            "1 while this process is connected to NATS",
+            metrics.nats_connected.clone(),
+        );
+        r.register(
+            "nats_answering",
+            "1 while the queue's stream answers this process (0 without quorum or while NATS does not respond)",
+            metrics.nats_answering.clone(),
+        );
         Metrics {
             registry,
             ..metrics
@@ -340,6 +365,23 @@ impl Metrics {
             .set(counts.oldest_ready.as_secs_f64());
     }
 
+    /// Counts one recipient delivered over a session with `tls`.
+    pub fn delivered_tls(&self, tls: Option<&postern_queue::events::TlsDetails>) {
+        let kind = match tls {
+            None => "none",
+            Some(tls) if tls.policy.as_deref() == Some("dane") => "dane",
+            Some(tls) if tls.verified => "verified",
+            Some(_) => "unverified",
+        };
+        self.delivery_tls.get_or_create(&vec![("tls", kind)]).inc();
+    }
+
+    /// Sets the NATS gauges.
+    pub fn nats(&self, connected: bool, answering: bool) {
+        self.nats_connected.set(i64::from(connected));
+        self.nats_answering.set(i64::from(answering));
+    }
+
     /// Counts one entry put back without an attempt.
     pub fn postponed(&self, reason: &'static str) {
         self.delivery_postponed
@@ -368,6 +410,150 @@ impl Metrics {
             self.rejections
                 .get_or_create(&vec![("reason", reason.as_label())])
                 .inc();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// The chart's Grafana dashboard.
+    const DASHBOARD: &str = include_str!("../../charts/postern/dashboards/postern.json");
+
+    /// Every query of the dashboard: panel targets and template variables.
+    fn queries(value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, child) in map {
+                    match (key.as_str(), child) {
+                        ("expr" | "definition", serde_json::Value::String(query)) => {
+                            out.push(query.clone());
+                        }
+                        _ => queries(child, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|i| queries(i, out)),
+            _ => {}
+        }
+    }
+
+    /// The metric names in a PromQL query: words starting `postern_`.
+    fn metric_names(query: &str) -> Vec<String> {
+        let mut names = Vec::new();
+        let mut rest = query;
+        while let Some(at) = rest.find("postern_") {
+            let word: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[at + word.len()..];
+            names.push(word);
+        }
+        names
+    }
+
+    /// Every metric the registry holds. A family without samples is not encoded, so the names
+    /// come from the registrations in this file; those that are encoded without samples
+    /// (counters, gauges, histograms) are checked against the encoding.
+    fn exported() -> BTreeSet<String> {
+        let source = include_str!("metrics.rs");
+        let registered: BTreeSet<String> = source
+            .split("r.register(")
+            .skip(1)
+            .filter_map(|call| call.split('"').nth(1))
+            .map(|name| format!("postern_{name}"))
+            .collect();
+        let encoded: BTreeSet<String> = Metrics::default()
+            .encode()
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_string)
+            .collect();
+        assert!(
+            encoded.is_subset(&registered) && encoded.len() > 10,
+            "registered {registered:?}, encoded {encoded:?}"
+        );
+        registered
+    }
+
+    #[test]
+    fn every_dashboard_query_names_a_metric_postern_exports() {
+        let exported = exported();
+        assert!(
+            exported.contains("postern_delivery_outcomes"),
+            "{exported:?}"
+        );
+        let dashboard: serde_json::Value = serde_json::from_str(DASHBOARD).unwrap();
+        let mut all = Vec::new();
+        queries(&dashboard, &mut all);
+        assert!(all.len() > 20, "{all:?}");
+        let mut named = BTreeSet::new();
+        for query in &all {
+            let names = metric_names(query);
+            assert!(
+                !names.is_empty(),
+                "a query naming no Postern metric: {query}"
+            );
+            for name in names {
+                let family = ["_bucket", "_count", "_sum", "_total"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix))
+                    .filter(|family| exported.contains(*family))
+                    .unwrap_or(&name);
+                assert!(
+                    exported.contains(family),
+                    "{query} names {name}, which Postern does not export"
+                );
+                named.insert(family.to_string());
+            }
+        }
+        // The panels the dashboard promises.
+        for family in [
+            "postern_ingress_messages_accepted",
+            "postern_ingress_enqueue_seconds",
+            "postern_ingress_replies",
+            "postern_queue_entries",
+            "postern_delivery_outcomes",
+            "postern_delivery_destinations_in_backoff",
+            "postern_delivery_postponed",
+            "postern_delivery_tls",
+            "postern_nats_connected",
+        ] {
+            assert!(named.contains(family), "no panel shows {family}");
+        }
+    }
+
+    #[test]
+    fn delivered_recipients_are_counted_by_their_sessions_tls() {
+        use postern_queue::events::TlsDetails;
+        let metrics = Metrics::default();
+        let tls = |verified: bool, policy: Option<&str>| TlsDetails {
+            version: "TLSv1.3".into(),
+            cipher: "TLS13_AES_128_GCM_SHA256".into(),
+            verified,
+            policy: policy.map(str::to_string),
+        };
+        metrics.delivered_tls(None);
+        metrics.delivered_tls(Some(&tls(false, None)));
+        metrics.delivered_tls(Some(&tls(true, Some("mta-sts"))));
+        metrics.delivered_tls(Some(&tls(true, Some("dane"))));
+        metrics.delivered_tls(Some(&tls(false, Some("dane"))));
+        metrics.nats(true, false);
+        let text = metrics.encode();
+        for line in [
+            "postern_delivery_tls_total{tls=\"none\"} 1",
+            "postern_delivery_tls_total{tls=\"unverified\"} 1",
+            "postern_delivery_tls_total{tls=\"verified\"} 1",
+            "postern_delivery_tls_total{tls=\"dane\"} 2",
+            "postern_nats_connected 1",
+            "postern_nats_answering 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
         }
     }
 }

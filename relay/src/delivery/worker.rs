@@ -901,6 +901,7 @@ impl Worker {
             let (host, reply) = (r.host.as_deref().unwrap_or("-"), text(&r.reply));
             info!(%queue_id, rcpt = %r.recipient, host, reply, attempt, "delivered");
             self.metrics.outcome("delivered");
+            self.metrics.delivered_tls(r.tls.as_ref());
         }
         for r in &settlement.deferred {
             let (host, reply) = (r.host.as_deref().unwrap_or("-"), text(&r.reply));
