@@ -8,7 +8,9 @@
 //! guess passwords as fast as the server answers. With `--sink`, the sink also checks that every
 //! message arrived whole and reports how long each took from its DATA to the sink (delivery
 //! latency). `--waiting N --nats URL` first files N retries for a destination that is never
-//! due, straight into the queue, to measure fresh mail beside them. See docs/benchmarks.md.
+//! due, straight into the queue, to measure fresh mail beside them. While it runs, a progress
+//! line on stderr (once a second; `--quiet` for none) says how many messages were sent,
+//! accepted, refused and received at the sink, and the rate. See docs/benchmarks.md.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -62,6 +64,9 @@ struct Args {
     /// sending mail (the listener must offer AUTH without TLS: `allowPlaintextAuth`).
     #[arg(long)]
     auth_flood: Option<u64>,
+    /// No progress on stderr while the load runs; the report on stdout stays.
+    #[arg(long, short)]
+    quiet: bool,
 }
 
 /// The last line of every message, so the sink can tell a whole message from a cut one.
@@ -216,18 +221,30 @@ async fn load(args: &Args) -> Result<(), Error> {
     };
     let body = Arc::new(message(args.size));
     let next = Arc::new(AtomicUsize::new(0));
+    let accepted = Counter::default();
     let failed = Arc::new(AtomicUsize::new(0));
     let refused = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<
         u16,
         usize,
     >::new()));
     let started = Instant::now();
+    let shown = (!args.quiet).then(|| {
+        let counts = Progress {
+            total: args.messages,
+            sent: next.clone(),
+            accepted: accepted.clone(),
+            refused: refused.clone(),
+            received: received.as_ref().map(|(r, _, _)| r.clone()),
+        };
+        tokio::spawn(counts.show(started))
+    });
     let mut tasks = Vec::new();
     for _ in 0..args.sessions {
-        let (args, body, next, failed, refused) = (
+        let (args, body, next, accepted, failed, refused) = (
             args.clone(),
             body.clone(),
             next.clone(),
+            accepted.clone(),
             failed.clone(),
             refused.clone(),
         );
@@ -245,7 +262,10 @@ async fn load(args: &Args) -> Result<(), Error> {
                 let sent = Instant::now();
                 stamp(&mut stamped);
                 match client.send_message(&args, &stamped).await {
-                    Ok(250) => latencies.push(sent.elapsed()),
+                    Ok(250) => {
+                        latencies.push(sent.elapsed());
+                        accepted.fetch_add(1, Ordering::Relaxed);
+                    }
                     Ok(code) => {
                         *refused
                             .lock()
@@ -269,6 +289,14 @@ async fn load(args: &Args) -> Result<(), Error> {
         latencies.extend(task.await?);
     }
     let elapsed = started.elapsed();
+    if let (Some((received, _, _)), Some(_)) = (&received, &shown) {
+        // Progress goes on while the sink still receives.
+        wait_received(received, latencies.len()).await;
+    }
+    if let Some(shown) = shown {
+        shown.abort();
+        eprintln!();
+    }
     latencies.sort();
     let percentile = |p: f64| {
         let index = ((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1);
@@ -305,10 +333,7 @@ async fn load(args: &Args) -> Result<(), Error> {
         ms(percentile(0.99))
     );
     if let Some((received, truncated, delivery)) = received {
-        let deadline = Instant::now() + Duration::from_secs(900);
-        while received.load(Ordering::Relaxed) < latencies.len() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_received(&received, latencies.len()).await;
         let end_to_end = started.elapsed();
         let count = received.load(Ordering::Relaxed);
         println!(
@@ -340,6 +365,70 @@ async fn load(args: &Args) -> Result<(), Error> {
 }
 
 type Counter = Arc<AtomicUsize>;
+
+/// Waits until the sink received `count` messages, for 15 minutes at most.
+async fn wait_received(received: &Counter, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while received.load(Ordering::Relaxed) < count && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// What a load has done so far, for the progress line.
+struct Progress {
+    total: usize,
+    /// Messages taken by a session (one past the last one sent, at most `total`).
+    sent: Counter,
+    accepted: Counter,
+    refused: Arc<std::sync::Mutex<std::collections::BTreeMap<u16, usize>>>,
+    /// Received at the sink, with `--sink`.
+    received: Option<Counter>,
+}
+
+impl Progress {
+    /// The progress line after `elapsed`.
+    fn line(&self, elapsed: Duration) -> String {
+        let sent = self.sent.load(Ordering::Relaxed).min(self.total);
+        let accepted = self.accepted.load(Ordering::Relaxed);
+        let refused: usize = self
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .sum();
+        let rate = accepted as f64 / elapsed.as_secs_f64().max(0.001);
+        let mut line = format!(
+            "sent {sent}/{} · accepted {accepted} · refused {refused}",
+            self.total
+        );
+        if let Some(received) = &self.received {
+            line.push_str(&format!(" · received {}", received.load(Ordering::Relaxed)));
+        }
+        line.push_str(&format!(
+            " · {rate:.0} msg/s · {:.0} s",
+            elapsed.as_secs_f64()
+        ));
+        line
+    }
+
+    /// Writes the line to stderr every second: over itself on a terminal, one per second
+    /// otherwise.
+    async fn show(self, started: Instant) {
+        use std::io::{IsTerminal, Write};
+        let terminal = std::io::stderr().is_terminal();
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let line = self.line(started.elapsed());
+            let mut err = std::io::stderr().lock();
+            let _ = if terminal {
+                write!(err, "\r\x1b[2K{line}")
+            } else {
+                writeln!(err, "{line}")
+            };
+            let _ = err.flush();
+        }
+    }
+}
 /// Delivery latencies seen by the sink, in microseconds.
 type Latencies = Arc<std::sync::Mutex<Vec<u64>>>;
 
