@@ -281,3 +281,51 @@ async fn a_destination_with_tls_verify_gets_mail_only_over_a_certificate_valid_f
             .collect::<Vec<_>>()
     );
 }
+
+#[tokio::test]
+async fn a_blocked_port_25_and_a_localhost_name_are_warned_about_at_start() {
+    let dns = DnsServer::start().await;
+    dns.mx("probe.test", 10, "mx.probe.test");
+    dns.address("mx.probe.test", ip("127.0.0.1"));
+    // Blocked: nothing listens on the MX port.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let (_nats, relay) = start_standalone(|c| {
+        c.hostname = "localhost".into();
+        c.delivery.dns.nameservers = vec![dns.addr];
+        c.delivery.mx_port = closed_port;
+        c.delivery.egress_probe = "probe.test".into();
+    });
+    postern_e2e::wait_until("the egress warning", WAIT, || {
+        relay.log().contains("outbound SMTP on port")
+    })
+    .await;
+    let log = relay.log();
+    assert!(
+        log.contains(&format!(
+            "outbound SMTP on port {closed_port} looks blocked"
+        )) && log.contains("mx.probe.test (127.0.0.1:"),
+        "{log}"
+    );
+    assert!(
+        log.contains("MX hosts are greeted as \"localhost\"") && log.contains("hostname"),
+        "{log}"
+    );
+
+    // Open, under a real name: no warning.
+    let mx = MockMx::accepting().await;
+    let (_nats, relay) = start_standalone(|c| {
+        c.hostname = "relay.example.net".into();
+        c.delivery.dns.nameservers = vec![dns.addr];
+        c.delivery.mx_port = mx.addr.port();
+        c.delivery.egress_probe = "probe.test".into();
+    });
+    postern_e2e::wait_until("the egress check", WAIT, || {
+        relay.log().contains("outbound SMTP works")
+    })
+    .await;
+    let log = relay.log();
+    assert!(!log.contains("looks blocked"), "{log}");
+    assert!(!log.contains("MX hosts are greeted as"), "{log}");
+}

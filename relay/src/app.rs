@@ -160,6 +160,11 @@ pub async fn start(config: Config, role: Role) -> Result<Running, StartError> {
             warn!(field = %warning.field, "{}", warning.message);
         }
     }
+    if role.delivery() {
+        for warning in config.delivery_warnings() {
+            warn!(field = %warning.field, "{}", warning.message);
+        }
+    }
     // Delivery processes neither accept SMTP nor sign, so they need none of these files.
     let Loaded {
         users,

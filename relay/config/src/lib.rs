@@ -427,6 +427,10 @@ pub struct DeliveryConfig {
     pub tls_rpt: TlsRptConfig,
     /// DANE (RFC 7672) towards MX hosts with TLSA records in DNSSEC-signed zones.
     pub dane: DaneConfig,
+    /// A domain whose MX hosts a delivery process tries to reach on `mxPort` at start, to warn
+    /// when outbound SMTP is blocked (as on most clouds and home networks); empty for no check.
+    /// Not made when every domain has a route or there is a smarthost.
+    pub egress_probe: String,
     /// How long an entry stays with a worker without an acknowledgement before JetStream hands
     /// it to another; attempts in progress renew it every third of this.
     pub ack_wait: Duration,
@@ -657,6 +661,7 @@ impl Default for DeliveryConfig {
             mta_sts: MtaStsConfig::default(),
             tls_rpt: TlsRptConfig::default(),
             dane: DaneConfig::default(),
+            egress_probe: "gmail.com".to_string(),
             ack_wait: Duration::secs(60),
             max_ack_pending: 100_000,
             max_deliveries: 20,

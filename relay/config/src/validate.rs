@@ -52,6 +52,37 @@ impl fmt::Display for Warning {
 }
 
 impl Config {
+    /// True when some mail may go to MX hosts: no smarthost, and no route for every domain.
+    pub fn delivers_to_mx(&self) -> bool {
+        self.delivery.smarthost.is_none() && !self.delivery.routes.iter().any(|r| r.domain == "*")
+    }
+
+    /// Delivery settings that are valid but make mail to the Internet fail: greeting MX hosts
+    /// as `localhost`, or another name that is not a public domain (no dot, or a private
+    /// suffix such as a Kubernetes Service's `.svc`), which many refuse or score as spam.
+    pub fn delivery_warnings(&self) -> Vec<Warning> {
+        let (field, name) = match &self.delivery.helo_name {
+            Some(name) => ("delivery.heloName", name),
+            None => ("hostname", &self.hostname),
+        };
+        let lower = name.to_ascii_lowercase();
+        let local = !lower.contains('.')
+            || [".localhost", ".localdomain", ".local", ".svc", ".internal"]
+                .iter()
+                .any(|suffix| lower.ends_with(suffix));
+        if !self.delivers_to_mx() || !local {
+            return Vec::new();
+        }
+        vec![Warning {
+            field: field.into(),
+            message: format!(
+                "MX hosts are greeted as {name:?}, which many refuse or score as spam: set \
+                 hostname (or delivery.heloName) to this relay's public name, whose address \
+                 record points back at it"
+            ),
+        }]
+    }
+
     /// Settings that are valid but risky.
     pub fn warnings(&self) -> Vec<Warning> {
         self.ingress
@@ -475,6 +506,11 @@ impl Config {
             "delivery.dane.probe",
             "must be a domain name or .",
         );
+        e.check(
+            delivery.egress_probe.is_empty() || is_hostname(&delivery.egress_probe),
+            "delivery.egressProbe",
+            "must be a domain name, or empty for no check",
+        );
         for (i, route) in self.delivery.routes.iter().enumerate() {
             let field = format!("delivery.routes[{i}]");
             e.check(
@@ -600,6 +636,31 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use crate::{Config, ConfigError};
+
+    #[test]
+    fn a_local_name_towards_mx_hosts_is_warned_about() {
+        let mut config = Config::default();
+        let fields = |c: &Config| -> Vec<String> {
+            c.delivery_warnings().into_iter().map(|w| w.field).collect()
+        };
+        assert_eq!(fields(&config), ["hostname"], "localhost by default");
+        config.hostname = "mail".into();
+        assert_eq!(fields(&config), ["hostname"], "a name without a domain");
+        config.hostname = "mail.postern.svc".into();
+        assert_eq!(fields(&config), ["hostname"], "a cluster-internal name");
+        config.hostname = "relay.example.com".into();
+        assert!(fields(&config).is_empty());
+        config.delivery.helo_name = Some("box.localdomain".into());
+        assert_eq!(fields(&config), ["delivery.heloName"]);
+        // No mail goes to MX hosts: the name matters to the next hop only.
+        config.delivery.routes = vec![crate::Route {
+            domain: "*".into(),
+            host: "relay.internal:25".into(),
+            tls: Default::default(),
+        }];
+        assert!(fields(&config).is_empty());
+        assert!(!config.delivers_to_mx());
+    }
 
     #[test]
     fn networks_that_open_the_relay_are_warned_about() {
@@ -747,7 +808,7 @@ admin: { address: "0.0.0.0:9090" }
             "{msg}"
         );
         let msg = errors(
-            "delivery: { mtaSts: { port: 0, fetchTimeout: 0s }, tlsRpt: { period: 500ms }, dane: { probe: \"a..b\" }, routes: [ { domain: \"*\", host: \"relay.example:25\", tls: dane-only } ] }\n",
+            "delivery: { mtaSts: { port: 0, fetchTimeout: 0s }, tlsRpt: { period: 500ms }, dane: { probe: \"a..b\" }, egressProbe: \"-x\", routes: [ { domain: \"*\", host: \"relay.example:25\", tls: dane-only } ] }\n",
         );
         assert!(
             msg.contains("delivery.tlsRpt.period: must be at least 1s"),
@@ -755,6 +816,10 @@ admin: { address: "0.0.0.0:9090" }
         );
         assert!(
             msg.contains("delivery.dane.probe: must be a domain name or ."),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("delivery.egressProbe: must be a domain name, or empty"),
             "{msg}"
         );
         assert!(

@@ -3,6 +3,7 @@
 pub mod attempt;
 pub mod dane;
 pub mod dsn;
+mod egress;
 pub mod mta_sts;
 pub mod next_hop;
 pub mod retry;

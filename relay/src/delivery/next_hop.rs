@@ -83,6 +83,8 @@ pub struct NextHops {
     tls_reports: Option<Arc<TlsReports>>,
     /// DANE, when `delivery.dane.enabled`.
     dane: Option<Arc<Dane>>,
+    /// The egress probe's domain, when some mail goes to MX hosts and a probe is set.
+    egress_probe: Option<String>,
     metrics: Arc<Metrics>,
 }
 
@@ -198,6 +200,8 @@ impl NextHops {
         });
         Ok(NextHops {
             dane: Dane::new(delivery, metrics.clone())?,
+            egress_probe: (config.delivers_to_mx() && !delivery.egress_probe.is_empty())
+                .then(|| delivery.egress_probe.clone()),
             tls_reports,
             mta_sts,
             metrics,
@@ -616,6 +620,17 @@ impl NextHops {
             }
             _ => Ok(Cow::Borrowed(mx_settings)),
         }
+    }
+
+    /// The start-up check of outbound SMTP, to run once; none when no mail goes to MX hosts
+    /// or `delivery.egressProbe` is empty.
+    pub fn egress_check(&self) -> Option<impl Future<Output = ()> + Send + 'static> {
+        let probe = self.egress_probe.clone()?;
+        Some(super::egress::check(
+            self.dns.clone(),
+            probe,
+            self.config.mx_port,
+        ))
     }
 
     /// The TLS reports of this process, to run.

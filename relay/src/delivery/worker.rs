@@ -87,6 +87,9 @@ impl Worker {
             .tls_reports()
             .map(|reports| tokio::spawn(reports.run(reports_stop.clone())));
         info!(consumer = %self.config.consumer, concurrency = self.config.concurrency, "delivery started");
+        if let Some(check) = self.hops.egress_check() {
+            tokio::spawn(check);
+        }
         loop {
             let first = tokio::select! {
                 () = shutdown.cancelled() => break,
