@@ -139,6 +139,7 @@ impl World {
         let mut c = Relay::config(nats);
         c.delivery.dns.nameservers = vec![self.dns.addr];
         c.delivery.mx_port = self.port;
+        c.delivery.dane.enabled = true;
         c.delivery.dane.trust_anchor_file = Some(self.anchor.path().to_path_buf());
         c.delivery.ca_file = Some(self.ca.path().to_path_buf());
         c.delivery.mta_sts.port = self.policies.addr.port();
@@ -498,4 +499,18 @@ async fn tls_required_no_lets_mail_past_tlsa_records_that_do_not_match() {
         .flat_map(|e| e.envelope.recipients.iter().cloned())
         .collect();
     assert_eq!(waiting, ["a@wrong.signed.test"]);
+}
+
+#[tokio::test]
+async fn the_start_up_check_runs_before_any_mail_comes() {
+    let world = World::new().await;
+    let nats = NatsServer::start();
+    let relay = start(world.sender_config(&nats));
+    relay.wait_metric("postern_dane_enabled", 1.0, WAIT).await;
+    let log = relay.log();
+    assert!(log.contains("DNSSEC answers validate; DANE is on"), "{log}");
+    assert!(
+        nats.entries(STREAM).await.is_empty(),
+        "no mail was needed for it"
+    );
 }

@@ -83,7 +83,9 @@ pub struct NextHops {
     tls_reports: Option<Arc<TlsReports>>,
     /// DANE, when `delivery.dane.enabled`.
     dane: Option<Arc<Dane>>,
-    /// The egress probe's domain, when some mail goes to MX hosts and a probe is set.
+    /// Some mail goes to MX hosts: no smarthost, and no route for every domain.
+    to_mx: bool,
+    /// `delivery.egressProbe`, unless empty.
     egress_probe: Option<String>,
     metrics: Arc<Metrics>,
 }
@@ -200,7 +202,8 @@ impl NextHops {
         });
         Ok(NextHops {
             dane: Dane::new(delivery, metrics.clone())?,
-            egress_probe: (config.delivers_to_mx() && !delivery.egress_probe.is_empty())
+            to_mx: config.delivers_to_mx(),
+            egress_probe: (!delivery.egress_probe.is_empty())
                 .then(|| delivery.egress_probe.clone()),
             tls_reports,
             mta_sts,
@@ -622,15 +625,31 @@ impl NextHops {
         }
     }
 
-    /// The start-up check of outbound SMTP, to run once; none when no mail goes to MX hosts
-    /// or `delivery.egressProbe` is empty.
-    pub fn egress_check(&self) -> Option<impl Future<Output = ()> + Send + 'static> {
-        let probe = self.egress_probe.clone()?;
-        Some(super::egress::check(
-            self.dns.clone(),
-            probe,
-            self.config.mx_port,
-        ))
+    /// The start-up checks of MX delivery, to run once in the background: whether outbound
+    /// SMTP works (`delivery.egressProbe`), and DANE's first look at whether answers validate,
+    /// so that the first MX delivery need not wait for it. None when no mail goes to MX hosts.
+    pub fn start_up_checks(&self) -> Option<impl Future<Output = ()> + Send + 'static> {
+        if !self.to_mx {
+            return None;
+        }
+        let egress = self
+            .egress_probe
+            .clone()
+            .map(|probe| super::egress::check(self.dns.clone(), probe, self.config.mx_port));
+        let dane = self.dane.clone();
+        Some(async move {
+            let dane = async {
+                if let Some(dane) = dane {
+                    dane.ready().await;
+                }
+            };
+            let egress = async {
+                if let Some(egress) = egress {
+                    egress.await;
+                }
+            };
+            tokio::join!(dane, egress);
+        })
     }
 
     /// The TLS reports of this process, to run.

@@ -87,8 +87,8 @@ impl Worker {
             .tls_reports()
             .map(|reports| tokio::spawn(reports.run(reports_stop.clone())));
         info!(consumer = %self.config.consumer, concurrency = self.config.concurrency, "delivery started");
-        if let Some(check) = self.hops.egress_check() {
-            tokio::spawn(check);
+        if let Some(checks) = self.hops.start_up_checks() {
+            tokio::spawn(checks);
         }
         loop {
             let first = tokio::select! {
