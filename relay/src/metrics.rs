@@ -325,6 +325,30 @@ impl Default for Metrics {
             "1 while the queue's stream answers this process (0 without quorum or while NATS does not respond)",
             metrics.nats_answering.clone(),
         );
+        // The series of known, bounded label values exist from the start, at 0, so that
+        // dashboards and rates show them before their first event.
+        for (family, label, values) in [
+            (&metrics.replies, "class", &["2xx", "3xx", "4xx", "5xx"][..]),
+            (
+                &metrics.delivery_outcomes,
+                "result",
+                &["delivered", "deferred", "bounced", "expired"][..],
+            ),
+            (
+                &metrics.delivery_postponed,
+                "reason",
+                &["backoff", "rate", "busy"][..],
+            ),
+            (
+                &metrics.delivery_tls,
+                "tls",
+                &["none", "unverified", "verified", "dane"][..],
+            ),
+        ] {
+            for value in values {
+                let _ = family.get_or_create(&vec![(label, *value)]);
+            }
+        }
         Metrics {
             registry,
             ..metrics
@@ -510,6 +534,30 @@ mod tests {
                     "{query} names {name}, which Postern does not export"
                 );
                 named.insert(family.to_string());
+            }
+        }
+        // Label names a query groups by exist on the families that have series from the start.
+        let encoded = Metrics::default().encode();
+        for query in &all {
+            for (by, rest) in query
+                .split(" by (")
+                .skip(1)
+                .map(|r| r.split_once(')').unwrap())
+            {
+                let Some(name) = metric_names(rest).into_iter().next() else {
+                    continue;
+                };
+                let series: Vec<&str> = encoded
+                    .lines()
+                    .filter(|l| l.starts_with(&format!("{name}{{")))
+                    .collect();
+                for label in by.split(',').map(str::trim).filter(|l| *l != "le") {
+                    assert!(
+                        series.is_empty()
+                            || series.iter().all(|l| l.contains(&format!("{label}=\""))),
+                        "{query} groups {name} by {label}, which its series lack: {series:?}"
+                    );
+                }
             }
         }
         // The panels the dashboard promises.
