@@ -30,6 +30,21 @@ pub fn parts(message: &[u8]) -> (String, Vec<(String, String)>) {
     (report_type, parts)
 }
 
+/// The TLS reports POSTed to `server` so far, each checked to be `application/tlsrpt+gzip`
+/// to `/tlsrpt` (the URL [`crate::HttpsServer::accept_reports`] gives).
+pub fn posted_tls_reports(server: &crate::HttpsServer) -> Vec<serde_json::Value> {
+    server
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST")
+        .map(|r| {
+            assert_eq!(r.path, "/tlsrpt");
+            assert_eq!(r.header("content-type"), Some("application/tlsrpt+gzip"));
+            tls_report_json(&r.body)
+        })
+        .collect()
+}
+
 /// A gzipped TLS report's JSON.
 pub fn tls_report_json(gzipped: &[u8]) -> serde_json::Value {
     let mut json = Vec::new();

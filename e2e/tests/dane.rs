@@ -12,7 +12,7 @@ use std::time::Duration;
 use postern_config::{Config, DestinationLimits, ListenerTls, OutboundTls, TlsConfig};
 use postern_e2e::dnssec::SignedDns;
 use postern_e2e::relay::listener;
-use postern_e2e::report::{tls_report_json, tls_report_sums};
+use postern_e2e::report::{posted_tls_reports, tls_report_sums};
 use postern_e2e::{HttpsServer, MockMx, NatsServer, Relay, STREAM, Smtp, TestPki};
 use postern_relay::delivery::dane::tlsa::subject_public_key_info;
 use rustls_pki_types::CertificateDer;
@@ -387,16 +387,7 @@ async fn dane_sessions_are_reported_to_the_tls_rpt_record_of_each_mx_host() {
     }
     let start_time = std::time::Instant::now();
     let reports = loop {
-        let reports: Vec<serde_json::Value> = world
-            .policies
-            .requests()
-            .iter()
-            .filter(|r| r.method == "POST")
-            .map(|r| {
-                assert_eq!(r.header("content-type"), Some("application/tlsrpt+gzip"));
-                tls_report_json(&r.body)
-            })
-            .collect();
+        let reports = posted_tls_reports(&world.policies);
         let failed = |host: &str, kind: &str| {
             tls_report_sums(&reports, host)
                 .1

@@ -13,7 +13,7 @@ use mail_parser::MimeHeaders;
 use postern_config::{Config, ListenerTls, TlsConfig};
 use postern_e2e::https::Response;
 use postern_e2e::relay::listener;
-use postern_e2e::report::{tls_report_json, tls_report_sums};
+use postern_e2e::report::{posted_tls_reports, tls_report_json, tls_report_sums};
 use postern_e2e::{DnsServer, HttpsServer, MockMx, NatsServer, Relay, STREAM, Smtp, TestPki};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -461,17 +461,7 @@ async fn tls_reports_count_the_sessions_of_each_policy_domain_and_reach_its_rua(
     }
     let start_time = std::time::Instant::now();
     loop {
-        let posted: Vec<serde_json::Value> = world
-            .policies
-            .requests()
-            .iter()
-            .filter(|r| r.method == "POST")
-            .map(|r| {
-                assert_eq!(r.path, "/tlsrpt");
-                assert_eq!(r.header("content-type"), Some("application/tlsrpt+gzip"));
-                tls_report_json(&r.body)
-            })
-            .collect();
+        let posted = posted_tls_reports(&world.policies);
         let mailed: Vec<serde_json::Value> = world
             .plain
             .delivered()

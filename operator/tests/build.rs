@@ -305,6 +305,16 @@ fn dane_only_is_a_destination_mode_the_crd_refuses_on_routes() {
     };
     let (ok, report) = check("full.yaml", full.clone());
     assert!(ok, "{report}");
+    // A change to the trust anchors' Secret reconciles the Relay (and rolls its pods).
+    let relay = relay("operator/tests/fixtures/relay-full.yaml");
+    assert!(postern_operator::relay::references_secret(
+        &relay,
+        "dnssec-anchors"
+    ));
+    assert!(!postern_operator::relay::references_secret(
+        &relay,
+        "unrelated"
+    ));
     let route = full.replacen(
         "host: mx.partner.example.net:25\n        tls: verify",
         "host: mx.partner.example.net:25\n        tls: dane-only",

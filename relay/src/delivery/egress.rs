@@ -20,7 +20,11 @@ pub async fn check(dns: Dns, probe: String, port: u16) {
     let hosts = match dns.exchangers(&probe, 0).await {
         Ok(Exchangers::Hosts(hosts)) => hosts,
         Ok(Exchangers::Implicit) => vec![probe.clone()],
-        Ok(Exchangers::Null) | Err(_) => {
+        Ok(Exchangers::Null) => {
+            warn!(field = "delivery.egressProbe", %probe, "the egress probe has a null MX, so whether this host can reach mail servers on port {port} was not checked; name a domain that receives mail");
+            return;
+        }
+        Err(_) => {
             warn!(field = "delivery.egressProbe", %probe, "the MX records of the egress probe could not be looked up, so whether this host can reach mail servers on port {port} is not known; MX delivery needs DNS");
             return;
         }

@@ -35,9 +35,10 @@ impl Tlsa {
 
     /// The record's data in presentation form (RFC 6698 §2.2): `3 1 1 0a1b…`.
     pub fn presentation(&self) -> String {
+        use std::fmt::Write;
         let mut text = format!("{} {} {} ", self.usage, self.selector, self.matching);
         for byte in &self.data {
-            text.push_str(&format!("{byte:02x}"));
+            let _ = write!(text, "{byte:02x}");
         }
         text
     }
